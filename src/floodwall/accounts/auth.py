@@ -1,0 +1,71 @@
+"""Who is calling: an API key (Authorization: Bearer) for /v1, a session cookie for the web app."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from floodwall.accounts.service import Principal
+from floodwall.errors import ApiError
+from floodwall.services import services
+
+SESSION_COOKIE = "fw_session"
+
+
+async def api_principal(request: Request) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if not header:
+        raise ApiError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'; "
+                       "create keys on the API keys page.", "missing_api_key")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise ApiError(401, "The Authorization header must be 'Bearer YOUR_KEY'.", "invalid_api_key")
+    principal = await services(request).accounts.key_principal(secret.strip())
+    if principal is None:
+        raise ApiError(401, "Incorrect API key provided. Keys are shown once at creation; create a new one "
+                       "if it is lost.", "invalid_api_key")
+    return principal
+
+
+async def session_principal(request: Request) -> Principal | None:
+    secret = request.cookies.get(SESSION_COOKIE)
+    if not secret or len(secret) > 128:
+        return None
+    return await services(request).accounts.session_principal(secret)
+
+
+async def require_session(request: Request) -> Principal:
+    """The signed-in account, for routes that change it: also refuses cross-site requests."""
+    check_same_origin(request)
+    principal = await session_principal(request)
+    if principal is None:
+        raise ApiError(401, "You are not signed in.", "not_signed_in")
+    return principal
+
+
+def check_same_origin(request: Request) -> None:
+    """A state-changing request carrying a cookie must come from our own pages (SameSite=Lax is the first
+    guard; this is the second, for old browsers and same-site subdomains)."""
+    if request.method in {"GET", "HEAD", "OPTIONS"}:
+        return
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    if not origin or origin == "null":
+        return
+    host = request.headers.get("host", "")
+    if urlsplit(origin).netloc.lower() != host.lower():
+        raise ApiError(403, "Cross-site request refused.", "cross_site_request")
+
+
+def set_session_cookie(request: Request, response: Response, secret: str) -> None:
+    config = services(request)
+    response.set_cookie(
+        SESSION_COOKIE, secret, max_age=int(config.settings.accounts.session_lifetime), httponly=True,
+        samesite="lax", secure=config.is_https(request), path="/",
+    )
+
+
+def clear_session_cookie(request: Request, response: Response) -> None:
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax",
+                           secure=services(request).is_https(request))

@@ -1,0 +1,217 @@
+"""Account routes: /auth/* and /account/*. Each takes JSON (API clients) or a form post (the web app);
+a form gets its page back with the error, JSON gets OpenAI-shaped errors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from floodwall.accounts.auth import (
+    check_same_origin,
+    clear_session_cookie,
+    require_session,
+    session_principal,
+    set_session_cookie,
+)
+from floodwall.accounts.models import ApiKey
+from floodwall.bodies import check_json_content_type, parse_json_object, read_body
+from floodwall.errors import REASON_HEADER, ApiError
+from floodwall.services import services
+from floodwall.web.pages import render
+
+FORM = "application/x-www-form-urlencoded"
+MAX_FORM_BODY = 64 * 1024
+
+
+def _is_form(request: Request) -> bool:
+    """A web form post. curl -d sends JSON labelled as a form: the body decides, once read."""
+    decided: bool | None = getattr(request.state, "form", None)
+    if decided is not None:
+        return decided
+    return request.headers.get("content-type", "").split(";")[0].strip().lower() == FORM
+
+
+async def _fields(request: Request, allow_empty: bool = False) -> dict[str, Any]:
+    raw = await read_body(request, MAX_FORM_BODY)
+    request.state.form = _is_form(request) and not raw.lstrip().startswith(b"{")
+    if allow_empty and not raw.strip():
+        return {}
+    if request.state.form:
+        try:
+            return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=50))
+        except (UnicodeDecodeError, ValueError):
+            raise ApiError(400, "The form could not be read.", "invalid_form") from None
+    check_json_content_type(request)
+    return parse_json_object(raw)
+
+
+def _text(fields: dict[str, Any], name: str, *, required: bool = True, default: str = "") -> str:
+    value = fields.get(name)
+    if value is None or (value == "" and required):
+        if required:
+            raise ApiError(400, f"Missing required parameter: '{name}'.", "missing_parameter", param=name)
+        return default
+    if not isinstance(value, str):
+        raise ApiError(400, f"Invalid type for '{name}': expected a string.", "invalid_parameter", param=name)
+    return value
+
+
+def _form_page(template: str) -> Callable[[Callable[[Request], Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]:
+    """Run a handler; when a web form posted and it refused, show the form again with the reason."""
+
+    def wrap(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ApiError as error:
+                if not _is_form(request) or error.status in (413, 429, 503):
+                    raise
+                context = {"error": error.message, "email": request.state.__dict__.get("email", "")}
+                response = await render(request, template, context, status=error.status)
+                response.headers[REASON_HEADER] = error.reason
+                return response
+
+        return endpoint
+
+    return wrap
+
+
+def _user_json(user_id: int, email: str) -> dict[str, Any]:
+    return {"id": user_id, "email": email}
+
+
+@_form_page("register.html")
+async def register(request: Request) -> Response:
+    fields = await _fields(request)
+    email = _text(fields, "email")
+    request.state.email = email
+    password = _text(fields, "password")
+    config = services(request)
+    client = config.client(request)
+    user = await config.accounts.register(email, password, client)
+    if _is_form(request):
+        # the web app signs the new user straight in, like most services do
+        response: Response = RedirectResponse("/chat", status_code=303)
+        set_session_cookie(request, response, await config.accounts.create_session(user, client))
+        return response
+    return JSONResponse({"user": _user_json(user.id, user.email), "verification_required": False}, 201)
+
+
+@_form_page("login.html")
+async def login(request: Request) -> Response:
+    fields = await _fields(request)
+    email = _text(fields, "email")
+    request.state.email = email
+    password = _text(fields, "password")
+    config = services(request)
+    client = config.client(request)
+    user = await config.accounts.authenticate(email, password, client)
+    secret = await config.accounts.create_session(user, client)
+    response: Response
+    if _is_form(request):
+        response = RedirectResponse("/chat", status_code=303)
+    else:
+        response = JSONResponse({"user": _user_json(user.id, user.email)})
+    set_session_cookie(request, response, secret)
+    return response
+
+
+async def logout(request: Request) -> Response:
+    principal = await session_principal(request)
+    if principal is not None:
+        check_same_origin(request)
+        config = services(request)
+        await config.accounts.end_session(principal, config.client(request))
+    response: Response = RedirectResponse("/", 303) if _is_form(request) else JSONResponse({"ok": True})
+    clear_session_cookie(request, response)
+    return response
+
+
+def key_json(key: ApiKey, prompt_tokens: int = 0, completion_tokens: int = 0) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "created_at": key.created_at.isoformat(),
+        "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
+    }
+
+
+@_form_page("keys.html")
+async def create_key(request: Request) -> Response:
+    principal = await require_session(request)
+    fields = await _fields(request, allow_empty=True)
+    name = _text(fields, "name", required=False).strip()
+    config = services(request)
+    key, secret = await config.accounts.create_key(principal, name, config.client(request))
+    if _is_form(request):
+        return await render(request, "keys.html", {"new_key": secret}, status=201)
+    return JSONResponse({**key_json(key), "key": secret}, 201)
+
+
+async def list_keys(request: Request) -> Response:
+    principal = await require_session(request)
+    keys = await services(request).accounts.list_keys(principal)
+    return JSONResponse({"object": "list", "data": [key_json(*row) for row in keys]})
+
+
+async def revoke_key(request: Request) -> Response:
+    principal = await require_session(request)
+    try:
+        key_id = int(request.path_params["key_id"])
+    except ValueError:
+        raise ApiError(404, "No such API key.", "key_not_found", param="id") from None
+    config = services(request)
+    await config.accounts.revoke_key(principal, key_id, config.client(request))
+    if _is_form(request):
+        return RedirectResponse("/keys", status_code=303)
+    return JSONResponse({"id": key_id, "revoked": True})
+
+
+async def activity(request: Request) -> Response:
+    principal = await require_session(request)
+    events = await services(request).accounts.activity(principal)
+    return JSONResponse({"events": [
+        {"at": e.at.isoformat(), "kind": e.kind, "ip": e.ip, "user_agent": e.user_agent,
+         "detail": json.loads(e.detail) if e.detail else None}
+        for e in events
+    ]})
+
+
+async def usage(request: Request) -> Response:
+    principal = await require_session(request)
+    return JSONResponse(await services(request).accounts.usage_totals(principal))
+
+
+@_form_page("password.html")
+async def change_password(request: Request) -> Response:
+    principal = await require_session(request)
+    fields = await _fields(request)
+    config = services(request)
+    await config.accounts.change_password(principal, _text(fields, "current_password"),
+                                          _text(fields, "new_password"), config.client(request))
+    if _is_form(request):
+        return await render(request, "password.html", {"done": True})
+    return JSONResponse({"ok": True})
+
+
+routes = [
+    Route("/auth/register", register, methods=["POST"]),
+    Route("/auth/login", login, methods=["POST"]),
+    Route("/auth/logout", logout, methods=["POST"]),
+    Route("/account/keys", create_key, methods=["POST"]),
+    Route("/account/keys", list_keys, methods=["GET"]),
+    Route("/account/keys/{key_id}", revoke_key, methods=["DELETE"]),
+    Route("/account/keys/{key_id}/revoke", revoke_key, methods=["POST"]),
+    Route("/account/activity", activity, methods=["GET"]),
+    Route("/account/usage", usage, methods=["GET"]),
+    Route("/account/password", change_password, methods=["POST"]),
+]

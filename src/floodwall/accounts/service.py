@@ -1,0 +1,255 @@
+"""The account service: registration, login, sessions, API keys, password changes, the activity log.
+
+Routes call these methods and never touch the tables themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import re
+import secrets
+from collections.abc import Sequence
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession as DbSession
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from floodwall.accounts.models import ActivityEvent, ApiKey, Session, Usage, User, utcnow
+from floodwall.accounts.passwords import Passwords
+from floodwall.errors import ApiError
+
+KEY_PREFIX = "fw_"
+# the visible part of a key in listings: "fw_" and the first 8 characters of the secret
+VISIBLE_PREFIX_LENGTH = len(KEY_PREFIX) + 8
+MAX_PASSWORD_LENGTH = 1024
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+
+
+def token_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Client:
+    """Where a request came from, as the activity log records it."""
+
+    ip: str
+    user_agent: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "user_agent", self.user_agent[:512])
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller: an account, and the API key it used (None for a browser session)."""
+
+    user_id: int
+    email: str
+    created_at: dt.datetime
+    is_admin: bool
+    key_id: int | None = None
+    session_id: int | None = None
+
+
+def _principal(user: User, key_id: int | None = None, session_id: int | None = None) -> Principal:
+    return Principal(user.id, user.email, user.created_at, user.is_admin, key_id, session_id)
+
+
+def normalise_email(email: str) -> str:
+    return email.strip().lower()
+
+
+class AccountService:
+    def __init__(
+        self,
+        db: async_sessionmaker[DbSession],
+        passwords: Passwords,
+        *,
+        session_lifetime: float,
+        min_password_length: int = 8,
+    ) -> None:
+        self.db = db
+        self.passwords = passwords
+        self.session_lifetime = dt.timedelta(seconds=session_lifetime)
+        self.min_password_length = min_password_length
+
+    # registration and login
+
+    def check_password_rules(self, password: str, param: str = "password") -> None:
+        if len(password) < self.min_password_length:
+            raise ApiError(400, f"The password must have at least {self.min_password_length} characters.",
+                           "weak_password", param=param)
+        if len(password) > MAX_PASSWORD_LENGTH:
+            raise ApiError(400, f"The password must have at most {MAX_PASSWORD_LENGTH} characters.",
+                           "invalid_password", param=param)
+
+    async def register(self, email: str, password: str, client: Client) -> User:
+        email = normalise_email(email)
+        if len(email) > 254 or not _EMAIL.match(email):
+            raise ApiError(400, "That does not look like an e-mail address.", "invalid_email", param="email")
+        self.check_password_rules(password)
+        user = User(email=email, password_hash=await self.passwords.hash(password))
+        async with self.db() as db:
+            db.add(user)
+            try:
+                await db.flush()
+            except IntegrityError:
+                raise ApiError(409, "An account with this e-mail address already exists. Log in instead.",
+                               "email_taken", param="email") from None
+            self._record(db, user.id, "account_created", client)
+            await db.commit()
+        return user
+
+    async def authenticate(self, email: str, password: str, client: Client) -> User:
+        """The account if the password is right; the same refusal, at the same cost, for an unknown e-mail."""
+        async with self.db() as db:
+            user = await db.scalar(select(User).where(User.email == normalise_email(email)))
+        password = password[:MAX_PASSWORD_LENGTH]
+        ok = await self.passwords.verify(user.password_hash if user else None, password)
+        if user is None:
+            raise _invalid_credentials()
+        async with self.db() as db:
+            if not ok or user.disabled:
+                self._record(db, user.id, "login_failed", client, {"why": "disabled" if ok else "wrong_password"})
+                await db.commit()
+                raise _invalid_credentials()
+            if self.passwords.needs_rehash(user.password_hash):
+                user.password_hash = await self.passwords.hash(password)
+                await db.execute(update(User).where(User.id == user.id).values(password_hash=user.password_hash))
+            self._record(db, user.id, "login", client)
+            await db.commit()
+        return user
+
+    async def change_password(self, principal: Principal, current: str, new: str, client: Client) -> None:
+        async with self.db() as db:
+            user = await db.get(User, principal.user_id)
+        if user is None or not await self.passwords.verify(user.password_hash, current[:MAX_PASSWORD_LENGTH]):
+            raise ApiError(400, "The current password is not right.", "invalid_current_password",
+                           param="current_password")
+        self.check_password_rules(new, "new_password")
+        new_hash = await self.passwords.hash(new)
+        async with self.db() as db:
+            await db.execute(update(User).where(User.id == user.id).values(password_hash=new_hash))
+            # someone who knew the old password must not stay signed in elsewhere
+            await db.execute(
+                update(Session)
+                .where(Session.user_id == user.id, Session.revoked_at.is_(None), Session.id != principal.session_id)
+                .values(revoked_at=utcnow())
+            )
+            self._record(db, user.id, "password_changed", client)
+            await db.commit()
+
+    # sessions
+
+    async def create_session(self, user: User, client: Client) -> str:
+        secret = secrets.token_urlsafe(32)
+        async with self.db() as db:
+            db.add(Session(token_hash=token_hash(secret), user_id=user.id, ip=client.ip,
+                           user_agent=client.user_agent, expires_at=utcnow() + self.session_lifetime))
+            await db.commit()
+        return secret
+
+    async def session_principal(self, secret: str) -> Principal | None:
+        async with self.db() as db:
+            row = (await db.execute(
+                select(User, Session.id)
+                .join(Session, Session.user_id == User.id)
+                .where(Session.token_hash == token_hash(secret), Session.revoked_at.is_(None),
+                       Session.expires_at > utcnow(), User.disabled.is_(False))
+            )).first()
+        return _principal(row[0], session_id=row[1]) if row else None
+
+    async def end_session(self, principal: Principal, client: Client) -> None:
+        async with self.db() as db:
+            await db.execute(update(Session).where(Session.id == principal.session_id).values(revoked_at=utcnow()))
+            self._record(db, principal.user_id, "logout", client)
+            await db.commit()
+
+    # API keys
+
+    async def create_key(self, principal: Principal, name: str, client: Client) -> tuple[ApiKey, str]:
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = ApiKey(user_id=principal.user_id, name=name[:100], prefix=secret[:VISIBLE_PREFIX_LENGTH],
+                     key_hash=token_hash(secret))
+        async with self.db() as db:
+            db.add(key)
+            await db.flush()
+            self._record(db, principal.user_id, "key_created", client, {"key_id": key.id, "prefix": key.prefix})
+            await db.commit()
+        return key, secret
+
+    async def list_keys(self, principal: Principal) -> Sequence[tuple[ApiKey, int, int]]:
+        """Live keys, newest first, each with its total prompt and completion tokens."""
+        usage = (
+            select(Usage.key_id, func.sum(Usage.prompt_tokens).label("p"), func.sum(Usage.completion_tokens).label("c"))
+            .group_by(Usage.key_id).subquery()
+        )
+        async with self.db() as db:
+            rows = await db.execute(
+                select(ApiKey, func.coalesce(usage.c.p, 0), func.coalesce(usage.c.c, 0))
+                .outerjoin(usage, usage.c.key_id == ApiKey.id)
+                .where(ApiKey.user_id == principal.user_id, ApiKey.revoked_at.is_(None))
+                .order_by(ApiKey.id.desc())
+            )
+            return [(key, int(p), int(c)) for key, p, c in rows.tuples()]
+
+    async def revoke_key(self, principal: Principal, key_id: int, client: Client) -> None:
+        async with self.db() as db:
+            key = await db.get(ApiKey, key_id)
+            if key is None or key.user_id != principal.user_id or key.revoked_at is not None:
+                raise ApiError(404, f"No API key {key_id} on this account.", "key_not_found", param="id")
+            key.revoked_at = utcnow()
+            self._record(db, principal.user_id, "key_revoked", client, {"key_id": key.id, "prefix": key.prefix})
+            await db.commit()
+
+    async def key_principal(self, secret: str) -> Principal | None:
+        if not secret.startswith(KEY_PREFIX) or len(secret) > 200:
+            return None
+        async with self.db() as db:
+            row = (await db.execute(
+                select(User, ApiKey.id)
+                .join(ApiKey, ApiKey.user_id == User.id)
+                .where(ApiKey.key_hash == token_hash(secret), ApiKey.revoked_at.is_(None), User.disabled.is_(False))
+            )).first()
+        return _principal(row[0], key_id=row[1]) if row else None
+
+    # activity and usage
+
+    async def activity(self, principal: Principal, limit: int = 100) -> Sequence[ActivityEvent]:
+        async with self.db() as db:
+            rows = await db.scalars(
+                select(ActivityEvent).where(ActivityEvent.user_id == principal.user_id)
+                .order_by(ActivityEvent.id.desc()).limit(limit)
+            )
+            return list(rows)
+
+    async def usage_totals(self, principal: Principal) -> dict[str, int]:
+        async with self.db() as db:
+            row = (await db.execute(
+                select(func.count(Usage.id), func.coalesce(func.sum(Usage.prompt_tokens), 0),
+                       func.coalesce(func.sum(Usage.completion_tokens), 0))
+                .where(Usage.user_id == principal.user_id)
+            )).one()
+        return {"requests": int(row[0]), "prompt_tokens": int(row[1]), "completion_tokens": int(row[2])}
+
+    async def record_usage(self, records: Sequence[Usage]) -> None:
+        async with self.db() as db:
+            db.add_all(records)
+            key_ids = {r.key_id for r in records if r.key_id is not None}
+            if key_ids:
+                await db.execute(update(ApiKey).where(ApiKey.id.in_(key_ids)).values(last_used_at=utcnow()))
+            await db.commit()
+
+    @staticmethod
+    def _record(db: DbSession, user_id: int, kind: str, client: Client, detail: dict[str, object] | None = None) -> None:
+        db.add(ActivityEvent(user_id=user_id, kind=kind, ip=client.ip, user_agent=client.user_agent,
+                             detail=json.dumps(detail) if detail else ""))
+
+
+def _invalid_credentials() -> ApiError:
+    return ApiError(401, "Wrong e-mail or password.", "invalid_credentials")

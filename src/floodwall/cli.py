@@ -1,0 +1,144 @@
+"""The floodwall command: serve, model, db upgrade (and, as they land, attack, level, ban, incident, users)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from floodwall import __version__, logs, server
+from floodwall.config import ConfigError, Settings, load
+
+log = logging.getLogger("floodwall")
+
+
+def _overrides(args: argparse.Namespace, mapping: dict[str, tuple[str, str]]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for attribute, (section, key) in mapping.items():
+        value = getattr(args, attribute, None)
+        if value is not None:
+            found.setdefault(section, {})[key] = value
+    return found
+
+
+SERVE_FLAGS = {
+    "host": ("server", "host"),
+    "port": ("server", "port"),
+    "workers": ("server", "workers"),
+    "upstream": ("upstream", "url"),
+    "database": ("database", "url"),
+    "state": ("state", "url"),
+}
+MODEL_FLAGS = {
+    "host": ("model", "host"),
+    "port": ("model", "port"),
+    "slots": ("model", "slots"),
+    "tokens_per_second": ("model", "tokens_per_second"),
+    "queue_size": ("model", "queue_size"),
+}
+
+
+def _settings(args: argparse.Namespace, flags: dict[str, tuple[str, str]]) -> Settings:
+    settings = load(args.config, _overrides(args, flags))
+    logs.setup(settings.log.level, settings.log.format)
+    return settings
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from floodwall.accounts.database import upgrade
+
+    settings = _settings(args, SERVE_FLAGS)
+    upgrade(settings.database.url)
+    logs.event(log, "database_ready", url=_redact(settings.database.url))
+    if settings.upstream.url:
+        logs.event(log, "upstream", url=settings.upstream.url)
+        _serve(settings, simulated=False)
+        return 0
+    with server.simulated_model(settings) as url:
+        settings.upstream.url = url
+        log.warning(
+            "NO UPSTREAM MODEL CONFIGURED: serving floodwall's SIMULATED model (filler text, not a language model) "
+            "at %s. Point floodwall at a real server with --upstream http://HOST:PORT/v1.", url,
+        )
+        _serve(settings, simulated=True)
+    return 0
+
+
+def _serve(settings: Settings, simulated: bool) -> None:
+    import os
+
+    os.environ["FLOODWALL_SIMULATED_MODEL"] = "1" if simulated else "0"
+    s = settings.server
+    logs.event(log, "serving", url=f"http://{s.host}:{s.port}/", workers=s.workers)
+    server.run(server.APP_FACTORY, settings, s.host, s.port, s.workers)
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    settings = _settings(args, MODEL_FLAGS)
+    m = settings.model
+    log.warning("SIMULATED MODEL SERVER (not a language model): %d slots at %g tokens/s each, queue of %d, on "
+                "http://%s:%d/v1", m.slots, m.tokens_per_second, m.queue_size, m.host, m.port)
+    server.run(server.MODEL_FACTORY, settings, m.host, m.port, 1)
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from floodwall.accounts.database import upgrade
+
+    settings = _settings(args, {"database": ("database", "url")})
+    upgrade(settings.database.url)
+    print(f"database at {_redact(settings.database.url)} is up to date")
+    return 0
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="floodwall", description="The front door of an AI model service.")
+    root.add_argument("--version", action="version", version=f"floodwall {__version__}")
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the service")
+    serve.add_argument("--config", help="TOML configuration file")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--upstream", help="the model server's OpenAI base URL, e.g. http://127.0.0.1:8000/v1")
+    serve.add_argument("--database", help="sqlite:///path or postgresql://user@host/db")
+    serve.add_argument("--state", help="memory:// or redis://host:port/db")
+    serve.add_argument("--workers", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    model = commands.add_parser("model", help="run the simulated OpenAI-compatible model server")
+    model.add_argument("--config")
+    model.add_argument("--host")
+    model.add_argument("--port", type=int)
+    model.add_argument("--slots", type=int, help="concurrent generations")
+    model.add_argument("--tokens-per-second", type=float, help="generation speed of each slot")
+    model.add_argument("--queue-size", type=int, help="requests that may wait for a slot before 503")
+    model.set_defaults(func=cmd_model)
+
+    db = commands.add_parser("db", help="database tasks")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="TASK")
+    db_upgrade = db_commands.add_parser("upgrade", help="apply the migrations")
+    db_upgrade.add_argument("--config")
+    db_upgrade.add_argument("--database")
+    db_upgrade.set_defaults(func=cmd_db_upgrade)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except ConfigError as exc:
+        print(f"floodwall: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

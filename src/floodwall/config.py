@@ -1,0 +1,279 @@
+"""One Settings object: defaults, then a TOML file, then FLOODWALL_<SECTION>_<KEY> variables, then flags.
+
+Every key the README documents lives here, with its type; nothing else in floodwall reads the
+environment or a config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "FLOODWALL_"
+# serve hands the resolved settings to its worker processes through this variable
+SETTINGS_ENV = "FLOODWALL_SETTINGS_JSON"
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
+
+
+class Duration(float):
+    """Seconds; configured as a number or as `500ms`, `30s`, `5m`, `24h`, `7d`."""
+
+
+class Size(int):
+    """Bytes; configured as a number or as `64KiB`, `4MiB`, `1MB`."""
+
+
+def parse_duration(value: object) -> Duration:
+    if isinstance(value, bool):
+        raise ConfigError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ConfigError(f"not a duration: {value!r} (use seconds or 30s, 5m, 24h)")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds < 0:
+        raise ConfigError(f"a duration cannot be negative: {value!r}")
+    return Duration(seconds)
+
+
+def parse_size(value: object) -> Size:
+    if isinstance(value, bool):
+        raise ConfigError(f"not a size: {value!r}")
+    if isinstance(value, int):
+        return Size(value)
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ConfigError(f"not a size: {value!r} (use bytes or 64KiB, 4MiB)")
+    unit = (match.group(2) or "b").lower()
+    return Size(int(match.group(1)) * _SIZE_UNITS[unit])
+
+
+@dataclasses.dataclass
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    # CIDRs whose X-Forwarded-For / Forwarded headers are believed (a TLS terminator, a load balancer)
+    trusted_proxies: list[str] = dataclasses.field(default_factory=list)
+    max_body_size: Size = Size(4 * 2**20)
+    # secret for signing cookies and tickets; generated and kept in state_dir when empty
+    secret_key: str = ""
+    state_dir: str = "."
+    access_log: bool = False
+
+
+@dataclasses.dataclass
+class UpstreamSettings:
+    # the model server's OpenAI base URL, ending in /v1; empty = start the simulated model
+    url: str = ""
+    api_key: str = ""
+    connect_timeout: Duration = Duration(5.0)
+    # no byte from the model server for this long ends the request with 504
+    read_timeout: Duration = Duration(600.0)
+    # how long to ask clients to wait when the model server is overloaded and gives no Retry-After
+    retry_after: Duration = Duration(5.0)
+    max_connections: int = 1024
+
+
+@dataclasses.dataclass
+class DatabaseSettings:
+    url: str = "sqlite:///./floodwall.db"
+    pool_size: int = 10
+
+
+@dataclasses.dataclass
+class StateSettings:
+    url: str = "memory://"
+
+
+@dataclasses.dataclass
+class DefenseSettings:
+    level: str = "auto"
+    new_account_age: Duration = Duration(24 * 3600.0)
+
+
+@dataclasses.dataclass
+class AccountSettings:
+    session_lifetime: Duration = Duration(30 * 86400.0)
+    min_password_length: int = 8
+    # "" = argon2-cffi's RFC 9106 low-memory profile; tests may set "fast" to save CPU
+    password_hash_profile: str = ""
+
+
+@dataclasses.dataclass
+class ModelSettings:
+    """The simulated model server (floodwall model, and serve without an upstream)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    slots: int = 8
+    tokens_per_second: float = 50.0
+    queue_size: int = 64
+    # the longest answer it writes; a request's max_tokens can make it shorter
+    max_tokens: int = 256
+    # how many tokens an answer has when max_tokens does not cut it short
+    reply_tokens: int = 64
+    first_token_delay: Duration = Duration(0.05)
+
+
+@dataclasses.dataclass
+class AdminSettings:
+    token: str = ""
+
+
+@dataclasses.dataclass
+class LogSettings:
+    level: str = "info"
+    # "auto": JSON lines when stderr is not a terminal, readable text when it is
+    format: str = "auto"
+
+
+@dataclasses.dataclass
+class Settings:
+    server: ServerSettings = dataclasses.field(default_factory=ServerSettings)
+    upstream: UpstreamSettings = dataclasses.field(default_factory=UpstreamSettings)
+    database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
+    state: StateSettings = dataclasses.field(default_factory=StateSettings)
+    defense: DefenseSettings = dataclasses.field(default_factory=DefenseSettings)
+    accounts: AccountSettings = dataclasses.field(default_factory=AccountSettings)
+    model: ModelSettings = dataclasses.field(default_factory=ModelSettings)
+    admin: AdminSettings = dataclasses.field(default_factory=AdminSettings)
+    log: LogSettings = dataclasses.field(default_factory=LogSettings)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        return load(overrides=json.loads(text), environ={})
+
+
+_CHOICES = {
+    ("defense", "level"): {"auto", "normal", "elevated", "under_attack"},
+    ("log", "format"): {"auto", "json", "text"},
+    ("log", "level"): {"debug", "info", "warning", "error"},
+    ("accounts", "password_hash_profile"): {"", "fast"},
+}
+
+
+def _coerce(section: str, key: str, kind: Any, value: object) -> object:
+    name = f"{section}.{key}"
+    try:
+        if kind is Duration:
+            return parse_duration(value)
+        if kind is Size:
+            return parse_size(value)
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off", ""}:
+                return False
+            raise ConfigError(f"not a boolean: {value!r}")
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ConfigError(f"not an integer: {value!r}")
+            return int(str(value).strip()) if isinstance(value, str) else int(value)  # type: ignore[call-overload]
+        if kind is float:
+            if isinstance(value, bool):
+                raise ConfigError(f"not a number: {value!r}")
+            return float(value)  # type: ignore[arg-type]
+        if typing.get_origin(kind) is list:
+            if isinstance(value, str):
+                return [part.strip() for part in value.split(",") if part.strip()]
+            if isinstance(value, list):
+                return [str(part) for part in value]
+            raise ConfigError(f"not a list: {value!r}")
+        text = str(value)
+        allowed = _CHOICES.get((section, key))
+        if allowed is not None and text not in allowed:
+            raise ConfigError(f"must be one of {', '.join(sorted(allowed))}, not {text!r}")
+        return text
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(Settings)
+    return {field.name: hints[field.name] for field in dataclasses.fields(Settings)}
+
+
+def _apply(settings: Settings, values: Mapping[str, Any], origin: str) -> None:
+    sections = _sections()
+    for section, body in values.items():
+        if section not in sections:
+            raise ConfigError(f"{origin}: unknown section [{section}]")
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"{origin}: [{section}] must be a table")
+        target = getattr(settings, section)
+        hints = typing.get_type_hints(type(target))
+        for key, value in body.items():
+            if key not in hints:
+                raise ConfigError(f"{origin}: unknown key {section}.{key}")
+            setattr(target, key, _coerce(section, key, hints[key], value))
+
+
+def _from_environ(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    found: dict[str, dict[str, str]] = {}
+    for section, kind in _sections().items():
+        for key in typing.get_type_hints(kind):
+            name = f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+            if name in environ:
+                found.setdefault(section, {})[key] = environ[name]
+    return found
+
+
+def load(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the Settings: defaults < TOML file < environment < overrides (command-line flags)."""
+    environ = os.environ if environ is None else environ
+    settings = Settings()
+    path = path or environ.get(f"{ENV_PREFIX}CONFIG") or None
+    if path:
+        try:
+            with Path(path).open("rb") as handle:
+                _apply(settings, tomllib.load(handle), str(path))
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    _apply(settings, _from_environ(environ), "environment")
+    if overrides:
+        _apply(settings, overrides, "command line")
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    if settings.server.workers < 1:
+        raise ConfigError("server.workers must be at least 1")
+    if settings.model.slots < 1 or settings.model.tokens_per_second <= 0:
+        raise ConfigError("model.slots must be >= 1 and model.tokens_per_second > 0")
+    url = settings.upstream.url
+    if url and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"upstream.url must be an http(s) URL ending in /v1, not {url!r}")
+    if not settings.database.url.startswith(("sqlite:", "postgresql:", "postgresql+", "postgres:")):
+        raise ConfigError("database.url must be sqlite:///path or postgresql://...")

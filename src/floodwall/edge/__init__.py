@@ -1,0 +1,1 @@
+"""The edge: what floodwall decides about a request before routing or any database."""

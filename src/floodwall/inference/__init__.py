@@ -1,0 +1,1 @@
+"""Inference: the OpenAI-compatible /v1 routes, proxied to the model server."""

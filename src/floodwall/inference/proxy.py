@@ -1,0 +1,207 @@
+"""One proxied inference call as an ASGI response: sent to the model server, relayed back event by
+event without buffering, cancelled when the client goes away, and its token usage recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+from typing import Any
+
+import aiohttp
+from starlette.types import Receive, Scope, Send
+
+from floodwall import logs
+from floodwall.accounts.models import Usage
+from floodwall.accounts.service import Principal
+from floodwall.errors import ApiError, error_response
+from floodwall.inference import sse
+from floodwall.inference.upstream import Upstream, read_with_timeout, response_headers
+from floodwall.inference.usage import UsageRecorder
+
+log = logging.getLogger("floodwall.inference")
+
+_STREAM_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    # nginx and other buffering proxies in front must pass each event on at once
+    (b"x-accel-buffering", b"no"),
+]
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one call produced, for the usage record and the log."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    status: str = "ok"
+    reported: bool = False
+    # the model server accepted the call (so it may have spent tokens on it)
+    accepted: bool = False
+    chunks: int = 0
+
+    def take_usage(self, usage: Any) -> None:
+        if isinstance(usage, dict):
+            self.prompt_tokens = _int(usage.get("prompt_tokens"))
+            self.completion_tokens = _int(usage.get("completion_tokens"))
+            self.reported = True
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+class InferenceCall:
+    """ASGI app for one request to the model server; `body` is the JSON to send upstream."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        recorder: UsageRecorder,
+        principal: Principal,
+        endpoint: str,
+        body: dict[str, Any],
+    ) -> None:
+        self.upstream = upstream
+        self.recorder = recorder
+        self.principal = principal
+        self.endpoint = endpoint
+        self.model = str(body.get("model", ""))[:200]
+        self.stream = body.get("stream") is True
+        self.client_wants_usage = False
+        if self.stream:
+            options = body.get("stream_options") or {}
+            self.client_wants_usage = options.get("include_usage") is True
+            # always ask for usage, so every streamed call is accounted; the client sees it only if it asked
+            body["stream_options"] = {**options, "include_usage": True}
+        self.payload = json.dumps(body).encode()
+        self.prompt_chars = len(self.payload)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        outcome = Outcome()
+        work = asyncio.create_task(self._relay(scope, send, outcome))
+        watch = asyncio.create_task(_wait_for_disconnect(receive))
+        try:
+            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                # the client left: cancelling closes the upstream connection, and vLLM and Ollama
+                # abort a generation whose connection is closed
+                outcome.status = "cancelled"
+                work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+        finally:
+            watch.cancel()
+            self._account(outcome)
+
+    async def _relay(self, scope: Scope, send: Send, outcome: Outcome) -> None:
+        path = "/" + self.endpoint
+        try:
+            response = await self.upstream.open("POST", path, self.payload)
+        except ApiError as error:
+            outcome.status = error.reason
+            await error_response(scope, error)(scope, _no_receive, send)
+            return
+        outcome.accepted = True
+        try:
+            if self.stream and response.content_type == "text/event-stream":
+                await self._relay_stream(response, send, outcome)
+            else:
+                await self._relay_whole(scope, response, send, outcome)
+        finally:
+            response.release()
+
+    async def _relay_whole(self, scope: Scope, response: aiohttp.ClientResponse, send: Send, outcome: Outcome) -> None:
+        try:
+            raw = await read_with_timeout(response)
+        except ApiError as error:
+            outcome.status = error.reason
+            await error_response(scope, error)(scope, _no_receive, send)
+            return
+        with contextlib.suppress(ValueError, AttributeError):
+            outcome.take_usage(json.loads(raw).get("usage"))
+        headers = [*response_headers(response), (b"content-length", str(len(raw)).encode())]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": raw})
+
+    async def _relay_stream(self, response: aiohttp.ClientResponse, send: Send, outcome: Outcome) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
+        splitter = sse.EventSplitter()
+        finished = False
+        try:
+            async for chunk in response.content.iter_any():
+                for event in splitter.feed(chunk):
+                    data = sse.event_data(event)
+                    finished = finished or data == sse.DONE
+                    out = self._inspect(event, data, outcome)
+                    if out:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            logs.event(log, "upstream_stream_broken", logging.WARNING, error=repr(exc), endpoint=self.endpoint)
+        if not finished:
+            # the model server went away mid-answer: say so in the stream, as OpenAI does, so SDKs raise
+            outcome.status = "upstream_disconnected"
+            error = ApiError(502, "The model server closed the stream before it finished.", "upstream_disconnected")
+            await send({"type": "http.response.body", "body": sse.encode(error.body()), "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    def _inspect(self, event: bytes, data: bytes | None, outcome: Outcome) -> bytes:
+        """The bytes to pass on for one event; notes usage, errors and text length on the way."""
+        if data is None or data == sse.DONE:
+            return event + b"\n\n"
+        has_usage = b'"usage"' in data
+        if not has_usage and b'"error"' not in data:
+            outcome.chunks += 1
+            return event + b"\n\n"
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            return event + b"\n\n"
+        if not isinstance(chunk, dict):
+            return event + b"\n\n"
+        if "error" in chunk:
+            outcome.status = "upstream_error"
+            return event + b"\n\n"
+        usage = chunk.get("usage")
+        if usage is None or self.client_wants_usage:
+            outcome.take_usage(usage)
+            return event + b"\n\n"
+        outcome.take_usage(usage)
+        # the client did not ask for usage: hide the accounting chunk floodwall asked for
+        if not chunk.get("choices"):
+            return b""
+        del chunk["usage"]
+        return sse.encode(chunk)
+
+    def _account(self, outcome: Outcome) -> None:
+        if outcome.accepted and not outcome.reported:
+            # the model server gave no usage (it ignores stream_options, or the call was cut):
+            # estimate (4 characters a prompt token, one token a streamed chunk) so the account is still charged
+            outcome.prompt_tokens = self.prompt_chars // 4
+            outcome.completion_tokens = outcome.chunks
+            if outcome.status == "ok":
+                outcome.status = "estimated"
+        if outcome.accepted:
+            self.recorder.add(Usage(
+                user_id=self.principal.user_id, key_id=self.principal.key_id, endpoint=self.endpoint,
+                model=self.model, prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
+                status=outcome.status[:20],
+            ))
+        logs.event(log, "inference", user_id=self.principal.user_id, key_id=self.principal.key_id,
+                   endpoint=self.endpoint, model=self.model, stream=self.stream, status=outcome.status,
+                   prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens)
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _no_receive() -> dict[str, Any]:
+    return {"type": "http.disconnect"}

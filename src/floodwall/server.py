@@ -1,0 +1,80 @@
+"""Running ASGI apps on granian (chosen by bench/server.py: see the README's figures), and the
+simulated model as a child process that serve starts when no upstream is configured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+
+from floodwall.config import SETTINGS_ENV, Settings
+
+APP_FACTORY = "floodwall.app:app_from_env"
+MODEL_FACTORY = "floodwall.sim.model:app_from_env"
+
+
+def run(factory: str, settings: Settings, host: str, port: int, workers: int = 1) -> None:
+    """Serve `factory` (a module:function returning an ASGI app) until SIGINT or SIGTERM."""
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    os.environ[SETTINGS_ENV] = settings.to_json()
+    server = Granian(
+        factory, address=host, port=port, interface=Interfaces.ASGI, workers=workers, factory=True,
+        log_enabled=True, log_access=settings.server.access_log, backlog=2048,
+    )
+    server.serve()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    # Linux: the child gets SIGTERM if serve dies, even by SIGKILL, so no orphan model server is left
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def wait_until_up(url: str, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the process serving {url} exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up within {timeout:.0f}s")
+
+
+@contextlib.contextmanager
+def simulated_model(settings: Settings) -> Iterator[str]:
+    """Start `floodwall model` on a free loopback port for the duration; yields its /v1 base URL."""
+    port = free_port()
+    env = {**os.environ, SETTINGS_ENV: settings.to_json()}
+    command = [sys.executable, "-m", "floodwall", "model", "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/health", process=process)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()

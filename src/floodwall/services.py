@@ -1,0 +1,36 @@
+"""The house's services, built once by build_app and reached from any route through the request."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from starlette.requests import Request
+from starlette.templating import Jinja2Templates
+
+from floodwall.accounts.service import AccountService, Client
+from floodwall.config import Settings
+from floodwall.edge.identity import TrustedProxies, client_address, is_https
+from floodwall.inference.upstream import Upstream
+from floodwall.inference.usage import UsageRecorder
+
+
+@dataclasses.dataclass
+class Services:
+    settings: Settings
+    accounts: AccountService
+    upstream: Upstream
+    usage: UsageRecorder
+    templates: Jinja2Templates
+    trusted_proxies: TrustedProxies
+    simulated_model: bool
+
+    def client(self, request: Request) -> Client:
+        return Client(client_address(request.scope, self.trusted_proxies), request.headers.get("user-agent", ""))
+
+    def is_https(self, request: Request) -> bool:
+        return is_https(request.scope, self.trusted_proxies)
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found

@@ -1,0 +1,1 @@
+"""Simulations: a model server with real capacity limits (and, later, the attack simulator)."""

@@ -1,0 +1,91 @@
+"""Page routes. Forms post to the /auth and /account routes, which answer browsers with pages."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from floodwall.accounts.auth import require_session, session_principal
+from floodwall.bodies import read_json_object
+from floodwall.errors import ApiError
+from floodwall.inference import validation
+from floodwall.inference.proxy import InferenceCall
+from floodwall.services import services
+from floodwall.web.pages import render
+
+
+async def home(request: Request) -> Response:
+    principal = await session_principal(request)
+    if principal is not None:
+        return RedirectResponse("/chat", 303)
+    return await render(request, "home.html", {"principal": None})
+
+
+async def register_page(request: Request) -> Response:
+    return await render(request, "register.html")
+
+
+async def login_page(request: Request) -> Response:
+    return await render(request, "login.html")
+
+
+async def chat_page(request: Request) -> Response:
+    principal = await session_principal(request)
+    if principal is None:
+        return RedirectResponse("/login", 303)
+    config = services(request)
+    try:
+        models = await config.upstream.model_ids()
+        unavailable = ""
+    except ApiError as error:
+        models, unavailable = [], error.message
+    return await render(request, "chat.html", {"principal": principal, "models": models,
+                                                "unavailable": unavailable})
+
+
+async def keys_page(request: Request) -> Response:
+    principal = await session_principal(request)
+    if principal is None:
+        return RedirectResponse("/login", 303)
+    keys = await services(request).accounts.list_keys(principal)
+    return await render(request, "keys.html", {"principal": principal, "keys": keys})
+
+
+async def activity_page(request: Request) -> Response:
+    principal = await session_principal(request)
+    if principal is None:
+        return RedirectResponse("/login", 303)
+    config = services(request)
+    events = await config.accounts.activity(principal)
+    usage = await config.accounts.usage_totals(principal)
+    return await render(request, "activity.html", {"principal": principal, "events": events, "usage": usage})
+
+
+async def password_page(request: Request) -> Response:
+    principal = await session_principal(request)
+    if principal is None:
+        return RedirectResponse("/login", 303)
+    return await render(request, "password.html", {"principal": principal})
+
+
+async def chat_send(request: Request) -> Response | InferenceCall:
+    """The chat page's own streaming call: the signed-in session instead of an API key."""
+    principal = await require_session(request)
+    config = services(request)
+    body = await read_json_object(request, config.settings.server.max_body_size)
+    body["stream"] = True
+    validation.chat_completion(body)
+    return InferenceCall(config.upstream, config.usage, principal, "chat/completions", body)
+
+
+routes = [
+    Route("/", home),
+    Route("/register", register_page),
+    Route("/login", login_page),
+    Route("/chat", chat_page),
+    Route("/keys", keys_page),
+    Route("/activity", activity_page),
+    Route("/password", password_page),
+    Route("/app/chat", chat_send, methods=["POST"]),
+]
