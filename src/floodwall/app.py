@@ -33,7 +33,7 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-def build_app(settings: Settings, *, simulated_model: bool = False) -> Starlette:
+def build_app(settings: Settings) -> Starlette:
     engine = create_engine(settings.database.url, settings.database.pool_size)
     accounts = AccountService(
         sessionmaker(engine),
@@ -48,12 +48,12 @@ def build_app(settings: Settings, *, simulated_model: bool = False) -> Starlette
         usage=UsageRecorder(accounts),
         templates=pages.templates(),
         trusted_proxies=TrustedProxies(settings.server.trusted_proxies),
-        simulated_model=simulated_model,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await services.upstream.start()
+        await services.upstream.probe()
         await services.usage.start()
         try:
             yield
@@ -87,4 +87,4 @@ def app_from_env() -> Starlette:
     text = os.environ.get(config_module.SETTINGS_ENV)
     settings = Settings.from_json(text) if text else config_module.load()
     logs.setup(settings.log.level, settings.log.format)
-    return build_app(settings, simulated_model=os.environ.get("FLOODWALL_SIMULATED_MODEL") == "1")
+    return build_app(settings)

@@ -29,7 +29,9 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def _too_large(limit: int) -> ApiError:
-    return ApiError(413, f"Request body is larger than the limit of {limit} bytes.", "body_too_large")
+    # the rest of the body is never read: the connection cannot carry another request
+    return ApiError(413, f"Request body is larger than the limit of {limit} bytes.", "body_too_large",
+                    headers={"connection": "close"})
 
 
 def check_json_content_type(request: Request) -> None:

@@ -54,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logs.event(log, "database_ready", url=_redact(settings.database.url))
     if settings.upstream.url:
         logs.event(log, "upstream", url=settings.upstream.url)
-        _serve(settings, simulated=False)
+        _serve(settings)
         return 0
     with server.simulated_model(settings) as url:
         settings.upstream.url = url
@@ -62,14 +62,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "NO UPSTREAM MODEL CONFIGURED: serving floodwall's SIMULATED model (filler text, not a language model) "
             "at %s. Point floodwall at a real server with --upstream http://HOST:PORT/v1.", url,
         )
-        _serve(settings, simulated=True)
+        _serve(settings)
     return 0
 
 
-def _serve(settings: Settings, simulated: bool) -> None:
-    import os
-
-    os.environ["FLOODWALL_SIMULATED_MODEL"] = "1" if simulated else "0"
+def _serve(settings: Settings) -> None:
     s = settings.server
     logs.event(log, "serving", url=f"http://{s.host}:{s.port}/", workers=s.workers)
     server.run(server.APP_FACTORY, settings, s.host, s.port, s.workers)

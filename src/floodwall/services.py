@@ -22,7 +22,6 @@ class Services:
     usage: UsageRecorder
     templates: Jinja2Templates
     trusted_proxies: TrustedProxies
-    simulated_model: bool
 
     def client(self, request: Request) -> Client:
         return Client(client_address(request.scope, self.trusted_proxies), request.headers.get("user-agent", ""))

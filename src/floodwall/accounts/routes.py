@@ -73,7 +73,7 @@ def _form_page(template: str) -> Callable[[Callable[[Request], Awaitable[Respons
             except ApiError as error:
                 if not _is_form(request) or error.status in (413, 429, 503):
                     raise
-                context = {"error": error.message, "email": request.state.__dict__.get("email", "")}
+                context = {"error": error.message, "email": getattr(request.state, "email", "")}
                 response = await render(request, template, context, status=error.status)
                 response.headers[REASON_HEADER] = error.reason
                 return response

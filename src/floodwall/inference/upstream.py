@@ -4,6 +4,7 @@ and the mapping of its failures to OpenAI-shaped 502/503/504.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -13,6 +14,7 @@ import aiohttp
 from floodwall.config import UpstreamSettings
 from floodwall.errors import ApiError
 
+SIMULATED_OWNER = "floodwall-simulated"
 # hop-by-hop and length headers are the proxy's own business
 _DROP_RESPONSE_HEADERS = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "server", "date"}
@@ -28,6 +30,8 @@ class Upstream:
             self._headers["authorization"] = f"Bearer {settings.api_key}"
         self._session: aiohttp.ClientSession | None = None
         self._models: tuple[float, list[str]] = (0.0, [])
+        # floodwall's own simulated model is upstream: the web app says so on every page
+        self.simulated = False
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self.settings.max_connections, ttl_dns_cache=300)
@@ -35,6 +39,11 @@ class Upstream:
             total=None, sock_connect=self.settings.connect_timeout, sock_read=self.settings.read_timeout
         )
         self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=True)
+
+    async def probe(self) -> None:
+        """Learn the model list at start-up; a model server that is not up yet is not an error here."""
+        with contextlib.suppress(ApiError):
+            await self.model_ids(max_age=0)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -80,7 +89,9 @@ class Upstream:
             return ids
         listing = await self.json("GET", "/models")
         data = listing.get("data") if isinstance(listing, dict) else None
-        ids = [str(m["id"]) for m in data or [] if isinstance(m, dict) and "id" in m]
+        models = [m for m in data or [] if isinstance(m, dict) and "id" in m]
+        ids = [str(m["id"]) for m in models]
+        self.simulated = any(m.get("owned_by") == SIMULATED_OWNER for m in models)
         self._models = (time.monotonic(), ids)
         return ids
 

@@ -4,7 +4,8 @@ filler text at a fixed rate, so that floodwall has something to protect in demos
 N generations run at once at T tokens/s each; up to Q more wait in FIFO order; beyond that, 503
 (like Ollama's "server busy" and vLLM behind a queue limit). A client that goes away frees its slot.
 Test hooks: a model id ending in `-error-midstream` sends an error event inside the 200 stream (as vLLM
-does); one ending in `-drop-midstream` closes the connection before the stream ends.
+does); one ending in `-drop-midstream` closes the connection before the stream ends; one ending in
+`-long` writes max_tokens tokens (or the configured maximum) instead of a short reply.
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from floodwall.config import ModelSettings
+from floodwall.inference.upstream import SIMULATED_OWNER as OWNER
 from floodwall.sim.slots import QueueFull, Slots
 
 CHAT_MODEL = "floodwall-simulated-chat"
 EMBED_MODEL = "floodwall-simulated-embedding"
 EMBED_DIMENSIONS = 64
-OWNER = "floodwall-simulated"
 _WORDS = ["This", "is", "a", "simulated", "reply", "from", "floodwall's", "test", "model,", "not", "a", "real", "language", "model.", "It", "writes", "filler", "text", "at", "a", "fixed", "rate", "so", "that", "the", "gateway", "in", "front", "of", "it", "can", "be", "demonstrated,", "tested", "and", "measured", "under", "load."]
 
 
@@ -159,9 +160,10 @@ class Generation:
         settings = model.settings
         limit = body.get("max_tokens") or body.get("max_completion_tokens") or settings.max_tokens
         self.max_tokens = min(int(limit), settings.max_tokens) if isinstance(limit, int) else settings.max_tokens
-        self.reply_tokens = min(self.max_tokens, settings.reply_tokens)
-        self.prompt_tokens = count_tokens(_prompt_text(body))
         self.name = str(body["model"])
+        self.reply_tokens = self.max_tokens if self.name.endswith("-long") else min(self.max_tokens,
+                                                                                     settings.reply_tokens)
+        self.prompt_tokens = count_tokens(_prompt_text(body))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         work = asyncio.create_task(self._run(send))
