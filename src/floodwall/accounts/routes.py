@@ -63,10 +63,13 @@ def _text(fields: dict[str, Any], name: str, *, required: bool = True, default: 
     return value
 
 
-def _form_page(template: str) -> Callable[[Callable[[Request], Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]:
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _form_page(template: str) -> Callable[[Handler], Handler]:
     """Run a handler; when a web form posted and it refused, show the form again with the reason."""
 
-    def wrap(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    def wrap(handler: Handler) -> Handler:
         async def endpoint(request: Request) -> Response:
             try:
                 return await handler(request)

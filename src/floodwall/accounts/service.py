@@ -26,7 +26,9 @@ KEY_PREFIX = "fw_"
 # the visible part of a key in listings: "fw_" and the first 8 characters of the secret
 VISIBLE_PREFIX_LENGTH = len(KEY_PREFIX) + 8
 MAX_PASSWORD_LENGTH = 1024
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+# a local part, and a domain of two or more DNS labels: what can receive mail, not all RFC 5322 allows
+_EMAIL = re.compile(rf"^[^@\s]{{1,64}}@{_LABEL}(?:\.{_LABEL})+$")
 
 
 def token_hash(secret: str) -> str:
@@ -246,7 +248,9 @@ class AccountService:
             await db.commit()
 
     @staticmethod
-    def _record(db: DbSession, user_id: int, kind: str, client: Client, detail: dict[str, object] | None = None) -> None:
+    def _record(
+        db: DbSession, user_id: int, kind: str, client: Client, detail: dict[str, object] | None = None
+    ) -> None:
         db.add(ActivityEvent(user_id=user_id, kind=kind, ip=client.ip, user_agent=client.user_agent,
                              detail=json.dumps(detail) if detail else ""))
 

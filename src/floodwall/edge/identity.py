@@ -74,7 +74,8 @@ def is_https(scope: Scope, trusted: TrustedProxies) -> bool:
         return False
     for name, value in scope.get("headers", ()):
         if name == b"x-forwarded-proto":
-            return value.decode("latin-1").split(",")[0].strip().lower() == "https"
+            proto: str = value.decode("latin-1").split(",")[0].strip().lower()
+            return proto == "https"
         if name == b"forwarded" and b"proto=https" in value.lower():
             return True
     return False

@@ -35,7 +35,11 @@ from floodwall.sim.slots import QueueFull, Slots
 CHAT_MODEL = "floodwall-simulated-chat"
 EMBED_MODEL = "floodwall-simulated-embedding"
 EMBED_DIMENSIONS = 64
-_WORDS = ["This", "is", "a", "simulated", "reply", "from", "floodwall's", "test", "model,", "not", "a", "real", "language", "model.", "It", "writes", "filler", "text", "at", "a", "fixed", "rate", "so", "that", "the", "gateway", "in", "front", "of", "it", "can", "be", "demonstrated,", "tested", "and", "measured", "under", "load."]
+_WORDS = tuple(
+    "This is a simulated reply from floodwall's test model, not a real language model. It writes filler text "
+    "at a fixed rate so that the gateway in front of it can be demonstrated, tested and measured under load."
+    .split()
+)
 
 
 def count_tokens(text: str) -> int:
