@@ -67,6 +67,7 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
         ("[defense]\nlevel = 'panic'\n", "defense.level"),
         ("[upstream]\nurl = 'localhost:8000'\n", "upstream.url"),
         ("[database]\nurl = 'mysql://x/y'\n", "database.url"),
+        ("[state]\nurl = 'memcached://x'\n", "state.url"),
         ("server = 3\n", "must be a table"),
         ("[server\n", "c.toml"),
     ],

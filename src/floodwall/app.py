@@ -40,6 +40,7 @@ def build_app(settings: Settings) -> Starlette:
         Passwords(settings.accounts.password_hash_profile),
         session_lifetime=settings.accounts.session_lifetime,
         min_password_length=settings.accounts.min_password_length,
+        key_cache_ttl=settings.accounts.key_cache_ttl,
     )
     services = Services(
         settings=settings,

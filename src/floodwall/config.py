@@ -74,9 +74,6 @@ class ServerSettings:
     # CIDRs whose X-Forwarded-For / Forwarded headers are believed (a TLS terminator, a load balancer)
     trusted_proxies: list[str] = dataclasses.field(default_factory=list)
     max_body_size: Size = Size(4 * 2**20)
-    # secret for signing cookies and tickets; generated and kept in state_dir when empty
-    secret_key: str = ""
-    state_dir: str = "."
     access_log: bool = False
 
 
@@ -114,6 +111,9 @@ class DefenseSettings:
 class AccountSettings:
     session_lifetime: Duration = Duration(30 * 86400.0)
     min_password_length: int = 8
+    # how long a worker trusts its memory of an API key; a key revoked on another worker (or replica)
+    # stops working within this time, on the worker that revoked it at once
+    key_cache_ttl: Duration = Duration(5.0)
     # "" = argon2-cffi's RFC 9106 low-memory profile; tests may set "fast" to save CPU
     password_hash_profile: str = ""
 
@@ -275,5 +275,7 @@ def _check(settings: Settings) -> None:
     url = settings.upstream.url
     if url and not url.startswith(("http://", "https://")):
         raise ConfigError(f"upstream.url must be an http(s) URL ending in /v1, not {url!r}")
+    if not settings.state.url.startswith(("memory://", "redis://", "rediss://", "valkey://")):
+        raise ConfigError(f"state.url must be memory:// or redis://host:port/db, not {settings.state.url!r}")
     if not settings.database.url.startswith(("sqlite:", "postgresql:", "postgresql+", "postgres:")):
         raise ConfigError("database.url must be sqlite:///path or postgresql://...")

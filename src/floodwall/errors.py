@@ -135,8 +135,16 @@ _HTTP_CODES = {
 }
 
 
+def log_refusal(request: Request, error: ApiError) -> None:
+    """Every refusal is explainable: the reason in the response header, and here in the log."""
+    client = request.scope.get("client")
+    logs.event(log, "refused", status=error.status, reason=error.reason, method=request.method,
+               path=request.url.path, peer=client[0] if client else None)
+
+
 async def on_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
+    log_refusal(request, exc)
     return error_response(request.scope, exc)
 
 
@@ -145,7 +153,9 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     message, code = _HTTP_CODES.get(exc.status_code, (str(exc.detail), "http_error"))
     if exc.status_code == 404:
         message = f"No route {request.method} {request.url.path}. " + message.split(". ", 1)[1]
-    return error_response(request.scope, ApiError(exc.status_code, message, code, headers=exc.headers))
+    error = ApiError(exc.status_code, message, code, headers=exc.headers)
+    log_refusal(request, error)
+    return error_response(request.scope, error)
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:

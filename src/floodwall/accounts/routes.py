@@ -22,7 +22,7 @@ from floodwall.accounts.auth import (
 )
 from floodwall.accounts.models import ApiKey
 from floodwall.bodies import check_json_content_type, parse_json_object, read_body
-from floodwall.errors import REASON_HEADER, ApiError
+from floodwall.errors import REASON_HEADER, ApiError, log_refusal
 from floodwall.services import services
 from floodwall.web.pages import render
 
@@ -76,6 +76,7 @@ def _form_page(template: str) -> Callable[[Handler], Handler]:
             except ApiError as error:
                 if not _is_form(request) or error.status in (413, 429, 503):
                     raise
+                log_refusal(request, error)
                 context = {"error": error.message, "email": getattr(request.state, "email", "")}
                 response = await render(request, template, context, status=error.status)
                 response.headers[REASON_HEADER] = error.reason
@@ -90,12 +91,16 @@ def _user_json(user_id: int, email: str) -> dict[str, Any]:
     return {"id": user_id, "email": email}
 
 
-@_form_page("register.html")
-async def register(request: Request) -> Response:
+async def _credentials(request: Request) -> tuple[str, str]:
     fields = await _fields(request)
     email = _text(fields, "email")
-    request.state.email = email
-    password = _text(fields, "password")
+    request.state.email = email  # a refused form comes back with the address filled in
+    return email, _text(fields, "password")
+
+
+@_form_page("register.html")
+async def register(request: Request) -> Response:
+    email, password = await _credentials(request)
     config = services(request)
     client = config.client(request)
     user = await config.accounts.register(email, password, client)
@@ -109,10 +114,7 @@ async def register(request: Request) -> Response:
 
 @_form_page("login.html")
 async def login(request: Request) -> Response:
-    fields = await _fields(request)
-    email = _text(fields, "email")
-    request.state.email = email
-    password = _text(fields, "password")
+    email, password = await _credentials(request)
     config = services(request)
     client = config.client(request)
     user = await config.accounts.authenticate(email, password, client)

@@ -13,13 +13,14 @@ import re
 import secrets
 from collections.abc import Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession as DbSession
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from floodwall.accounts.models import ActivityEvent, ApiKey, Session, Usage, User, utcnow
 from floodwall.accounts.passwords import Passwords
+from floodwall.cache import Missing, TTLCache
 from floodwall.errors import ApiError
 
 KEY_PREFIX = "fw_"
@@ -74,11 +75,14 @@ class AccountService:
         *,
         session_lifetime: float,
         min_password_length: int = 8,
+        key_cache_ttl: float = 5.0,
     ) -> None:
         self.db = db
         self.passwords = passwords
         self.session_lifetime = dt.timedelta(seconds=session_lifetime)
         self.min_password_length = min_password_length
+        # API keys are looked up on every /v1 call: keep the answers (unknown keys too) for a few seconds
+        self.keys: TTLCache[Principal | None] = TTLCache(key_cache_ttl, max_entries=100_000)
 
     # registration and login
 
@@ -206,17 +210,27 @@ class AccountService:
             if key is None or key.user_id != principal.user_id or key.revoked_at is not None:
                 raise ApiError(404, f"No API key {key_id} on this account.", "key_not_found", param="id")
             key.revoked_at = utcnow()
+            self.keys.pop(key.key_hash)
             self._record(db, principal.user_id, "key_revoked", client, {"key_id": key.id, "prefix": key.prefix})
             await db.commit()
 
     async def key_principal(self, secret: str) -> Principal | None:
         if not secret.startswith(KEY_PREFIX) or len(secret) > 200:
             return None
+        digest = token_hash(secret)
+        cached = self.keys.get(digest)
+        if not isinstance(cached, Missing):
+            return cached
+        principal = await self._load_key(digest)
+        self.keys.put(digest, principal)
+        return principal
+
+    async def _load_key(self, digest: str) -> Principal | None:
         async with self.db() as db:
             row = (await db.execute(
                 select(User, ApiKey.id)
                 .join(ApiKey, ApiKey.user_id == User.id)
-                .where(ApiKey.key_hash == token_hash(secret), ApiKey.revoked_at.is_(None), User.disabled.is_(False))
+                .where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None), User.disabled.is_(False))
             )).first()
         return _principal(row[0], key_id=row[1]) if row else None
 
@@ -239,10 +253,10 @@ class AccountService:
             )).one()
         return {"requests": int(row[0]), "prompt_tokens": int(row[1]), "completion_tokens": int(row[2])}
 
-    async def record_usage(self, records: Sequence[Usage]) -> None:
+    async def record_usage(self, records: Sequence[dict[str, object]]) -> None:
         async with self.db() as db:
-            db.add_all(records)
-            key_ids = {r.key_id for r in records if r.key_id is not None}
+            await db.execute(insert(Usage), list(records))
+            key_ids = {r["key_id"] for r in records if r["key_id"] is not None}
             if key_ids:
                 await db.execute(update(ApiKey).where(ApiKey.id.in_(key_ids)).values(last_used_at=utcnow()))
             await db.commit()

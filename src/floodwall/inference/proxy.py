@@ -15,7 +15,7 @@ import aiohttp
 from starlette.types import Receive, Scope, Send
 
 from floodwall import logs
-from floodwall.accounts.models import Usage
+from floodwall.accounts.models import utcnow
 from floodwall.accounts.service import Principal
 from floodwall.errors import ApiError, error_response
 from floodwall.inference import sse
@@ -186,11 +186,11 @@ class InferenceCall:
             if outcome.status == "ok":
                 outcome.status = "estimated"
         if outcome.accepted:
-            self.recorder.add(Usage(
-                user_id=self.principal.user_id, key_id=self.principal.key_id, endpoint=self.endpoint,
-                model=self.model, prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
-                status=outcome.status[:20],
-            ))
+            self.recorder.add({
+                "user_id": self.principal.user_id, "key_id": self.principal.key_id, "at": utcnow(),
+                "endpoint": self.endpoint, "model": self.model, "prompt_tokens": outcome.prompt_tokens,
+                "completion_tokens": outcome.completion_tokens, "status": outcome.status[:20],
+            })
         logs.event(log, "inference", user_id=self.principal.user_id, key_id=self.principal.key_id,
                    endpoint=self.endpoint, model=self.model, stream=self.stream, status=outcome.status,
                    prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens)

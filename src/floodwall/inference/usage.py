@@ -7,8 +7,10 @@ import contextlib
 import logging
 
 from floodwall import logs
-from floodwall.accounts.models import Usage
 from floodwall.accounts.service import AccountService
+
+# one row of the usage table: user_id, key_id, at, endpoint, model, prompt_tokens, completion_tokens, status
+Record = dict[str, object]
 
 log = logging.getLogger("floodwall.usage")
 
@@ -21,10 +23,10 @@ class UsageRecorder:
         self.accounts = accounts
         self.interval = interval
         self.batch = batch
-        self._queue: asyncio.Queue[Usage] = asyncio.Queue()
+        self._queue: asyncio.Queue[Record] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, record: Usage) -> None:
+    def add(self, record: Record) -> None:
         self._queue.put_nowait(record)
 
     async def start(self) -> None:
@@ -42,12 +44,12 @@ class UsageRecorder:
             if not await self._write(self._take([])):
                 return
 
-    def _take(self, pending: list[Usage]) -> list[Usage]:
+    def _take(self, pending: list[Record]) -> list[Record]:
         while not self._queue.empty() and len(pending) < self.batch:
             pending.append(self._queue.get_nowait())
         return pending
 
-    async def _write(self, records: list[Usage]) -> bool:
+    async def _write(self, records: list[Record]) -> bool:
         try:
             await self.accounts.record_usage(records)
             return True
