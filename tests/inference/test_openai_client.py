@@ -135,17 +135,25 @@ def test_unknown_model_is_passed_on_as_the_model_servers_refusal(base_url: str, 
     assert caught.value.param == "messages"
 
 
-def test_client_disconnect_cancels_the_upstream_generation(base_url: str, model_url: str, api_key: str) -> None:
+@pytest.mark.parametrize("stream", [True, False])
+def test_client_disconnect_cancels_the_upstream_generation(base_url: str, model_url: str, api_key: str,
+                                                           stream: bool) -> None:
     stats_url = model_url.removesuffix("/v1") + "/sim/stats"
     before = httpx.get(stats_url).json()["aborted"]
-    body = {"model": CHAT + "-long", "messages": [{"role": "user", "content": "x"}], "stream": True, "max_tokens": 250}
-    with httpx.Client(base_url=base_url, timeout=30) as http, http.stream(
-        "POST", "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {api_key}"}
-    ) as response:
-        assert response.status_code == 200
-        assert response.headers["x-accel-buffering"] == "no"
-        next(response.iter_bytes())
-    # leaving the block closed the connection mid-answer
+    body = {"model": CHAT + "-long", "messages": [{"role": "user", "content": "x"}], "stream": stream,
+            "max_tokens": 250}
+    headers = {"authorization": f"Bearer {api_key}"}
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        if stream:
+            with http.stream("POST", "/v1/chat/completions", json=body, headers=headers) as response:
+                assert response.status_code == 200
+                assert response.headers["x-accel-buffering"] == "no"
+                next(response.iter_bytes())
+            # leaving the block closed the connection mid-answer
+        else:
+            # the whole answer takes 0.6 s; the client gives up before
+            with pytest.raises(httpx.ReadTimeout):
+                http.post("/v1/chat/completions", json=body, headers=headers, timeout=0.2)
     deadline = time.monotonic() + 10
     while httpx.get(stats_url).json()["aborted"] == before and time.monotonic() < deadline:
         time.sleep(0.05)
