@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -84,6 +85,12 @@ class ActivityEvent(Base):
     ip: Mapped[str] = mapped_column(String(64))
     user_agent: Mapped[str] = mapped_column(String(512))
     detail: Mapped[str] = mapped_column(Text, default="")
+
+    @property
+    def detail_fields(self) -> dict[str, object]:
+        """The detail as a mapping (stored as JSON text so both databases keep it the same way)."""
+        value = json.loads(self.detail) if self.detail else {}
+        return value if isinstance(value, dict) else {"detail": value}
 
 
 class Usage(Base):

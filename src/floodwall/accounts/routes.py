@@ -4,7 +4,6 @@ a form gets its page back with the error, JSON gets OpenAI-shaped errors.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -186,7 +185,7 @@ async def activity(request: Request) -> Response:
     events = await services(request).accounts.activity(principal)
     return JSONResponse({"events": [
         {"at": e.at.isoformat(), "kind": e.kind, "ip": e.ip, "user_agent": e.user_agent,
-         "detail": json.loads(e.detail) if e.detail else None}
+         "detail": e.detail_fields or None}
         for e in events
     ]})
 
