@@ -23,6 +23,7 @@ from floodwall.server import free_port, wait_until_up
 
 POSTGRES = os.environ.get("FLOODWALL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 PASSWORD = "correct horse battery staple"
+NO_LIMITS = Path(__file__).with_name("data") / "no_limits.toml"
 
 
 class Process:
@@ -65,7 +66,7 @@ def floodwall_process(tmp: Path, database: str, upstream: str | None, env: dict[
     """`floodwall serve`; yields its base URL."""
     port = free_port()
     base_env = {"FLOODWALL_LOG_FORMAT": "json", "FLOODWALL_ACCOUNTS_PASSWORD_HASH_PROFILE": "fast",
-                "FLOODWALL_UPSTREAM_RETRY_AFTER": "2"}
+                "FLOODWALL_UPSTREAM_RETRY_AFTER": "2", "FLOODWALL_EDGE_POLICY": str(NO_LIMITS)}
     command = ["serve", "--port", str(port), "--database", database, *args]
     if upstream:
         command += ["--upstream", upstream]

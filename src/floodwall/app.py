@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from floodwall import config as config_module
 from floodwall import errors, logs
@@ -20,11 +21,16 @@ from floodwall.accounts.database import create_engine, sessionmaker
 from floodwall.accounts.passwords import Passwords
 from floodwall.accounts.service import AccountService
 from floodwall.config import Settings
+from floodwall.console import admin
+from floodwall.edge.control import Control
+from floodwall.edge.gate import Gate
 from floodwall.edge.identity import TrustedProxies
+from floodwall.edge.policy import Policy
 from floodwall.inference import routes as inference_routes
 from floodwall.inference.upstream import Upstream
 from floodwall.inference.usage import UsageRecorder
 from floodwall.services import Services
+from floodwall.state import open_store
 from floodwall.web import pages
 from floodwall.web import routes as web_routes
 
@@ -33,7 +39,7 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-def build_app(settings: Settings) -> Starlette:
+def build_app(settings: Settings) -> EdgeApp:
     engine = create_engine(settings.database.url, settings.database.pool_size)
     accounts = AccountService(
         sessionmaker(engine),
@@ -42,17 +48,25 @@ def build_app(settings: Settings) -> Starlette:
         min_password_length=settings.accounts.min_password_length,
         key_cache_ttl=settings.accounts.key_cache_ttl,
     )
+    store = open_store(settings.state.url)
+    trusted = TrustedProxies(settings.server.trusted_proxies)
+    control = Control(store, settings.defense.level, settings.edge.refresh_interval)
+    policy = Policy.load(settings.edge.policy or None)
     services = Services(
         settings=settings,
         accounts=accounts,
         upstream=Upstream(settings.upstream),
         usage=UsageRecorder(accounts),
         templates=pages.templates(),
-        trusted_proxies=TrustedProxies(settings.server.trusted_proxies),
+        trusted_proxies=trusted,
+        store=store,
+        control=control,
+        policy=policy,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await control.start()
         await services.upstream.start()
         await services.upstream.probe()
         await services.usage.start()
@@ -61,11 +75,14 @@ def build_app(settings: Settings) -> Starlette:
         finally:
             await services.usage.stop()
             await services.upstream.close()
+            await control.stop()
+            await store.close()
             await engine.dispose()
 
     routes = [
         Route("/healthz", healthz),
         *inference_routes.routes,
+        *admin.routes,
         *account_routes.routes,
         *web_routes.routes,
         Mount("/static", StaticFiles(directory=str(pages.STATIC)), name="static"),
@@ -80,10 +97,26 @@ def build_app(settings: Settings) -> Starlette:
         },
     )
     app.state.services = services
-    return app
+    gate = Gate(app, policy=policy, store=store, control=control, accounts=accounts, trusted_proxies=trusted,
+                new_account_age=settings.defense.new_account_age, ipv4_prefix=settings.edge.ipv4_prefix,
+                ipv6_prefix=settings.edge.ipv6_prefix)
+    return EdgeApp(app, gate)
 
 
-def app_from_env() -> Starlette:
+class EdgeApp:
+    """The gate in front of the Starlette app, with the app's state and lifespan reachable for tests and tools."""
+
+    def __init__(self, app: Starlette, gate: Gate) -> None:
+        self.app = app
+        self.state = app.state
+        self.gate = gate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # lifespan and websockets go straight to the app; every HTTP request passes the gate
+        await (self.gate if scope["type"] == "http" else self.app)(scope, receive, send)
+
+
+def app_from_env() -> EdgeApp:
     """The ASGI factory each server worker calls: serve hands it the resolved settings in the environment."""
     text = os.environ.get(config_module.SETTINGS_ENV)
     settings = Settings.from_json(text) if text else config_module.load()

@@ -42,3 +42,6 @@ class TTLCache(Generic[V]):
 
     def pop(self, key: str) -> None:
         self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()

@@ -108,6 +108,16 @@ class DefenseSettings:
 
 
 @dataclasses.dataclass
+class EdgeSettings:
+    # a TOML file of [[rule]] tables; empty = the built-in default_policy.toml (the README shows it)
+    policy: str = ""
+    ipv4_prefix: int = 24
+    ipv6_prefix: int = 64
+    # how often each process re-reads the level, bans and lists from the state store
+    refresh_interval: Duration = Duration(1.0)
+
+
+@dataclasses.dataclass
 class AccountSettings:
     session_lifetime: Duration = Duration(30 * 86400.0)
     min_password_length: int = 8
@@ -153,6 +163,7 @@ class Settings:
     database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
     state: StateSettings = dataclasses.field(default_factory=StateSettings)
     defense: DefenseSettings = dataclasses.field(default_factory=DefenseSettings)
+    edge: EdgeSettings = dataclasses.field(default_factory=EdgeSettings)
     accounts: AccountSettings = dataclasses.field(default_factory=AccountSettings)
     model: ModelSettings = dataclasses.field(default_factory=ModelSettings)
     admin: AdminSettings = dataclasses.field(default_factory=AdminSettings)
@@ -272,6 +283,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError("server.workers must be at least 1")
     if settings.model.slots < 1 or settings.model.tokens_per_second <= 0:
         raise ConfigError("model.slots must be >= 1 and model.tokens_per_second > 0")
+    if not 8 <= settings.edge.ipv4_prefix <= 32 or not 16 <= settings.edge.ipv6_prefix <= 128:
+        raise ConfigError("edge.ipv4_prefix must be 8-32 and edge.ipv6_prefix 16-128")
     url = settings.upstream.url
     if url and not url.startswith(("http://", "https://")):
         raise ConfigError(f"upstream.url must be an http(s) URL ending in /v1, not {url!r}")

@@ -45,10 +45,10 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {key: value for key, value in vars(record).items() if key not in _RESERVED and not key.startswith("_")}
 
 
-def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
+def event(logger: logging.Logger, name: str, severity: int = logging.INFO, /, **fields: Any) -> None:
     """Log one named event with its fields as structured data."""
-    if logger.isEnabledFor(level):
-        logger.log(level, name, extra=fields)
+    if logger.isEnabledFor(severity):
+        logger.log(severity, name, extra=fields)
 
 
 def setup(level: str = "info", fmt: str = "auto") -> None:

@@ -9,9 +9,12 @@ from starlette.templating import Jinja2Templates
 
 from floodwall.accounts.service import AccountService, Client
 from floodwall.config import Settings
+from floodwall.edge.control import Control
 from floodwall.edge.identity import TrustedProxies, client_address, is_https
+from floodwall.edge.policy import Policy
 from floodwall.inference.upstream import Upstream
 from floodwall.inference.usage import UsageRecorder
+from floodwall.state.store import Store
 
 
 @dataclasses.dataclass
@@ -22,6 +25,9 @@ class Services:
     usage: UsageRecorder
     templates: Jinja2Templates
     trusted_proxies: TrustedProxies
+    store: Store
+    control: Control
+    policy: Policy
 
     def client(self, request: Request) -> Client:
         return Client(client_address(request.scope, self.trusted_proxies), request.headers.get("user-agent", ""))

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from floodwall.accounts.service import Principal
+from floodwall.edge.gate import edge_info
 from floodwall.errors import ApiError
 from floodwall.services import services
 
@@ -22,7 +23,12 @@ async def api_principal(request: Request) -> Principal:
                        "create keys on the API keys page.", "missing_api_key")
     if scheme.lower() != "bearer" or not secret.strip():
         raise ApiError(401, "The Authorization header must be 'Bearer YOUR_KEY'.", "invalid_api_key")
-    principal = await services(request).accounts.key_principal(secret.strip())
+    edge = edge_info(request)
+    if edge is not None:
+        # the gate already resolved the credential (or declined to look it up): no second lookup
+        principal = edge.principal if edge.principal is not None and edge.principal.key_id is not None else None
+    else:
+        principal = await services(request).accounts.key_principal(secret.strip())
     if principal is None:
         raise ApiError(401, "Incorrect API key provided. Keys are shown once at creation; create a new one "
                        "if it is lost.", "invalid_api_key")
@@ -31,8 +37,11 @@ async def api_principal(request: Request) -> Principal:
 
 async def session_principal(request: Request) -> Principal | None:
     secret = request.cookies.get(SESSION_COOKIE)
-    if not secret or len(secret) > 128:
+    if not secret:
         return None
+    edge = edge_info(request)
+    if edge is not None and edge.principal is not None and edge.principal.session_id is not None:
+        return edge.principal
     return await services(request).accounts.session_principal(secret)
 
 

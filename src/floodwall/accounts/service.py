@@ -83,6 +83,7 @@ class AccountService:
         self.min_password_length = min_password_length
         # API keys are looked up on every /v1 call: keep the answers (unknown keys too) for a few seconds
         self.keys: TTLCache[Principal | None] = TTLCache(key_cache_ttl, max_entries=100_000)
+        self.sessions: TTLCache[Principal | None] = TTLCache(key_cache_ttl, max_entries=100_000)
 
     # registration and login
 
@@ -149,6 +150,7 @@ class AccountService:
             )
             self._record(db, user.id, "password_changed", client)
             await db.commit()
+        self.sessions.clear()
 
     # sessions
 
@@ -160,12 +162,28 @@ class AccountService:
             await db.commit()
         return secret
 
+    def cached_principal(self, secret: str, is_key: bool) -> tuple[bool, Principal | None]:
+        """(True, answer) when the cache knows this key or session, (False, None) when only the database does."""
+        found = (self.keys if is_key else self.sessions).get(token_hash(secret))
+        return (False, None) if isinstance(found, Missing) else (True, found)
+
     async def session_principal(self, secret: str) -> Principal | None:
+        if len(secret) > 128:
+            return None
+        digest = token_hash(secret)
+        cached = self.sessions.get(digest)
+        if not isinstance(cached, Missing):
+            return cached
+        principal = await self._load_session(digest)
+        self.sessions.put(digest, principal)
+        return principal
+
+    async def _load_session(self, digest: str) -> Principal | None:
         async with self.db() as db:
             row = (await db.execute(
                 select(User, Session.id)
                 .join(Session, Session.user_id == User.id)
-                .where(Session.token_hash == token_hash(secret), Session.revoked_at.is_(None),
+                .where(Session.token_hash == digest, Session.revoked_at.is_(None),
                        Session.expires_at > utcnow(), User.disabled.is_(False))
             )).first()
         return _principal(row[0], session_id=row[1]) if row else None
@@ -175,6 +193,8 @@ class AccountService:
             await db.execute(update(Session).where(Session.id == principal.session_id).values(revoked_at=utcnow()))
             self._record(db, principal.user_id, "logout", client)
             await db.commit()
+        # sessions are cached by secret, which is not at hand here: sign-outs are rare, forget them all
+        self.sessions.clear()
 
     # API keys
 

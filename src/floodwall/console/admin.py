@@ -1,0 +1,142 @@
+"""The admin API: defense level, bans, allow and deny lists. `Authorization: Bearer $FLOODWALL_ADMIN_TOKEN`."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from floodwall.bodies import read_json_object
+from floodwall.config import ConfigError, parse_duration
+from floodwall.edge.control import MODES
+from floodwall.errors import ApiError
+from floodwall.services import services
+from floodwall.state.store import Ban
+
+MAX_BODY = 64 * 1024
+
+
+def require_admin(request: Request) -> None:
+    token = services(request).settings.admin.token
+    if not token:
+        raise ApiError(403, "The admin API is disabled: set FLOODWALL_ADMIN_TOKEN to enable it.", "admin_disabled")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise ApiError(401, "A valid admin token is needed: Authorization: Bearer $FLOODWALL_ADMIN_TOKEN.",
+                       "invalid_admin_token")
+
+
+def _who(request: Request) -> str:
+    return f"admin@{services(request).client(request).ip}"
+
+
+async def get_level(request: Request) -> Response:
+    require_admin(request)
+    config = services(request)
+    control = config.control
+    return JSONResponse({**control.record, "level": control.level,
+                         "history": await config.store.level_history(20),
+                         "limits": config.policy.limits_for(control.level)})
+
+
+async def put_level(request: Request) -> Response:
+    require_admin(request)
+    body = await read_json_object(request, MAX_BODY)
+    mode = body.get("level")
+    if mode not in MODES:
+        raise ApiError(400, f"'level' must be one of {', '.join(MODES)}.", "invalid_level", param="level")
+    reason = body.get("reason", "set by an operator")
+    if not isinstance(reason, str):
+        raise ApiError(400, "'reason' must be a string.", "invalid_parameter", param="reason")
+    record = await services(request).control.set_mode(mode, reason[:500], _who(request))
+    return JSONResponse(record)
+
+
+def _ban_json(ban: Ban) -> dict[str, Any]:
+    return {"target": ban.target, "reason": ban.reason, "until": ban.until,
+            "expires_in": max(0, round(ban.until - time.time())), "strikes": ban.strikes}
+
+
+def _cidr(body: dict[str, Any], field: str) -> str:
+    value = body.get(field)
+    try:
+        return str(ipaddress.ip_network(str(value), strict=False)) if isinstance(value, str) else ""
+    except ValueError:
+        pass
+    raise ApiError(400, f"'{field}' must be an address or a CIDR like 203.0.113.0/24.", "invalid_cidr", param=field)
+
+
+async def list_bans(request: Request) -> Response:
+    require_admin(request)
+    return JSONResponse({"bans": [_ban_json(b) for b in await services(request).store.bans()]})
+
+
+async def add_ban(request: Request) -> Response:
+    require_admin(request)
+    body = await read_json_object(request, MAX_BODY)
+    target = _cidr(body, "target")
+    try:
+        duration = float(parse_duration(body.get("duration", "1h")))
+    except ConfigError as exc:
+        raise ApiError(400, str(exc), "invalid_duration", param="duration") from None
+    reason = str(body.get("reason", "operator"))[:100]
+    config = services(request)
+    ban = await config.store.ban(target, reason, duration, escalate=bool(body.get("escalate", False)))
+    await config.control.refresh()
+    return JSONResponse(_ban_json(ban), 201)
+
+
+async def remove_ban(request: Request) -> Response:
+    require_admin(request)
+    target = _cidr({"target": request.path_params["target"].replace("_", "/")}, "target")
+    config = services(request)
+    if not await config.store.unban(target):
+        raise ApiError(404, f"No ban on {target}.", "ban_not_found")
+    await config.control.refresh()
+    return JSONResponse({"target": target, "removed": True})
+
+
+async def get_lists(request: Request) -> Response:
+    require_admin(request)
+    return JSONResponse({"entries": await services(request).store.list_entries()})
+
+
+async def add_list_entry(request: Request) -> Response:
+    require_admin(request)
+    body = await read_json_object(request, MAX_BODY)
+    name = request.path_params["name"]
+    if name not in ("allow", "deny"):
+        raise ApiError(404, "The lists are 'allow' and 'deny'.", "list_not_found")
+    entry = {"list": name, "cidr": _cidr(body, "cidr"), "reason": str(body.get("reason", ""))[:200],
+             "by": _who(request), "at": str(round(time.time()))}
+    config = services(request)
+    await config.store.set_list_entry(entry)
+    await config.control.refresh()
+    return JSONResponse(entry, 201)
+
+
+async def remove_list_entry(request: Request) -> Response:
+    require_admin(request)
+    cidr = _cidr({"cidr": request.path_params["cidr"].replace("_", "/")}, "cidr")
+    config = services(request)
+    if not await config.store.remove_list_entry(request.path_params["name"], cidr):
+        raise ApiError(404, f"{cidr} is not on the {request.path_params['name']} list.", "entry_not_found")
+    await config.control.refresh()
+    return JSONResponse({"cidr": cidr, "removed": True})
+
+
+routes = [
+    Route("/admin/api/level", get_level, methods=["GET"]),
+    Route("/admin/api/level", put_level, methods=["PUT"]),
+    Route("/admin/api/bans", list_bans, methods=["GET"]),
+    Route("/admin/api/bans", add_ban, methods=["POST"]),
+    Route("/admin/api/bans/{target:path}", remove_ban, methods=["DELETE"]),
+    Route("/admin/api/lists", get_lists, methods=["GET"]),
+    Route("/admin/api/lists/{name:str}", add_list_entry, methods=["POST"]),
+    Route("/admin/api/lists/{name:str}/{cidr:path}", remove_list_entry, methods=["DELETE"]),
+]

@@ -1,0 +1,122 @@
+"""What the edge reads on every request but changes rarely: the defense level, bans, allow and deny lists.
+
+Operators and the detector write them to the Store; each process keeps a snapshot, refreshed every
+`interval` seconds and at once after a local change, so a decision never waits on the Store for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from collections.abc import Iterable
+
+from floodwall import logs
+from floodwall.edge.identity import IPAddress, IPNetwork
+from floodwall.edge.policy import LEVELS
+from floodwall.state.store import Ban, Store
+
+log = logging.getLogger("floodwall.edge")
+MODES = ("auto", *LEVELS)
+
+
+class Networks:
+    """A set of addresses and networks with a fast exact-address path."""
+
+    def __init__(self, entries: Iterable[tuple[str, object]]) -> None:
+        self.hosts: dict[IPAddress, object] = {}
+        self.networks: list[tuple[IPNetwork, object]] = []
+        for cidr, value in entries:
+            network = ipaddress.ip_network(cidr, strict=False)
+            if network.num_addresses == 1:
+                self.hosts[network.network_address] = value
+            else:
+                self.networks.append((network, value))
+
+    def match(self, address: IPAddress) -> object | None:
+        found = self.hosts.get(address)
+        if found is not None:
+            return found
+        for network, value in self.networks:
+            if address.version == network.version and address in network:
+                return value
+        return None
+
+
+class Control:
+    def __init__(self, store: Store, default_mode: str = "auto", interval: float = 1.0) -> None:
+        self.store = store
+        self.default_mode = default_mode
+        self.interval = interval
+        self.level = default_mode if default_mode in LEVELS else "normal"
+        self.record: dict[str, object] = {"mode": default_mode, "level": self.level,
+                                          "reason": "configured default", "at": time.time(), "by": "config"}
+        self.bans = Networks([])
+        self.allow = Networks([])
+        self.deny = Networks([])
+        self.healthy = True
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.create_task(self._loop(), name="edge-control")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        try:
+            record = await self.store.get_level()
+            bans = await self.store.bans()
+            entries = await self.store.list_entries()
+        except Exception as exc:  # the Store is away: keep the last snapshot, say so once
+            if self.healthy:
+                logs.event(log, "control_refresh_failed", logging.WARNING, error=repr(exc))
+            self.healthy = False
+            return
+        self.healthy = True
+        if record is not None:
+            self.record = record
+            self.level = str(record.get("level", "normal"))
+        self.bans = Networks((b.target, b) for b in bans)
+        self.allow = Networks((e["cidr"], e) for e in entries if e["list"] == "allow")
+        self.deny = Networks((e["cidr"], e) for e in entries if e["list"] == "deny")
+
+    def banned(self, address: IPAddress) -> Ban | None:
+        found = self.bans.match(address)
+        if isinstance(found, Ban) and found.until > time.time():
+            return found
+        return None
+
+    async def set_mode(self, mode: str, reason: str, by: str) -> dict[str, object]:
+        """Pin a level, or hand it back to the detector with "auto" (which holds the level in force)."""
+        if mode not in MODES:
+            raise ValueError(f"level must be one of {', '.join(MODES)}")
+        level = self.level if mode == "auto" else mode
+        record: dict[str, object] = {"mode": mode, "level": level, "reason": reason, "at": time.time(), "by": by,
+                                     "previous": self.level}
+        await self.store.set_level(record)
+        logs.event(log, "level_changed", logging.WARNING, mode=mode, level=level, previous=self.level,
+                   reason=reason, by=by)
+        await self.refresh()
+        return record
+
+    async def detected(self, level: str, reason: str) -> None:
+        """The detector's move; it takes effect only while the mode is auto."""
+        if self.record.get("mode", "auto") == "auto" and level != self.level:
+            record: dict[str, object] = {"mode": "auto", "level": level, "reason": reason, "at": time.time(),
+                                         "by": "detector", "previous": self.level}
+            await self.store.set_level(record)
+            logs.event(log, "level_changed", logging.WARNING, mode="auto", level=level, reason=reason,
+                       by="detector")
+            await self.refresh()

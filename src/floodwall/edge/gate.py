@@ -1,0 +1,231 @@
+"""The gate: plain ASGI before routing. For each request, in a fixed order, like rack-attack:
+allow list → deny list → bans → who is calling → limits for (class, level, tier) → the app.
+
+No database on the way: the principal comes from the account service's caches, the level, bans and lists
+from the Control snapshot, the limits from the Store (memory: no I/O; Redis: one round trip).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import time
+from collections.abc import Sequence
+
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from floodwall import logs
+from floodwall.accounts.service import AccountService, Principal
+from floodwall.edge.control import Control
+from floodwall.edge.identity import TrustedProxies, client_address
+from floodwall.edge.policy import Caller, Policy, classify
+from floodwall.errors import ApiError, error_response
+from floodwall.state.store import Bucket, Store, Verdict
+
+log = logging.getLogger("floodwall.edge")
+
+SESSION_COOKIE = b"fw_session="
+REGISTRATION_BUSY = ("Registration is busy because of high demand or an ongoing attack. Please wait and try "
+                     "again. Registered users can log in normally.")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EdgeInfo:
+    """What the gate learnt, left in scope["state"]["edge"] for the routes."""
+
+    klass: str
+    address: str
+    tier: str
+    level: str
+    principal: Principal | None
+
+
+def edge_info(request: HTTPConnection) -> EdgeInfo | None:
+    """What the gate learnt about this request (None when it did not run: an app built without it)."""
+    found = request.scope.get("state", {}).get("edge")
+    return found if isinstance(found, EdgeInfo) else None
+
+
+class Gate:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        policy: Policy,
+        store: Store,
+        control: Control,
+        accounts: AccountService,
+        trusted_proxies: TrustedProxies,
+        new_account_age: float,
+        ipv4_prefix: int = 24,
+        ipv6_prefix: int = 64,
+    ) -> None:
+        self.app = app
+        self.policy = policy
+        self.store = store
+        self.control = control
+        self.accounts = accounts
+        self.trusted = trusted_proxies
+        self.new_account_age = new_account_age
+        self.v4_mask = ((1 << ipv4_prefix) - 1) << (32 - ipv4_prefix)
+        self.v6_mask = ((1 << ipv6_prefix) - 1) << (128 - ipv6_prefix)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        klass = classify(scope["method"], scope["path"])
+        text = client_address(scope, self.trusted)
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:  # a unix socket or a test transport: no address to limit by
+            address = ipaddress.IPv4Address(0)
+        level = self.control.level
+        if self.control.allow.match(address) is not None:
+            principal = await self._principal(scope)
+            self._enter(scope, klass, text, self._tier(principal), level, principal)
+            await self.app(scope, receive, send)
+            return
+        principal, tier = None, "anonymous"
+        buckets: list[Bucket] = []
+        verdicts: list[Verdict] = []
+        refusal = self._blocked(address)
+        if refusal is None:
+            principal, refusal = await self._principal_or_refusal(scope, address, level)
+            tier = self._tier(principal)
+        if refusal is None:
+            buckets = self._buckets(klass, level, address, tier, principal)
+            verdicts = await self.store.hit(buckets) if buckets else []
+            refusal = _first_refusal(klass, buckets, verdicts)
+        if refusal is not None:
+            logs.event(log, "refused", status=refusal.status, reason=refusal.reason, klass=klass, level=level,
+                       tier=tier, address=text, method=scope["method"], path=scope["path"])
+            await error_response(scope, refusal)(scope, receive, send)
+            return
+        self._enter(scope, klass, text, tier, level, principal)
+        if verdicts and klass.startswith("api"):
+            send = _with_ratelimit_headers(send, buckets, verdicts)
+        await self.app(scope, receive, send)
+
+    def _enter(self, scope: Scope, klass: str, address: str, tier: str, level: str,
+               principal: Principal | None) -> None:
+        scope.setdefault("state", {})["edge"] = EdgeInfo(klass, address, tier, level, principal)
+
+    def _blocked(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ApiError | None:
+        entry = self.control.deny.match(address)
+        if entry is not None:
+            return ApiError(403, "Requests from your network are not accepted.", "denied", reason="deny-list")
+        ban = self.control.banned(address)
+        if ban is not None:
+            return ApiError(403, "Your address is temporarily blocked because of abusive traffic.", "banned",
+                            retry_after=ban.until - time.time(), reason=f"ban/{ban.reason}")
+        return None
+
+    def _tier(self, principal: Principal | None) -> str:
+        if principal is None:
+            return "anonymous"
+        age = time.time() - principal.created_at.timestamp()
+        return "established" if age >= self.new_account_age else "new"
+
+    async def _principal_or_refusal(self, scope: Scope, address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                                    level: str) -> tuple[Principal | None, ApiError | None]:
+        secret, is_key = _credential(scope)
+        if secret is None:
+            return None, None
+        known, cached = self.accounts.cached_principal(secret, is_key)
+        if known:
+            return cached, None
+        # a credential not seen lately costs a database query: the lookup rules ration them per address
+        buckets = self._buckets("credential-lookup", level, address, "anonymous", None)
+        if buckets:
+            refusal = _first_refusal("credential-lookup", buckets, await self.store.hit(buckets))
+            if refusal is not None:
+                return None, refusal
+        return await self._lookup(secret, is_key), None
+
+    async def _principal(self, scope: Scope) -> Principal | None:
+        """For allow-listed callers: no rationing."""
+        secret, is_key = _credential(scope)
+        return await self._lookup(secret, is_key) if secret is not None else None
+
+    async def _lookup(self, secret: str, is_key: bool) -> Principal | None:
+        if is_key:
+            return await self.accounts.key_principal(secret)
+        return await self.accounts.session_principal(secret)
+
+    def _buckets(self, klass: str, level: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                 tier: str, principal: Principal | None) -> list[Bucket]:
+        ip = int(address)
+        network = ip & (self.v4_mask if address.version == 4 else self.v6_mask)
+        caller = Caller(ip, network, tier, principal.user_id if principal else None,
+                        principal.key_id if principal else None)
+        return self.policy.buckets(klass, level, caller)
+
+
+def _credential(scope: Scope) -> tuple[str | None, bool]:
+    """The API key (Bearer) or the session cookie the request carries, if any."""
+    cookie = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, secret = value.partition(b" ")
+            if scheme.lower() == b"bearer" and secret.strip():
+                return secret.strip().decode("latin-1"), True
+        elif name == b"cookie" and SESSION_COOKIE in value:
+            for part in value.split(b";"):
+                part = part.strip()
+                if part.startswith(SESSION_COOKIE):
+                    cookie = part[len(SESSION_COOKIE):].decode("latin-1")
+    return cookie, False
+
+
+def _first_refusal(klass: str, buckets: Sequence[Bucket], verdicts: Sequence[Verdict]) -> ApiError | None:
+    refused = [(v.retry_after, b.rule, b, v) for b, v in zip(buckets, verdicts, strict=True) if not v.allowed]
+    if not refused:
+        return None
+    # the longest wait is the one that matters: retrying sooner would be refused again
+    _, _, bucket, verdict = max(refused)
+    return _throttled(klass, bucket, verdict)
+
+
+def _throttled(klass: str, bucket: Bucket, verdict: Verdict) -> ApiError:
+    wait = verdict.retry_after
+    if klass == "auth-register":
+        return ApiError(429, REGISTRATION_BUSY, "registration_busy", retry_after=wait, reason=bucket.rule)
+    if klass == "auth-login":
+        return ApiError(429, "Too many sign-in attempts. Please wait and try again.", "login_throttled",
+                        retry_after=wait, reason=bucket.rule)
+    return ApiError(429, f"Rate limit reached ({bucket.rule}). Please try again in {max(1, round(wait))}s.",
+                    "rate_limit_exceeded", type="requests", retry_after=wait, reason=bucket.rule)
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's reset format: 1s, 6m0s, 1h2m3s."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+def _with_ratelimit_headers(send: Send, buckets: Sequence[Bucket], verdicts: Sequence[Verdict]) -> Send:
+    # the tightest limit is the one the client must pace itself by
+    index = min(range(len(verdicts)), key=lambda i: verdicts[i].remaining)
+    bucket, verdict = buckets[index], verdicts[index]
+    limit = round(bucket.tolerance / bucket.interval)
+    headers = [
+        (b"x-ratelimit-limit-requests", str(limit).encode()),
+        (b"x-ratelimit-remaining-requests", str(verdict.remaining).encode()),
+        (b"x-ratelimit-reset-requests", _duration(verdict.reset_after).encode()),
+    ]
+
+    async def sender(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *headers]}
+        await send(message)
+
+    return sender

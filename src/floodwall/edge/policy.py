@@ -1,0 +1,175 @@
+"""Edge policy as data: request classes, caller tiers, and named limit rules per defense level.
+
+The rules come from a TOML file (default_policy.toml beside this module, or `edge.policy`); this module
+parses them once and turns a request's facts into the buckets to check. It has no special cases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from floodwall.config import ConfigError, parse_duration
+from floodwall.state.store import Bucket
+
+DEFAULT_POLICY = Path(__file__).with_name("default_policy.toml")
+LEVELS = ("normal", "elevated", "under_attack")
+CLASSES = frozenset(
+    {"static", "page", "auth-register", "auth-login", "api-inference", "api-other", "status", "admin",
+     # not a request class: the gate checks it before looking up a credential it has not seen lately
+     "credential-lookup"}
+)
+TIERS = frozenset({"anonymous", "new", "established"})
+KEYS = frozenset({"ip", "network", "account", "key", "global"})
+_LIMIT = re.compile(r"^\s*(\d+)\s*/\s*([\w.]+)\s*(?:burst\s+(\d+))?\s*$")
+
+INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/app/chat"})
+PAGE_PATHS = frozenset({"/", "/register", "/login", "/chat", "/keys", "/activity", "/password"})
+
+
+def classify(method: str, path: str) -> str:
+    """The request class, from the method and path alone (cheap, before routing)."""
+    if path.startswith("/static/"):
+        return "static"
+    if path in INFERENCE_PATHS and method == "POST":
+        return "api-inference"
+    if path == "/auth/register" and method == "POST":
+        return "auth-register"
+    if path == "/auth/login" and method == "POST":
+        return "auth-login"
+    if path.startswith("/admin"):
+        return "admin"
+    if path.startswith(("/status", "/api/v2/")) or path in ("/healthz", "/metrics"):
+        return "status"
+    if path in PAGE_PATHS or (method == "GET" and not path.startswith(("/v1/", "/account/", "/auth/"))):
+        return "page"
+    return "api-other"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limit:
+    count: int
+    period: float
+    burst: int
+
+    @property
+    def interval(self) -> float:
+        return self.period / self.count
+
+    @property
+    def tolerance(self) -> float:
+        return self.interval * self.burst
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.period:g}s burst {self.burst}"
+
+
+def parse_limit(text: str, where: str) -> Limit | None:
+    if text.strip().lower() in {"off", "none", ""}:
+        return None
+    match = _LIMIT.match(text)
+    if not match:
+        raise ConfigError(f"{where}: {text!r} is not a limit like '120/1m' or '5/30m burst 2'")
+    count = int(match.group(1))
+    period = float(parse_duration(match.group(2) if match.group(2)[0].isdigit() else "1" + match.group(2)))
+    burst = int(match.group(3)) if match.group(3) else count
+    if count < 1 or period <= 0 or burst < 1:
+        raise ConfigError(f"{where}: {text!r} needs a count, a period and a burst above zero")
+    return Limit(count, period, burst)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    classes: frozenset[str]
+    key: str
+    tiers: frozenset[str]
+    limits: Mapping[str, Limit | None]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Caller:
+    """The facts about one request that rules key on."""
+
+    ip: int
+    network: int
+    tier: str
+    account: int | None
+    key: int | None
+
+
+class Policy:
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self.rules = tuple(rules)
+        # precomputed: for each (class, level, tier), the rules that apply, so a request is a dict lookup
+        self._index: dict[tuple[str, str, str], tuple[tuple[Rule, Limit], ...]] = {}
+        for klass in CLASSES:
+            for level in LEVELS:
+                for tier in TIERS:
+                    self._index[(klass, level, tier)] = tuple(
+                        (rule, limit) for rule in self.rules
+                        if klass in rule.classes and tier in rule.tiers
+                        and (limit := rule.limits.get(level)) is not None
+                    )
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Policy:
+        source = Path(path) if path else DEFAULT_POLICY
+        try:
+            data = tomllib.loads(source.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read the edge policy {source}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        return cls(_rule(entry, f"{source} rule {i + 1}") for i, entry in enumerate(data.get("rule", [])))
+
+    def buckets(self, klass: str, level: str, caller: Caller) -> list[Bucket]:
+        found = []
+        for rule, limit in self._index[(klass, level, caller.tier)]:
+            ident = _ident(rule.key, caller)
+            if ident is not None:
+                found.append(Bucket(rule.name, ident, limit.interval, limit.tolerance))
+        return found
+
+    def limits_for(self, level: str) -> dict[str, str]:
+        return {rule.name: str(rule.limits.get(level) or "off") for rule in self.rules}
+
+
+def _ident(key: str, caller: Caller) -> int | None:
+    if key == "ip":
+        return caller.ip
+    if key == "network":
+        return caller.network
+    if key == "account":
+        return caller.account
+    if key == "key":
+        return caller.key
+    return 0  # global
+
+
+def _rule(entry: Any, where: str) -> Rule:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: must be a table")
+    unknown = set(entry) - {"name", "classes", "key", "tiers", *LEVELS}
+    if unknown:
+        raise ConfigError(f"{where}: unknown fields {', '.join(sorted(unknown))}")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: needs a name like 'login/ip'")
+    where = f"{where} ({name})"
+    classes = frozenset(entry.get("classes") or [])
+    if not classes or not classes <= CLASSES:
+        raise ConfigError(f"{where}: classes must be some of {', '.join(sorted(CLASSES))}")
+    key = entry.get("key")
+    if key not in KEYS:
+        raise ConfigError(f"{where}: key must be one of {', '.join(sorted(KEYS))}")
+    tiers = frozenset(entry.get("tiers") or TIERS)
+    if not tiers <= TIERS:
+        raise ConfigError(f"{where}: tiers must be some of {', '.join(sorted(TIERS))}")
+    limits = {level: parse_limit(str(entry[level]), f"{where} {level}") if level in entry else None
+              for level in LEVELS}
+    return Rule(name, classes, key, tiers, limits)

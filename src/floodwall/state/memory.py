@@ -1,0 +1,116 @@
+"""The embedded Store: plain dicts in this process, no round trips, bounded in memory."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from floodwall.state.store import Ban, Bucket, Verdict, gcra
+
+STRIKE_MEMORY = 86400.0
+
+
+class MemoryStore:
+    def __init__(self, max_keys: int = 2_000_000, clock: Callable[[], float] = time.time) -> None:
+        self.max_keys = max_keys
+        self.clock = clock
+        # one dict a rule, keyed by int where it can be: 1,000,000 addresses cost ~100 bytes each
+        self._tat: dict[str, dict[int | str, float]] = {}
+        self._size = 0
+        self._bans: dict[str, Ban] = {}
+        self._strikes: dict[str, tuple[int, float]] = {}
+        self._lists: dict[tuple[str, str], dict[str, str]] = {}
+        self._level: dict[str, object] | None = None
+        self._history: list[dict[str, object]] = []
+
+    def decide(self, buckets: Sequence[Bucket], spend: bool = True) -> list[Verdict]:
+        """Synchronous core of hit(): the edge calls it directly on the hot path."""
+        now = self.clock()
+        results = []
+        tables = []
+        new_tats = []
+        allowed = True
+        for bucket in buckets:
+            table = self._tat.get(bucket.rule)
+            if table is None:
+                table = self._tat[bucket.rule] = {}
+            verdict, new_tat = gcra(table.get(bucket.ident, 0.0), now, bucket)
+            results.append(verdict)
+            tables.append(table)
+            new_tats.append(new_tat)
+            allowed = allowed and verdict.allowed
+        if allowed and spend:
+            for bucket, table, new_tat in zip(buckets, tables, new_tats, strict=True):
+                if bucket.ident not in table:
+                    self._size += 1
+                table[bucket.ident] = new_tat
+            if self._size > self.max_keys:
+                self._evict(now)
+        return results
+
+    def _evict(self, now: float) -> None:
+        # a bucket whose arrival time has passed is full again: forgetting it changes no decision
+        for rule, table in self._tat.items():
+            self._tat[rule] = {k: v for k, v in table.items() if v > now}
+        self._size = len(self)
+        overflow = self._size - self.max_keys * 3 // 4
+        for table in sorted(self._tat.values(), key=len, reverse=True):
+            if overflow <= 0:
+                break
+            # still too many live buckets (a flood of distinct keys): forget the oldest-written first
+            for key in list(table)[: min(overflow, len(table))]:
+                del table[key]
+                overflow -= 1
+        self._size = len(self)
+
+    def __len__(self) -> int:
+        return sum(len(table) for table in self._tat.values())
+
+    async def hit(self, buckets: Sequence[Bucket]) -> list[Verdict]:
+        return self.decide(buckets)
+
+    async def peek(self, buckets: Sequence[Bucket]) -> list[Verdict]:
+        return self.decide(buckets, spend=False)
+
+    async def ban(self, target: str, reason: str, duration: float, escalate: bool = True) -> Ban:
+        now = self.clock()
+        strikes, since = self._strikes.get(target, (0, now))
+        if now - since > STRIKE_MEMORY:
+            strikes = 0
+        if escalate:
+            duration *= 2**strikes
+            self._strikes[target] = (strikes + 1, now)
+        ban = Ban(target, reason, now + duration, strikes + 1 if escalate else strikes)
+        self._bans[target] = ban
+        return ban
+
+    async def unban(self, target: str) -> bool:
+        return self._bans.pop(target, None) is not None
+
+    async def bans(self) -> list[Ban]:
+        now = self.clock()
+        self._bans = {t: b for t, b in self._bans.items() if b.until > now}
+        return sorted(self._bans.values(), key=lambda b: b.until)
+
+    async def list_entries(self) -> list[dict[str, str]]:
+        return list(self._lists.values())
+
+    async def set_list_entry(self, entry: dict[str, str]) -> None:
+        self._lists[(entry["list"], entry["cidr"])] = entry
+
+    async def remove_list_entry(self, list_name: str, cidr: str) -> bool:
+        return self._lists.pop((list_name, cidr), None) is not None
+
+    async def get_level(self) -> dict[str, object] | None:
+        return self._level
+
+    async def set_level(self, record: dict[str, object], history_limit: int = 200) -> None:
+        self._level = record
+        self._history.insert(0, record)
+        del self._history[history_limit:]
+
+    async def level_history(self, limit: int = 50) -> list[dict[str, object]]:
+        return self._history[:limit]
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,183 @@
+"""The shared Store: Redis or Valkey, one round trip per decision (a Lua script over every bucket).
+
+The script reads Redis's own clock, so replicas with skewed clocks still share one limit exactly.
+When Redis cannot be reached, decisions fall back to a MemoryStore in this process: limits still hold
+per process (looser by the number of replicas), nobody gets a 500, established users keep being served.
+Every fallback is counted and logged (the first one, and the recovery).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from floodwall import logs
+from floodwall.state.memory import STRIKE_MEMORY, MemoryStore
+from floodwall.state.store import Ban, Bucket, Verdict
+
+log = logging.getLogger("floodwall.state")
+
+# KEYS: one per bucket. ARGV: for each bucket interval, tolerance, cost.
+# Returns, for each bucket: allowed (0/1), retry_after, remaining, reset_after (as strings: Lua numbers
+# would be truncated to integers on the way back).
+GCRA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local out = {}
+local new = {}
+local all = true
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[i * 3 - 2])
+  local tolerance = tonumber(ARGV[i * 3 - 1])
+  local cost = tonumber(ARGV[i * 3])
+  local tat = tonumber(redis.call('GET', key) or '0')
+  local start = math.max(tat, now)
+  local new_tat = start + interval * cost
+  local over = new_tat - now - tolerance
+  if over > 1e-9 then
+    all = false
+    local remaining = math.floor((tolerance - (start - now)) / interval)
+    out[#out + 1] = {0, tostring(over), math.max(0, remaining), tostring(start - now)}
+  else
+    out[#out + 1] = {1, '0', math.floor((tolerance - (new_tat - now)) / interval + 1e-9), tostring(new_tat - now)}
+  end
+  new[i] = new_tat
+end
+if all and ARGV[#KEYS * 3 + 1] == '1' then
+  for i, key in ipairs(KEYS) do
+    local ttl = math.ceil(new[i] - now) + 1
+    redis.call('SET', key, tostring(new[i]), 'EX', ttl)
+  end
+end
+return out
+"""
+
+BAN = """
+local strikes_key = KEYS[2]
+local strikes = tonumber(redis.call('GET', strikes_key) or '0')
+local duration = tonumber(ARGV[1])
+if ARGV[3] == '1' then
+  duration = duration * (2 ^ strikes)
+  strikes = strikes + 1
+  redis.call('SET', strikes_key, strikes, 'EX', ARGV[4])
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local until_ = now + duration
+redis.call('HSET', KEYS[1], ARGV[2], cjson.encode({reason = ARGV[5], ['until'] = until_, strikes = strikes}))
+return {tostring(until_), strikes}
+"""
+
+
+class RedisStore:
+    def __init__(self, url: str, timeout: float = 0.25) -> None:
+        # ?prefix=name: keeps several floodwall deployments (or test runs) apart in one Redis database
+        parts = urlsplit(url.replace("valkey://", "redis://", 1))
+        query = dict(parse_qsl(parts.query))
+        self.prefix = query.pop("prefix", "fw:")
+        self.url = urlunsplit(parts._replace(query=urlencode(query)))
+        self.client = aioredis.Redis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                              decode_responses=False, health_check_interval=30)
+        self._gcra = self.client.register_script(GCRA)
+        self._ban = self.client.register_script(BAN)
+        self.local = MemoryStore()
+        self.fallbacks = 0
+        self.round_trips = 0
+        self._failing = False
+
+    def _failed(self, exc: Exception) -> None:
+        self.fallbacks += 1
+        if not self._failing:
+            logs.event(log, "redis_unreachable", logging.ERROR, url=self.url, error=repr(exc),
+                       effect="limits now decided in this process only")
+        self._failing = True
+
+    def _recovered(self) -> None:
+        if self._failing:
+            logs.event(log, "redis_recovered", logging.WARNING, url=self.url, fallbacks=self.fallbacks)
+        self._failing = False
+
+    async def _decide(self, buckets: Sequence[Bucket], spend: bool) -> list[Verdict]:
+        if not buckets:
+            return []
+        keys = [f"{self.prefix}rl:{b.rule}:{b.ident}" for b in buckets]
+        args: list[str] = []
+        for b in buckets:
+            args += [repr(b.interval), repr(b.tolerance), repr(b.cost)]
+        args.append("1" if spend else "0")
+        try:
+            self.round_trips += 1
+            rows = await self._gcra(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return self.local.decide(buckets, spend)
+        self._recovered()
+        return [Verdict(bool(int(a)), float(r), int(rem), float(reset)) for a, r, rem, reset in rows]
+
+    async def hit(self, buckets: Sequence[Bucket]) -> list[Verdict]:
+        return await self._decide(buckets, True)
+
+    async def peek(self, buckets: Sequence[Bucket]) -> list[Verdict]:
+        return await self._decide(buckets, False)
+
+    async def ban(self, target: str, reason: str, duration: float, escalate: bool = True) -> Ban:
+        until, strikes = await self._ban(
+            keys=[f"{self.prefix}bans", f"{self.prefix}strikes:{target}"],
+            args=[repr(duration), target, "1" if escalate else "0", str(int(STRIKE_MEMORY)), reason],
+        )
+        return Ban(target, reason, float(until), int(strikes))
+
+    async def unban(self, target: str) -> bool:
+        return bool(await self.client.hdel(f"{self.prefix}bans", target))
+
+    async def bans(self) -> list[Ban]:
+        raw = await self.client.hgetall(f"{self.prefix}bans")
+        now = time.time()
+        found, expired = [], []
+        for target, value in raw.items():
+            data = json.loads(value)
+            if data["until"] > now:
+                found.append(Ban(_text(target), data["reason"], float(data["until"]), int(data["strikes"])))
+            else:
+                expired.append(target)
+        if expired:
+            await self.client.hdel(f"{self.prefix}bans", *expired)
+        return sorted(found, key=lambda b: b.until)
+
+    async def list_entries(self) -> list[dict[str, str]]:
+        raw = await self.client.hgetall(f"{self.prefix}lists")
+        return [json.loads(v) for v in raw.values()]
+
+    async def set_list_entry(self, entry: dict[str, str]) -> None:
+        await self.client.hset(f"{self.prefix}lists", f"{entry['list']}|{entry['cidr']}", json.dumps(entry))
+
+    async def remove_list_entry(self, list_name: str, cidr: str) -> bool:
+        return bool(await self.client.hdel(f"{self.prefix}lists", f"{list_name}|{cidr}"))
+
+    async def get_level(self) -> dict[str, object] | None:
+        raw = await self.client.get(f"{self.prefix}level")
+        return json.loads(raw) if raw else None
+
+    async def set_level(self, record: dict[str, object], history_limit: int = 200) -> None:
+        text = json.dumps(record)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(f"{self.prefix}level", text)
+            pipe.lpush(f"{self.prefix}level:history", text)
+            pipe.ltrim(f"{self.prefix}level:history", 0, history_limit - 1)
+            await pipe.execute()
+
+    async def level_history(self, limit: int = 50) -> list[dict[str, object]]:
+        return [json.loads(v) for v in await self.client.lrange(f"{self.prefix}level:history", 0, limit - 1)]
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,89 @@
+"""The Store protocol: what the edge asks of state, and nothing more.
+
+A limit is a GCRA bucket: `interval` seconds between requests on average, `tolerance` seconds of burst.
+`hit` checks several buckets at once and spends on all of them only if every one allows (a request refused
+by one limit does not use up another); in Redis it is one round trip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Protocol
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Bucket:
+    """One limit (`rule`, e.g. "inference/ip") applied to one key (`ident`: an address as an int, an account id)."""
+
+    rule: str
+    ident: int | str
+    interval: float  # seconds per unit: period / limit
+    tolerance: float  # seconds of burst: interval * burst
+    cost: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Verdict:
+    """The answer for one bucket: allowed, how long to wait if not, what is left, when it is full again."""
+
+    allowed: bool
+    retry_after: float
+    remaining: int
+    reset_after: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ban:
+    target: str  # an address or a CIDR
+    reason: str
+    until: float  # unix time
+    strikes: int
+
+
+class Store(Protocol):
+    async def hit(self, buckets: Sequence[Bucket]) -> list[Verdict]:
+        """Check every bucket; spend on all of them only if all allow."""
+        ...
+
+    async def peek(self, buckets: Sequence[Bucket]) -> list[Verdict]:
+        """What hit would say, without spending."""
+        ...
+
+    async def ban(self, target: str, reason: str, duration: float, escalate: bool = True) -> Ban:
+        """Ban for `duration`, times 2**strikes for a repeat offender when escalating; strikes last a day."""
+        ...
+
+    async def unban(self, target: str) -> bool: ...
+
+    async def bans(self) -> list[Ban]: ...
+
+    async def list_entries(self) -> list[dict[str, str]]:
+        """Operator allow and deny entries: {"list": "allow"|"deny", "cidr", "reason"}."""
+        ...
+
+    async def set_list_entry(self, entry: dict[str, str]) -> None: ...
+
+    async def remove_list_entry(self, list_name: str, cidr: str) -> bool: ...
+
+    async def get_level(self) -> dict[str, object] | None:
+        """The pinned or detected level record, shared by every process using this store."""
+        ...
+
+    async def set_level(self, record: dict[str, object], history_limit: int = 200) -> None: ...
+
+    async def level_history(self, limit: int = 50) -> list[dict[str, object]]: ...
+
+    async def close(self) -> None: ...
+
+
+def gcra(tat: float, now: float, bucket: Bucket) -> tuple[Verdict, float]:
+    """One GCRA decision: the verdict and the bucket's new theoretical arrival time (unchanged if refused)."""
+    start = tat if tat > now else now
+    new_tat = start + bucket.interval * bucket.cost
+    over = new_tat - now - bucket.tolerance
+    if over > 1e-9:
+        remaining = int((bucket.tolerance - (start - now)) / bucket.interval) if bucket.interval else 0
+        return Verdict(False, over, max(0, remaining), start - now), tat
+    remaining = int((bucket.tolerance - (new_tat - now)) / bucket.interval + 1e-9) if bucket.interval else 0
+    return Verdict(True, 0.0, remaining, new_tat - now), new_tat

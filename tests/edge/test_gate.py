@@ -1,0 +1,193 @@
+"""The gate over real HTTP with the default policy: each test speaks from its own loopback address
+(127.0.0.0/8 all reaches the server), so limits keyed by address do not interfere between tests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import PASSWORD, floodwall_process
+
+TOKEN = "admin-" + secrets.token_hex(8)
+_addresses = itertools.count(10)
+
+
+@pytest.fixture(scope="module")
+def edge_url(model_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("edge")
+    env = {"FLOODWALL_EDGE_POLICY": "", "FLOODWALL_ADMIN_TOKEN": TOKEN, "FLOODWALL_DEFENSE_LEVEL": "normal",
+           "FLOODWALL_DEFENSE_NEW_ACCOUNT_AGE": "2s", "FLOODWALL_SERVER_TRUSTED_PROXIES": "127.0.0.2/32"}
+    with floodwall_process(tmp, f"sqlite:///{tmp / 'edge.db'}", model_url, env=env) as url:
+        yield url
+
+
+def client_from(base_url: str, address: str | None = None, **kwargs: Any) -> httpx.Client:
+    """An HTTP client whose connections come from their own loopback address."""
+    if address is None:
+        n = next(_addresses)
+        address = f"127.1.{n // 250}.{n % 250 + 3}"
+    return httpx.Client(base_url=base_url, transport=httpx.HTTPTransport(local_address=address), timeout=30,
+                        **kwargs)
+
+
+def admin(base_url: str) -> httpx.Client:
+    return httpx.Client(base_url=base_url, headers={"authorization": f"Bearer {TOKEN}"}, timeout=30)
+
+
+@pytest.fixture
+def level(edge_url: str) -> Iterator[Any]:
+    def set_level(name: str) -> dict[str, Any]:
+        with admin(edge_url) as a:
+            response = a.put("/admin/api/level", json={"level": name, "reason": "test"})
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
+            return body
+
+    yield set_level
+    set_level("normal")
+
+
+def refusal(response: httpx.Response, status: int, code: str, reason: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["x-floodwall-reason"] == reason
+    error: dict[str, Any] = response.json()["error"]
+    assert error["code"] == code and error["message"]
+    assert int(response.headers["retry-after"]) >= 1 and error["retry_after"] >= 1
+    return error
+
+
+def test_signups_per_address_are_limited_with_the_registration_message(edge_url: str) -> None:
+    with client_from(edge_url) as c:
+        for _ in range(5):
+            email = f"s-{secrets.token_hex(4)}@example.com"
+            assert c.post("/auth/register", json={"email": email, "password": PASSWORD}).status_code == 201
+        sixth = c.post("/auth/register", json={"email": "late@example.com", "password": PASSWORD})
+    error = refusal(sixth, 429, "registration_busy", "register/ip")
+    assert "Registered users can log in normally" in error["message"]
+    assert int(sixth.headers["retry-after"]) > 60  # 5 per 30 minutes: the next slot is minutes away
+
+
+def test_anonymous_flood_is_cut_while_an_established_user_on_the_same_address_is_served(
+    edge_url: str, level: Any
+) -> None:
+    address = "127.0.9.9"
+    with client_from(edge_url, address) as user:
+        email = f"est-{secrets.token_hex(4)}@example.com"
+        assert user.post("/auth/register", json={"email": email, "password": PASSWORD}).status_code == 201
+        assert user.post("/auth/login", json={"email": email, "password": PASSWORD}).status_code == 200
+        key = user.post("/account/keys", json={}).json()["key"]
+        time.sleep(2.1)  # defense.new_account_age is 2s here: the account is now established
+        assert level("under_attack")["level"] == "under_attack"
+        with client_from(edge_url, address) as flood:
+            codes = [flood.get("/login").status_code for _ in range(15)]
+        assert codes[:10] == [200] * 10 and 429 in codes  # 20/1m burst 10 for anonymous callers
+        last = None
+        with client_from(edge_url, address) as flood:
+            flood_response = flood.get("/login")
+        refusal(flood_response, 429, "rate_limit_exceeded", "anonymous/ip")
+        for _ in range(20):
+            last = user.post("/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                             json={"model": "floodwall-simulated-chat", "max_tokens": 2,
+                                   "messages": [{"role": "user", "content": "still here?"}]})
+            assert last.status_code == 200, last.text
+        assert last is not None and last.headers["x-ratelimit-limit-requests"] == "30"
+        assert int(last.headers["x-ratelimit-remaining-requests"]) < 30
+        assert last.headers["x-ratelimit-reset-requests"].endswith("s")
+
+
+def test_new_accounts_get_less_under_attack(edge_url: str, level: Any) -> None:
+    with client_from(edge_url) as user:
+        email = f"new-{secrets.token_hex(4)}@example.com"
+        user.post("/auth/register", json={"email": email, "password": PASSWORD})
+        user.post("/auth/login", json={"email": email, "password": PASSWORD})
+        key = user.post("/account/keys", json={}).json()["key"]
+        level("under_attack")
+        body = {"model": "floodwall-simulated-chat", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]}
+        codes = [user.post("/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
+                 for _ in range(3)]
+    assert [c.status_code for c in codes[:2]] == [200, 200]
+    refusal(codes[2], 429, "rate_limit_exceeded", "inference-new/account")
+
+
+def test_bans_refuse_with_retry_after_and_lift(edge_url: str) -> None:
+    address = "127.0.8.8"
+    with admin(edge_url) as a:
+        created = a.post("/admin/api/bans", json={"target": address, "duration": "60s", "reason": "test"})
+        assert created.status_code == 201 and created.json()["target"] == f"{address}/32"
+        assert any(b["target"] == f"{address}/32" for b in a.get("/admin/api/bans").json()["bans"])
+        with client_from(edge_url, address) as banned:
+            refusal(banned.get("/"), 403, "banned", "ban/test")
+            html = banned.get("/", headers={"accept": "text/html"})
+            assert html.status_code == 403 and "temporarily blocked" in html.text
+        assert a.delete(f"/admin/api/bans/{address}/32").status_code == 200
+        with client_from(edge_url, address) as lifted:
+            assert lifted.get("/").status_code == 200
+
+
+def test_deny_and_allow_lists(edge_url: str) -> None:
+    with admin(edge_url) as a:
+        assert a.post("/admin/api/lists/deny", json={"cidr": "127.0.7.0/24", "reason": "abuse"}).status_code == 201
+        assert a.post("/admin/api/lists/allow", json={"cidr": "127.0.6.6", "reason": "office"}).status_code == 201
+        try:
+            with client_from(edge_url, "127.0.7.7") as denied:
+                response = denied.get("/")
+                assert response.status_code == 403 and response.headers["x-floodwall-reason"] == "deny-list"
+            with client_from(edge_url, "127.0.6.6") as allowed:
+                # past the per-address sign-up limit: allow-listed addresses skip the limits
+                for _ in range(7):
+                    email = f"a-{secrets.token_hex(4)}@example.com"
+                    assert allowed.post("/auth/register", json={"email": email, "password": PASSWORD}).status_code == 201
+            entries = a.get("/admin/api/lists").json()["entries"]
+            assert {(e["list"], e["cidr"]) for e in entries} >= {("deny", "127.0.7.0/24"), ("allow", "127.0.6.6/32")}
+        finally:
+            a.delete("/admin/api/lists/deny/127.0.7.0/24")
+            a.delete("/admin/api/lists/allow/127.0.6.6/32")
+        with client_from(edge_url, "127.0.7.7") as again:
+            assert again.get("/").status_code == 200
+
+
+def test_made_up_keys_are_rationed_before_the_database(edge_url: str) -> None:
+    with client_from(edge_url) as c:
+        codes = [c.get("/v1/models", headers={"authorization": f"Bearer fw_{secrets.token_urlsafe(32)}"})
+                 for _ in range(70)]
+    assert {r.status_code for r in codes[:60]} == {401}
+    refusal(codes[-1], 429, "rate_limit_exceeded", "lookup/ip")
+
+
+def test_forwarded_clients_are_limited_separately_behind_a_trusted_proxy(edge_url: str) -> None:
+    with client_from(edge_url, "127.0.0.2") as proxy:
+        for client in ("198.51.100.1", "198.51.100.2"):
+            codes = [proxy.post("/auth/register", headers={"x-forwarded-for": client},
+                                json={"email": f"p-{secrets.token_hex(4)}@example.com", "password": PASSWORD})
+                     .status_code for _ in range(6)]
+            assert codes == [201] * 5 + [429]
+
+
+def test_admin_api_needs_the_token_and_checks_input(edge_url: str) -> None:
+    with httpx.Client(base_url=edge_url) as anonymous:
+        assert anonymous.get("/admin/api/level").status_code == 401
+        assert anonymous.get("/admin/api/level", headers={"authorization": "Bearer wrong"}).status_code == 401
+    with admin(edge_url) as a:
+        bad = a.put("/admin/api/level", json={"level": "panic"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "level"
+        assert a.post("/admin/api/bans", json={"target": "not-an-ip"}).status_code == 400
+        assert a.post("/admin/api/bans", json={"target": "127.0.0.9", "duration": "soon"}).status_code == 400
+        assert a.post("/admin/api/lists/maybe", json={"cidr": "127.0.0.9"}).status_code == 404
+        state = a.get("/admin/api/level").json()
+        assert state["level"] in ("normal", "elevated", "under_attack") and "history" in state
+        assert state["limits"]["register/ip"].startswith("5/1800s")
+
+
+def test_level_changes_are_recorded_with_reason(edge_url: str, level: Any) -> None:
+    level("elevated")
+    with admin(edge_url) as a:
+        state = a.get("/admin/api/level").json()
+    assert state["mode"] == "elevated" and state["level"] == "elevated"
+    assert state["history"][0]["reason"] == "test" and state["history"][0]["by"].startswith("admin@")
