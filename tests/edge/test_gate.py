@@ -143,7 +143,8 @@ def test_deny_and_allow_lists(edge_url: str) -> None:
                 # past the per-address sign-up limit: allow-listed addresses skip the limits
                 for _ in range(7):
                     email = f"a-{secrets.token_hex(4)}@example.com"
-                    assert allowed.post("/auth/register", json={"email": email, "password": PASSWORD}).status_code == 201
+                    response = allowed.post("/auth/register", json={"email": email, "password": PASSWORD})
+                    assert response.status_code == 201
             entries = a.get("/admin/api/lists").json()["entries"]
             assert {(e["list"], e["cidr"]) for e in entries} >= {("deny", "127.0.7.0/24"), ("allow", "127.0.6.6/32")}
         finally:
