@@ -192,3 +192,20 @@ def test_level_changes_are_recorded_with_reason(edge_url: str, level: Any) -> No
         state = a.get("/admin/api/level").json()
     assert state["mode"] == "elevated" and state["level"] == "elevated"
     assert state["history"][0]["reason"] == "test" and state["history"][0]["by"].startswith("admin@")
+
+
+def test_two_processes_sharing_redis_enforce_one_limit(model_url: str, tmp_path_factory: pytest.TempPathFactory,
+                                                       ) -> None:
+    """LiteLLM's limits multiply by the number of replicas; ours must not."""
+    tmp = tmp_path_factory.mktemp("replicas")
+    state = f"redis://127.0.0.1:6379/0?prefix=fwtest-{secrets.token_hex(4)}:"
+    env = {"FLOODWALL_EDGE_POLICY": "", "FLOODWALL_STATE_URL": state, "FLOODWALL_DEFENSE_LEVEL": "normal"}
+    database = f"sqlite:///{tmp / 'shared.db'}"
+    with floodwall_process(tmp, database, model_url, env=env) as one, \
+            floodwall_process(tmp, database, model_url, env=env) as two:
+        codes = []
+        for i in range(10):
+            with client_from(one if i % 2 else two, "127.0.5.5") as c:
+                email = f"r-{secrets.token_hex(4)}@example.com"
+                codes.append(c.post("/auth/register", json={"email": email, "password": PASSWORD}).status_code)
+    assert codes.count(201) == 5 and codes.count(429) == 5

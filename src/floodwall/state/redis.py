@@ -76,14 +76,20 @@ return {tostring(until_), strikes}
 
 
 class RedisStore:
-    def __init__(self, url: str, timeout: float = 0.25) -> None:
+    def __init__(self, url: str, timeout: float = 0.25, max_connections: int = 64) -> None:
         # ?prefix=name: keeps several floodwall deployments (or test runs) apart in one Redis database
         parts = urlsplit(url.replace("valkey://", "redis://", 1))
         query = dict(parse_qsl(parts.query))
         self.prefix = query.pop("prefix", "fw:")
         self.url = urlunsplit(parts._replace(query=urlencode(query)))
-        self.client = aioredis.Redis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                              decode_responses=False, health_check_interval=30)
+        # a bounded pool that waits for a free connection: a burst of decisions queues briefly instead of
+        # opening a connection each (and failing over to local limits when the pool runs out)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=max_connections, timeout=timeout * 4, socket_timeout=timeout,
+            socket_connect_timeout=timeout, health_check_interval=30,
+        )
+        self.pool = pool
+        self.client = aioredis.Redis(connection_pool=pool)
         self._gcra = self.client.register_script(GCRA)
         self._ban = self.client.register_script(BAN)
         self.local = MemoryStore()
@@ -177,6 +183,7 @@ class RedisStore:
 
     async def close(self) -> None:
         await self.client.aclose()
+        await self.pool.disconnect()
 
 
 def _text(value: bytes | str) -> str:

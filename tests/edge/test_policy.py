@@ -1,0 +1,82 @@
+"""The policy file: limits parsed exactly, bad rules named, requests classified before routing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from floodwall.config import ConfigError
+from floodwall.edge.policy import Caller, Policy, classify, parse_limit
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "klass"),
+    [
+        ("POST", "/v1/chat/completions", "api-inference"),
+        ("POST", "/app/chat", "api-inference"),
+        ("GET", "/v1/models", "api-other"),
+        ("POST", "/auth/register", "auth-register"),
+        ("POST", "/auth/login", "auth-login"),
+        ("POST", "/auth/logout", "api-other"),
+        ("GET", "/static/app.css", "static"),
+        ("GET", "/chat", "page"),
+        ("GET", "/wp-login.php", "page"),
+        ("GET", "/healthz", "status"),
+        ("GET", "/api/v2/summary.json", "status"),
+        ("PUT", "/admin/api/level", "admin"),
+        ("DELETE", "/account/keys/3", "api-other"),
+    ],
+)
+def test_classify(method: str, path: str, klass: str) -> None:
+    assert classify(method, path) == klass
+
+
+def test_limits() -> None:
+    limit = parse_limit("5/30m", "t")
+    assert limit is not None and (limit.count, limit.period, limit.burst) == (5, 1800, 5)
+    assert limit.interval == 360 and limit.tolerance == 1800
+    burst = parse_limit("120/m burst 10", "t")
+    assert burst is not None and (burst.count, burst.period, burst.burst) == (120, 60, 10)
+    assert parse_limit("off", "t") is None
+    for bad in ("fast", "0/1m", "5/never", "5/1m burst 0"):
+        with pytest.raises(ConfigError):
+            parse_limit(bad, "t")
+
+
+def test_default_policy_loads_and_keeps_established_users_whole() -> None:
+    policy = Policy.load()
+    established = Caller(ip=1, network=1, tier="established", account=7, key=3)
+    for level in ("normal", "elevated", "under_attack"):
+        names = {b.rule for b in policy.buckets("api-inference", level, established)}
+        assert names == {"inference/account"}
+    normal, attack = (policy.buckets("api-inference", lvl, established)[0] for lvl in ("normal", "under_attack"))
+    assert normal.interval == attack.interval and normal.tolerance == attack.tolerance
+
+
+def test_rules_apply_to_their_tiers_only() -> None:
+    policy = Policy.load()
+    anonymous = Caller(ip=5, network=4, tier="anonymous", account=None, key=None)
+    assert {b.rule for b in policy.buckets("page", "normal", anonymous)} == {"anonymous/ip", "anonymous/network"}
+    assert {b.ident for b in policy.buckets("page", "normal", anonymous)} == {5, 4}
+    assert {b.rule for b in policy.buckets("auth-register", "normal", anonymous)} == {"register/ip",
+                                                                                     "register/network"}
+    assert "register/global" in {b.rule for b in policy.buckets("auth-register", "under_attack", anonymous)}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[[rule]]\nname = "x"\nclasses = ["page"]\nkey = "ip"\nnormal = "fast"\n', "not a limit"),
+        ('[[rule]]\nname = "x"\nclasses = ["nope"]\nkey = "ip"\n', "classes must be"),
+        ('[[rule]]\nname = "x"\nclasses = ["page"]\nkey = "cookie"\n', "key must be"),
+        ('[[rule]]\nclasses = ["page"]\nkey = "ip"\n', "needs a name"),
+        ('[[rule]]\nname = "x"\nclasses = ["page"]\nkey = "ip"\ntiers = ["vip"]\n', "tiers must be"),
+        ('[[rule]]\nname = "x"\nclasses = ["page"]\nkey = "ip"\nlimit = 3\n', "unknown fields limit"),
+    ],
+)
+def test_bad_rules_are_named(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        Policy.load(path)

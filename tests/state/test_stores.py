@@ -1,0 +1,128 @@
+"""Both Store homes give the same answers: exact GCRA, all-or-nothing, bans with escalation, levels, lists.
+The Redis tests talk to the real server at 127.0.0.1:6379 (FLOODWALL_TEST_REDIS), each under its own prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+
+from floodwall.state.memory import MemoryStore
+from floodwall.state.redis import RedisStore
+from floodwall.state.store import Bucket, Store
+
+REDIS = os.environ.get("FLOODWALL_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def redis_store() -> RedisStore:
+    return RedisStore(f"{REDIS}?prefix=fwtest-{secrets.token_hex(4)}:")
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    made: Store = MemoryStore() if request.param == "memory" else redis_store()
+    yield made
+    if isinstance(made, RedisStore):
+        keys = [k async for k in made.client.scan_iter(f"{made.prefix}*")]
+        if keys:
+            await made.client.delete(*keys)
+    await made.close()
+
+
+def per_minute(count: int, burst: int | None = None, rule: str = "r", ident: int | str = 1) -> Bucket:
+    interval = 60.0 / count
+    return Bucket(rule, ident, interval, interval * (burst or count))
+
+
+async def test_burst_then_refusal_with_retry_after(store: Store) -> None:
+    bucket = per_minute(60, burst=5)
+    verdicts = [(await store.hit([bucket]))[0] for _ in range(6)]
+    assert [v.allowed for v in verdicts] == [True] * 5 + [False]
+    assert [v.remaining for v in verdicts[:5]] == [4, 3, 2, 1, 0]
+    assert 0.9 < verdicts[5].retry_after <= 1.0  # one request a second comes back
+    assert verdicts[4].reset_after == pytest.approx(5.0, abs=0.05)
+
+
+async def test_refused_request_spends_nothing_anywhere(store: Store) -> None:
+    tight, loose = per_minute(60, burst=1, rule="tight"), per_minute(60, burst=10, rule="loose")
+    assert all(v.allowed for v in await store.hit([tight, loose]))
+    second = await store.hit([tight, loose])
+    assert [v.allowed for v in second] == [False, True]
+    # the loose bucket was not charged for the refused request
+    assert (await store.peek([loose]))[0].remaining == 8
+
+
+async def test_peek_does_not_spend(store: Store) -> None:
+    bucket = per_minute(60, burst=2)
+    for _ in range(5):
+        assert (await store.peek([bucket]))[0].remaining == 1
+    assert (await store.hit([bucket]))[0].remaining == 1
+
+
+async def test_keys_are_independent(store: Store) -> None:
+    a, b = per_minute(60, 1, ident=1), per_minute(60, 1, ident=2)
+    assert (await store.hit([a]))[0].allowed and (await store.hit([b]))[0].allowed
+    assert not (await store.hit([a]))[0].allowed
+
+
+async def test_bans_escalate_for_repeat_offenders(store: Store) -> None:
+    first = await store.ban("198.51.100.7/32", "probe", 60)
+    second = await store.ban("198.51.100.7/32", "probe", 60)
+    assert second.until - first.until == pytest.approx(60, abs=2)  # 60 s, then 120 s from about now
+    assert second.strikes == 2
+    fixed = await store.ban("198.51.100.8/32", "operator", 30, escalate=False)
+    assert fixed.strikes == 0
+    assert {b.target for b in await store.bans()} == {"198.51.100.7/32", "198.51.100.8/32"}
+    assert await store.unban("198.51.100.8/32") and not await store.unban("198.51.100.8/32")
+
+
+async def test_levels_and_lists(store: Store) -> None:
+    assert await store.get_level() is None
+    for level in ("elevated", "under_attack"):
+        await store.set_level({"mode": level, "level": level, "reason": "r"})
+    assert (await store.get_level()) == {"mode": "under_attack", "level": "under_attack", "reason": "r"}
+    assert [h["level"] for h in await store.level_history()] == ["under_attack", "elevated"]
+    await store.set_list_entry({"list": "deny", "cidr": "203.0.113.0/24", "reason": "x"})
+    assert await store.list_entries() == [{"list": "deny", "cidr": "203.0.113.0/24", "reason": "x"}]
+    assert await store.remove_list_entry("deny", "203.0.113.0/24")
+    assert await store.list_entries() == []
+
+
+async def test_two_redis_clients_share_one_limit() -> None:
+    """Two processes' worth of clients on one prefix: together they get the limit once, not twice."""
+    prefix = f"fwtest-{secrets.token_hex(4)}:"
+    one, two = (RedisStore(f"{REDIS}?prefix={prefix}") for _ in range(2))
+    try:
+        bucket = per_minute(600, burst=100)
+        results = await asyncio.gather(*[(one if i % 2 else two).hit([bucket]) for i in range(300)])
+        allowed = sum(r[0].allowed for r in results)
+        assert 100 <= allowed <= 102  # the burst, plus what refilled while the calls ran (10 a second)
+        assert one.round_trips + two.round_trips == 300  # one round trip a decision
+    finally:
+        keys = [k async for k in one.client.scan_iter(f"{prefix}*")]
+        if keys:
+            await one.client.delete(*keys)
+        await one.close()
+        await two.close()
+
+
+async def test_unreachable_redis_falls_back_to_local_limits() -> None:
+    store = RedisStore("redis://127.0.0.1:1/0", timeout=0.1)
+    try:
+        bucket = per_minute(60, burst=3)
+        verdicts = [(await store.hit([bucket]))[0] for _ in range(4)]
+        assert [v.allowed for v in verdicts] == [True, True, True, False]
+        assert store.fallbacks == 4
+    finally:
+        await store.close()
+
+
+async def test_memory_store_stays_bounded() -> None:
+    store = MemoryStore(max_keys=1000)
+    for ident in range(5000):
+        store.decide([per_minute(1, burst=1, ident=ident)])
+    assert len(store) <= 1000
