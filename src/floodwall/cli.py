@@ -90,6 +90,27 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin(action: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        from floodwall.console import client
+
+        settings = load(args.config)
+        try:
+            result: int = getattr(client, action)(settings, args)
+            return result
+        except client.AdminError as exc:
+            print(f"floodwall: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _admin_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--config")
+    command.add_argument("--url", help="floodwall's address (default: from server.host and server.port)")
+    command.add_argument("--token", help="admin token (default: FLOODWALL_ADMIN_TOKEN)")
+
+
 def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -119,6 +140,37 @@ def parser() -> argparse.ArgumentParser:
     model.add_argument("--tokens-per-second", type=float, help="generation speed of each slot")
     model.add_argument("--queue-size", type=int, help="requests that may wait for a slot before 503")
     model.set_defaults(func=cmd_model)
+
+    level = commands.add_parser("level", help="show the defense level, or set it")
+    level.add_argument("level", nargs="?", choices=["normal", "elevated", "under_attack", "auto"])
+    level.add_argument("--reason", default="set from the command line")
+    _admin_flags(level)
+    level.set_defaults(func=_admin("level"))
+
+    ban = commands.add_parser("ban", help="list, add or remove bans")
+    ban_commands = ban.add_subparsers(dest="ban_command", metavar="ACTION")
+    ban_add = ban_commands.add_parser("add", help="ban an address or CIDR")
+    ban_add.add_argument("target")
+    ban_add.add_argument("--duration", default="1h")
+    ban_add.add_argument("--reason", default="operator")
+    ban_remove = ban_commands.add_parser("remove", help="lift a ban")
+    ban_remove.add_argument("target")
+    ban_list = ban_commands.add_parser("list", help="the bans in force")
+    for command in (ban, ban_add, ban_remove, ban_list):
+        _admin_flags(command)
+    ban.set_defaults(func=_admin("ban"), ban_command="list")
+
+    lists = commands.add_parser("lists", help="list, add or remove allow and deny entries")
+    lists_commands = lists.add_subparsers(dest="lists_command", metavar="ACTION")
+    for action in ("add", "remove"):
+        entry = lists_commands.add_parser(action, help=f"{action} an address or CIDR")
+        entry.add_argument("list", choices=["allow", "deny"])
+        entry.add_argument("cidr")
+        entry.add_argument("--reason", default="")
+        _admin_flags(entry)
+    _admin_flags(lists_commands.add_parser("list", help="every entry"))
+    _admin_flags(lists)
+    lists.set_defaults(func=_admin("lists"), lists_command="list")
 
     db = commands.add_parser("db", help="database tasks")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="TASK")

@@ -209,3 +209,32 @@ def test_two_processes_sharing_redis_enforce_one_limit(model_url: str, tmp_path_
                 email = f"r-{secrets.token_hex(4)}@example.com"
                 codes.append(c.post("/auth/register", json={"email": email, "password": PASSWORD}).status_code)
     assert codes.count(201) == 5 and codes.count(429) == 5
+
+
+def test_operator_commands(edge_url: str, tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    def floodwall(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "floodwall", *args, "--url", edge_url], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "FLOODWALL_ADMIN_TOKEN": TOKEN})
+
+    try:
+        changed = floodwall("level", "under_attack", "--reason", "drill")
+        assert changed.returncode == 0 and "level: under_attack (mode under_attack" in changed.stdout
+        assert "drill" in floodwall("level").stdout
+        added = floodwall("ban", "add", "127.0.4.4", "--duration", "30s", "--reason", "cli")
+        assert added.returncode == 0 and "banned 127.0.4.4/32" in added.stdout
+        assert "127.0.4.4/32" in floodwall("ban", "list").stdout
+        with client_from(edge_url, "127.0.4.4") as banned:
+            assert banned.get("/").status_code == 403
+        assert floodwall("ban", "remove", "127.0.4.4/32").returncode == 0
+        assert floodwall("lists", "add", "deny", "127.0.3.0/24", "--reason", "cli").returncode == 0
+        assert "127.0.3.0/24" in floodwall("lists").stdout
+        assert floodwall("lists", "remove", "deny", "127.0.3.0/24").returncode == 0
+        refused = subprocess.run([sys.executable, "-m", "floodwall", "level", "--url", edge_url, "--token", "bad"],
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1 and "HTTP 401" in refused.stderr
+    finally:
+        floodwall("level", "normal")

@@ -1,0 +1,85 @@
+"""The operator commands (`floodwall level`, `floodwall ban`, `floodwall lists`) as admin API calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from floodwall.config import Settings
+
+
+class AdminError(Exception):
+    pass
+
+
+def base_url(settings: Settings, url: str | None) -> str:
+    if url:
+        return url.rstrip("/")
+    host = settings.server.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{host}:{settings.server.port}"
+
+
+def call(settings: Settings, args: argparse.Namespace, method: str, path: str,
+         body: dict[str, Any] | None = None) -> Any:
+    token = args.token or settings.admin.token
+    if not token:
+        raise AdminError("no admin token: set FLOODWALL_ADMIN_TOKEN (or pass --token)")
+    request = urllib.request.Request(
+        base_url(settings, args.url) + path, method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        raise AdminError(f"HTTP {exc.code}: {message}") from None
+    except OSError as exc:
+        raise AdminError(f"cannot reach floodwall at {base_url(settings, args.url)}: {exc}") from None
+
+
+def level(settings: Settings, args: argparse.Namespace) -> int:
+    if args.level:
+        call(settings, args, "PUT", "/admin/api/level", {"level": args.level, "reason": args.reason})
+    state = call(settings, args, "GET", "/admin/api/level")
+    print(f"level: {state['level']} (mode {state['mode']}, set by {state.get('by')}: {state.get('reason')})")
+    for entry in state.get("history", [])[:10]:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(entry["at"])))
+        print(f"  {at}  {entry['level']:<13} mode {entry['mode']:<13} {entry.get('by')}: {entry.get('reason')}")
+    return 0
+
+
+def ban(settings: Settings, args: argparse.Namespace) -> int:
+    if args.ban_command == "add":
+        made = call(settings, args, "POST", "/admin/api/bans",
+                    {"target": args.target, "duration": args.duration, "reason": args.reason})
+        print(f"banned {made['target']} for {made['expires_in']}s ({made['reason']})")
+    elif args.ban_command == "remove":
+        call(settings, args, "DELETE", f"/admin/api/bans/{args.target}")
+        print(f"unbanned {args.target}")
+    else:
+        for b in call(settings, args, "GET", "/admin/api/bans")["bans"]:
+            print(f"{b['target']:<43} {b['expires_in']:>7}s  strikes {b['strikes']}  {b['reason']}")
+    return 0
+
+
+def lists(settings: Settings, args: argparse.Namespace) -> int:
+    if args.lists_command == "add":
+        call(settings, args, "POST", f"/admin/api/lists/{args.list}", {"cidr": args.cidr, "reason": args.reason})
+        print(f"added {args.cidr} to the {args.list} list")
+    elif args.lists_command == "remove":
+        call(settings, args, "DELETE", f"/admin/api/lists/{args.list}/{args.cidr}")
+        print(f"removed {args.cidr} from the {args.list} list")
+    else:
+        for e in call(settings, args, "GET", "/admin/api/lists")["entries"]:
+            print(f"{e['list']:<6} {e['cidr']:<43} {e.get('reason', '')}")
+    return 0
