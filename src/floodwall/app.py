@@ -27,6 +27,7 @@ from floodwall.edge.gate import Gate
 from floodwall.edge.identity import TrustedProxies
 from floodwall.edge.policy import Policy
 from floodwall.inference import routes as inference_routes
+from floodwall.inference.admission import Admission
 from floodwall.inference.upstream import Upstream
 from floodwall.inference.usage import UsageRecorder
 from floodwall.services import Services
@@ -62,6 +63,7 @@ def build_app(settings: Settings) -> EdgeApp:
         store=store,
         control=control,
         policy=policy,
+        admission=Admission(policy.admission, store, lambda: control.level),
     )
 
     @contextlib.asynccontextmanager

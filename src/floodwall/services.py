@@ -12,6 +12,7 @@ from floodwall.config import Settings
 from floodwall.edge.control import Control
 from floodwall.edge.identity import TrustedProxies, client_address, is_https
 from floodwall.edge.policy import Policy
+from floodwall.inference.admission import Admission
 from floodwall.inference.upstream import Upstream
 from floodwall.inference.usage import UsageRecorder
 from floodwall.state.store import Store
@@ -28,6 +29,7 @@ class Services:
     store: Store
     control: Control
     policy: Policy
+    admission: Admission
 
     def client(self, request: Request) -> Client:
         return Client(client_address(request.scope, self.trusted_proxies), request.headers.get("user-agent", ""))

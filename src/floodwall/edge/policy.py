@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from floodwall.config import ConfigError, parse_duration
+from floodwall.inference.admission import AdmissionPolicy
 from floodwall.state.store import Bucket
 
 DEFAULT_POLICY = Path(__file__).with_name("default_policy.toml")
@@ -103,8 +104,9 @@ class Caller:
 
 
 class Policy:
-    def __init__(self, rules: Iterable[Rule]) -> None:
+    def __init__(self, rules: Iterable[Rule], admission: AdmissionPolicy | None = None) -> None:
         self.rules = tuple(rules)
+        self.admission = admission or AdmissionPolicy()
         # precomputed: for each (class, level, tier), the rules that apply, so a request is a dict lookup
         self._index: dict[tuple[str, str, str], tuple[tuple[Rule, Limit], ...]] = {}
         for klass in CLASSES:
@@ -125,7 +127,11 @@ class Policy:
             raise ConfigError(f"cannot read the edge policy {source}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: {exc}") from None
-        return cls(_rule(entry, f"{source} rule {i + 1}") for i, entry in enumerate(data.get("rule", [])))
+        unknown = set(data) - {"rule", "admission"}
+        if unknown:
+            raise ConfigError(f"{source}: unknown tables {', '.join(sorted(unknown))}")
+        rules = [_rule(entry, f"{source} rule {i + 1}") for i, entry in enumerate(data.get("rule", []))]
+        return cls(rules, AdmissionPolicy.from_data(data.get("admission", {}), f"{source} [admission]"))
 
     def buckets(self, klass: str, level: str, caller: Caller) -> list[Bucket]:
         found = []

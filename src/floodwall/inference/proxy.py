@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import time
 from typing import Any
 
 import aiohttp
@@ -19,6 +20,7 @@ from floodwall.accounts.models import utcnow
 from floodwall.accounts.service import Principal
 from floodwall.errors import ApiError, error_response
 from floodwall.inference import sse
+from floodwall.inference.admission import Admission, Ticket
 from floodwall.inference.upstream import Upstream, read_with_timeout, response_headers
 from floodwall.inference.usage import UsageRecorder
 
@@ -43,6 +45,8 @@ class Outcome:
     # the model server accepted the call (so it may have spent tokens on it)
     accepted: bool = False
     chunks: int = 0
+    first_token_at: float = 0.0
+    finished_at: float = 0.0
 
     def take_usage(self, usage: Any) -> None:
         if isinstance(usage, dict):
@@ -62,14 +66,23 @@ class InferenceCall:
         self,
         upstream: Upstream,
         recorder: UsageRecorder,
+        admission: Admission,
         principal: Principal,
         endpoint: str,
         body: dict[str, Any],
+        tier: str = "established",
+        level: str = "normal",
     ) -> None:
         self.upstream = upstream
         self.recorder = recorder
+        self.admission = admission
         self.principal = principal
         self.endpoint = endpoint
+        self.tier = tier
+        self.level = level
+        self.body = body
+        self.prompt_chars = 0
+        self._reconcile: tuple[Ticket, Outcome] | None = None
         self.model = str(body.get("model", ""))[:200]
         self.stream = body.get("stream") is True
         self.client_wants_usage = False
@@ -78,8 +91,6 @@ class InferenceCall:
             self.client_wants_usage = options.get("include_usage") is True
             # always ask for usage, so every streamed call is accounted; the client sees it only if it asked
             body["stream_options"] = {**options, "include_usage": True}
-        self.payload = json.dumps(body).encode()
-        self.prompt_chars = len(self.payload)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         outcome = Outcome()
@@ -97,23 +108,44 @@ class InferenceCall:
         finally:
             watch.cancel()
             self._account(outcome)
+        if self._reconcile is not None:
+            ticket, done = self._reconcile
+            await self.admission.reconcile(ticket, done.prompt_tokens + done.completion_tokens)
 
     async def _relay(self, scope: Scope, send: Send, outcome: Outcome) -> None:
-        path = "/" + self.endpoint
         try:
-            response = await self.upstream.open("POST", path, self.payload)
+            ticket = await self.admission.admit(self.principal, self.tier, self.level, self.body)
         except ApiError as error:
             outcome.status = error.reason
             await error_response(scope, error)(scope, _no_receive, send)
             return
-        outcome.accepted = True
+        payload = json.dumps(self.body).encode()
+        self.prompt_chars = len(payload)
+        overloaded = False
         try:
-            if self.stream and response.content_type == "text/event-stream":
-                await self._relay_stream(response, send, outcome)
-            else:
-                await self._relay_whole(scope, response, send, outcome)
+            try:
+                response = await self.upstream.open("POST", "/" + self.endpoint, payload)
+            except ApiError as error:
+                outcome.status = error.reason
+                overloaded = error.status in (503, 504)
+                await error_response(scope, error)(scope, _no_receive, send)
+                return
+            outcome.accepted = True
+            try:
+                if self.stream and response.content_type == "text/event-stream":
+                    await self._relay_stream(response, send, outcome)
+                else:
+                    await self._relay_whole(scope, response, send, outcome)
+            finally:
+                response.release()
         finally:
-            response.release()
+            latency = None
+            if outcome.first_token_at:
+                latency = ("ttft", outcome.first_token_at - ticket.started)
+            elif outcome.finished_at:
+                latency = ("tpot", (outcome.finished_at - ticket.started) / (outcome.completion_tokens + 1))
+            self.admission.release(ticket, latency=latency, overloaded=overloaded)
+            self._reconcile = (ticket, outcome)
 
     async def _relay_whole(self, scope: Scope, response: aiohttp.ClientResponse, send: Send, outcome: Outcome) -> None:
         try:
@@ -122,6 +154,7 @@ class InferenceCall:
             outcome.status = error.reason
             await error_response(scope, error)(scope, _no_receive, send)
             return
+        outcome.finished_at = time.monotonic()
         with contextlib.suppress(ValueError, AttributeError):
             outcome.take_usage(json.loads(raw).get("usage"))
         headers = [*response_headers(response), (b"content-length", str(len(raw)).encode())]
@@ -156,6 +189,8 @@ class InferenceCall:
         has_usage = b'"usage"' in data
         if not has_usage and b'"error"' not in data:
             outcome.chunks += 1
+            if not outcome.first_token_at:
+                outcome.first_token_at = time.monotonic()
             return event + b"\n\n"
         try:
             chunk = json.loads(data)

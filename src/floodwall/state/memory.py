@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from floodwall.state.store import Ban, Bucket, Verdict, gcra
+from floodwall.state.store import Ban, Bucket, Verdict, charged, gcra
 
 STRIKE_MEMORY = 86400.0
 
@@ -71,6 +71,17 @@ class MemoryStore:
 
     async def peek(self, buckets: Sequence[Bucket]) -> list[Verdict]:
         return self.decide(buckets, spend=False)
+
+    async def charge(self, buckets: Sequence[Bucket]) -> None:
+        self.force(buckets)
+
+    def force(self, buckets: Sequence[Bucket]) -> None:
+        now = self.clock()
+        for bucket in buckets:
+            table = self._tat.setdefault(bucket.rule, {})
+            if bucket.ident not in table:
+                self._size += 1
+            table[bucket.ident] = charged(table.get(bucket.ident, 0.0), now, bucket)
 
     async def ban(self, target: str, reason: str, duration: float, escalate: bool = True) -> Ban:
         now = self.clock()

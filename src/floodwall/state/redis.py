@@ -49,7 +49,17 @@ for i, key in ipairs(KEYS) do
   end
   new[i] = new_tat
 end
-if all and ARGV[#KEYS * 3 + 1] == '1' then
+local mode = ARGV[#KEYS * 3 + 1]
+if mode == '2' then
+  -- a forced charge (or refund): never refused, never before now
+  for i, key in ipairs(KEYS) do
+    local tat = tonumber(redis.call('GET', key) or '0')
+    new[i] = math.max(math.max(tat, now) + tonumber(ARGV[i * 3 - 2]) * tonumber(ARGV[i * 3]), now)
+  end
+  all = true
+  mode = '1'
+end
+if all and mode == '1' then
   for i, key in ipairs(KEYS) do
     local ttl = math.ceil(new[i] - now) + 1
     redis.call('SET', key, tostring(new[i]), 'EX', ttl)
@@ -109,19 +119,22 @@ class RedisStore:
             logs.event(log, "redis_recovered", logging.WARNING, url=self.url, fallbacks=self.fallbacks)
         self._failing = False
 
-    async def _decide(self, buckets: Sequence[Bucket], spend: bool) -> list[Verdict]:
+    async def _decide(self, buckets: Sequence[Bucket], spend: bool, force: bool = False) -> list[Verdict]:
         if not buckets:
             return []
         keys = [f"{self.prefix}rl:{b.rule}:{b.ident}" for b in buckets]
         args: list[str] = []
         for b in buckets:
             args += [repr(b.interval), repr(b.tolerance), repr(b.cost)]
-        args.append("1" if spend else "0")
+        args.append("2" if force else "1" if spend else "0")
         try:
             self.round_trips += 1
             rows = await self._gcra(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             self._failed(exc)
+            if force:
+                self.local.force(buckets)
+                return []
             return self.local.decide(buckets, spend)
         self._recovered()
         return [Verdict(bool(int(a)), float(r), int(rem), float(reset)) for a, r, rem, reset in rows]
@@ -131,6 +144,9 @@ class RedisStore:
 
     async def peek(self, buckets: Sequence[Bucket]) -> list[Verdict]:
         return await self._decide(buckets, False)
+
+    async def charge(self, buckets: Sequence[Bucket]) -> None:
+        await self._decide(buckets, True, force=True)
 
     async def ban(self, target: str, reason: str, duration: float, escalate: bool = True) -> Ban:
         until, strikes = await self._ban(

@@ -50,6 +50,10 @@ class Store(Protocol):
         """What hit would say, without spending."""
         ...
 
+    async def charge(self, buckets: Sequence[Bucket]) -> None:
+        """Spend (or, with a negative cost, give back) without asking: reconciling an estimate with the truth."""
+        ...
+
     async def ban(self, target: str, reason: str, duration: float, escalate: bool = True) -> Ban:
         """Ban for `duration`, times 2**strikes for a repeat offender when escalating; strikes last a day."""
         ...
@@ -75,6 +79,11 @@ class Store(Protocol):
     async def level_history(self, limit: int = 50) -> list[dict[str, object]]: ...
 
     async def close(self) -> None: ...
+
+
+def charged(tat: float, now: float, bucket: Bucket) -> float:
+    """The arrival time after a forced charge; a refund never moves it before now (a full bucket)."""
+    return max((tat if tat > now else now) + bucket.interval * bucket.cost, now)
 
 
 def gcra(tat: float, now: float, bucket: Bucket) -> tuple[Verdict, float]:

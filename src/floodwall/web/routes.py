@@ -11,6 +11,7 @@ from floodwall.bodies import read_json_object
 from floodwall.errors import ApiError
 from floodwall.inference import validation
 from floodwall.inference.proxy import InferenceCall
+from floodwall.inference.routes import call
 from floodwall.services import services
 from floodwall.web.pages import render
 
@@ -76,7 +77,7 @@ async def chat_send(request: Request) -> Response | InferenceCall:
     body = await read_json_object(request, config.settings.server.max_body_size)
     body["stream"] = True
     validation.chat_completion(body)
-    return InferenceCall(config.upstream, config.usage, principal, "chat/completions", body)
+    return call(request, principal, "chat/completions", body)
 
 
 routes = [

@@ -1,0 +1,318 @@
+"""Priority access to the model: what a call may cost, and when it may go to the model server.
+
+Before the call: a cost estimate (prompt tokens + max_tokens) against per-account and per-key token
+budgets (GCRA in the Store, reconciled with the real usage afterwards), and an in-flight cap per account.
+Then a concurrency limit learnt from the model server's latency (gradient, after Netflix's Gradient2) and
+its 503s, with a bounded priority queue: established accounts first, then new ones, then the rest. A lower
+tier may only use its share of the limit, is shed first when the queue is full, and waits less.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from floodwall.accounts.service import Principal
+from floodwall.config import ConfigError, parse_duration
+from floodwall.errors import ApiError
+from floodwall.state.store import Bucket, Store
+
+TIER_ORDER = ("established", "new", "anonymous")
+LEVELS = ("normal", "elevated", "under_attack")
+
+
+@dataclasses.dataclass(frozen=True)
+class LevelTerms:
+    share: Mapping[str, float]
+    max_tokens: Mapping[str, int]
+    tokens_per_minute: Mapping[str, int]
+    in_flight: Mapping[str, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class AdmissionPolicy:
+    initial_limit: int = 8
+    min_limit: int = 1
+    max_limit: int = 512
+    queue_size: int = 512
+    default_max_tokens: int = 512
+    max_wait: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: {"established": 60.0, "new": 20.0, "anonymous": 10.0})
+    levels: Mapping[str, LevelTerms] = dataclasses.field(default_factory=dict)
+
+    def terms(self, level: str) -> LevelTerms:
+        return self.levels.get(level) or LevelTerms({}, {}, {}, {})
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any], where: str) -> AdmissionPolicy:
+        known = {"initial_limit", "min_limit", "max_limit", "queue_size", "default_max_tokens", "max_wait", *LEVELS}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"{where}: unknown admission fields {', '.join(sorted(unknown))}")
+        numbers = {k: _positive_int(data[k], f"{where} {k}") for k in
+                   ("initial_limit", "min_limit", "max_limit", "queue_size", "default_max_tokens") if k in data}
+        waits = {tier: float(parse_duration(v)) for tier, v in _tiered(data.get("max_wait", {}), where).items()}
+        levels = {}
+        for level in LEVELS:
+            body = data.get(level, {})
+            extra = set(body) - {"share", "max_tokens", "tokens_per_minute", "in_flight"}
+            if extra:
+                raise ConfigError(f"{where} {level}: unknown fields {', '.join(sorted(extra))}")
+            share = {t: float(v) for t, v in _tiered(body.get("share", {}), where).items()}
+            if any(not 0 <= v <= 1 for v in share.values()):
+                raise ConfigError(f"{where} {level}: a share is a fraction from 0 to 1")
+            levels[level] = LevelTerms(
+                share=share,
+                max_tokens={t: _positive_int(v, where) for t, v in _tiered(body.get("max_tokens", {}), where).items()},
+                tokens_per_minute={t: _positive_int(v, where)
+                                   for t, v in _tiered(body.get("tokens_per_minute", {}), where).items()},
+                in_flight={t: _positive_int(v, where) for t, v in _tiered(body.get("in_flight", {}), where).items()},
+            )
+        policy = cls(**numbers, max_wait={**cls().max_wait, **waits}, levels=levels)
+        if not policy.min_limit <= policy.initial_limit <= policy.max_limit:
+            raise ConfigError(f"{where}: needs min_limit <= initial_limit <= max_limit")
+        return policy
+
+
+def _tiered(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict) or not set(value) <= set(TIER_ORDER):
+        raise ConfigError(f"{where}: expected a table of tiers ({', '.join(TIER_ORDER)})")
+    return value
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}: expected a positive integer, got {value!r}")
+    return value
+
+
+def estimate_cost(body: Mapping[str, Any], default_max_tokens: int) -> tuple[int, int]:
+    """(prompt tokens, completion tokens) a call may use, before it is made: 4 characters a token."""
+    chars = 0
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            chars += sum(len(str(p.get("text", ""))) for p in content if isinstance(p, dict))
+    for field in ("prompt", "input"):
+        value = body.get(field)
+        if isinstance(value, str):
+            chars += len(value)
+        elif isinstance(value, list):
+            chars += sum(len(v) * 4 if isinstance(v, list) else len(str(v)) for v in value)
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    completion = limit if isinstance(limit, int) and not isinstance(limit, bool) else default_max_tokens
+    if "input" in body:  # embeddings generate nothing
+        completion = 0
+    return math.ceil(chars / 4) + 4, completion
+
+
+class GradientLimit:
+    """A concurrency limit that grows while latency stays near its baseline and shrinks when it rises
+    (the model server is queueing inside) or when the server says it is full."""
+
+    def __init__(self, initial: int, minimum: int, maximum: int, tolerance: float = 1.5, smoothing: float = 0.2):
+        self.value = float(initial)
+        self.minimum = minimum
+        self.maximum = maximum
+        self.tolerance = tolerance
+        self.smoothing = smoothing
+        self.baseline: dict[str, float] = {}
+
+    @property
+    def limit(self) -> int:
+        return max(self.minimum, int(self.value))
+
+    def overloaded(self) -> None:
+        self.value = max(float(self.minimum), self.value * 0.8)
+
+    def sample(self, kind: str, latency: float, in_flight: int) -> None:
+        baseline = self.baseline.get(kind)
+        # the baseline follows latency slowly, and falls at once to a new best
+        baseline = latency if baseline is None else min(latency, baseline * 0.98 + latency * 0.02)
+        self.baseline[kind] = baseline
+        gradient = max(0.5, min(1.0, self.tolerance * baseline / max(latency, 1e-6)))
+        target = self.value * gradient + math.sqrt(self.value)
+        if target > self.value and in_flight < self.value / 2:
+            target = self.value  # not using the limit: no evidence that a higher one would be served
+        self.value = min(float(self.maximum), max(float(self.minimum),
+                                                  self.value * (1 - self.smoothing) + target * self.smoothing))
+
+
+@dataclasses.dataclass(eq=False)
+class Ticket:
+    tier: str
+    account: int
+    key: int | None
+    buckets: list[Bucket]
+    estimate: int
+    max_tokens_cap: int | None
+    started: float = 0.0
+    _future: asyncio.Future[None] | None = None
+
+
+class Admission:
+    def __init__(self, policy: AdmissionPolicy, store: Store, level: Callable[[], str]) -> None:
+        self.policy = policy
+        self.store = store
+        self.level = level
+        self.limiter = GradientLimit(policy.initial_limit, policy.min_limit, policy.max_limit)
+        self.in_flight = 0
+        self.by_tier: collections.Counter[str] = collections.Counter()
+        self.by_account: collections.Counter[int] = collections.Counter()
+        self.queues: dict[str, collections.deque[Ticket]] = {tier: collections.deque() for tier in TIER_ORDER}
+        self.shed: collections.Counter[str] = collections.Counter()
+        self.admitted: collections.Counter[str] = collections.Counter()
+
+    @property
+    def queued(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+    def stats(self) -> dict[str, Any]:
+        return {"limit": self.limiter.limit, "in_flight": self.in_flight, "by_tier": dict(self.by_tier),
+                "queued": {t: len(q) for t, q in self.queues.items()}, "shed": dict(self.shed),
+                "admitted": dict(self.admitted)}
+
+    async def admit(self, principal: Principal, tier: str, level: str, body: dict[str, Any]) -> Ticket:
+        """Wait for the call's turn, or raise the refusal. Caps body["max_tokens"] when the level says so."""
+        terms = self.policy.terms(level)
+        cap = terms.max_tokens.get(tier)
+        if cap is not None:
+            asked = body.get("max_completion_tokens") or body.get("max_tokens")
+            if not isinstance(asked, int) or asked > cap:
+                body["max_tokens"] = cap
+                body.pop("max_completion_tokens", None)
+        prompt, completion = estimate_cost(body, self.policy.default_max_tokens)
+        estimate = prompt + completion
+        buckets = self._token_buckets(principal, tier, terms, estimate)
+        if buckets:
+            verdicts = await self.store.hit(buckets)
+            for bucket, verdict in zip(buckets, verdicts, strict=True):
+                if not verdict.allowed:
+                    raise ApiError(
+                        429, f"Token budget reached ({bucket.rule}): this call may use up to {estimate} tokens. "
+                        f"Please retry in {max(1, round(verdict.retry_after))}s or ask for fewer max_tokens.",
+                        "rate_limit_exceeded", type="tokens", retry_after=verdict.retry_after, reason=bucket.rule)
+        cap_in_flight = terms.in_flight.get(tier)
+        if cap_in_flight is not None and self.by_account[principal.user_id] >= cap_in_flight:
+            await self._refund(buckets)
+            raise ApiError(429, f"Too many calls at once on this account (at most {cap_in_flight}).",
+                           "too_many_concurrent_requests", retry_after=1, reason="in-flight/account")
+        ticket = Ticket(tier, principal.user_id, principal.key_id, buckets, estimate, cap)
+        try:
+            await self._wait_turn(ticket, terms)
+        except BaseException:
+            await self._refund(buckets)
+            raise
+        return ticket
+
+    def _token_buckets(self, principal: Principal, tier: str, terms: LevelTerms, estimate: int) -> list[Bucket]:
+        per_minute = terms.tokens_per_minute.get(tier)
+        if not per_minute:
+            return []
+        interval = 60.0 / per_minute
+        buckets = [Bucket("tokens/account", principal.user_id, interval, 60.0, estimate)]
+        if principal.key_id is not None:
+            buckets.append(Bucket("tokens/key", principal.key_id, interval, 60.0, estimate))
+        return buckets
+
+    async def _refund(self, buckets: list[Bucket]) -> None:
+        if buckets:
+            await self.store.charge([dataclasses.replace(b, cost=-b.cost) for b in buckets])
+
+    def _may_start(self, tier: str, terms: LevelTerms) -> bool:
+        limit = self.limiter.limit
+        if self.in_flight >= limit:
+            return False
+        share = terms.share.get(tier, 1.0)
+        return self.by_tier[tier] < max(1, math.floor(share * limit)) if share < 1.0 else True
+
+    async def _wait_turn(self, ticket: Ticket, terms: LevelTerms) -> None:
+        ahead = any(self.queues[t] for t in TIER_ORDER[: TIER_ORDER.index(ticket.tier) + 1])
+        if not ahead and self._may_start(ticket.tier, terms):
+            self._start(ticket)
+            return
+        if self.queued >= self.policy.queue_size and not self._shed_lower(ticket.tier):
+            self.shed[ticket.tier] += 1
+            raise _busy(ticket.tier)
+        ticket._future = asyncio.get_running_loop().create_future()
+        self.queues[ticket.tier].append(ticket)
+        try:
+            await asyncio.wait_for(asyncio.shield(ticket._future), self.policy.max_wait[ticket.tier])
+        except TimeoutError:
+            if ticket.started:
+                return  # its turn came just as the wait ran out
+            self._leave(ticket)
+            self.shed[ticket.tier] += 1
+            raise _busy(ticket.tier) from None
+        except asyncio.CancelledError:
+            # the client went away while waiting: its place goes to the next in line
+            if not self._leave(ticket) and ticket.started:
+                self.release(ticket)
+            raise
+
+    def _leave(self, ticket: Ticket) -> bool:
+        """Take a waiting ticket out of its queue; False if it had already been started."""
+        try:
+            self.queues[ticket.tier].remove(ticket)
+            return True
+        except ValueError:
+            return False
+
+    def _shed_lower(self, tier: str) -> bool:
+        """Make room by turning away the newest waiter of the lowest tier below `tier`."""
+        for lower in reversed(TIER_ORDER[TIER_ORDER.index(tier) + 1:]):
+            if self.queues[lower]:
+                victim = self.queues[lower].pop()
+                self.shed[lower] += 1
+                if victim._future is not None and not victim._future.done():
+                    victim._future.set_exception(_busy(lower))
+                return True
+        return False
+
+    def _start(self, ticket: Ticket) -> None:
+        ticket.started = time.monotonic()
+        self.in_flight += 1
+        self.by_tier[ticket.tier] += 1
+        self.by_account[ticket.account] += 1
+        self.admitted[ticket.tier] += 1
+
+    def _dispatch(self) -> None:
+        terms = self.policy.terms(self.level())
+        for tier in TIER_ORDER:
+            queue = self.queues[tier]
+            while queue and self._may_start(tier, terms):
+                ticket = queue.popleft()
+                if ticket._future is not None and not ticket._future.done():
+                    self._start(ticket)
+                    ticket._future.set_result(None)
+            if queue:
+                return  # strict priority: a lower tier never goes before a waiting higher one
+
+    def release(self, ticket: Ticket, *, latency: tuple[str, float] | None = None, overloaded: bool = False) -> None:
+        self.in_flight -= 1
+        self.by_tier[ticket.tier] -= 1
+        self.by_account[ticket.account] -= 1
+        if self.by_account[ticket.account] <= 0:
+            del self.by_account[ticket.account]
+        if overloaded:
+            self.limiter.overloaded()
+        elif latency is not None:
+            self.limiter.sample(latency[0], latency[1], self.in_flight + 1)
+        self._dispatch()
+
+    async def reconcile(self, ticket: Ticket, used: int) -> None:
+        """Charge the token budgets what the call really used instead of the estimate."""
+        if ticket.buckets and used != ticket.estimate:
+            await self.store.charge([dataclasses.replace(b, cost=used - ticket.estimate) for b in ticket.buckets])
+
+
+def _busy(tier: str) -> ApiError:
+    return ApiError(503, "The model is at capacity. Please retry shortly; established accounts are served first.",
+                    "model_busy", retry_after=5 if tier != "established" else 2, reason=f"admission/{tier}")
