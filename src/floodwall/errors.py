@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Scope
+from starlette.types import Message, Scope, Send
 
 from floodwall import logs
 
@@ -103,6 +103,35 @@ def wants_html(scope: Scope) -> bool:
         if name == b"accept":
             return b"text/html" in value
     return False
+
+
+_RENDERED: dict[tuple[int, str, str, str, int | None], tuple[list[tuple[bytes, bytes]], bytes]] = {}
+
+
+async def send_error(scope: Scope, send: Send, error: ApiError) -> None:
+    """Answer with the refusal straight onto the ASGI send: the edge's flood path, so the JSON and headers
+    of each distinct refusal are rendered once and reused."""
+    if wants_html(scope) or error.headers or error.extra:
+        await error_response(scope, error)(scope, _no_receive, send)
+        return
+    retry = _seconds(error.retry_after) if error.retry_after is not None else None
+    key = (error.status, error.code, error.reason, error.message, retry)
+    rendered = _RENDERED.get(key)
+    if rendered is None:
+        body = json.dumps(error.body()).encode()
+        headers = [(b"x-floodwall-reason", error.reason.encode()), (b"cache-control", b"no-store"),
+                   (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if retry is not None:
+            headers.append((b"retry-after", str(retry).encode()))
+        if len(_RENDERED) > 4096:
+            _RENDERED.clear()
+        rendered = _RENDERED[key] = (headers, body)
+    await send({"type": "http.response.start", "status": error.status, "headers": rendered[0]})
+    await send({"type": "http.response.body", "body": rendered[1]})
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
 
 
 def error_response(scope: Scope, error: ApiError) -> Response:

@@ -16,14 +16,15 @@ _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
+        entry: dict[str, Any] = _fields(record)
+        # the record's own keys win over fields of the same name
+        entry.update({
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),
-        }
-        entry.update(_fields(record))
+        })
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

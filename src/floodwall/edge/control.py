@@ -36,9 +36,10 @@ class Networks:
                 self.networks.append((network, value))
 
     def match(self, address: IPAddress) -> object | None:
-        found = self.hosts.get(address)
-        if found is not None:
-            return found
+        if self.hosts:
+            found = self.hosts.get(address)
+            if found is not None:
+                return found
         for network, value in self.networks:
             if address.version == network.version and address in network:
                 return value
@@ -106,7 +107,7 @@ class Control:
         record: dict[str, object] = {"mode": mode, "level": level, "reason": reason, "at": time.time(), "by": by,
                                      "previous": self.level}
         await self.store.set_level(record)
-        logs.event(log, "level_changed", logging.WARNING, mode=mode, level=level, previous=self.level,
+        logs.event(log, "level_changed", logging.WARNING, mode=mode, defense_level=level, previous=self.level,
                    reason=reason, by=by)
         await self.refresh()
         return record
@@ -117,6 +118,6 @@ class Control:
             record: dict[str, object] = {"mode": "auto", "level": level, "reason": reason, "at": time.time(),
                                          "by": "detector", "previous": self.level}
             await self.store.set_level(record)
-            logs.event(log, "level_changed", logging.WARNING, mode="auto", level=level, reason=reason,
+            logs.event(log, "level_changed", logging.WARNING, mode="auto", defense_level=level, reason=reason,
                        by="detector")
             await self.refresh()

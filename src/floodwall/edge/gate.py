@@ -8,20 +8,22 @@ from the Control snapshot, the limits from the Store (memory: no I/O; Redis: one
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import logging
+import math
 import time
 from collections.abc import Sequence
 
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from floodwall import logs
 from floodwall.accounts.service import AccountService, Principal
 from floodwall.edge.control import Control
 from floodwall.edge.identity import TrustedProxies, client_address
 from floodwall.edge.policy import Caller, Policy, classify
-from floodwall.errors import ApiError, error_response
+from floodwall.edge.refusals import RefusalLog
+from floodwall.errors import ApiError, send_error
 from floodwall.state.store import Bucket, Store, Verdict
 
 log = logging.getLogger("floodwall.edge")
@@ -69,6 +71,8 @@ class Gate:
         self.accounts = accounts
         self.trusted = trusted_proxies
         self.new_account_age = new_account_age
+        self.refusals = RefusalLog()
+        self._addresses: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
         self.v4_mask = ((1 << ipv4_prefix) - 1) << (32 - ipv4_prefix)
         self.v6_mask = ((1 << ipv6_prefix) - 1) << (128 - ipv6_prefix)
 
@@ -78,10 +82,9 @@ class Gate:
             return
         klass = classify(scope["method"], scope["path"])
         text = client_address(scope, self.trusted)
-        try:
-            address = ipaddress.ip_address(text)
-        except ValueError:  # a unix socket or a test transport: no address to limit by
-            address = ipaddress.IPv4Address(0)
+        address = self._addresses.get(text)
+        if address is None:
+            address = self._parse(text)
         level = self.control.level
         if self.control.allow.match(address) is not None:
             principal = await self._principal(scope)
@@ -100,14 +103,25 @@ class Gate:
             verdicts = await self.store.hit(buckets) if buckets else []
             refusal = _first_refusal(klass, buckets, verdicts)
         if refusal is not None:
-            logs.event(log, "refused", status=refusal.status, reason=refusal.reason, klass=klass, level=level,
-                       tier=tier, address=text, method=scope["method"], path=scope["path"])
-            await error_response(scope, refusal)(scope, receive, send)
+            self.refusals.record(refusal.reason, text, status=refusal.status, klass=klass, defense_level=level,
+                                 tier=tier, method=scope["method"], path=scope["path"])
+            await send_error(scope, send, refusal)
             return
         self._enter(scope, klass, text, tier, level, principal)
         if verdicts and klass.startswith("api"):
             send = _with_ratelimit_headers(send, buckets, verdicts)
         await self.app(scope, receive, send)
+
+    def _parse(self, text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:  # a unix socket or a test transport: no address to limit by
+            address = ipaddress.IPv4Address(0)
+        # parsing costs more than the rest of a refusal: keep the addresses seen lately (a flood's too)
+        if len(self._addresses) >= 100_000:
+            self._addresses.clear()
+        self._addresses[text] = address
+        return address
 
     def _enter(self, scope: Scope, klass: str, address: str, tier: str, level: str,
                principal: Principal | None) -> None:
@@ -190,14 +204,19 @@ def _first_refusal(klass: str, buckets: Sequence[Bucket], verdicts: Sequence[Ver
 
 
 def _throttled(klass: str, bucket: Bucket, verdict: Verdict) -> ApiError:
-    wait = verdict.retry_after
+    # a flood meets the same few refusals over and over: build each once
+    return _refusal(klass, bucket.rule, math.ceil(verdict.retry_after))
+
+
+@functools.lru_cache(maxsize=4096)
+def _refusal(klass: str, rule: str, wait: int) -> ApiError:
     if klass == "auth-register":
-        return ApiError(429, REGISTRATION_BUSY, "registration_busy", retry_after=wait, reason=bucket.rule)
+        return ApiError(429, REGISTRATION_BUSY, "registration_busy", retry_after=wait, reason=rule)
     if klass == "auth-login":
         return ApiError(429, "Too many sign-in attempts. Please wait and try again.", "login_throttled",
-                        retry_after=wait, reason=bucket.rule)
-    return ApiError(429, f"Rate limit reached ({bucket.rule}). Please try again in {max(1, round(wait))}s.",
-                    "rate_limit_exceeded", type="requests", retry_after=wait, reason=bucket.rule)
+                        retry_after=wait, reason=rule)
+    return ApiError(429, f"Rate limit reached ({rule}). Please try again in {max(1, wait)}s.",
+                    "rate_limit_exceeded", type="requests", retry_after=wait, reason=rule)
 
 
 def _duration(seconds: float) -> str:

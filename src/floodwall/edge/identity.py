@@ -50,10 +50,14 @@ def _forwarded_chain(scope: Scope) -> list[str]:
 def client_address(scope: Scope, trusted: TrustedProxies) -> str:
     """The client's address as text; walks forwarded hops right to left, skipping trusted ones."""
     peer = scope.get("client")
-    address = _parse(peer[0]) if peer else None
+    if not peer:
+        return "unknown"
+    if not trusted.networks:
+        return str(peer[0])  # nobody is trusted to forward: the peer is the client, no parsing needed
+    address = _parse(peer[0])
     if address is None:
-        return peer[0] if peer else "unknown"
-    if not trusted.networks or address not in trusted:
+        return str(peer[0])
+    if address not in trusted:
         return str(address)
     for hop in reversed(_forwarded_chain(scope)):
         hop_address = _parse(hop)
