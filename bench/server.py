@@ -14,66 +14,17 @@ Needs wrk (Debian: apt install wrk). Prints a table and writes bench/out/server.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-
+from _common import account_key, process, write_lua, wrk
 from floodwall.config import SETTINGS_ENV, load
-from floodwall.server import free_port, wait_until_up
+from floodwall.server import free_port
 
 OUT = Path(__file__).with_name("out")
-CHAT = (
-    '{"model":"floodwall-simulated-chat","messages":[{"role":"user","content":"Hello, how are you?"}],'
-    '"max_tokens":8}'
-)
-LUA = """
-wrk.method = os.getenv("FW_METHOD") or "GET"
-if wrk.method == "POST" then
-  wrk.body = os.getenv("FW_BODY")
-  wrk.headers["Content-Type"] = "application/json"
-end
-local key = os.getenv("FW_KEY")
-if key and key ~= "" then wrk.headers["Authorization"] = "Bearer " .. key end
-local pause = tonumber(os.getenv("FW_DELAY_MS") or "0")
-function delay() return pause end
-"""
-
-
-@contextlib.contextmanager
-def process(command: list[str], env: dict[str, str], health: str, log: Path) -> Iterator[None]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_until_up(health, timeout=60, process=proc)
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(20)
-
-
-def wrk(url: str, script: Path, duration: int, connections: int, *, method: str = "GET", key: str = "",
-        delay_ms: int = 0) -> dict[str, float]:
-    env = {**os.environ, "FW_METHOD": method, "FW_BODY": CHAT, "FW_KEY": key, "FW_DELAY_MS": str(delay_ms)}
-    result = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
-                            env=env, capture_output=True, text=True, check=True)
-    text = result.stdout
-    figures = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))}  # type: ignore[union-attr]
-    for pct in ("50", "90", "99"):
-        match = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
-        if match:
-            scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
-            figures[f"p{pct}_ms"] = float(match.group(1)) * scale
-    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    figures["non_2xx"] = float(errors.group(1)) if errors else 0.0
-    return figures
 
 
 def main() -> int:
@@ -83,8 +34,7 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=500, help="offered load for the latency runs, requests/s")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fw-bench-"))
-    script = tmp / "bench.lua"
-    script.write_text(LUA)
+    script = write_lua(tmp)
     delay_ms = max(1, round(args.connections * 1000 / args.rate))
     results: dict[str, dict[str, float]] = {}
 
@@ -118,7 +68,7 @@ def main() -> int:
             cmd = [*command, "--port", str(port), "floodwall.app:app_from_env"]
             with process(cmd, {SETTINGS_ENV: settings.to_json()}, f"{base}/healthz", tmp / f"{engine}.log"):
                 if not key:
-                    key = _account_key(base)
+                    key = account_key(base)
                 results[f"{engine}: healthz"] = wrk(f"{base}/healthz", script, args.duration, args.connections)
                 results[f"{engine}: 404"] = wrk(f"{base}/nothing-here", script, args.duration, args.connections)
                 results[f"{engine}: chat"] = wrk(f"{base}/v1/chat/completions", script, args.duration,
@@ -129,14 +79,6 @@ def main() -> int:
     OUT.mkdir(exist_ok=True)
     (OUT / "server.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
     return 0
-
-
-def _account_key(base: str) -> str:
-    with httpx.Client(base_url=base, timeout=30) as web:
-        web.post("/auth/register", json={"email": "bench@example.com", "password": "benchmark password"})
-        web.post("/auth/login", json={"email": "bench@example.com", "password": "benchmark password"})
-        key: str = web.post("/account/keys", json={"name": "bench"}).json()["key"]
-        return key
 
 
 def report(results: dict[str, dict[str, float]], args: argparse.Namespace, delay_ms: int) -> None:

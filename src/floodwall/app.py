@@ -12,7 +12,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
 
 from floodwall import config as config_module
 from floodwall import errors, logs
@@ -40,7 +39,7 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-def build_app(settings: Settings) -> EdgeApp:
+def build_app(settings: Settings) -> Gate:
     engine = create_engine(settings.database.url, settings.database.pool_size)
     accounts = AccountService(
         sessionmaker(engine),
@@ -102,23 +101,12 @@ def build_app(settings: Settings) -> EdgeApp:
     gate = Gate(app, policy=policy, store=store, control=control, accounts=accounts, trusted_proxies=trusted,
                 new_account_age=settings.defense.new_account_age, ipv4_prefix=settings.edge.ipv4_prefix,
                 ipv6_prefix=settings.edge.ipv6_prefix)
-    return EdgeApp(app, gate)
+    # the gate is the outermost app (it passes lifespan through); tools reach the services through it
+    gate.state = app.state
+    return gate
 
 
-class EdgeApp:
-    """The gate in front of the Starlette app, with the app's state and lifespan reachable for tests and tools."""
-
-    def __init__(self, app: Starlette, gate: Gate) -> None:
-        self.app = app
-        self.state = app.state
-        self.gate = gate
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # lifespan and websockets go straight to the app; every HTTP request passes the gate
-        await (self.gate if scope["type"] == "http" else self.app)(scope, receive, send)
-
-
-def app_from_env() -> EdgeApp:
+def app_from_env() -> Gate:
     """The ASGI factory each server worker calls: serve hands it the resolved settings in the environment."""
     text = os.environ.get(config_module.SETTINGS_ENV)
     settings = Settings.from_json(text) if text else config_module.load()

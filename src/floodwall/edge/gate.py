@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -71,6 +72,7 @@ class Gate:
         self.accounts = accounts
         self.trusted = trusted_proxies
         self.new_account_age = new_account_age
+        self.state: Any = None
         self.refusals = RefusalLog()
         self._addresses: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
         self.v4_mask = ((1 << ipv4_prefix) - 1) << (32 - ipv4_prefix)

@@ -11,7 +11,7 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from floodwall.config import ConfigError, parse_duration
 from floodwall.inference.admission import AdmissionPolicy
@@ -92,8 +92,7 @@ class Rule:
     limits: Mapping[str, Limit | None]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Caller:
+class Caller(NamedTuple):
     """The facts about one request that rules key on."""
 
     ip: int

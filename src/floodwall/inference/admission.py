@@ -224,7 +224,7 @@ class Admission:
 
     async def _refund(self, buckets: list[Bucket]) -> None:
         if buckets:
-            await self.store.charge([dataclasses.replace(b, cost=-b.cost) for b in buckets])
+            await self.store.charge([b._replace(cost=-b.cost) for b in buckets])
 
     def _may_start(self, tier: str, terms: LevelTerms) -> bool:
         limit = self.limiter.limit
@@ -310,7 +310,7 @@ class Admission:
     async def reconcile(self, ticket: Ticket, used: int) -> None:
         """Charge the token budgets what the call really used instead of the estimate."""
         if ticket.buckets and used != ticket.estimate:
-            await self.store.charge([dataclasses.replace(b, cost=used - ticket.estimate) for b in ticket.buckets])
+            await self.store.charge([b._replace(cost=used - ticket.estimate) for b in ticket.buckets])
 
 
 def _busy(tier: str) -> ApiError:

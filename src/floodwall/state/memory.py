@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -17,6 +18,7 @@ class MemoryStore:
         # one dict a rule, keyed by int where it can be: 1,000,000 addresses cost ~100 bytes each
         self._tat: dict[str, dict[int | str, float]] = {}
         self._size = 0
+        self._floats: dict[float, float] = {}
         self._bans: dict[str, Ban] = {}
         self._strikes: dict[str, tuple[int, float]] = {}
         self._lists: dict[tuple[str, str], dict[str, str]] = {}
@@ -43,10 +45,23 @@ class MemoryStore:
             for bucket, table, new_tat in zip(buckets, tables, new_tats, strict=True):
                 if bucket.ident not in table:
                     self._size += 1
-                table[bucket.ident] = new_tat
+                table[bucket.ident] = self._shared(new_tat, bucket.interval)
             if self._size > self.max_keys:
                 self._evict(now)
         return results
+
+    def _shared(self, tat: float, interval: float) -> float:
+        """The arrival time rounded down to 1/1024 of the rule's interval, as one float object per value: a
+        flood from a million addresses then holds far fewer floats than a million (about 24 MB less). Rounding
+        down errs towards the client, by less than 0.1% of a request each time."""
+        quantum = interval / 1024
+        value = math.floor(tat / quantum) * quantum if quantum > 0 else tat
+        found = self._floats.get(value)
+        if found is None:
+            if len(self._floats) >= 200_000:
+                self._floats.clear()
+            found = self._floats[value] = value
+        return found
 
     def _evict(self, now: float) -> None:
         # a bucket whose arrival time has passed is full again: forgetting it changes no decision

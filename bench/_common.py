@@ -1,0 +1,76 @@
+"""Helpers the benchmarks share: starting a server process, and running wrk with a Lua script."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from floodwall.server import wait_until_up
+
+CHAT = (
+    '{"model":"floodwall-simulated-chat","messages":[{"role":"user","content":"Hello, how are you?"}],'
+    '"max_tokens":8}'
+)
+LUA = """
+wrk.method = os.getenv("FW_METHOD") or "GET"
+if wrk.method == "POST" then
+  wrk.body = os.getenv("FW_BODY")
+  wrk.headers["Content-Type"] = "application/json"
+end
+local key = os.getenv("FW_KEY")
+if key and key ~= "" then wrk.headers["Authorization"] = "Bearer " .. key end
+local pause = tonumber(os.getenv("FW_DELAY_MS") or "0")
+function delay() return pause end
+"""
+
+
+def write_lua(folder: Path) -> Path:
+    script = folder / "bench.lua"
+    script.write_text(LUA)
+    return script
+
+
+@contextlib.contextmanager
+def process(command: list[str], env: dict[str, str], health: str, log: Path, expect: int = 200) -> Iterator[None]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until_up(health, timeout=60, process=proc, expect=expect)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def wrk(url: str, script: Path, duration: int, connections: int, *, method: str = "GET", key: str = "",
+        delay_ms: int = 0) -> dict[str, float]:
+    env = {**os.environ, "FW_METHOD": method, "FW_BODY": CHAT, "FW_KEY": key, "FW_DELAY_MS": str(delay_ms)}
+    result = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
+                            env=env, capture_output=True, text=True, check=True)
+    text = result.stdout
+    figures = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))}  # type: ignore[union-attr]
+    for pct in ("50", "90", "99"):
+        match = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        if match:
+            scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
+            figures[f"p{pct}_ms"] = float(match.group(1)) * scale
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    figures["non_2xx"] = float(errors.group(1)) if errors else 0.0
+    return figures
+
+
+
+
+def account_key(base: str, email: str = "bench@example.com") -> str:
+    """Register (or log in) and make an API key."""
+    with httpx.Client(base_url=base, timeout=30) as web:
+        web.post("/auth/register", json={"email": email, "password": "benchmark password"})
+        web.post("/auth/login", json={"email": email, "password": "benchmark password"})
+        key: str = web.post("/account/keys", json={"name": "bench"}).json()["key"]
+        return key
