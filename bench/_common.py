@@ -67,9 +67,10 @@ def wrk(url: str, script: Path, duration: int, connections: int, *, method: str 
 
 
 
-def account_key(base: str, email: str = "bench@example.com") -> str:
-    """Register (or log in) and make an API key."""
-    with httpx.Client(base_url=base, timeout=30) as web:
+def account_key(base: str, email: str = "bench@example.com", source: str | None = None) -> str:
+    """Register (or log in) and make an API key, from the loopback address `source` if given."""
+    transport = httpx.HTTPTransport(local_address=source) if source else None
+    with httpx.Client(base_url=base, timeout=30, transport=transport) as web:
         web.post("/auth/register", json={"email": email, "password": "benchmark password"})
         web.post("/auth/login", json={"email": email, "password": "benchmark password"})
         key: str = web.post("/account/keys", json={"name": "bench"}).json()["key"]

@@ -42,6 +42,9 @@ from floodwall.server import free_port
 from floodwall.state.memory import MemoryStore
 
 OUT = Path(__file__).with_name("out")
+# the floor of the learnt model concurrency in the saturation run: the model server's known slots by default
+# (what an operator would set); BENCH_MIN_LIMIT=1 shows the limiter learning on its own
+MIN_LIMIT = int(os.environ.get("BENCH_MIN_LIMIT", "8"))
 GRANIAN = [sys.executable, "-m", "granian", "--interface", "asgi", "--workers", "1", "--no-ws",
            "--log-level", "warning", "--backlog", "2048"]
 FLOOD_POLICY = '[[rule]]\nname = "flood/ip"\nclasses = ["page"]\nkey = "ip"\nnormal = "1/1h burst 1"\n'
@@ -89,6 +92,7 @@ def latency(tmp: Path, args: argparse.Namespace, script: Path) -> dict[str, Any]
     # the default rules, with budgets no benchmark client reaches: this measures the machinery, not a limit
     policy = DEFAULT_POLICY.read_text().replace("established = 200000", "established = 1000000000")
     policy = policy.replace('"120/1m burst 30"', '"1000000/1m burst 100000"')
+    policy = policy.replace("in_flight = { established = 16,", "in_flight = { established = 100000,")
     (tmp / "latency.toml").write_text(policy)
     env = settings_env(tmp, edge={"policy": str(tmp / "latency.toml")},
                        upstream={"url": f"http://127.0.0.1:{model_port}/v1"})
@@ -191,26 +195,30 @@ async def _burst(url: str, count: int) -> None:
 # saturation: populations over real HTTP
 
 
-async def _population(session: aiohttp.ClientSession, base: str, keys: list[str], stop: float,
+async def _population(base: str, users: list[tuple[str | None, str]], stop: float,
                       results: list[tuple[float, int, float]], pause: float, max_tokens: int) -> None:
+    """Each user (an API key or None, and its own loopback address) chats in a loop until `stop`."""
     body = {"model": "floodwall-simulated-chat", "max_tokens": max_tokens, "stream": True,
             "messages": [{"role": "user", "content": "Hello, how are you today?"}]}
 
-    async def one_user(key: str | None) -> None:
+    async def one_user(key: str | None, source: str) -> None:
         headers = {"authorization": f"Bearer {key}"} if key else {}
-        while time.monotonic() < stop:
-            started = time.monotonic()
-            try:
-                async with session.post(f"{base}/v1/chat/completions", json=body, headers=headers) as response:
-                    async for _ in response.content.iter_any():
-                        pass
-                    status = response.status
-            except aiohttp.ClientError:
-                status = 0
-            results.append((started, status, time.monotonic() - started))
-            await asyncio.sleep(pause)
+        connector = aiohttp.TCPConnector(limit=0, local_addr=(source, 0))
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+            while time.monotonic() < stop:
+                started = time.monotonic()
+                try:
+                    async with session.post(f"{base}/v1/chat/completions", json=body, headers=headers) as response:
+                        async for _ in response.content.iter_any():
+                            pass
+                        status = response.status
+                except aiohttp.ClientError:
+                    status = 0
+                results.append((started, status, time.monotonic() - started))
+                # a refused flooder comes straight back; a person, or a served call, pauses
+                await asyncio.sleep(pause if status == 200 or pause else 0.001)
 
-    await asyncio.gather(*[one_user(k) for k in keys])
+    await asyncio.gather(*[one_user(key, source) for key, source in users])
 
 
 def saturation(tmp: Path, args: argparse.Namespace, script: Path) -> dict[str, Any]:
@@ -220,31 +228,40 @@ def saturation(tmp: Path, args: argparse.Namespace, script: Path) -> dict[str, A
     model_env = {SETTINGS_ENV: load(environ={}, overrides={"model": {
         "slots": slots, "queue_size": 256, "tokens_per_second": tps, "reply_tokens": reply,
         "first_token_delay": 0.02}}).to_json()}
+    # the default policy, told what an operator knows of their model server: how many calls it runs at once
+    # (vLLM's max_num_seqs, OLLAMA_NUM_PARALLEL, llama.cpp's --parallel) as the floor of the learnt limit
+    policy = DEFAULT_POLICY.read_text().replace("min_limit = 1", f"min_limit = {MIN_LIMIT}")
+    (tmp / "saturation.toml").write_text(policy)
     env = settings_env(tmp, upstream={"url": f"http://127.0.0.1:{model_port}/v1"},
-                       defense={"new_account_age": 20, "level": "normal"})
+                       defense={"new_account_age": 20, "level": "normal"},
+                       edge={"policy": str(tmp / "saturation.toml")})
     base = f"http://127.0.0.1:{fw_port}"
     model_cmd = [*GRANIAN, "--factory", "--port", str(model_port), "floodwall.sim.model:app_from_env"]
     with process(model_cmd, model_env, f"http://127.0.0.1:{model_port}/health", tmp / "model-sat.log"), \
             process(floodwall_cmd(fw_port), env, f"{base}/healthz", tmp / "fw-sat.log"):
-        established = [account_key(base, f"est{i}@example.com") for i in range(4)]
+        # each population speaks from its own loopback addresses, the flood from many networks, as real ones do
+        established = [(account_key(base, f"est{i}@example.com", f"127.10.0.{i + 1}"), f"127.10.0.{i + 1}")
+                       for i in range(4)]
         time.sleep(20.5)  # defense.new_account_age: these four are now established
-        newcomers = [account_key(base, f"new{i}@example.com") for i in range(40)]
+        anonymous: list[tuple[str | None, str]] = [(None, f"127.30.{i}.1") for i in range(40)]
+        newcomers: list[tuple[str | None, str]] = []
 
         async def run(flood: bool, seconds: float) -> dict[str, list[tuple[float, int, float]]]:
             results: dict[str, list[tuple[float, int, float]]] = {"established": [], "new": [], "anonymous": []}
-            connector = aiohttp.TCPConnector(limit=0)
-            async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as s:
-                stop = time.monotonic() + seconds
-                jobs = [_population(s, base, established, stop, results["established"], 0.2, reply)]
-                if flood:
-                    # 50x capacity offered: each flooding client retries at once on a refusal
-                    jobs.append(_population(s, base, newcomers * 4, stop, results["new"], 0.0, reply))
-                    jobs.append(_population(s, base, [None] * 40, stop, results["anonymous"], 0.0, reply))
-                await asyncio.gather(*jobs)
+            stop = time.monotonic() + seconds
+            jobs = [_population(base, list(established), stop, results["established"], 0.2, reply)]
+            if flood:
+                # each flooding client retries as soon as it is refused, and keeps a call open when served
+                jobs.append(_population(base, newcomers * 3, stop, results["new"], 0.0, reply))
+                jobs.append(_population(base, anonymous, stop, results["anonymous"], 0.0, reply))
+            await asyncio.gather(*jobs)
             return results
 
         with aiohttp_run() as loop_run:
             alone = loop_run(run(False, args.duration * 2))
+            # made now, so that they are still new (younger than 20 s) for the whole flood
+            newcomers += [(account_key(base, f"new{i}@example.com", f"127.20.{i}.1"), f"127.20.{i}.1")
+                          for i in range(40)]
             flooded = loop_run(run(True, args.duration * 2))
     def p95(rows: list[tuple[float, int, float]]) -> float:
         ok = sorted(t for _, s, t in rows if s == 200)
@@ -254,6 +271,7 @@ def saturation(tmp: Path, args: argparse.Namespace, script: Path) -> dict[str, A
     offered = (len(flooded["new"]) + len(flooded["anonymous"])) / (args.duration * 2)
     return {
         "model_capacity_calls_per_s": round(capacity, 1),
+        "admission_min_limit": MIN_LIMIT,
         "flood_offered_calls_per_s": round(offered, 1),
         "flood_multiple_of_capacity": round(offered / capacity, 1),
         "established_requests": len(est),

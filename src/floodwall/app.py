@@ -68,6 +68,7 @@ def build_app(settings: Settings) -> Gate:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await control.start()
+        services.admission.loop_lag.start()
         await services.upstream.start()
         await services.upstream.probe()
         await services.usage.start()
@@ -77,6 +78,7 @@ def build_app(settings: Settings) -> Gate:
             await services.usage.stop()
             await services.upstream.close()
             await control.stop()
+            await services.admission.loop_lag.stop()
             await store.close()
             await engine.dispose()
 

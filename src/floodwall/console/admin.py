@@ -130,7 +130,14 @@ async def remove_list_entry(request: Request) -> Response:
     return JSONResponse({"cidr": cidr, "removed": True})
 
 
+async def admission(request: Request) -> Response:
+    """The model's admission: the learnt limit, calls in flight and waiting by tier, what was shed."""
+    require_admin(request)
+    return JSONResponse(services(request).admission.stats())
+
+
 routes = [
+    Route("/admin/api/admission", admission, methods=["GET"]),
     Route("/admin/api/level", get_level, methods=["GET"]),
     Route("/admin/api/level", put_level, methods=["PUT"]),
     Route("/admin/api/bans", list_bans, methods=["GET"]),

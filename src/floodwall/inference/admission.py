@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import math
 import time
@@ -115,15 +116,22 @@ def estimate_cost(body: Mapping[str, Any], default_max_tokens: int) -> tuple[int
 
 class GradientLimit:
     """A concurrency limit that grows while latency stays near its baseline and shrinks when it rises
-    (the model server is queueing inside) or when the server says it is full."""
+    (the model server is queueing inside) or when the server says it is full.
 
-    def __init__(self, initial: int, minimum: int, maximum: int, tolerance: float = 1.5, smoothing: float = 0.2):
+    After Gradient2, with one change for model servers: no standing queue is allowed for throughput's sake.
+    A call queued inside the model server can no longer be put behind a more important one, so the limit
+    grows by one per round of calls only while the recent latency stays within `tolerance` of the baseline.
+    """
+
+    def __init__(self, initial: int, minimum: int, maximum: int, tolerance: float = 1.5,
+                 smoothing: float = 0.2) -> None:
         self.value = float(initial)
         self.minimum = minimum
         self.maximum = maximum
         self.tolerance = tolerance
         self.smoothing = smoothing
         self.baseline: dict[str, float] = {}
+        self.recent: dict[str, float] = {}
 
     @property
     def limit(self) -> int:
@@ -134,15 +142,19 @@ class GradientLimit:
 
     def sample(self, kind: str, latency: float, in_flight: int) -> None:
         baseline = self.baseline.get(kind)
-        # the baseline follows latency slowly, and falls at once to a new best
-        baseline = latency if baseline is None else min(latency, baseline * 0.98 + latency * 0.02)
+        # the baseline falls at once to a new best and rises only over about a thousand calls: if it followed
+        # latency faster, a queue building inside the model server would soon look normal
+        baseline = latency if baseline is None else min(latency, baseline * 0.999 + latency * 0.001)
         self.baseline[kind] = baseline
-        gradient = max(0.5, min(1.0, self.tolerance * baseline / max(latency, 1e-6)))
-        target = self.value * gradient + math.sqrt(self.value)
-        if target > self.value and in_flight < self.value / 2:
-            target = self.value  # not using the limit: no evidence that a higher one would be served
-        self.value = min(float(self.maximum), max(float(self.minimum),
-                                                  self.value * (1 - self.smoothing) + target * self.smoothing))
+        recent = self.recent.get(kind, latency) * (1 - self.smoothing) + latency * self.smoothing
+        self.recent[kind] = recent
+        gradient = self.tolerance * baseline / max(recent, 1e-9)
+        if gradient >= 1.0:
+            if in_flight >= self.value * 0.8:  # only a limit in use is evidence that more would be served
+                self.value = min(float(self.maximum), self.value + 1.0 / self.value)
+        else:
+            target = self.value * max(0.5, gradient)
+            self.value = max(float(self.minimum), self.value * (1 - self.smoothing) + target * self.smoothing)
 
 
 @dataclasses.dataclass(eq=False)
@@ -157,11 +169,38 @@ class Ticket:
     _future: asyncio.Future[None] | None = None
 
 
+class LoopLag:
+    """How late this process's event loop runs its callbacks: a latency sample taken under a flood includes
+    floodwall's own delay, which says nothing about the model server and must not shrink its limit."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.lag = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-lag")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(self.interval)
+            late = time.monotonic() - before - self.interval
+            self.lag = self.lag * 0.8 + max(0.0, late) * 0.2
+
+
 class Admission:
     def __init__(self, policy: AdmissionPolicy, store: Store, level: Callable[[], str]) -> None:
         self.policy = policy
         self.store = store
         self.level = level
+        self.loop_lag = LoopLag()
         self.limiter = GradientLimit(policy.initial_limit, policy.min_limit, policy.max_limit)
         self.in_flight = 0
         self.by_tier: collections.Counter[str] = collections.Counter()
@@ -175,7 +214,8 @@ class Admission:
         return sum(len(q) for q in self.queues.values())
 
     def stats(self) -> dict[str, Any]:
-        return {"limit": self.limiter.limit, "in_flight": self.in_flight, "by_tier": dict(self.by_tier),
+        return {"limit": self.limiter.limit, "loop_lag_ms": round(self.loop_lag.lag * 1000, 2),
+                "in_flight": self.in_flight, "by_tier": dict(self.by_tier),
                 "queued": {t: len(q) for t, q in self.queues.items()}, "shed": dict(self.shed),
                 "admitted": dict(self.admitted)}
 
@@ -304,7 +344,8 @@ class Admission:
         if overloaded:
             self.limiter.overloaded()
         elif latency is not None:
-            self.limiter.sample(latency[0], latency[1], self.in_flight + 1)
+            # a call's latency spans a few trips through this event loop: take out what the loop added
+            self.limiter.sample(latency[0], max(0.0, latency[1] - 3 * self.loop_lag.lag), self.in_flight + 1)
         self._dispatch()
 
     async def reconcile(self, ticket: Ticket, used: int) -> None:
