@@ -5,13 +5,14 @@ Routes call these methods and never touch the tables themselves.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
 import json
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -84,6 +85,7 @@ class AccountService:
         # API keys are looked up on every /v1 call: keep the answers (unknown keys too) for a few seconds
         self.keys: TTLCache[Principal | None] = TTLCache(key_cache_ttl, max_entries=100_000)
         self.sessions: TTLCache[Principal | None] = TTLCache(key_cache_ttl, max_entries=100_000)
+        self._lookups: dict[str, asyncio.Future[Principal | None]] = {}
 
     # registration and login
 
@@ -174,9 +176,26 @@ class AccountService:
         cached = self.sessions.get(digest)
         if not isinstance(cached, Missing):
             return cached
-        principal = await self._load_session(digest)
-        self.sessions.put(digest, principal)
-        return principal
+        return await self._single_flight(digest, self._load_session, self.sessions)
+
+    def lookup_pending(self, secret: str) -> bool:
+        """A lookup of this credential is already on its way: waiting for it costs no query."""
+        return token_hash(secret) in self._lookups
+
+    async def _single_flight(
+        self, digest: str, load: Callable[[str], Awaitable[Principal | None]], cache: TTLCache[Principal | None]
+    ) -> Principal | None:
+        # when a cached key expires under load, every concurrent call misses at once: one query serves them
+        pending = self._lookups.get(digest)
+        if pending is None:
+            pending = self._lookups[digest] = asyncio.ensure_future(load(digest))
+            try:
+                principal = await asyncio.shield(pending)
+                cache.put(digest, principal)
+                return principal
+            finally:
+                self._lookups.pop(digest, None)
+        return await asyncio.shield(pending)
 
     async def _load_session(self, digest: str) -> Principal | None:
         async with self.db() as db:
@@ -241,9 +260,7 @@ class AccountService:
         cached = self.keys.get(digest)
         if not isinstance(cached, Missing):
             return cached
-        principal = await self._load_key(digest)
-        self.keys.put(digest, principal)
-        return principal
+        return await self._single_flight(digest, self._load_key, self.keys)
 
     async def _load_key(self, digest: str) -> Principal | None:
         async with self.db() as db:

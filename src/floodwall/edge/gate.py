@@ -155,7 +155,7 @@ class Gate:
             return cached, None
         # a credential not seen lately costs a database query: the lookup rules ration them per address
         buckets = self._buckets("credential-lookup", level, address, "anonymous", None)
-        if buckets:
+        if buckets and not self.accounts.lookup_pending(secret):
             refusal = _first_refusal("credential-lookup", buckets, await self.store.hit(buckets))
             if refusal is not None:
                 return None, refusal

@@ -130,8 +130,8 @@ class GradientLimit:
         self.maximum = maximum
         self.tolerance = tolerance
         self.smoothing = smoothing
-        self.baseline: dict[str, float] = {}
-        self.recent: dict[str, float] = {}
+        self.baseline: dict[str, float] = {}  # long-run latency, per kind of sample
+        self.recent: dict[str, float] = {}  # the last few calls' latency
 
     @property
     def limit(self) -> int:
@@ -141,17 +141,21 @@ class GradientLimit:
         self.value = max(float(self.minimum), self.value * 0.8)
 
     def sample(self, kind: str, latency: float, in_flight: int) -> None:
-        baseline = self.baseline.get(kind)
-        # the baseline falls at once to a new best and rises only over about a thousand calls: if it followed
-        # latency faster, a queue building inside the model server would soon look normal
-        baseline = latency if baseline is None else min(latency, baseline * 0.999 + latency * 0.001)
-        self.baseline[kind] = baseline
         recent = self.recent.get(kind, latency) * (1 - self.smoothing) + latency * self.smoothing
         self.recent[kind] = recent
+        # the baseline is the long-run average (about 500 calls), not the best ever seen: a model server's
+        # latency jitters, and a baseline at its minimum would read the jitter as queueing. It follows a
+        # fall quickly and a rise slowly, so a queue building inside the model server does not look normal
+        # for long.
+        baseline = self.baseline.get(kind, latency)
+        baseline += (latency - baseline) * (0.05 if recent < baseline else 0.002)
+        self.baseline[kind] = baseline
         gradient = self.tolerance * baseline / max(recent, 1e-9)
+        if in_flight < self.value / 2:
+            # far below the limit, latency says nothing about the limit: neither raise nor lower it
+            return
         if gradient >= 1.0:
-            if in_flight >= self.value * 0.8:  # only a limit in use is evidence that more would be served
-                self.value = min(float(self.maximum), self.value + 1.0 / self.value)
+            self.value = min(float(self.maximum), self.value + 1.0 / self.value)
         else:
             target = self.value * max(0.5, gradient)
             self.value = max(float(self.minimum), self.value * (1 - self.smoothing) + target * self.smoothing)
