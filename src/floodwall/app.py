@@ -6,6 +6,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -96,6 +97,7 @@ def build_app(settings: Settings) -> Gate:
         exception_handlers={
             errors.ApiError: errors.on_api_error,
             HTTPException: errors.on_http_exception,
+            RedisError: errors.on_state_unavailable,
             Exception: errors.on_unexpected,
         },
     )

@@ -187,6 +187,15 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(request.scope, error)
 
 
+async def on_state_unavailable(request: Request, exc: Exception) -> Response:
+    """Redis is away: what needs it (admin changes to bans, lists, the level) waits; nothing else does."""
+    logs.event(log, "state_unavailable", logging.ERROR, path=request.url.path, error=repr(exc))
+    error = ApiError(503, "The shared state store (Redis) is unreachable; try again shortly.",
+                     "state_unavailable", retry_after=5)
+    log_refusal(request, error)
+    return error_response(request.scope, error)
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     logs.event(log, "unhandled_error", logging.ERROR, path=request.url.path, error=repr(exc))
     log.debug("traceback", exc_info=exc)

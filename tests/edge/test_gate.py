@@ -19,11 +19,16 @@ TOKEN = "admin-" + secrets.token_hex(8)
 _addresses = itertools.count(10)
 
 
-@pytest.fixture(scope="module")
-def edge_url(model_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def edge_url(request: pytest.FixtureRequest, model_url: str,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """floodwall with the default policy, its state in memory or in the real Redis (a fresh prefix)."""
     tmp = tmp_path_factory.mktemp("edge")
+    state = "memory://" if request.param == "memory" else \
+        f"redis://127.0.0.1:6379/0?prefix=fwtest-{secrets.token_hex(4)}:"
     env = {"FLOODWALL_EDGE_POLICY": "", "FLOODWALL_ADMIN_TOKEN": TOKEN, "FLOODWALL_DEFENSE_LEVEL": "normal",
-           "FLOODWALL_DEFENSE_NEW_ACCOUNT_AGE": "2s", "FLOODWALL_SERVER_TRUSTED_PROXIES": "127.0.0.2/32"}
+           "FLOODWALL_DEFENSE_NEW_ACCOUNT_AGE": "2s", "FLOODWALL_SERVER_TRUSTED_PROXIES": "127.0.0.2/32",
+           "FLOODWALL_STATE_URL": state}
     with floodwall_process(tmp, f"sqlite:///{tmp / 'edge.db'}", model_url, env=env) as url:
         yield url
 
@@ -238,3 +243,28 @@ def test_operator_commands(edge_url: str, tmp_path: Any) -> None:
         assert refused.returncode == 1 and "HTTP 401" in refused.stderr
     finally:
         floodwall("level", "normal")
+
+
+def test_unreachable_redis_keeps_established_users_served(model_url: str,
+                                                           tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Redis away: limits fall back to each process, nobody gets a 500, users log in and chat."""
+    tmp = tmp_path_factory.mktemp("noredis")
+    env = {"FLOODWALL_EDGE_POLICY": "", "FLOODWALL_STATE_URL": "redis://127.0.0.1:1/0",
+           "FLOODWALL_ADMIN_TOKEN": TOKEN, "FLOODWALL_DEFENSE_LEVEL": "normal"}
+    with floodwall_process(tmp, f"sqlite:///{tmp / 'n.db'}", model_url, env=env) as url, \
+            client_from(url, "127.0.3.3") as user:
+        email = f"nr-{secrets.token_hex(4)}@example.com"
+        assert user.post("/auth/register", json={"email": email, "password": PASSWORD}).status_code == 201
+        assert user.post("/auth/login", json={"email": email, "password": PASSWORD}).status_code == 200
+        key = user.post("/account/keys", json={}).json()["key"]
+        chat = user.post("/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                         json={"model": "floodwall-simulated-chat", "max_tokens": 2,
+                               "messages": [{"role": "user", "content": "still up?"}]})
+        assert chat.status_code == 200
+        # the per-address sign-up limit still holds, in this process
+        codes = [user.post("/auth/register", json={"email": f"x{i}-{email}", "password": PASSWORD}).status_code
+                 for i in range(5)]
+        assert codes[-1] == 429
+        with admin(url) as a:
+            refused = a.post("/admin/api/bans", json={"target": "127.0.3.4", "duration": "1m"})
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "state_unavailable"
