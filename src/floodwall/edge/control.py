@@ -7,13 +7,13 @@ Operators and the detector write them to the Store; each process keeps a snapsho
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import time
 from collections.abc import Iterable
 
 from floodwall import logs
+from floodwall.background import cancel
 from floodwall.edge.identity import IPAddress, IPNetwork
 from floodwall.edge.policy import LEVELS
 from floodwall.state.store import Ban, Store
@@ -65,10 +65,7 @@ class Control:
         self._task = asyncio.create_task(self._loop(), name="edge-control")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
 
     async def _loop(self) -> None:
         while True:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import math
 import time
@@ -19,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from floodwall.accounts.service import Principal
+from floodwall.background import cancel
 from floodwall.config import ConfigError, parse_duration
 from floodwall.errors import ApiError
 from floodwall.state.store import Bucket, Store
@@ -186,10 +186,7 @@ class LoopLag:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-lag")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
 
     async def _run(self) -> None:
         while True:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from floodwall import logs
 from floodwall.accounts.service import AccountService
+from floodwall.background import cancel
 
 # one row of the usage table: user_id, key_id, at, endpoint, model, prompt_tokens, completion_tokens, status
 Record = dict[str, object]
@@ -33,10 +33,7 @@ class UsageRecorder:
         self._task = asyncio.create_task(self._run(), name="usage-recorder")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
         await self.flush()
 
     async def flush(self) -> None:
