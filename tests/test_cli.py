@@ -87,3 +87,24 @@ def test_bad_configuration_exits_2_with_a_message(tmp_path: Path) -> None:
     assert result.returncode == 2 and "server.port" in result.stderr
     result = floodwall("serve", cwd=tmp_path, env={"FLOODWALL_DEFENSE_LEVEL": "panic"})
     assert result.returncode == 2 and "defense.level" in result.stderr
+
+
+def test_bad_policy_stops_start_up_with_its_message(tmp_path: Path) -> None:
+    (tmp_path / "policy.toml").write_text('[[rule]]\nname = "x"\nclasses = ["page"]\nkey = "ip"\nnormal = "fast"\n')
+    result = floodwall("serve", cwd=tmp_path, env={"FLOODWALL_EDGE_POLICY": str(tmp_path / "policy.toml")})
+    assert result.returncode == 2 and "not a limit" in result.stderr
+
+
+def test_the_wheel_ships_its_data_files(tmp_path: Path) -> None:
+    """What a non-editable install needs besides code: templates, static files, migrations, the policy."""
+    import zipfile
+
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(root)],
+                   check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("floodwall-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for needed in ("floodwall/edge/default_policy.toml", "floodwall/web/templates/chat.html",
+                   "floodwall/web/static/chat.js", "floodwall/accounts/migrations/env.py",
+                   "floodwall/accounts/migrations/versions/0001_initial.py"):
+        assert needed in names, needed

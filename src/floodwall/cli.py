@@ -49,7 +49,10 @@ def _settings(args: argparse.Namespace, flags: dict[str, tuple[str, str]]) -> Se
 def cmd_serve(args: argparse.Namespace) -> int:
     from floodwall.accounts.database import upgrade
 
+    from floodwall.edge.policy import Policy
+
     settings = _settings(args, SERVE_FLAGS)
+    Policy.load(settings.edge.policy or None)  # a bad policy stops start-up here, with its message
     upgrade(settings.database.url)
     logs.event(log, "database_ready", url=_redact(settings.database.url))
     if settings.upstream.url:
