@@ -48,7 +48,6 @@ def _settings(args: argparse.Namespace, flags: dict[str, tuple[str, str]]) -> Se
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from floodwall.accounts.database import upgrade
-
     from floodwall.edge.policy import Policy
 
     settings = _settings(args, SERVE_FLAGS)
