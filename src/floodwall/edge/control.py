@@ -58,6 +58,8 @@ class Control:
         self.allow = Networks([])
         self.deny = Networks([])
         self.healthy = True
+        # bumped at every refresh: decisions remembered under an older generation are not reused
+        self.generation = 0
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -86,6 +88,7 @@ class Control:
         if record is not None:
             self.record = record
             self.level = str(record.get("level", "normal"))
+        self.generation += 1
         self.bans = Networks((b.target, b) for b in bans)
         self.allow = Networks((e["cidr"], e) for e in entries if e["list"] == "allow")
         self.deny = Networks((e["cidr"], e) for e in entries if e["list"] == "deny")

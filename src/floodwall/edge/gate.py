@@ -75,6 +75,7 @@ class Gate:
         self.state: Any = None
         self.refusals = RefusalLog()
         self._addresses: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
+        self._refused: dict[tuple[str, str], tuple[float, int, ApiError]] = {}
         self.v4_mask = ((1 << ipv4_prefix) - 1) << (32 - ipv4_prefix)
         self.v6_mask = ((1 << ipv6_prefix) - 1) << (128 - ipv6_prefix)
 
@@ -84,6 +85,15 @@ class Gate:
             return
         klass = classify(scope["method"], scope["path"])
         text = client_address(scope, self.trusted)
+        remembered = self._refused.get((klass, text))
+        if remembered is not None and remembered[0] > time.monotonic() and \
+                remembered[1] == self.control.generation and _credential(scope)[0] is None:
+            # refused a moment ago and nothing has changed since: the same answer, without deciding again
+            again = remembered[2]
+            self.refusals.record(again.reason, text, again.status, klass, self.control.level, "anonymous",
+                                 scope["method"], scope["path"])
+            await send_error(scope, send, again)
+            return
         address = self._addresses.get(text)
         if address is None:
             address = self._parse(text)
@@ -102,17 +112,29 @@ class Gate:
             tier = self._tier(principal)
         if refusal is None:
             buckets = self._buckets(klass, level, address, tier, principal)
-            verdicts = await self.store.hit(buckets) if buckets else []
+            if buckets:
+                # the memory store decides without I/O: no coroutine to build and await on the flood path
+                verdicts = self.store.decide_now(buckets) or await self.store.hit(buckets)
             refusal = _first_refusal(klass, buckets, verdicts)
         if refusal is not None:
-            self.refusals.record(refusal.reason, text, status=refusal.status, klass=klass, defense_level=level,
-                                 tier=tier, method=scope["method"], path=scope["path"])
+            if principal is None and refusal.retry_after:
+                self._remember(klass, text, refusal)
+            self.refusals.record(refusal.reason, text, refusal.status, klass, level, tier, scope["method"],
+                                 scope["path"])
             await send_error(scope, send, refusal)
             return
         self._enter(scope, klass, text, tier, level, principal)
         if verdicts and klass.startswith("api"):
             send = _with_ratelimit_headers(send, buckets, verdicts)
         await self.app(scope, receive, send)
+
+    def _remember(self, klass: str, address: str, refusal: ApiError) -> None:
+        """Keep an anonymous caller's refusal for the rest of its second (never past its Retry-After, and
+        only until the next Control refresh): a flooding address is then refused without a decision."""
+        if len(self._refused) >= 100_000:
+            self._refused.clear()
+        lasts = min(1.0, float(refusal.retry_after or 0)) if refusal.status == 429 else 1.0
+        self._refused[(klass, address)] = (time.monotonic() + lasts, self.control.generation, refusal)
 
     def _parse(self, text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         try:

@@ -25,7 +25,8 @@ class RefusalLog:
         self._window_end = 0.0
         self._flusher: asyncio.TimerHandle | None = None
 
-    def record(self, reason: str, address: str, **fields: object) -> None:
+    def record(self, reason: str, address: str, status: int, klass: str, level: str, tier: str, method: str,
+               path: str) -> None:
         self.total += 1
         key = (reason, address)
         seen = self.counts.get(key)
@@ -36,7 +37,8 @@ class RefusalLog:
             self.unlisted += 1
             return
         self.counts[key] = 1
-        logs.event(log, "refused", reason=reason, address=address, **fields)
+        logs.event(log, "refused", reason=reason, address=address, status=status, klass=klass, defense_level=level,
+                   tier=tier, method=method, path=path)
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().call_later(self.window, self.flush)
 

@@ -84,6 +84,9 @@ class MemoryStore:
     async def hit(self, buckets: Sequence[Bucket]) -> list[Verdict]:
         return self.decide(buckets)
 
+    def decide_now(self, buckets: Sequence[Bucket]) -> list[Verdict] | None:
+        return self.decide(buckets)
+
     async def peek(self, buckets: Sequence[Bucket]) -> list[Verdict]:
         return self.decide(buckets, spend=False)
 

@@ -142,6 +142,9 @@ class RedisStore:
     async def hit(self, buckets: Sequence[Bucket]) -> list[Verdict]:
         return await self._decide(buckets, True)
 
+    def decide_now(self, buckets: Sequence[Bucket]) -> list[Verdict] | None:
+        return None  # a decision is a round trip to Redis
+
     async def peek(self, buckets: Sequence[Bucket]) -> list[Verdict]:
         return await self._decide(buckets, False)
 

@@ -45,6 +45,10 @@ class Store(Protocol):
         """Check every bucket; spend on all of them only if all allow."""
         ...
 
+    def decide_now(self, buckets: Sequence[Bucket]) -> list[Verdict] | None:
+        """hit() without waiting, where the store needs no I/O for it; None where it does (then await hit)."""
+        ...
+
     async def peek(self, buckets: Sequence[Bucket]) -> list[Verdict]:
         """What hit would say, without spending."""
         ...
