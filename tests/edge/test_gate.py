@@ -105,6 +105,9 @@ def test_anonymous_flood_is_cut_while_an_established_user_on_the_same_address_is
         assert last is not None and last.headers["x-ratelimit-limit-requests"] == "30"
         assert int(last.headers["x-ratelimit-remaining-requests"]) < 30
         assert last.headers["x-ratelimit-reset-requests"].endswith("s")
+        # and OpenAI's token headers, from the account's token budget (200,000 a minute by default)
+        assert last.headers["x-ratelimit-limit-tokens"] == "200000"
+        assert 0 < int(last.headers["x-ratelimit-remaining-tokens"]) < 200000
 
 
 def test_new_accounts_get_less_under_attack(edge_url: str, level: Any) -> None:

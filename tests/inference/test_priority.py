@@ -91,6 +91,8 @@ def test_new_account_refused_cleanly_when_its_budget_is_spent(tmp_path: Path, mo
                 "max_tokens": 90}
         first = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
         assert first.status_code == 200
+        assert first.headers["x-ratelimit-limit-tokens"] == "100"
+        assert int(first.headers["x-ratelimit-remaining-tokens"]) < 100
         second = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
         assert second.status_code == 429 and second.headers["x-floodwall-reason"] == "tokens/account"
         assert second.json()["error"]["type"] == "tokens" and int(second.headers["retry-after"]) >= 1

@@ -17,10 +17,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from starlette.requests import HTTPConnection
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from floodwall.accounts.service import AccountService, Principal
 from floodwall.edge.control import Control
+from floodwall.edge.headers import ratelimit, with_headers
 from floodwall.edge.identity import TrustedProxies, client_address
 from floodwall.edge.policy import Caller, Policy, classify
 from floodwall.edge.refusals import RefusalLog
@@ -117,8 +118,8 @@ class Gate:
                 verdicts = self.store.decide_now(buckets) or await self.store.hit(buckets)
             refusal = _first_refusal(klass, buckets, verdicts)
         if refusal is not None:
-            if principal is None and refusal.retry_after:
-                self._remember(klass, text, refusal)
+            if principal is None and refusal.retry_after and _credential(scope)[0] is None:
+                self._remember(klass, text, refusal, _wait(buckets, verdicts, refusal))
             self.refusals.record(refusal.reason, text, refusal.status, klass, level, tier, scope["method"],
                                  scope["path"])
             await send_error(scope, send, refusal)
@@ -128,13 +129,12 @@ class Gate:
             send = _with_ratelimit_headers(send, buckets, verdicts)
         await self.app(scope, receive, send)
 
-    def _remember(self, klass: str, address: str, refusal: ApiError) -> None:
-        """Keep an anonymous caller's refusal for the rest of its second (never past its Retry-After, and
-        only until the next Control refresh): a flooding address is then refused without a decision."""
+    def _remember(self, klass: str, address: str, refusal: ApiError, wait: float) -> None:
+        """Keep an anonymous caller's refusal for as long as it would stand (at most a second, and only
+        until the next Control refresh): a flooding address is then refused without deciding again."""
         if len(self._refused) >= 100_000:
             self._refused.clear()
-        lasts = min(1.0, float(refusal.retry_after or 0)) if refusal.status == 429 else 1.0
-        self._refused[(klass, address)] = (time.monotonic() + lasts, self.control.generation, refusal)
+        self._refused[(klass, address)] = (time.monotonic() + min(1.0, wait), self.control.generation, refusal)
 
     def _parse(self, text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         try:
@@ -218,6 +218,12 @@ def _credential(scope: Scope) -> tuple[str | None, bool]:
     return cookie, False
 
 
+def _wait(buckets: Sequence[Bucket], verdicts: Sequence[Verdict], refusal: ApiError) -> float:
+    """How long a refusal stands: until every refusing limit allows again (Retry-After is rounded up)."""
+    waits = [v.retry_after for v in verdicts if not v.allowed]
+    return max(waits) if waits else float(refusal.retry_after or 0)
+
+
 def _first_refusal(klass: str, buckets: Sequence[Bucket], verdicts: Sequence[Verdict]) -> ApiError | None:
     refused = [(v.retry_after, b.rule, b, v) for b, v in zip(buckets, verdicts, strict=True) if not v.allowed]
     if not refused:
@@ -243,32 +249,9 @@ def _refusal(klass: str, rule: str, wait: int) -> ApiError:
                     "rate_limit_exceeded", type="requests", retry_after=wait, reason=rule)
 
 
-def _duration(seconds: float) -> str:
-    """OpenAI's reset format: 1s, 6m0s, 1h2m3s."""
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes}m{secs}s"
-    if minutes:
-        return f"{minutes}m{secs}s"
-    return f"{secs}s"
-
-
 def _with_ratelimit_headers(send: Send, buckets: Sequence[Bucket], verdicts: Sequence[Verdict]) -> Send:
     # the tightest limit is the one the client must pace itself by
     index = min(range(len(verdicts)), key=lambda i: verdicts[i].remaining)
     bucket, verdict = buckets[index], verdicts[index]
-    limit = round(bucket.tolerance / bucket.interval)
-    headers = [
-        (b"x-ratelimit-limit-requests", str(limit).encode()),
-        (b"x-ratelimit-remaining-requests", str(verdict.remaining).encode()),
-        (b"x-ratelimit-reset-requests", _duration(verdict.reset_after).encode()),
-    ]
-
-    async def sender(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", []), *headers]}
-        await send(message)
-
-    return sender
+    return with_headers(send, ratelimit("requests", round(bucket.tolerance / bucket.interval), verdict.remaining,
+                                        verdict.reset_after))

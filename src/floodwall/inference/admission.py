@@ -20,6 +20,7 @@ from typing import Any
 from floodwall.accounts.service import Principal
 from floodwall.background import cancel
 from floodwall.config import ConfigError, parse_duration
+from floodwall.edge.headers import ratelimit
 from floodwall.errors import ApiError
 from floodwall.state.store import Bucket, Store
 
@@ -169,6 +170,7 @@ class Ticket:
     buckets: list[Bucket]
     estimate: int
     max_tokens_cap: int | None
+    headers: list[tuple[bytes, bytes]] = dataclasses.field(default_factory=list)
     started: float = 0.0
     _future: asyncio.Future[None] | None = None
 
@@ -232,6 +234,7 @@ class Admission:
         prompt, completion = estimate_cost(body, self.policy.default_max_tokens)
         estimate = prompt + completion
         buckets = self._token_buckets(principal, tier, terms, estimate)
+        headers: list[tuple[bytes, bytes]] = []
         if buckets:
             verdicts = await self.store.hit(buckets)
             for bucket, verdict in zip(buckets, verdicts, strict=True):
@@ -240,12 +243,15 @@ class Admission:
                         429, f"Token budget reached ({bucket.rule}): this call may use up to {estimate} tokens. "
                         f"Please retry in {max(1, round(verdict.retry_after))}s or ask for fewer max_tokens.",
                         "rate_limit_exceeded", type="tokens", retry_after=verdict.retry_after, reason=bucket.rule)
+            # OpenAI's token headers, for the tighter of the account's and the key's budgets
+            tightest = min(verdicts, key=lambda v: v.remaining)
+            headers = ratelimit("tokens", terms.tokens_per_minute[tier], tightest.remaining, tightest.reset_after)
         cap_in_flight = terms.in_flight.get(tier)
         if cap_in_flight is not None and self.by_account[principal.user_id] >= cap_in_flight:
             await self._refund(buckets)
             raise ApiError(429, f"Too many calls at once on this account (at most {cap_in_flight}).",
                            "too_many_concurrent_requests", retry_after=1, reason="in-flight/account")
-        ticket = Ticket(tier, principal.user_id, principal.key_id, buckets, estimate, cap)
+        ticket = Ticket(tier, principal.user_id, principal.key_id, buckets, estimate, cap, headers)
         try:
             await self._wait_turn(ticket, terms)
         except BaseException:

@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 from floodwall import logs
 from floodwall.accounts.models import utcnow
 from floodwall.accounts.service import Principal
+from floodwall.edge.headers import with_headers
 from floodwall.errors import ApiError, error_response
 from floodwall.inference import sse
 from floodwall.inference.admission import Admission, Ticket
@@ -131,6 +132,8 @@ class InferenceCall:
                 await error_response(scope, error)(scope, _no_receive, send)
                 return
             outcome.accepted = True
+            if ticket.headers:
+                send = with_headers(send, ticket.headers)
             try:
                 if self.stream and response.content_type == "text/event-stream":
                     await self._relay_stream(response, send, outcome)
