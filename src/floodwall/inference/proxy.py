@@ -19,7 +19,7 @@ from floodwall import logs
 from floodwall.accounts.models import utcnow
 from floodwall.accounts.service import Principal
 from floodwall.edge.headers import with_headers
-from floodwall.errors import ApiError, error_response
+from floodwall.errors import ApiError, send_error
 from floodwall.inference import sse
 from floodwall.inference.admission import Admission, Ticket
 from floodwall.inference.upstream import Upstream, read_with_timeout, response_headers
@@ -118,7 +118,7 @@ class InferenceCall:
             ticket = await self.admission.admit(self.principal, self.tier, self.level, self.body)
         except ApiError as error:
             outcome.status = error.reason
-            await error_response(scope, error)(scope, _no_receive, send)
+            await send_error(scope, send, error)
             return
         payload = json.dumps(self.body).encode()
         self.prompt_chars = len(payload)
@@ -129,7 +129,7 @@ class InferenceCall:
             except ApiError as error:
                 outcome.status = error.reason
                 overloaded = error.status in (503, 504)
-                await error_response(scope, error)(scope, _no_receive, send)
+                await send_error(scope, send, error)
                 return
             outcome.accepted = True
             if ticket.headers:
@@ -155,7 +155,7 @@ class InferenceCall:
             raw = await read_with_timeout(response)
         except ApiError as error:
             outcome.status = error.reason
-            await error_response(scope, error)(scope, _no_receive, send)
+            await send_error(scope, send, error)
             return
         outcome.finished_at = time.monotonic()
         with contextlib.suppress(ValueError, AttributeError):
@@ -239,7 +239,3 @@ async def _wait_for_disconnect(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
-
-
-async def _no_receive() -> dict[str, Any]:
-    return {"type": "http.disconnect"}
