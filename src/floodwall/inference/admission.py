@@ -43,6 +43,9 @@ class AdmissionPolicy:
     max_limit: int = 512
     queue_size: int = 512
     default_max_tokens: int = 512
+    # latency above the baseline by less than this is jitter, whatever the ratio: a fast model server's
+    # calls of a millisecond or two double in latency when the machine is busy, with nothing queued inside
+    latency_slack: float = 0.005
     max_wait: Mapping[str, float] = dataclasses.field(
         default_factory=lambda: {"established": 60.0, "new": 20.0, "anonymous": 10.0})
     levels: Mapping[str, LevelTerms] = dataclasses.field(default_factory=dict)
@@ -52,7 +55,8 @@ class AdmissionPolicy:
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any], where: str) -> AdmissionPolicy:
-        known = {"initial_limit", "min_limit", "max_limit", "queue_size", "default_max_tokens", "max_wait", *LEVELS}
+        known = {"initial_limit", "min_limit", "max_limit", "queue_size", "default_max_tokens", "max_wait",
+                 "latency_slack", *LEVELS}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"{where}: unknown admission fields {', '.join(sorted(unknown))}")
@@ -75,7 +79,8 @@ class AdmissionPolicy:
                                    for t, v in _tiered(body.get("tokens_per_minute", {}), where).items()},
                 in_flight={t: _positive_int(v, where) for t, v in _tiered(body.get("in_flight", {}), where).items()},
             )
-        policy = cls(**numbers, max_wait={**cls().max_wait, **waits}, levels=levels)
+        slack = float(parse_duration(data.get("latency_slack", cls.latency_slack)))
+        policy = cls(**numbers, latency_slack=slack, max_wait={**cls().max_wait, **waits}, levels=levels)
         if not policy.min_limit <= policy.initial_limit <= policy.max_limit:
             raise ConfigError(f"{where}: needs min_limit <= initial_limit <= max_limit")
         return policy
@@ -125,8 +130,9 @@ class GradientLimit:
     """
 
     def __init__(self, initial: int, minimum: int, maximum: int, tolerance: float = 1.5,
-                 smoothing: float = 0.2) -> None:
+                 smoothing: float = 0.2, slack: float = 0.0) -> None:
         self.value = float(initial)
+        self.slack = slack
         self.minimum = minimum
         self.maximum = maximum
         self.tolerance = tolerance
@@ -151,7 +157,7 @@ class GradientLimit:
         baseline = self.baseline.get(kind, latency)
         baseline += (latency - baseline) * (0.05 if recent < baseline else 0.002)
         self.baseline[kind] = baseline
-        gradient = self.tolerance * baseline / max(recent, 1e-9)
+        gradient = max(self.tolerance * baseline, baseline + self.slack) / max(recent, 1e-9)
         if in_flight < self.value / 2:
             # far below the limit, latency says nothing about the limit: neither raise nor lower it
             return
@@ -204,7 +210,8 @@ class Admission:
         self.store = store
         self.level = level
         self.loop_lag = LoopLag()
-        self.limiter = GradientLimit(policy.initial_limit, policy.min_limit, policy.max_limit)
+        self.limiter = GradientLimit(policy.initial_limit, policy.min_limit, policy.max_limit,
+                                     slack=policy.latency_slack)
         self.in_flight = 0
         self.by_tier: collections.Counter[str] = collections.Counter()
         self.by_account: collections.Counter[int] = collections.Counter()
