@@ -25,8 +25,14 @@ if wrk.method == "POST" then
 end
 local key = os.getenv("FW_KEY")
 if key and key ~= "" then wrk.headers["Authorization"] = "Bearer " .. key end
+-- think time per connection: exponential around FW_DELAY_MS, so that the connections arrive as independent
+-- users would (a Poisson stream) and do not move in lockstep, sending their requests in bunches
 local pause = tonumber(os.getenv("FW_DELAY_MS") or "0")
-function delay() return pause end
+function init(args) math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16)) end
+function delay()
+  if pause == 0 then return 0 end
+  return math.floor(-pause * math.log(1 - math.random()))
+end
 """
 
 
