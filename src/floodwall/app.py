@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import AsyncIterator
 
@@ -73,6 +74,10 @@ def build_app(settings: Settings) -> Gate:
         await services.upstream.start()
         await services.upstream.probe()
         await services.usage.start()
+        # what start-up made lives as long as the process: out of the collector's sight, full collections
+        # stop walking it, and their pauses (measured: the p99 of a proxied call) shrink
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

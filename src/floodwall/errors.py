@@ -166,9 +166,13 @@ _HTTP_CODES = {
 
 def log_refusal(request: Request, error: ApiError) -> None:
     """Every refusal is explainable: the reason in the response header, and here in the log."""
-    client = request.scope.get("client")
-    logs.event(log, "refused", status=error.status, reason=error.reason, method=request.method,
-               path=request.url.path, peer=client[0] if client else None)
+    log_scope_refusal(request.scope, error)
+
+
+def log_scope_refusal(scope: Scope, error: ApiError) -> None:
+    client = scope.get("client")
+    logs.event(log, "refused", status=error.status, reason=error.reason, method=scope.get("method"),
+               path=scope.get("path"), peer=client[0] if client else None)
 
 
 async def on_api_error(request: Request, exc: Exception) -> Response:

@@ -6,9 +6,10 @@ from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope
 
-from floodwall.accounts.service import Principal
-from floodwall.edge.gate import edge_info
+from floodwall.accounts.service import AccountService, Principal
+from floodwall.edge.gate import edge_info, scope_edge_info
 from floodwall.errors import ApiError
 from floodwall.services import services
 
@@ -16,19 +17,28 @@ SESSION_COOKIE = "fw_session"
 
 
 async def api_principal(request: Request) -> Principal:
-    header = request.headers.get("authorization", "")
+    return await key_principal(request.scope, services(request).accounts)
+
+
+async def key_principal(scope: Scope, accounts: AccountService) -> Principal:
+    """The account behind the request's API key, or the 401 that says what is wrong with the header."""
+    header = ""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            header = value.decode("latin-1")
+            break
     scheme, _, secret = header.partition(" ")
     if not header:
         raise ApiError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'; "
                        "create keys on the API keys page.", "missing_api_key")
     if scheme.lower() != "bearer" or not secret.strip():
         raise ApiError(401, "The Authorization header must be 'Bearer YOUR_KEY'.", "invalid_api_key")
-    edge = edge_info(request)
+    edge = scope_edge_info(scope)
     if edge is not None:
         # the gate already resolved the credential (or declined to look it up): no second lookup
         principal = edge.principal if edge.principal is not None and edge.principal.key_id is not None else None
     else:
-        principal = await services(request).accounts.key_principal(secret.strip())
+        principal = await accounts.key_principal(secret.strip())
     if principal is None:
         raise ApiError(401, "Incorrect API key provided. Keys are shown once at creation; create a new one "
                        "if it is lost.", "invalid_api_key")

@@ -47,7 +47,7 @@ async def _fields(request: Request, allow_empty: bool = False) -> dict[str, Any]
             return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=50))
         except (UnicodeDecodeError, ValueError):
             raise ApiError(400, "The form could not be read.", "invalid_form") from None
-    check_json_content_type(request)
+    check_json_content_type(request.scope)
     return parse_json_object(raw)
 
 

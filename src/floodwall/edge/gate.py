@@ -48,7 +48,11 @@ class EdgeInfo:
 
 def edge_info(request: HTTPConnection) -> EdgeInfo | None:
     """What the gate learnt about this request (None when it did not run: an app built without it)."""
-    found = request.scope.get("state", {}).get("edge")
+    return scope_edge_info(request.scope)
+
+
+def scope_edge_info(scope: Scope) -> EdgeInfo | None:
+    found = scope.get("state", {}).get("edge")
     return found if isinstance(found, EdgeInfo) else None
 
 

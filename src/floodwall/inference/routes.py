@@ -1,21 +1,27 @@
-"""The OpenAI-compatible /v1 routes: authenticate the key, check the body, hand over to the proxy."""
+"""The OpenAI-compatible /v1 routes: authenticate the key, check the body, hand over to the proxy.
+
+The inference routes are plain ASGI endpoints (no Request object, no response class): they are the hot
+path of every admitted call, and the proxy answers on the ASGI send itself.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
-from floodwall.accounts.auth import api_principal
+from floodwall.accounts.auth import api_principal, key_principal
 from floodwall.accounts.service import Principal
-from floodwall.bodies import read_json_object
-from floodwall.edge.gate import edge_info
+from floodwall.bodies import receive_json_object
+from floodwall.edge.gate import scope_edge_info
+from floodwall.errors import ApiError, log_scope_refusal, send_error
 from floodwall.inference import validation
 from floodwall.inference.proxy import InferenceCall
-from floodwall.services import services
+from floodwall.services import Services, services
 
 
 async def models(request: Request) -> Response:
@@ -24,28 +30,40 @@ async def models(request: Request) -> Response:
     return JSONResponse(listing)
 
 
-def call(request: Request, principal: Principal, endpoint: str, body: dict[str, Any]) -> InferenceCall:
+class InferenceEndpoint:
+    """POST /v1/<endpoint>: the caller's key, its body checked by `check`, then one InferenceCall."""
+
+    def __init__(self, endpoint: str, check: Callable[[dict[str, Any]], None]) -> None:
+        self.endpoint = endpoint
+        self.check = check
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        config: Services = scope["app"].state.services
+        try:
+            principal = await key_principal(scope, config.accounts)
+            body = await receive_json_object(scope, receive, config.settings.server.max_body_size)
+            self.check(body)
+        except ClientDisconnect:
+            return
+        except ApiError as error:
+            log_scope_refusal(scope, error)
+            await send_error(scope, send, error)
+            return
+        await call(scope, principal, self.endpoint, body)(scope, receive, send)
+
+
+def call(scope: Scope, principal: Principal, endpoint: str, body: dict[str, Any]) -> InferenceCall:
     """One inference call, with the caller's tier and the level in force as the gate saw them."""
-    config = services(request)
-    edge = edge_info(request)
+    config: Services = scope["app"].state.services
+    edge = scope_edge_info(scope)
     tier, level = (edge.tier, edge.level) if edge else ("established", config.control.level)
     return InferenceCall(config.upstream, config.usage, config.admission, principal, endpoint, body, tier, level)
 
 
-def _inference(endpoint: str, check: Callable[[dict[str, Any]], None]) -> Callable[[Request], Any]:
-    async def handler(request: Request) -> InferenceCall:
-        principal = await api_principal(request)
-        config = services(request)
-        body = await read_json_object(request, config.settings.server.max_body_size)
-        check(body)
-        return call(request, principal, endpoint, body)
-
-    return handler
-
-
 routes = [
     Route("/v1/models", models, methods=["GET"]),
-    Route("/v1/chat/completions", _inference("chat/completions", validation.chat_completion), methods=["POST"]),
-    Route("/v1/completions", _inference("completions", validation.completion), methods=["POST"]),
-    Route("/v1/embeddings", _inference("embeddings", validation.embedding), methods=["POST"]),
+    Route("/v1/chat/completions", InferenceEndpoint("chat/completions", validation.chat_completion),
+          methods=["POST"]),
+    Route("/v1/completions", InferenceEndpoint("completions", validation.completion), methods=["POST"]),
+    Route("/v1/embeddings", InferenceEndpoint("embeddings", validation.embedding), methods=["POST"]),
 ]

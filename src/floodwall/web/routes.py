@@ -77,7 +77,7 @@ async def chat_send(request: Request) -> Response | InferenceCall:
     body = await read_json_object(request, config.settings.server.max_body_size)
     body["stream"] = True
     validation.chat_completion(body)
-    return call(request, principal, "chat/completions", body)
+    return call(request.scope, principal, "chat/completions", body)
 
 
 routes = [
