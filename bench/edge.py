@@ -2,8 +2,10 @@
 
   rejection   floodwall refusing a flood (429 from a limit rule) against a bare ASGI app returning the same
               429 on the same server (granian, one worker): target >= 80% of that floor
-  latency     an admitted chat call through floodwall (edge + admission) against the model directly, at a
-              fixed offered load (64 connections pacing themselves): target p50 <= +0.5 ms, p99 <= +2 ms
+  latency     an admitted chat call through floodwall (edge + admission) against the model directly, at
+              fixed offered loads (64 connections, each pausing an exponentially distributed time between
+              calls), beside a bare relay on the same server and client (bare_relay.py) that shows what
+              the hop itself costs: target p50 <= +0.5 ms, p99 <= +2 ms
   memory      the memory Store holding 1,000,000 distinct client addresses through the default policy:
               target <= 100 MB, and bounded beyond (max_keys)
   redis       round trips per decision (Redis's own command count) and the accuracy of one global limit
@@ -12,6 +14,7 @@
               capacity; established users' success rate (>= 99.9%) and p95 against their p95 alone (<= 1.5x)
 
     python bench/edge.py [--only rejection,latency,memory,redis,saturation] [--duration 6] [--runs 3]
+                         [--rates 100,500]
 
 Needs wrk (apt install wrk) and Redis at 127.0.0.1:6379 for the redis part. Writes bench/out/edge.json.
 """
@@ -85,7 +88,7 @@ def rejection(tmp: Path, args: argparse.Namespace, script: Path) -> dict[str, An
 
 
 def latency(tmp: Path, args: argparse.Namespace, script: Path) -> dict[str, Any]:
-    model_port, fw_port = free_port(), free_port()
+    model_port, relay_port, fw_port = free_port(), free_port(), free_port()
     model_env = {SETTINGS_ENV: load(environ={}, overrides={"model": {
         "slots": 4096, "queue_size": 4096, "tokens_per_second": 100000, "reply_tokens": 8,
         "first_token_delay": 0}}).to_json()}
@@ -94,25 +97,35 @@ def latency(tmp: Path, args: argparse.Namespace, script: Path) -> dict[str, Any]
     policy = policy.replace('"120/1m burst 30"', '"1000000/1m burst 100000"')
     policy = policy.replace("in_flight = { established = 16,", "in_flight = { established = 100000,")
     (tmp / "latency.toml").write_text(policy)
-    env = settings_env(tmp, edge={"policy": str(tmp / "latency.toml")},
-                       upstream={"url": f"http://127.0.0.1:{model_port}/v1"})
-    delay_ms = max(1, round(64 * 1000 / args.rate))
-    direct, through = [], []
+    upstream = f"http://127.0.0.1:{model_port}/v1"
+    env = settings_env(tmp, edge={"policy": str(tmp / "latency.toml")}, upstream={"url": upstream})
     model_cmd = [*GRANIAN, "--factory", "--port", str(model_port), "floodwall.sim.model:app_from_env"]
+    relay_cmd = [*GRANIAN, "--port", str(relay_port), "bare_relay:app"]
+    relay_env = {"PYTHONPATH": str(Path(__file__).parent), "BENCH_UPSTREAM": upstream}
+    chat = "/v1/chat/completions"
+    results: dict[str, Any] = {}
     with process(model_cmd, model_env, f"http://127.0.0.1:{model_port}/health", tmp / "model.log"), \
+            process(relay_cmd, relay_env, f"http://127.0.0.1:{relay_port}/health", tmp / "relay.log", expect=404), \
             process(floodwall_cmd(fw_port), env, f"http://127.0.0.1:{fw_port}/healthz", tmp / "fw-latency.log"):
         key = account_key(f"http://127.0.0.1:{fw_port}")
-        for _ in range(args.runs):
-            direct.append(wrk(f"http://127.0.0.1:{model_port}/v1/chat/completions", script, args.duration, 64,
-                              method="POST", delay_ms=delay_ms))
-            through.append(wrk(f"http://127.0.0.1:{fw_port}/v1/chat/completions", script, args.duration, 64,
-                               method="POST", key=key, delay_ms=delay_ms))
-    med = {name: {p: statistics.median(r[p] for r in runs) for p in ("rps", "p50_ms", "p99_ms", "non_2xx")}
-           for name, runs in (("direct", direct), ("floodwall", through))}
-    return {"offered_rps": 64 * 1000 // delay_ms, **med,
-            "added_p50_ms": med["floodwall"]["p50_ms"] - med["direct"]["p50_ms"],
-            "added_p99_ms": med["floodwall"]["p99_ms"] - med["direct"]["p99_ms"],
-            "target": "p50 <= +0.5 ms, p99 <= +2 ms"}
+        for rate in args.rates:
+            delay_ms = max(1, round(64 * 1000 / rate))
+            runs: dict[str, list[dict[str, float]]] = {"direct": [], "relay": [], "floodwall": []}
+            for _ in range(args.runs):  # interleaved: the machine's noise falls on all three alike
+                for name, port, token in (("direct", model_port, ""), ("relay", relay_port, ""),
+                                          ("floodwall", fw_port, key)):
+                    runs[name].append(wrk(f"http://127.0.0.1:{port}{chat}", script, args.duration, 64,
+                                          method="POST", key=token, delay_ms=delay_ms))
+            med = {name: {p: statistics.median(r[p] for r in rows) for p in ("rps", "p50_ms", "p99_ms", "non_2xx")}
+                   for name, rows in runs.items()}
+            results[f"{rate}_rps"] = {
+                **med,
+                "added_p50_ms": round(med["floodwall"]["p50_ms"] - med["direct"]["p50_ms"], 3),
+                "added_p99_ms": round(med["floodwall"]["p99_ms"] - med["direct"]["p99_ms"], 3),
+                "relay_added_p50_ms": round(med["relay"]["p50_ms"] - med["direct"]["p50_ms"], 3),
+                "relay_added_p99_ms": round(med["relay"]["p99_ms"] - med["direct"]["p99_ms"], 3),
+            }
+    return {**results, "target": "p50 <= +0.5 ms, p99 <= +2 ms"}
 
 
 def _rss_mb() -> float:
@@ -304,7 +317,8 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(PARTS))
     parser.add_argument("--duration", type=int, default=6)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--rate", type=int, default=500)
+    parser.add_argument("--rates", type=lambda text: [int(r) for r in text.split(",")], default=[100, 500],
+                        help="offered loads for the latency part, requests/s over 64 connections")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fw-edge-"))
     script = write_lua(tmp)
