@@ -174,6 +174,10 @@ def parser() -> argparse.ArgumentParser:
     _admin_flags(lists)
     lists.set_defaults(func=_admin("lists"), lists_command="list")
 
+    from floodwall.sim.attack import command as attack
+
+    attack.add_parser(commands)
+
     db = commands.add_parser("db", help="database tasks")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="TASK")
     db_upgrade = db_commands.add_parser("upgrade", help="apply the migrations")

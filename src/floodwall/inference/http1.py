@@ -239,7 +239,7 @@ class Pool:
     """Keep-alive connections to one origin, at most `max_connections` at a time."""
 
     def __init__(self, url: str, *, connect_timeout: float, read_timeout: float, max_connections: int,
-                 idle_expiry: float = 4.0) -> None:
+                 idle_expiry: float = 4.0, local_address: str | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
@@ -257,6 +257,8 @@ class Pool:
         # upstream servers close idle connections after a few seconds (uvicorn, so vLLM: 5 s); retire ours first
         self.idle_expiry = idle_expiry
         self.max_connections = max_connections
+        # the address connections come from (the attack simulator speaks from many loopback addresses)
+        self.local_addr = (local_address, 0) if local_address else None
         self._idle: collections.deque[Connection] = collections.deque()
         self._open: set[Connection] = set()
         self._connecting = 0
@@ -315,7 +317,7 @@ class Pool:
             async with asyncio.timeout(self.connect_timeout):
                 _, connection = await asyncio.get_running_loop().create_connection(
                     lambda: Connection(self), self.host, self.port, ssl=self.ssl,
-                    server_hostname=self.host if self.ssl else None)
+                    server_hostname=self.host if self.ssl else None, local_addr=self.local_addr)
         finally:
             self._connecting -= 1
         if connection.closed:  # it went in the moment it came

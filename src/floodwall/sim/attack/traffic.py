@@ -1,0 +1,126 @@
+"""Where the simulator's traffic comes from and goes to: a loopback target only, many loopback source
+addresses, and one small HTTP client per source address."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import resource
+import socket
+import time
+from urllib.parse import urlsplit
+
+import orjson
+
+from floodwall.inference.http1 import ConnectionClosed, Pool
+
+
+class TargetError(ValueError):
+    """The target is not one the simulator may send traffic to."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    url: str  # the service's base URL, without /v1
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, url: str) -> Target:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise TargetError(f"the target must be an http:// URL, not {url!r}")
+        try:
+            infos = socket.getaddrinfo(parts.hostname, parts.port or 80, proto=socket.IPPROTO_TCP)
+        except socket.gaierror as exc:
+            raise TargetError(f"cannot resolve {parts.hostname!r}: {exc}") from None
+        for info in infos:
+            if not ipaddress.ip_address(info[4][0]).is_loopback:
+                # attack traffic never leaves the machine
+                raise TargetError(f"{parts.hostname} is not a loopback address: the simulator only sends to "
+                                  "127.0.0.0/8 or ::1")
+        base = f"http://{parts.netloc}{parts.path.rstrip('/')}".removesuffix("/v1")
+        return cls(base, parts.hostname, parts.port or 80)
+
+
+class Sources:
+    """Distinct loopback source addresses: 127.0.0.0/8 is all this machine's, so each is a different client
+    to the target without any network set-up. Each population takes its own range."""
+
+    def __init__(self) -> None:
+        self._next = 1
+
+    def take(self, count: int) -> list[str]:
+        first = self._next
+        self._next += count
+        if self._next >= 2**23:
+            raise ValueError("out of loopback source addresses")
+        # 127.64.0.0/10 and up: clear of 127.0.0.1, which the operator's own tools use
+        return [str(ipaddress.IPv4Address((127 << 24) | (64 << 16) | n)) for n in range(first, first + count)]
+
+
+def raise_open_files_limit(wanted: int) -> int:
+    """Thousands of sources hold thousands of sockets: raise the soft limit as far as the hard one allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
+@dataclasses.dataclass
+class Reply:
+    status: int  # 0: no HTTP answer (connection refused, reset, timed out)
+    body: bytes
+    headers: dict[str, str]
+    latency: float
+    error: str = ""
+
+    def json(self) -> object:
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            return None
+
+    @property
+    def code(self) -> str:
+        """The error code of an OpenAI-shaped refusal, or ""."""
+        value = self.json()
+        if isinstance(value, dict) and isinstance(value.get("error"), dict):
+            return str(value["error"].get("code") or "")
+        return ""
+
+
+class Client:
+    """HTTP/1.1 from one source address, with keep-alive; `forwarded_for` sends X-Forwarded-For instead,
+    for targets that trust the simulator as a proxy."""
+
+    def __init__(self, target: Target, source: str, *, forwarded_for: bool = False, timeout: float = 30.0) -> None:
+        self.source = source
+        self.pool = Pool(target.url, connect_timeout=5.0, read_timeout=timeout, max_connections=4,
+                         local_address=None if forwarded_for else source)
+        self.forwarded = f"x-forwarded-for: {source}\r\n".encode() if forwarded_for else b""
+
+    async def call(self, method: str, path: str, body: object = None, *, headers: dict[str, str] | None = None,
+                   raw: bytes | None = None) -> Reply:
+        lines = self.forwarded + b"user-agent: floodwall-attack/1\r\n"
+        payload = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
+        if payload is not None:
+            lines += b"content-type: application/json\r\n"
+        for name, value in (headers or {}).items():
+            lines += f"{name}: {value}\r\n".encode("latin-1", "replace")
+        started = time.monotonic()
+        try:
+            response = await self.pool.request(method, path, payload, lines)
+            try:
+                data = await response.read()
+            finally:
+                response.release()
+        except (OSError, ConnectionClosed, TimeoutError) as exc:
+            return Reply(0, b"", {}, time.monotonic() - started, type(exc).__name__)
+        named = {name.decode("latin-1"): value.decode("latin-1") for name, value in response.headers}
+        return Reply(response.status, data, named, time.monotonic() - started)
+
+    async def close(self) -> None:
+        await self.pool.close()
