@@ -124,7 +124,8 @@ class AccountSettings:
     # how long a worker trusts its memory of an API key; a key revoked on another worker (or replica)
     # stops working within this time, on the worker that revoked it at once
     key_cache_ttl: Duration = Duration(5.0)
-    # "" = argon2-cffi's RFC 9106 low-memory profile; tests may set "fast" to save CPU
+    # "" or "owasp" = argon2id at OWASP's minimum (19 MiB, t=2, p=1); "rfc9106-low-memory" = 64 MiB, t=3,
+    # p=4 (several times the CPU a sign-in); tests may set "fast" to save CPU. Old hashes are upgraded at login.
     password_hash_profile: str = ""
 
 
@@ -181,7 +182,7 @@ _CHOICES = {
     ("defense", "level"): {"auto", "normal", "elevated", "under_attack"},
     ("log", "format"): {"auto", "json", "text"},
     ("log", "level"): {"debug", "info", "warning", "error"},
-    ("accounts", "password_hash_profile"): {"", "fast"},
+    ("accounts", "password_hash_profile"): {"", "owasp", "rfc9106-low-memory", "fast"},
 }
 
 

@@ -108,6 +108,8 @@ class Population:
         raise NotImplementedError
 
     def record(self, reply: Reply, *, reached_model: bool = False) -> None:
+        if reply.status == 0:  # no HTTP answer: say how it failed
+            self.ctx.recorder.counters[f"{self.name}.no_answer.{reply.error}"] += 1
         self.ctx.recorder.add(self.name, 200 <= reply.status < 300, reply.status, reply.latency,
                               reached_model=reached_model)
 
@@ -144,10 +146,14 @@ async def paced(rate: float, until: float, fire: Callable[[], Coroutine[Any, Any
                 recorder: Recorder, name: str) -> None:
     """Open loop: `rate` calls of `fire` a second until `until` (recorder time), whatever the answers."""
     tasks: set[asyncio.Task[None]] = set()
-    tick = 0.01
     owed = 0.0
-    while recorder.now() < until:
-        owed += rate * tick
+    last = recorder.now()
+    while last < until:
+        await asyncio.sleep(0.01)
+        now = recorder.now()
+        # by the time that passed, not by the ticks: a busy simulator sends late, not less
+        owed += rate * (min(now, until) - last)
+        last = now
         while owed >= 1:
             owed -= 1
             if len(tasks) >= max_in_flight:
@@ -156,9 +162,11 @@ async def paced(rate: float, until: float, fire: Callable[[], Coroutine[Any, Any
             task = asyncio.create_task(fire())
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-        await asyncio.sleep(tick)
     if tasks:
-        await asyncio.wait(tasks, timeout=35)
+        _, pending = await asyncio.wait(tasks, timeout=35)
+        recorder.counters[f"{name}.unfinished"] += len(pending)  # still unanswered 35 s after the attack
+        for task in pending:
+            task.cancel()
 
 
 class Established(Population):
@@ -403,7 +411,8 @@ class Probe(Attacker):
         else:
             path = rng.choice(("/admin/api/level", "/.env", "/wp-login.php", "/v1/../../etc/passwd", "/api/v1/users"))
             reply = await client.call("GET", path)
-        if reply.status >= 500:
+        if reply.status >= 500 and (reply.status == 500 or not reply.code):
+            # a failure, not a refusal: a deliberate 502-504 says why in an OpenAI-shaped error
             self.server_errors += 1
         self.record(reply, reached_model=reply.status == 200 and shape == 2)
 
