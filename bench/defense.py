@@ -11,7 +11,7 @@ floodwall, backdated past `defense.new_account_age`; the other setups have no ac
 Prints one table side by side and writes bench/out/defense.json and bench/out/defense.png.
 
     python bench/defense.py [--duration 30] [--calm 10] [--recovery 20] [--sources 5000] [--rate 1000]
-                            [--only none,nginx,floodwall]
+                            [--only none,nginx,floodwall] [--scenario mixed]
 
 Needs nginx (apt install nginx-light). Traffic only goes to loopback addresses, and each run is bounded.
 """
@@ -106,7 +106,7 @@ def established_keys(base: str, tmp: Path) -> Path:
 
 def attack(target: str, args: argparse.Namespace, tmp: Path, name: str, keys: Path | None) -> dict[str, Any]:
     report = tmp / f"{name}.json"
-    command = [sys.executable, "-m", "floodwall", "attack", "mixed", "--target", target, "--quiet",
+    command = [sys.executable, "-m", "floodwall", "attack", args.scenario, "--target", target, "--quiet",
                "--duration", str(args.duration), "--calm", str(args.calm), "--recovery", str(args.recovery),
                "--sources", str(args.sources), "--rate", str(args.rate), "--users", str(USERS),
                "--report", str(report), "--plot", str(OUT / f"defense-{name}.png")]
@@ -250,6 +250,7 @@ def main() -> int:
     parser.add_argument("--sources", type=int, default=5000)
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--only", default=",".join(SETUPS))
+    parser.add_argument("--scenario", default="mixed", help="another scenario, to look at one attack alone")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="fw-defense-"))
