@@ -96,7 +96,8 @@ def test_bad_policy_stops_start_up_with_its_message(tmp_path: Path) -> None:
 
 
 def test_the_wheel_ships_its_data_files(tmp_path: Path) -> None:
-    """What a non-editable install needs besides code: templates, static files, migrations, the policy."""
+    """What a non-editable install needs besides code: templates, static files, migrations, the policy, the
+    blocklists with their licences."""
     import zipfile
 
     root = Path(__file__).resolve().parent.parent
@@ -106,5 +107,8 @@ def test_the_wheel_ships_its_data_files(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ("floodwall/edge/default_policy.toml", "floodwall/web/templates/chat.html",
                    "floodwall/web/static/chat.js", "floodwall/accounts/migrations/env.py",
-                   "floodwall/accounts/migrations/versions/0001_initial.py"):
+                   "floodwall/accounts/migrations/versions/0001_initial.py",
+                   "floodwall/accounts/data/disposable_domains.txt", "floodwall/accounts/data/common_passwords_10k.txt",
+                   "floodwall/accounts/data/disposable_allowlist.txt", "floodwall/accounts/data/README.md",
+                   "floodwall/accounts/data/SecLists-LICENSE.txt", "floodwall/accounts/data/disposable-LICENSE.txt"):
         assert needed in names, needed

@@ -18,6 +18,7 @@ from starlette.staticfiles import StaticFiles
 from floodwall import config as config_module
 from floodwall import errors, logs
 from floodwall.accounts import routes as account_routes
+from floodwall.accounts.blocklists import Blocklists
 from floodwall.accounts.database import create_engine, sessionmaker
 from floodwall.accounts.passwords import Passwords
 from floodwall.accounts.service import AccountService
@@ -49,6 +50,10 @@ def build_app(settings: Settings) -> Gate:
         session_lifetime=settings.accounts.session_lifetime,
         min_password_length=settings.accounts.min_password_length,
         key_cache_ttl=settings.accounts.key_cache_ttl,
+        blocklists=Blocklists.load(
+            disposable=settings.accounts.refuse_disposable_emails, passwords=settings.accounts.refuse_common_passwords,
+            disposable_file=settings.accounts.disposable_domains_file,
+            passwords_file=settings.accounts.common_passwords_file),
     )
     store = open_store(settings.state.url)
     trusted = TrustedProxies(settings.server.trusted_proxies)

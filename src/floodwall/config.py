@@ -127,6 +127,12 @@ class AccountSettings:
     # "" or "owasp" = argon2id at OWASP's minimum (19 MiB, t=2, p=1); "rfc9106-low-memory" = 64 MiB, t=3,
     # p=4 (several times the CPU a sign-in); tests may set "fast" to save CPU. Old hashes are upgraded at login.
     password_hash_profile: str = ""
+    # sign-ups from disposable e-mail domains, and passwords among the 10,000 most common, are refused
+    # (the shipped lists are in accounts/data/; a file of your own, one entry a line, replaces one)
+    refuse_disposable_emails: bool = True
+    refuse_common_passwords: bool = True
+    disposable_domains_file: str = ""
+    common_passwords_file: str = ""
 
 
 @dataclasses.dataclass

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession as DbSession
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from floodwall.accounts.blocklists import Blocklists
 from floodwall.accounts.models import ActivityEvent, ApiKey, Session, Usage, User, utcnow
 from floodwall.accounts.passwords import Passwords
 from floodwall.cache import Missing, TTLCache
@@ -77,12 +78,14 @@ class AccountService:
         *,
         session_lifetime: float,
         min_password_length: int = 8,
+        blocklists: Blocklists | None = None,
         key_cache_ttl: float = 5.0,
     ) -> None:
         self.db = db
         self.passwords = passwords
         self.session_lifetime = dt.timedelta(seconds=session_lifetime)
         self.min_password_length = min_password_length
+        self.blocklists = blocklists or Blocklists()
         # API keys are looked up on every /v1 call: keep the answers (unknown keys too) for a few seconds
         self.keys: TTLCache[Principal | None] = TTLCache(key_cache_ttl, max_entries=100_000)
         self.sessions: TTLCache[Principal | None] = TTLCache(key_cache_ttl, max_entries=100_000)
@@ -97,11 +100,18 @@ class AccountService:
         if len(password) > MAX_PASSWORD_LENGTH:
             raise ApiError(400, f"The password must have at most {MAX_PASSWORD_LENGTH} characters.",
                            "invalid_password", param=param)
+        if self.blocklists.is_common(password):
+            raise ApiError(400, "That password is among the most common ones, which attackers try first. "
+                           "Please choose another (a few unrelated words make a strong one).", "password_too_common",
+                           param=param)
 
     async def register(self, email: str, password: str, client: Client) -> User:
         email = normalise_email(email)
         if len(email) > 254 or not _EMAIL.match(email):
             raise ApiError(400, "That does not look like an e-mail address.", "invalid_email", param="email")
+        if self.blocklists.is_disposable(email):
+            raise ApiError(400, "Sign-ups from disposable e-mail addresses are not accepted. Please use an address "
+                           "you keep.", "disposable_email", param="email")
         self.check_password_rules(password)
         user = User(email=email, password_hash=await self.passwords.hash(password))
         async with self.db() as db:

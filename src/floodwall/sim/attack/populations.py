@@ -282,10 +282,16 @@ class SignupBots(Attacker):
     async def one(self) -> None:
         client = self.ctx.client(next(self.turn))
         rng = self.ctx.rng
-        email = f"{secrets.token_hex(5)}@{rng.choice(self.ctx.corpora.disposable_domains)}"
+        # half the bots use throwaway domains and common passwords; the other half have learnt not to
+        # (addresses at reserved example domains: nothing the target sends can reach anyone)
+        if rng.random() < 0.5:
+            email = f"{secrets.token_hex(5)}@{rng.choice(self.ctx.corpora.disposable_domains)}"
+            password = rng.choice(self.ctx.corpora.common_passwords)
+        else:
+            email = f"{corpus.person_name(rng.randrange(10**6))}@mail{rng.randrange(100)}.example.com"
+            password = secrets.token_urlsafe(12)
         self.attempts += 1
-        reply = await client.call("POST", "/auth/register",
-                                  {"email": email, "password": rng.choice(self.ctx.corpora.common_passwords)})
+        reply = await client.call("POST", "/auth/register", {"email": email, "password": password})
         await client.close()
         self.ctx.note_registration(reply)
         if 200 <= reply.status < 300:
