@@ -104,6 +104,11 @@ def summary(report: dict[str, Any]) -> str:
                          f"{s['reached_model']} reached the model")
     attackers = {k: v for k, v in report["attackers"].items() if k not in ("requests",)}
     lines.append("  attackers: " + ", ".join(f"{k} {v}" for k, v in attackers.items()))
+    counters = report["simulator"]
+    no_answer = sum(v for k, v in counters.items() if ".no_answer." in k)
+    not_sent = sum(v for k, v in counters.items() if k.endswith(".not_sent"))
+    lines.append(f"  no HTTP answer (refused, reset or timed out): {no_answer}; held back by the simulator's own "
+                 f"bound on requests in flight: {not_sent}")
     levels = ", ".join(f"{at:.0f}s {level}" for at, level in report["service"]["levels"]) or "not followed"
     lines.append(f"  defense level: {levels}")
     windows = report["service"]["registration_limited_s"]
