@@ -149,6 +149,12 @@ def parser() -> argparse.ArgumentParser:
     _admin_flags(level)
     level.set_defaults(func=_admin("level"))
 
+    registration = commands.add_parser("registration", help="show the sign-up mode, or pin it")
+    registration.add_argument("mode", nargs="?", choices=["open", "limited", "closed", "auto"])
+    registration.add_argument("--reason", default="set from the command line")
+    _admin_flags(registration)
+    registration.set_defaults(func=_admin("registration"))
+
     ban = commands.add_parser("ban", help="list, add or remove bans")
     ban_commands = ban.add_subparsers(dest="ban_command", metavar="ACTION")
     ban_add = ban_commands.add_parser("add", help="ban an address or CIDR")

@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import PASSWORD, floodwall_process
 
 TOKEN = "admin-" + secrets.token_hex(8)
+OPERATOR = "127.0.9.9"  # the registration tests' admin address
 _addresses = itertools.count(10)
 
 
@@ -42,18 +43,26 @@ def client_from(base_url: str, address: str | None = None, **kwargs: Any) -> htt
                         **kwargs)
 
 
-def admin(base_url: str) -> httpx.Client:
-    return httpx.Client(base_url=base_url, headers={"authorization": f"Bearer {TOKEN}"}, timeout=30)
+def admin(base_url: str, address: str = "127.0.0.1") -> httpx.Client:
+    # admin calls are limited per address too (admin/ip): tests that make many speak from their own
+    return httpx.Client(base_url=base_url, headers={"authorization": f"Bearer {TOKEN}"}, timeout=30,
+                        transport=httpx.HTTPTransport(local_address=address))
+
+
+def admin_put(base_url: str, address: str, path: str, body: dict[str, str]) -> dict[str, Any]:
+    with admin(base_url, address) as a:
+        response = a.put(path, json=body)
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
 
 
 @pytest.fixture
 def level(edge_url: str) -> Iterator[Any]:
+    address = f"127.0.8.{next(_addresses) % 250 + 1}"
+
     def set_level(name: str) -> dict[str, Any]:
-        with admin(edge_url) as a:
-            response = a.put("/admin/api/level", json={"level": name, "reason": "test"})
-            assert response.status_code == 200, response.text
-            body: dict[str, Any] = response.json()
-            return body
+        return admin_put(edge_url, address, "/admin/api/level", {"level": name, "reason": "test"})
 
     yield set_level
     set_level("normal")
@@ -202,6 +211,55 @@ def test_level_changes_are_recorded_with_reason(edge_url: str, level: Any) -> No
     assert state["history"][0]["reason"] == "test" and state["history"][0]["by"].startswith("admin@")
 
 
+@pytest.fixture
+def registration(edge_url: str) -> Iterator[Any]:
+    def pin(mode: str) -> dict[str, Any]:
+        return admin_put(edge_url, OPERATOR, "/admin/api/registration", {"mode": mode, "reason": "drill"})
+
+    yield pin
+    pin("auto")
+
+
+def test_registration_closed_by_an_operator_while_members_log_in(edge_url: str, registration: Any,
+                                                                  level: Any) -> None:
+    with client_from(edge_url) as member:
+        email = f"m-{secrets.token_hex(4)}@example.com"
+        assert member.post("/auth/register", json={"email": email, "password": PASSWORD}).status_code == 201
+        state = registration("closed")
+        assert (state["mode"], state["pinned"]) == ("closed", "closed")
+        with client_from(edge_url) as newcomer:
+            closed = newcomer.post("/auth/register", json={"email": "n@example.com", "password": PASSWORD})
+        error = refusal(closed, 503, "registration_busy", "registration/closed")
+        assert "Registered users can log in normally" in error["message"]
+        assert member.post("/auth/login", json={"email": email, "password": PASSWORD}).status_code == 200
+        # a level change keeps the pin: the operator's word stands until they hand it back
+        level("elevated")
+        with admin(edge_url, OPERATOR) as a:
+            assert a.get("/admin/api/registration").json()["mode"] == "closed"
+        registration("auto")
+        with client_from(edge_url) as later:
+            again = later.post("/auth/register", json={"email": f"l-{secrets.token_hex(4)}@example.com",
+                                                       "password": PASSWORD})
+        assert again.status_code == 201
+        with admin(edge_url, OPERATOR) as a:
+            history = a.get("/admin/api/level").json()["history"]
+            assert any(h.get("registration") == "closed" and h["reason"] == "drill" for h in history)
+            assert a.put("/admin/api/registration", json={"mode": "waitlist"}).status_code == 400
+
+
+def test_registration_limited_to_a_trickle_shared_by_every_address(edge_url: str, level: Any) -> None:
+    level("under_attack")  # the default policy limits sign-ups at under_attack: 30/min, bursts of 5
+    codes = []
+    first = next(_addresses)
+    for i in range(8):  # each from its own network: only the shared trickle can refuse them
+        with client_from(edge_url, f"127.{60 + first % 100}.{i}.1") as c:
+            response = c.post("/auth/register", json={"email": f"t-{secrets.token_hex(4)}@example.com",
+                                                      "password": PASSWORD})
+            codes.append(response)
+    assert sum(r.status_code == 201 for r in codes) <= 6
+    refusal(codes[-1], 429, "registration_busy", "registration/limited")
+
+
 def test_two_processes_sharing_redis_enforce_one_limit(model_url: str, tmp_path_factory: pytest.TempPathFactory,
                                                        ) -> None:
     """LiteLLM's limits multiply by the number of replicas; ours must not."""
@@ -241,6 +299,10 @@ def test_operator_commands(edge_url: str, tmp_path: Any) -> None:
         assert floodwall("lists", "add", "deny", "127.0.3.0/24", "--reason", "cli").returncode == 0
         assert "127.0.3.0/24" in floodwall("lists").stdout
         assert floodwall("lists", "remove", "deny", "127.0.3.0/24").returncode == 0
+        closed = floodwall("registration", "closed", "--reason", "drill")
+        assert closed.returncode == 0 and "registration: closed (pinned: closed" in closed.stdout
+        # handed back, the mode follows the level (under_attack here: limited)
+        assert "registration: limited (pinned: auto; level under_attack" in floodwall("registration", "auto").stdout
         refused = subprocess.run([sys.executable, "-m", "floodwall", "level", "--url", edge_url, "--token", "bad"],
                                  capture_output=True, text=True, timeout=60)
         assert refused.returncode == 1 and "HTTP 401" in refused.stderr

@@ -1,4 +1,5 @@
-"""The admin API: defense level, bans, allow and deny lists. `Authorization: Bearer $FLOODWALL_ADMIN_TOKEN`."""
+"""The admin API: defense level, registration mode, bans, allow and deny lists.
+`Authorization: Bearer $FLOODWALL_ADMIN_TOKEN`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from starlette.routing import Route
 from floodwall.bodies import read_json_object
 from floodwall.config import ConfigError, parse_duration
 from floodwall.edge.control import MODES
+from floodwall.edge.policy import REGISTRATION_MODES
 from floodwall.errors import ApiError
 from floodwall.services import services
 from floodwall.state.store import Ban
@@ -55,6 +57,34 @@ async def put_level(request: Request) -> Response:
         raise ApiError(400, "'reason' must be a string.", "invalid_parameter", param="reason")
     record = await services(request).control.set_mode(mode, reason[:500], _who(request))
     return JSONResponse(record)
+
+
+def _registration_state(request: Request) -> dict[str, Any]:
+    config = services(request)
+    control = config.control
+    return {"mode": config.policy.registration_mode(control.level, control.registration),
+            "pinned": control.registration, "level": control.level, "by_level": config.policy.registration,
+            "reason": control.record.get("reason"), "by": control.record.get("by")}
+
+
+async def get_registration(request: Request) -> Response:
+    require_admin(request)
+    return JSONResponse(_registration_state(request))
+
+
+async def put_registration(request: Request) -> Response:
+    """Pin the sign-up mode, like PyPI's disallow-new-user-registration flag; "auto" follows the level."""
+    require_admin(request)
+    body = await read_json_object(request, MAX_BODY)
+    mode = body.get("mode")
+    choices = (*REGISTRATION_MODES, "auto")
+    if mode not in choices:
+        raise ApiError(400, f"'mode' must be one of {', '.join(choices)}.", "invalid_mode", param="mode")
+    reason = body.get("reason", "set by an operator")
+    if not isinstance(reason, str):
+        raise ApiError(400, "'reason' must be a string.", "invalid_parameter", param="reason")
+    await services(request).control.set_registration(mode, reason[:500], _who(request))
+    return JSONResponse(_registration_state(request))
 
 
 def _ban_json(ban: Ban) -> dict[str, Any]:
@@ -140,6 +170,8 @@ routes = [
     Route("/admin/api/admission", admission, methods=["GET"]),
     Route("/admin/api/level", get_level, methods=["GET"]),
     Route("/admin/api/level", put_level, methods=["PUT"]),
+    Route("/admin/api/registration", get_registration, methods=["GET"]),
+    Route("/admin/api/registration", put_registration, methods=["PUT"]),
     Route("/admin/api/bans", list_bans, methods=["GET"]),
     Route("/admin/api/bans", add_ban, methods=["POST"]),
     Route("/admin/api/bans/{target:path}", remove_ban, methods=["DELETE"]),

@@ -58,6 +58,15 @@ def level(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def registration(settings: Settings, args: argparse.Namespace) -> int:
+    if args.mode:
+        call(settings, args, "PUT", "/admin/api/registration", {"mode": args.mode, "reason": args.reason})
+    state = call(settings, args, "GET", "/admin/api/registration")
+    print(f"registration: {state['mode']} (pinned: {state['pinned']}; level {state['level']}; by level: "
+          + ", ".join(f"{level} {mode}" for level, mode in state["by_level"].items()) + ")")
+    return 0
+
+
 def ban(settings: Settings, args: argparse.Namespace) -> int:
     if args.ban_command == "add":
         made = call(settings, args, "POST", "/admin/api/bans",

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from floodwall import logs
 from floodwall.background import cancel
 from floodwall.edge.identity import IPAddress, IPNetwork
-from floodwall.edge.policy import LEVELS
+from floodwall.edge.policy import LEVELS, REGISTRATION_MODES
 from floodwall.state.store import Ban, Store
 
 log = logging.getLogger("floodwall.edge")
@@ -54,6 +54,9 @@ class Control:
         self.level = default_mode if default_mode in LEVELS else "normal"
         self.record: dict[str, object] = {"mode": default_mode, "level": self.level,
                                           "reason": "configured default", "at": time.time(), "by": "config"}
+        # the operator's sign-up mode ("auto": the policy's column for the level), kept in the level record
+        # so that it is shared by every replica and each change is in the same history
+        self.registration = "auto"
         self.bans = Networks([])
         self.allow = Networks([])
         self.deny = Networks([])
@@ -88,6 +91,7 @@ class Control:
         if record is not None:
             self.record = record
             self.level = str(record.get("level", "normal"))
+            self.registration = str(record.get("registration", "auto"))
         self.generation += 1
         self.bans = Networks((b.target, b) for b in bans)
         self.allow = Networks((e["cidr"], e) for e in entries if e["list"] == "allow")
@@ -105,7 +109,7 @@ class Control:
             raise ValueError(f"level must be one of {', '.join(MODES)}")
         level = self.level if mode == "auto" else mode
         record: dict[str, object] = {"mode": mode, "level": level, "reason": reason, "at": time.time(), "by": by,
-                                     "previous": self.level}
+                                     "previous": self.level, "registration": self.registration}
         await self.store.set_level(record)
         logs.event(log, "level_changed", logging.WARNING, mode=mode, defense_level=level, previous=self.level,
                    reason=reason, by=by)
@@ -116,8 +120,21 @@ class Control:
         """The detector's move; it takes effect only while the mode is auto."""
         if self.record.get("mode", "auto") == "auto" and level != self.level:
             record: dict[str, object] = {"mode": "auto", "level": level, "reason": reason, "at": time.time(),
-                                         "by": "detector", "previous": self.level}
+                                         "by": "detector", "previous": self.level, "registration": self.registration}
             await self.store.set_level(record)
             logs.event(log, "level_changed", logging.WARNING, mode="auto", defense_level=level, reason=reason,
                        by="detector")
             await self.refresh()
+
+    async def set_registration(self, mode: str, reason: str, by: str) -> dict[str, object]:
+        """Pin the sign-up mode (open, limited, closed), or hand it back to the policy with "auto"."""
+        if mode not in (*REGISTRATION_MODES, "auto"):
+            raise ValueError(f"registration must be one of {', '.join((*REGISTRATION_MODES, 'auto'))}")
+        record: dict[str, object] = {**self.record, "registration": mode, "reason": reason, "at": time.time(),
+                                     "by": by, "previous_registration": self.registration}
+        record.pop("previous", None)
+        await self.store.set_level(record)
+        logs.event(log, "registration_changed", logging.WARNING, registration=mode, previous=self.registration,
+                   reason=reason, by=by)
+        await self.refresh()
+        return record

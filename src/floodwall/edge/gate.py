@@ -31,8 +31,12 @@ from floodwall.state.store import Bucket, Store, Verdict
 log = logging.getLogger("floodwall.edge")
 
 SESSION_COOKIE = b"fw_session="
+REGISTRATION_CLOSED_MESSAGE = ("Registration is closed for now because of an ongoing attack or very high demand. "
+                               "Please try again later. Registered users can log in normally.")
 REGISTRATION_BUSY = ("Registration is busy because of high demand or an ongoing attack. Please wait and try "
                      "again. Registered users can log in normally.")
+REGISTRATION_CLOSED = ApiError(503, REGISTRATION_CLOSED_MESSAGE, "registration_busy", retry_after=300,
+                               reason="registration/closed")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -117,6 +121,9 @@ class Gate:
             tier = self._tier(principal)
         if refusal is None:
             buckets = self._buckets(klass, level, address, tier, principal)
+            if klass == "auth-register":
+                refusal = self._registration(level, buckets)
+        if refusal is None:
             if buckets:
                 # the memory store decides without I/O: no coroutine to build and await on the flood path
                 verdicts = self.store.decide_now(buckets) or await self.store.hit(buckets)
@@ -132,6 +139,16 @@ class Gate:
         if verdicts and klass.startswith("api"):
             send = _with_ratelimit_headers(send, buckets, verdicts)
         await self.app(scope, receive, send)
+
+    def _registration(self, level: str, buckets: list[Bucket]) -> ApiError | None:
+        """Sign-ups as the registration mode says: closed refuses them all; limited adds one trickle that
+        every sign-up shares, whatever its address."""
+        mode = self.policy.registration_mode(level, self.control.registration)
+        if mode == "closed":
+            return REGISTRATION_CLOSED
+        if mode == "limited":
+            buckets.append(self.policy.trickle)
+        return None
 
     def _remember(self, klass: str, address: str, refusal: ApiError, wait: float) -> None:
         """Keep an anonymous caller's refusal for as long as it would stand (at most a second, and only

@@ -102,10 +102,19 @@ class Caller(NamedTuple):
     key: int | None
 
 
+# sign-up modes: open (the register/* rules), limited (those and one trickle shared by everyone), closed
+REGISTRATION_MODES = ("open", "limited", "closed")
+
+
 class Policy:
-    def __init__(self, rules: Iterable[Rule], admission: AdmissionPolicy | None = None) -> None:
+    def __init__(self, rules: Iterable[Rule], admission: AdmissionPolicy | None = None,
+                 registration: Mapping[str, str] | None = None, trickle: Limit | None = None) -> None:
         self.rules = tuple(rules)
         self.admission = admission or AdmissionPolicy()
+        self.registration = {level: (registration or {}).get(level, "open") for level in LEVELS}
+        pace = trickle or Limit(60, 60.0, 10)
+        # one global bucket: while sign-ups are limited, this many a period get through, from anyone
+        self.trickle = Bucket("registration/limited", 0, pace.interval, pace.tolerance)
         # precomputed: for each (class, level, tier), the rules that apply, so a request is a dict lookup
         self._index: dict[tuple[str, str, str], tuple[tuple[Rule, Limit], ...]] = {}
         for klass in CLASSES:
@@ -126,11 +135,17 @@ class Policy:
             raise ConfigError(f"cannot read the edge policy {source}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: {exc}") from None
-        unknown = set(data) - {"rule", "admission"}
+        unknown = set(data) - {"rule", "admission", "registration"}
         if unknown:
             raise ConfigError(f"{source}: unknown tables {', '.join(sorted(unknown))}")
         rules = [_rule(entry, f"{source} rule {i + 1}") for i, entry in enumerate(data.get("rule", []))]
-        return cls(rules, AdmissionPolicy.from_data(data.get("admission", {}), f"{source} [admission]"))
+        modes, trickle = _registration(data.get("registration", {}), f"{source} [registration]")
+        return cls(rules, AdmissionPolicy.from_data(data.get("admission", {}), f"{source} [admission]"), modes,
+                   trickle)
+
+    def registration_mode(self, level: str, pinned: str = "auto") -> str:
+        """The sign-up mode in force: the operator's pin, else the level's column."""
+        return pinned if pinned in REGISTRATION_MODES else self.registration.get(level, "open")
 
     def buckets(self, klass: str, level: str, caller: Caller) -> list[Bucket]:
         found = []
@@ -154,6 +169,20 @@ def _ident(key: str, caller: Caller) -> int | None:
     if key == "key":
         return caller.key
     return 0  # global
+
+
+def _registration(data: Any, where: str) -> tuple[dict[str, str], Limit | None]:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: must be a table")
+    unknown = set(data) - {*LEVELS, "trickle"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown fields {', '.join(sorted(unknown))}")
+    modes = {level: data[level] for level in LEVELS if level in data}
+    for level, mode in modes.items():
+        if mode not in REGISTRATION_MODES:
+            raise ConfigError(f"{where} {level}: must be one of {', '.join(REGISTRATION_MODES)}, not {mode!r}")
+    trickle = parse_limit(data["trickle"], f"{where} trickle") if "trickle" in data else None
+    return modes, trickle
 
 
 def _rule(entry: Any, where: str) -> Rule:
