@@ -44,8 +44,11 @@ def main() -> int:
     model_settings = load(environ={}, overrides={"model": {
         "slots": 4096, "queue_size": 4096, "tokens_per_second": 100000, "reply_tokens": 8, "first_token_delay": 0}})
     database = f"sqlite:///{tmp / 'bench.db'}"
+    # no limit rules: this compares servers on the same work, not the edge's refusals (bench/edge.py does those)
+    (tmp / "no-limits.toml").write_text("# no rules, no budgets\n")
     settings = load(environ={}, overrides={"upstream": {"url": model_url + "/v1"}, "database": {"url": database},
-                                           "log": {"level": "warning", "format": "json"}})
+                                           "log": {"level": "warning", "format": "json"},
+                                           "edge": {"policy": str(tmp / "no-limits.toml")}})
     from floodwall.accounts.database import upgrade
 
     upgrade(database)
