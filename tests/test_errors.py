@@ -43,6 +43,21 @@ def test_malformed_json(http: httpx.Client, auth: dict[str, str], raw: bytes, co
     _error(response, 400, code)
 
 
+def test_a_body_nested_deeper_than_the_proxy_writes_is_a_400(http: httpx.Client, auth: dict[str, str]) -> None:
+    # valid JSON that passes the checks, but deeper than orjson writes upstream (254 levels): not a 500
+    raw = (b'{"model": "' + CHAT.encode() + b'", "messages": [{"role": "user", "content": "x"}], "extra": '
+           + b"[" * 300 + b"]" * 300 + b"}")
+    response = http.post("/v1/chat/completions", content=raw, headers={**auth, "content-type": "application/json"})
+    error = _error(response, 400, "invalid_json")
+    assert "nested too deeply" in str(error["message"])
+
+
+def test_invalid_utf8_is_named(http: httpx.Client, auth: dict[str, str]) -> None:
+    response = http.post("/v1/chat/completions", content=b'{"model": "\xff"}',
+                         headers={**auth, "content-type": "application/json"})
+    assert "UTF-8" in str(_error(response, 400, "invalid_json")["message"])
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
+from floodwall import bodies
 from floodwall.accounts.service import AccountService, Principal
 from floodwall.edge.gate import edge_info, scope_edge_info
 from floodwall.errors import ApiError
@@ -22,11 +23,7 @@ async def api_principal(request: Request) -> Principal:
 
 async def key_principal(scope: Scope, accounts: AccountService) -> Principal:
     """The account behind the request's API key, or the 401 that says what is wrong with the header."""
-    header = ""
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            header = value.decode("latin-1")
-            break
+    header = bodies.header(scope, b"authorization") or ""
     scheme, _, secret = header.partition(" ")
     if not header:
         raise ApiError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'; "

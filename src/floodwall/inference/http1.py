@@ -114,12 +114,6 @@ class Connection(asyncio.Protocol):
             self._fail(ConnectionClosed("the model server closed the connection"))
         self.pool.forget(self)
 
-    def pause_writing(self) -> None:  # a request body is small; nothing to throttle
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
     # httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:

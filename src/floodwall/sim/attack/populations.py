@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from floodwall.sim.attack import corpus
-from floodwall.sim.attack.recorder import Recorder
+from floodwall.sim.attack.recorder import Recorder, percentile
 from floodwall.sim.attack.traffic import Client, Reply, Sources, Target
 
 CHAT = "/v1/chat/completions"
@@ -106,6 +106,10 @@ class Population:
 
     async def run(self, until: float) -> None:
         raise NotImplementedError
+
+    def outcomes(self) -> dict[str, Any]:
+        """What this population achieved, in its own terms, for the report."""
+        return {}
 
     def record(self, reply: Reply, *, reached_model: bool = False) -> None:
         if reply.status == 0:  # no HTTP answer: say how it failed
@@ -298,6 +302,11 @@ class SignupBots(Attacker):
             self.created += 1
         self.record(reply)
 
+    def outcomes(self) -> dict[str, Any]:
+        share = round(self.created / self.attempts, 5) if self.attempts else None
+        return {"bot_signup_attempts": self.attempts, "bot_accounts_created": self.created,
+                "bot_accounts_created_share": share}
+
 
 class FlashCrowd(Population):
     """Real people arriving at once to sign up: each waits as told (Retry-After) and tries again."""
@@ -318,6 +327,14 @@ class FlashCrowd(Population):
         spread = max(1.0, (until - start) / 2)  # they arrive over the first half of the attack
         await asyncio.gather(*(self._person(i, source, start + spread * i / self.people, until)
                                for i, source in enumerate(self.addresses)))
+
+    def outcomes(self) -> dict[str, Any]:
+        def at(q: float) -> float | None:
+            value = percentile(self.waits, q)
+            return None if value is None else round(value, 2)
+
+        return {"flash_crowd_people": self.people, "flash_crowd_registered": self.registered,
+                "flash_crowd_wait_s": {"p50": at(50), "p95": at(95), "max": at(100)}}
 
     async def _person(self, index: int, source: str, arrive: float, until: float) -> None:
         recorder = self.ctx.recorder
@@ -386,6 +403,11 @@ class Stuffing(Attacker):
                 self.wrong_password_logins += 1
         self.record(reply)
 
+    def outcomes(self) -> dict[str, Any]:
+        return {"stuffing_attempts": self.attempts, "stuffing_leaked_pairs": self.leaked,
+                "takeovers_with_leaked_password": self.takeovers,
+                "logins_with_wrong_password": self.wrong_password_logins}
+
 
 class Probe(Attacker):
     """Scanners: attack payloads in URL parameters, paths and JSON bodies; malformed and mistyped input."""
@@ -421,6 +443,9 @@ class Probe(Attacker):
             # a failure, not a refusal: a deliberate 502-504 says why in an OpenAI-shaped error
             self.server_errors += 1
         self.record(reply, reached_model=reply.status == 200 and shape == 2)
+
+    def outcomes(self) -> dict[str, Any]:
+        return {"probe_server_errors": self.server_errors}
 
 
 class Jailbreak(Attacker):

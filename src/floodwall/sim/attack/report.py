@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from floodwall.sim.attack.populations import FlashCrowd, Probe, SignupBots, Stuffing
 from floodwall.sim.attack.recorder import summarize
 
 if TYPE_CHECKING:
@@ -58,7 +57,7 @@ def build(run: Run) -> dict[str, Any]:
         "series": {name: recorder.series(name, math.ceil(run.end)) for name in recorder.populations()},
     }
     for population in run.attackers:
-        report["attackers"].update(_outcomes(population))
+        report["attackers"].update(population.outcomes())
     return report
 
 
@@ -70,31 +69,6 @@ def _p95(summary: dict[str, Any]) -> float | None:
     latency = summary.get("latency_ms") or {}
     value = latency.get("p95")
     return float(value) if value else None
-
-
-def _outcomes(population: Any) -> dict[str, Any]:
-    """What each kind of attacker achieved, in its own terms."""
-    if isinstance(population, SignupBots):
-        return {"bot_signup_attempts": population.attempts, "bot_accounts_created": population.created,
-                "bot_accounts_created_share": round(population.created / population.attempts, 5)
-                if population.attempts else None}
-    if isinstance(population, FlashCrowd):
-        waits = sorted(population.waits)
-        return {"flash_crowd_people": population.people, "flash_crowd_registered": population.registered,
-                "flash_crowd_wait_s": {"p50": _at(waits, 0.5), "p95": _at(waits, 0.95), "max": _at(waits, 1.0)}}
-    if isinstance(population, Stuffing):
-        return {"stuffing_attempts": population.attempts, "stuffing_leaked_pairs": population.leaked,
-                "takeovers_with_leaked_password": population.takeovers,
-                "logins_with_wrong_password": population.wrong_password_logins}
-    if isinstance(population, Probe):
-        return {"probe_server_errors": population.server_errors}
-    return {}
-
-
-def _at(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    return round(values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))], 2)
 
 
 def live_table(run: Run) -> Table:
