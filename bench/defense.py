@@ -199,6 +199,8 @@ def table(reports: dict[str, dict[str, Any]]) -> str:
         row(reports, "takeovers: leaked pairs / wrong password",
             lambda r: f"{r['attackers']['takeovers_with_leaked_password']} / "
                       f"{r['attackers']['logins_with_wrong_password']}"),
+        row(reports, "owners' own sign-ins during stuffing: ok / tried",
+            lambda r: f"{r['attackers']['owner_logins_ok']} / {r['attackers']['owner_logins']}"),
         row(reports, "probe answers 5xx", lambda r: r["attackers"]["probe_server_errors"]),
         row(reports, "defense level over time",
             lambda r: ", ".join(f"{at:.0f}s {lvl}" for at, lvl in r["service"]["levels"]) or None),

@@ -79,6 +79,15 @@ def floodwall_process(tmp: Path, database: str, upstream: str | None, env: dict[
 
 
 @contextlib.contextmanager
+def default_policy_process(tmp: Path, model_url: str, state: str, env: dict[str, str]) -> Iterator[str]:
+    """floodwall with the default edge policy, its state in memory or in the real Redis (a fresh prefix)."""
+    url = "memory://" if state == "memory" else f"redis://127.0.0.1:6379/0?prefix=fwtest-{secrets.token_hex(4)}:"
+    env = {"FLOODWALL_EDGE_POLICY": "", "FLOODWALL_DEFENSE_LEVEL": "normal", "FLOODWALL_STATE_URL": url, **env}
+    with floodwall_process(tmp, f"sqlite:///{tmp / 'floodwall.db'}", model_url, env=env) as base:
+        yield base
+
+
+@contextlib.contextmanager
 def postgres_database() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped afterwards."""
     import asyncio

@@ -20,6 +20,7 @@ from floodwall import errors, logs
 from floodwall.accounts import routes as account_routes
 from floodwall.accounts.blocklists import Blocklists
 from floodwall.accounts.database import create_engine, sessionmaker
+from floodwall.accounts.guard import LoginGuard
 from floodwall.accounts.passwords import Passwords
 from floodwall.accounts.service import AccountService
 from floodwall.config import Settings
@@ -33,6 +34,7 @@ from floodwall.inference.admission import Admission
 from floodwall.inference.upstream import Upstream
 from floodwall.inference.usage import UsageRecorder
 from floodwall.services import Services
+from floodwall.signing import Signer
 from floodwall.state import open_store
 from floodwall.web import pages
 from floodwall.web import routes as web_routes
@@ -59,6 +61,7 @@ def build_app(settings: Settings) -> Gate:
     trusted = TrustedProxies(settings.server.trusted_proxies)
     control = Control(store, settings.defense.level, settings.edge.refresh_interval)
     policy = Policy.load(settings.edge.policy or None)
+    signer = Signer()
     services = Services(
         settings=settings,
         accounts=accounts,
@@ -70,10 +73,14 @@ def build_app(settings: Settings) -> Gate:
         control=control,
         policy=policy,
         admission=Admission(policy.admission, store, lambda: control.level),
+        signer=signer,
+        guard=LoginGuard(policy, store, lambda: control.level, signer, settings.edge.ipv4_prefix,
+                         settings.edge.ipv6_prefix),
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await signer.load(accounts.db, settings.server.secret_key)
         await control.start()
         services.admission.loop_lag.start()
         await services.upstream.start()

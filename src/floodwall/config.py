@@ -75,6 +75,9 @@ class ServerSettings:
     trusted_proxies: list[str] = dataclasses.field(default_factory=list)
     max_body_size: Size = Size(4 * 2**20)
     access_log: bool = False
+    # signs device cookies and waiting-room tickets; empty = one made at first start and kept in the
+    # database, which every worker and replica sharing it then uses
+    secret_key: str = ""
 
 
 @dataclasses.dataclass

@@ -7,6 +7,7 @@ import dataclasses
 from starlette.requests import Request
 from starlette.templating import Jinja2Templates
 
+from floodwall.accounts.guard import LoginGuard
 from floodwall.accounts.service import AccountService, Client
 from floodwall.config import Settings
 from floodwall.edge.control import Control
@@ -15,6 +16,7 @@ from floodwall.edge.policy import Policy
 from floodwall.inference.admission import Admission
 from floodwall.inference.upstream import Upstream
 from floodwall.inference.usage import UsageRecorder
+from floodwall.signing import Signer
 from floodwall.state.store import Store
 
 
@@ -30,6 +32,8 @@ class Services:
     control: Control
     policy: Policy
     admission: Admission
+    signer: Signer
+    guard: LoginGuard
 
     def client(self, request: Request) -> Client:
         return Client(client_address(request.scope, self.trusted_proxies), request.headers.get("user-agent", ""))

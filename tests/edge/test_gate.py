@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import PASSWORD, floodwall_process
+from tests.conftest import PASSWORD, default_policy_process, floodwall_process
 
 TOKEN = "admin-" + secrets.token_hex(8)
 OPERATOR = "127.0.9.9"  # the registration tests' admin address
@@ -23,14 +23,10 @@ _addresses = itertools.count(10)
 @pytest.fixture(scope="module", params=["memory", "redis"])
 def edge_url(request: pytest.FixtureRequest, model_url: str,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """floodwall with the default policy, its state in memory or in the real Redis (a fresh prefix)."""
-    tmp = tmp_path_factory.mktemp("edge")
-    state = "memory://" if request.param == "memory" else \
-        f"redis://127.0.0.1:6379/0?prefix=fwtest-{secrets.token_hex(4)}:"
-    env = {"FLOODWALL_EDGE_POLICY": "", "FLOODWALL_ADMIN_TOKEN": TOKEN, "FLOODWALL_DEFENSE_LEVEL": "normal",
-           "FLOODWALL_DEFENSE_NEW_ACCOUNT_AGE": "2s", "FLOODWALL_SERVER_TRUSTED_PROXIES": "127.0.0.2/32",
-           "FLOODWALL_STATE_URL": state}
-    with floodwall_process(tmp, f"sqlite:///{tmp / 'edge.db'}", model_url, env=env) as url:
+    """floodwall with the default policy, its state in memory or in the real Redis."""
+    env = {"FLOODWALL_ADMIN_TOKEN": TOKEN, "FLOODWALL_DEFENSE_NEW_ACCOUNT_AGE": "2s",
+           "FLOODWALL_SERVER_TRUSTED_PROXIES": "127.0.0.2/32"}
+    with default_policy_process(tmp_path_factory.mktemp("edge"), model_url, request.param, env) as url:
         yield url
 
 

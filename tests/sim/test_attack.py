@@ -46,6 +46,8 @@ def test_a_short_mixed_attack_is_reported(tmp_path: Path) -> None:
     assert attackers["reached_model_share"] < 0.5
     # no account opened with a wrong password, and no probe made the service fail
     assert attackers["logins_with_wrong_password"] == 0
+    # the victims' owners, from their own devices, keep signing in through the wave
+    assert attackers["owner_logins"] > 0 and attackers["owner_logins_ok"] == attackers["owner_logins"]
     assert attackers["probe_server_errors"] == 0
     assert report["populations"]["probe"]["statuses"].get("500") is None
     # registration is limited per address and network (5 per 30 minutes): the bots make few accounts

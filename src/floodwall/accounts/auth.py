@@ -9,6 +9,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from floodwall import bodies
+from floodwall.accounts.guard import DEVICE_COOKIE, DEVICE_LIFETIME
 from floodwall.accounts.service import AccountService, Principal
 from floodwall.edge.gate import edge_info, scope_edge_info
 from floodwall.errors import ApiError
@@ -80,6 +81,12 @@ def set_session_cookie(request: Request, response: Response, secret: str) -> Non
         SESSION_COOKIE, secret, max_age=int(config.settings.accounts.session_lifetime), httponly=True,
         samesite="lax", secure=config.is_https(request), path="/",
     )
+
+
+def set_device_cookie(request: Request, response: Response, value: str) -> None:
+    # only sign-in and sign-up read it
+    response.set_cookie(DEVICE_COOKIE, value, max_age=int(DEVICE_LIFETIME.total_seconds()), httponly=True,
+                        samesite="lax", secure=services(request).is_https(request), path="/auth")
 
 
 def clear_session_cookie(request: Request, response: Response) -> None:

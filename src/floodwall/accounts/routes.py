@@ -17,8 +17,10 @@ from floodwall.accounts.auth import (
     clear_session_cookie,
     require_session,
     session_principal,
+    set_device_cookie,
     set_session_cookie,
 )
+from floodwall.accounts.guard import DEVICE_COOKIE
 from floodwall.accounts.models import ApiKey
 from floodwall.bodies import check_json_content_type, parse_json_object, read_body
 from floodwall.errors import REASON_HEADER, ApiError, log_refusal
@@ -103,12 +105,18 @@ async def register(request: Request) -> Response:
     config = services(request)
     client = config.client(request)
     user = await config.accounts.register(email, password, client)
+    response: Response
     if _is_form(request):
         # the web app signs the new user straight in, like most services do
-        response: Response = RedirectResponse("/chat", status_code=303)
+        response = RedirectResponse("/chat", status_code=303)
         set_session_cookie(request, response, await config.accounts.create_session(user, client))
-        return response
-    return JSONResponse({"user": _user_json(user.id, user.email), "verification_required": False}, 201)
+    else:
+        response = JSONResponse({"user": _user_json(user.id, user.email), "verification_required": False}, 201)
+    # the device that made the account is one its owner uses
+    guard = config.guard
+    set_device_cookie(request, response, guard.remember(guard.device(request.cookies.get(DEVICE_COOKIE)),
+                                                        guard.login_ident(user.email)))
+    return response
 
 
 @_form_page("login.html")
@@ -116,7 +124,17 @@ async def login(request: Request) -> Response:
     email, password = await _credentials(request)
     config = services(request)
     client = config.client(request)
-    user = await config.accounts.authenticate(email, password, client)
+    # counted before the account is looked up or the password hashed: a flood of guesses costs counters only
+    attempt = await config.guard.begin(email, client.ip, request.cookies.get(DEVICE_COOKIE))
+    try:
+        user = await config.accounts.authenticate(email, password, client, new_device=not attempt.known)
+    except ApiError as error:
+        if error.code == "invalid_credentials":
+            config.guard.failed()
+        else:
+            await config.guard.release(attempt)
+        raise
+    device = await config.guard.succeeded(attempt)
     secret = await config.accounts.create_session(user, client)
     response: Response
     if _is_form(request):
@@ -124,6 +142,7 @@ async def login(request: Request) -> Response:
     else:
         response = JSONResponse({"user": _user_json(user.id, user.email)})
     set_session_cookie(request, response, secret)
+    set_device_cookie(request, response, device)
     return response
 
 

@@ -125,7 +125,7 @@ class AccountService:
             await db.commit()
         return user
 
-    async def authenticate(self, email: str, password: str, client: Client) -> User:
+    async def authenticate(self, email: str, password: str, client: Client, new_device: bool = False) -> User:
         """The account if the password is right; the same refusal, at the same cost, for an unknown e-mail."""
         async with self.db() as db:
             user = await db.scalar(select(User).where(User.email == normalise_email(email)))
@@ -141,7 +141,7 @@ class AccountService:
             if self.passwords.needs_rehash(user.password_hash):
                 user.password_hash = await self.passwords.hash(password)
                 await db.execute(update(User).where(User.id == user.id).values(password_hash=user.password_hash))
-            self._record(db, user.id, "login", client)
+            self._record(db, user.id, "login", client, {"new_device": True} if new_device else None)
             await db.commit()
         return user
 

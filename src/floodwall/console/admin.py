@@ -166,8 +166,15 @@ async def admission(request: Request) -> Response:
     return JSONResponse(services(request).admission.stats())
 
 
+async def logins(request: Request) -> Response:
+    """Sign-in outcomes over the last minute in this process: succeeded, failed, throttled, the failed ratio."""
+    require_admin(request)
+    return JSONResponse(services(request).guard.figures())
+
+
 routes = [
     Route("/admin/api/admission", admission, methods=["GET"]),
+    Route("/admin/api/logins", logins, methods=["GET"]),
     Route("/admin/api/level", get_level, methods=["GET"]),
     Route("/admin/api/level", put_level, methods=["PUT"]),
     Route("/admin/api/registration", get_registration, methods=["GET"]),

@@ -47,6 +47,17 @@ def _forwarded_chain(scope: Scope) -> list[str]:
     return forwarded or xff
 
 
+def address_keys(text: str, ipv4_prefix: int = 24, ipv6_prefix: int = 64) -> tuple[int, int]:
+    """An address as limits key it: the address and its network (IPv4 /24, IPv6 /64 by default) as ints."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:  # a unix socket or a test transport
+        return 0, 0
+    bits, prefix = (32, ipv4_prefix) if address.version == 4 else (128, ipv6_prefix)
+    value = int(address)
+    return value, value & (((1 << prefix) - 1) << (bits - prefix))
+
+
 def client_address(scope: Scope, trusted: TrustedProxies) -> str:
     """The client's address as text; walks forwarded hops right to left, skipping trusted ones."""
     peer = scope.get("client")

@@ -21,11 +21,16 @@ DEFAULT_POLICY = Path(__file__).with_name("default_policy.toml")
 LEVELS = ("normal", "elevated", "under_attack")
 CLASSES = frozenset(
     {"static", "page", "auth-register", "auth-login", "api-inference", "api-other", "status", "admin",
-     # not a request class: the gate checks it before looking up a credential it has not seen lately
-     "credential-lookup"}
+     # not request classes: the gate checks credential-lookup before looking up a credential it has not
+     # seen lately; the login guard spends login-failure on each sign-in attempt and gives it back on success
+     "credential-lookup", "login-failure"}
 )
-TIERS = frozenset({"anonymous", "new", "established"})
-KEYS = frozenset({"ip", "network", "account", "key", "global"})
+# callers' tiers; a sign-in attempt's tier says whether it comes from a device that signed in to that
+# account before (a signed device cookie)
+TIERS = frozenset({"anonymous", "new", "established", "known-device", "unknown-device"})
+# `login` is the e-mail address a sign-in names (hashed; counted whether or not an account has it),
+# `device` the device cookie's id; keys join with "+", like "login+ip"
+KEYS = frozenset({"ip", "network", "account", "key", "global", "login", "device"})
 _LIMIT = re.compile(r"^\s*(\d+)\s*/\s*([\w.]+)\s*(?:burst\s+(\d+))?\s*$")
 
 INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/app/chat"})
@@ -100,6 +105,8 @@ class Caller(NamedTuple):
     tier: str
     account: int | None
     key: int | None
+    login: str | None = None
+    device: str | None = None
 
 
 # sign-up modes: open (the register/* rules), limited (those and one trickle shared by everyone), closed
@@ -159,7 +166,7 @@ class Policy:
         return {rule.name: str(rule.limits.get(level) or "off") for rule in self.rules}
 
 
-def _ident(key: str, caller: Caller) -> int | None:
+def _ident(key: str, caller: Caller) -> int | str | None:
     if key == "ip":
         return caller.ip
     if key == "network":
@@ -168,6 +175,13 @@ def _ident(key: str, caller: Caller) -> int | None:
         return caller.account
     if key == "key":
         return caller.key
+    if key == "login":
+        return caller.login
+    if key == "device":
+        return caller.device
+    if "+" in key:
+        parts = [_ident(part, caller) for part in key.split("+")]
+        return None if None in parts else "|".join(map(str, parts))
     return 0  # global
 
 
@@ -199,8 +213,8 @@ def _rule(entry: Any, where: str) -> Rule:
     if not classes or not classes <= CLASSES:
         raise ConfigError(f"{where}: classes must be some of {', '.join(sorted(CLASSES))}")
     key = entry.get("key")
-    if key not in KEYS:
-        raise ConfigError(f"{where}: key must be one of {', '.join(sorted(KEYS))}")
+    if not isinstance(key, str) or not set(key.split("+")) <= KEYS or (len(key.split("+")) > 1 and "global" in key):
+        raise ConfigError(f"{where}: key must be one of {', '.join(sorted(KEYS))}, or several joined with '+'")
     tiers = frozenset(entry.get("tiers") or TIERS)
     if not tiers <= TIERS:
         raise ConfigError(f"{where}: tiers must be some of {', '.join(sorted(TIERS))}")

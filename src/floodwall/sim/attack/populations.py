@@ -373,14 +373,21 @@ class Stuffing(Attacker):
         self.attempts = 0
         self.takeovers = 0
         self.wrong_password_logins = 0
+        self.owners: list[tuple[str, str, httpx.AsyncClient]] = []
+        self.owner_every = 5.0
+        self.owner_logins = 0
+        self.owner_logins_ok = 0
+        self.owner_latencies: list[float] = []
 
     async def setup(self) -> None:
         accounts = [(f"victim{i}.{secrets.token_hex(3)}@example.com", secrets.token_urlsafe(12))
                     for i in range(self.victims)]
         for (email, password), source in zip(accounts, self.owner_sources, strict=True):
-            async with self.ctx.web(source) as web:
-                with contextlib.suppress(httpx.HTTPError):
-                    await web.post("/auth/register", json={"email": email, "password": password})
+            # each owner keeps the browser they signed up with (and its device cookie) for the whole run
+            web = self.ctx.web(source)
+            with contextlib.suppress(httpx.HTTPError):
+                await web.post("/auth/register", json={"email": email, "password": password})
+            self.owners.append((email, password, web))
         rng = self.ctx.rng
         pairs = [(email, password, True) for email, password in accounts[:self.leaked]]
         pairs += [(email, rng.choice(self.ctx.corpora.common_passwords), False) for email, _ in accounts
@@ -389,6 +396,26 @@ class Stuffing(Attacker):
                   for _ in range(2000)]
         rng.shuffle(pairs)
         self.pairs = itertools.cycle(pairs)
+
+    async def run(self, until: float) -> None:
+        await asyncio.gather(super().run(until), *(self._owner(*owner, until) for owner in self.owners))
+
+    async def _owner(self, email: str, password: str, web: httpx.AsyncClient, until: float) -> None:
+        """The account's owner signs in now and then from their own device, as the wave goes on."""
+        try:
+            await asyncio.sleep(self.ctx.rng.uniform(0, self.owner_every))
+            while self.ctx.recorder.now() < until:
+                started = time.monotonic()
+                try:
+                    status = (await web.post("/auth/login", json={"email": email, "password": password})).status_code
+                except httpx.HTTPError:
+                    status = 0
+                self.owner_logins += 1
+                self.owner_logins_ok += status == 200
+                self.owner_latencies.append(time.monotonic() - started)
+                await asyncio.sleep(self.owner_every)
+        finally:
+            await web.aclose()
 
     async def one(self) -> None:
         email, password, right = next(self.pairs)
@@ -404,9 +431,12 @@ class Stuffing(Attacker):
         self.record(reply)
 
     def outcomes(self) -> dict[str, Any]:
+        p95 = percentile(self.owner_latencies, 95)
         return {"stuffing_attempts": self.attempts, "stuffing_leaked_pairs": self.leaked,
                 "takeovers_with_leaked_password": self.takeovers,
-                "logins_with_wrong_password": self.wrong_password_logins}
+                "logins_with_wrong_password": self.wrong_password_logins,
+                "owner_logins": self.owner_logins, "owner_logins_ok": self.owner_logins_ok,
+                "owner_login_p95_ms": round(p95 * 1000, 1) if p95 is not None else None}
 
 
 class Probe(Attacker):

@@ -1,0 +1,129 @@
+"""The login guard: failed sign-ins counted per address, per account and per device before any password is
+hashed (the `login-failure` rules of the edge policy), the device cookies that keep owners signing in during
+a wave, and the service's failed-login figures for the operator and the detector.
+
+Each attempt spends on its buckets first and a right password gives the spending back: concurrent guesses
+cannot slip past a limit between a check and a count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from floodwall.accounts.service import normalise_email
+from floodwall.edge.identity import address_keys
+from floodwall.edge.policy import Caller, Policy
+from floodwall.errors import ApiError
+from floodwall.signing import Signer
+from floodwall.state.store import Bucket, Store
+from floodwall.telemetry.window import Window
+
+DEVICE_COOKIE = "fw_device"
+DEVICE_LIFETIME = dt.timedelta(days=365)
+# accounts one browser is remembered for (a shared family computer)
+DEVICE_ACCOUNTS = 5
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Device:
+    """What a browser's device cookie says: its id, and the accounts it has signed in to."""
+
+    id: str
+    logins: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Attempt:
+    login: str
+    device: Device
+    known: bool  # this device has signed in to this account before
+    buckets: tuple[Bucket, ...]
+
+
+class LoginGuard:
+    def __init__(self, policy: Policy, store: Store, level: Callable[[], str], signer: Signer,
+                 ipv4_prefix: int = 24, ipv6_prefix: int = 64) -> None:
+        self.policy = policy
+        self.store = store
+        self.level = level
+        self.signer = signer
+        self.prefixes = (ipv4_prefix, ipv6_prefix)
+        self.outcomes = Window(60)
+        # rules counting every address against one account: their refusal says how the owner gets in
+        self._account_wide = {rule.name for rule in policy.rules if rule.key == "login"}
+
+    def login_ident(self, email: str) -> str:
+        """The key an e-mail is counted under: keyed, so the store never holds an address or a guessable hash."""
+        return self.signer.mac("login", normalise_email(email)[:320])[:24]
+
+    def device(self, cookie: str | None) -> Device:
+        payload = self.signer.loads("device", cookie or "", max_age=int(DEVICE_LIFETIME.total_seconds()))
+        if isinstance(payload, dict) and isinstance(payload.get("d"), str) and isinstance(payload.get("a"), list):
+            return Device(payload["d"][:32], tuple(str(a) for a in payload["a"][:DEVICE_ACCOUNTS]))
+        return Device(secrets.token_urlsafe(12))
+
+    async def begin(self, email: str, address: str, cookie: str | None) -> Attempt:
+        """Count the attempt as a failure in advance; refuse it, before any database or hash, when a limit stands."""
+        login = self.login_ident(email)
+        device = self.device(cookie)
+        known = login in device.logins
+        ip, network = address_keys(address, *self.prefixes)
+        caller = Caller(ip, network, "known-device" if known else "unknown-device", None, None, login, device.id)
+        buckets = tuple(self.policy.buckets("login-failure", self.level(), caller))
+        if buckets:
+            verdicts = await self.store.hit(buckets)
+            refused = [(v.retry_after, b.rule) for b, v in zip(buckets, verdicts, strict=True) if not v.allowed]
+            if refused:
+                self.outcomes.add("throttled")
+                wait, rule = max(refused)
+                raise _locked(rule, wait) if rule in self._account_wide else _throttled(rule, wait)
+        return Attempt(login, device, known, buckets)
+
+    async def succeeded(self, attempt: Attempt) -> str:
+        """Give back what the attempt spent; the device cookie to set, now knowing this account."""
+        self.outcomes.add("succeeded")
+        await self.release(attempt)
+        return self.remember(attempt.device, attempt.login)
+
+    def failed(self) -> None:
+        self.outcomes.add("failed")
+
+    async def release(self, attempt: Attempt) -> None:
+        """Give back what an attempt spent when its password was never checked (the hashing pool was full)."""
+        if attempt.buckets:
+            await self.store.charge([b._replace(cost=-b.cost) for b in attempt.buckets])
+
+    def remember(self, device: Device, login: str) -> str:
+        """The device cookie's new value: this device knows this account (most recent first)."""
+        logins = (login, *[known for known in device.logins if known != login])[:DEVICE_ACCOUNTS]
+        return self.signer.dumps("device", {"d": device.id, "a": list(logins)})
+
+    def figures(self) -> dict[str, Any]:
+        """Sign-in outcomes over the last minute in this process, and the share of checked ones that failed."""
+        totals = self.outcomes.totals()
+        succeeded, failed, throttled = (totals.get(k, 0) for k in ("succeeded", "failed", "throttled"))
+        checked = succeeded + failed
+        return {"window_seconds": self.outcomes.span, "succeeded": succeeded, "failed": failed,
+                "throttled": throttled, "failed_ratio": round(failed / checked, 4) if checked else 0.0}
+
+
+def _minutes(wait: float) -> str:
+    minutes = math.ceil(wait / 60)
+    return "a minute" if minutes <= 1 else f"{minutes} minutes"
+
+
+def _throttled(rule: str, wait: float) -> ApiError:
+    return ApiError(429, f"Too many failed sign-in attempts. Please wait {_minutes(wait)} and try again.",
+                    "login_throttled", retry_after=math.ceil(wait), reason=rule)
+
+
+def _locked(rule: str, wait: float) -> ApiError:
+    # the same words whether or not an account has this address: the refusal must not tell which exist
+    return ApiError(429, "Too many failed sign-ins to this account from devices it has not been used on. "
+                    "If it is yours, sign in from a device you have used before, or wait "
+                    f"{_minutes(wait)} and try again.", "login_throttled", retry_after=math.ceil(wait), reason=rule)

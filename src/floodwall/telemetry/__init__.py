@@ -1,0 +1,1 @@
+"""What floodwall counts about its own traffic, for the operator and the detector."""
