@@ -23,6 +23,7 @@ from floodwall.accounts.database import create_engine, sessionmaker
 from floodwall.accounts.guard import LoginGuard
 from floodwall.accounts.passwords import Passwords
 from floodwall.accounts.service import AccountService
+from floodwall.accounts.waiting_room import WaitingRoom
 from floodwall.config import Settings
 from floodwall.console import admin
 from floodwall.edge.control import Control
@@ -76,6 +77,7 @@ def build_app(settings: Settings) -> Gate:
         signer=signer,
         guard=LoginGuard(policy, store, lambda: control.level, signer, settings.edge.ipv4_prefix,
                          settings.edge.ipv6_prefix),
+        waiting_room=WaitingRoom(store, signer, policy.queue),
     )
 
     @contextlib.asynccontextmanager

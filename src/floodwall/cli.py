@@ -10,6 +10,7 @@ from typing import Any
 
 from floodwall import __version__, logs, server
 from floodwall.config import ConfigError, Settings, load
+from floodwall.edge.policy import REGISTRATION_MODES
 
 log = logging.getLogger("floodwall")
 
@@ -150,7 +151,7 @@ def parser() -> argparse.ArgumentParser:
     level.set_defaults(func=_admin("level"))
 
     registration = commands.add_parser("registration", help="show the sign-up mode, or pin it")
-    registration.add_argument("mode", nargs="?", choices=["open", "limited", "closed", "auto"])
+    registration.add_argument("mode", nargs="?", choices=[*REGISTRATION_MODES, "auto"])
     registration.add_argument("--reason", default="set from the command line")
     _admin_flags(registration)
     registration.set_defaults(func=_admin("registration"))

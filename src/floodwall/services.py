@@ -9,6 +9,7 @@ from starlette.templating import Jinja2Templates
 
 from floodwall.accounts.guard import LoginGuard
 from floodwall.accounts.service import AccountService, Client
+from floodwall.accounts.waiting_room import WaitingRoom
 from floodwall.config import Settings
 from floodwall.edge.control import Control
 from floodwall.edge.identity import TrustedProxies, client_address, is_https
@@ -34,6 +35,7 @@ class Services:
     admission: Admission
     signer: Signer
     guard: LoginGuard
+    waiting_room: WaitingRoom
 
     def client(self, request: Request) -> Client:
         return Client(client_address(request.scope, self.trusted_proxies), request.headers.get("user-agent", ""))

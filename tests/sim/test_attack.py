@@ -65,9 +65,12 @@ def test_targets_and_sources() -> None:
     target = Target.parse("http://127.0.0.1:8080/v1/")
     assert (target.url, target.host, target.port) == ("http://127.0.0.1:8080", "127.0.0.1", 8080)
     sources = Sources()
-    first, second = sources.take(300), sources.take(2)
-    assert len(set(first + second)) == 302
-    assert all(address.startswith("127.") and address != "127.0.0.1" for address in first + second)
+    first, people, second = sources.take(300), sources.take(3, own_networks=True), sources.take(2)
+    assert len(set(first + people + second)) == 305
+    assert all(address.startswith("127.") and address != "127.0.0.1" for address in first + people + second)
+    assert len({address.rsplit(".", 1)[0] for address in first + people}) == 2 + 3  # 300 share two /24s
+    with pytest.raises(ValueError):
+        sources.take(20_000, own_networks=True)
 
 
 @pytest.mark.parametrize("change", [{"duration": 0}, {"duration": 10_000}, {"rate": 10**6}, {"sources": 10**6},

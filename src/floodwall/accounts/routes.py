@@ -4,6 +4,7 @@ a form gets its page back with the error, JSON gets OpenAI-shaped errors.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -22,8 +23,10 @@ from floodwall.accounts.auth import (
 )
 from floodwall.accounts.guard import DEVICE_COOKIE
 from floodwall.accounts.models import ApiKey
+from floodwall.accounts.service import Client
+from floodwall.accounts.waiting_room import TICKET_COOKIE, Place
 from floodwall.bodies import check_json_content_type, parse_json_object, read_body
-from floodwall.errors import REASON_HEADER, ApiError, log_refusal
+from floodwall.errors import REASON_HEADER, ApiError, log_refusal, wants_html
 from floodwall.services import services
 from floodwall.web.pages import render
 
@@ -92,19 +95,104 @@ def _user_json(user_id: int, email: str) -> dict[str, Any]:
     return {"id": user_id, "email": email}
 
 
-async def _credentials(request: Request) -> tuple[str, str]:
-    fields = await _fields(request)
+async def _credentials(request: Request, fields: dict[str, Any] | None = None) -> tuple[str, str]:
+    fields = fields if fields is not None else await _fields(request)
     email = _text(fields, "email")
     request.state.email = email  # a refused form comes back with the address filled in
     return email, _text(fields, "password")
 
 
-@_form_page("register.html")
+def _queued(request: Request) -> bool:
+    config = services(request)
+    return config.policy.registration_mode(config.control.level, config.control.registration) == "queued"
+
+
+def _ticket(request: Request, fields: dict[str, Any]) -> str | None:
+    ticket = fields.get("ticket")
+    return ticket if isinstance(ticket, str) and ticket else request.cookies.get(TICKET_COOKIE)
+
+
+async def _admitted(request: Request, fields: dict[str, Any], client: Client) -> Place | None:
+    """In the `queued` mode, the admitted place this sign-up spends; otherwise the refusal saying where it
+    stands in the queue (a first sign-up takes a number)."""
+    if not _queued(request):
+        return None
+    room = services(request).waiting_room
+    place = await room.place(_ticket(request, fields), client, join=True)
+    assert place is not None  # joining always gives a place
+    if place.admitted:
+        if await room.use(place):
+            return place
+        place = await room.place(None, client, join=True)  # that ticket made an account already: a new number
+        assert place is not None
+    raise _queued_refusal(request, place)
+
+
+def _queued_refusal(request: Request, place: Place) -> ApiError:
+    minutes = "less than a minute" if place.eta_seconds < 60 else f"about {math.ceil(place.eta_seconds / 60)} minutes"
+    return ApiError(
+        429, f"Registration is busy because of high demand. You are in the queue: {place.position} ahead of you, "
+        f"{minutes}. Send the ticket with your sign-up when your turn comes. Registered users can log in normally.",
+        "registration_busy", retry_after=max(1, min(place.eta_seconds, 30)), reason="registration/queued",
+        extra={"queue": place.json()}, headers={"set-cookie": _ticket_cookie(request, place)})
+
+
+def _ticket_cookie(request: Request, place: Place) -> str:
+    probe = Response()
+    probe.set_cookie(TICKET_COOKIE, place.ticket, max_age=int(services(request).waiting_room.lifetime),
+                     httponly=True, samesite="lax", secure=services(request).is_https(request), path="/")
+    return probe.headers["set-cookie"]
+
+
 async def register(request: Request) -> Response:
-    email, password = await _credentials(request)
+    try:
+        return await _register(request)
+    except ApiError as error:
+        if error.reason != "registration/queued" or not _is_form(request):
+            raise
+        # a browser waits in the waiting room, which refreshes itself until its turn
+        response = RedirectResponse("/auth/queue", status_code=303)
+        response.headers.append("set-cookie", error.headers["set-cookie"])
+        return response
+
+
+async def queue(request: Request) -> Response:
+    """The waiting room: GET says where a ticket stands (JSON, or a page that refreshes itself), POST takes a
+    number (or says where the ticket held stands)."""
     config = services(request)
     client = config.client(request)
-    user = await config.accounts.register(email, password, client)
+    fields = await _fields(request, allow_empty=True) if request.method == "POST" else dict(request.query_params)
+    queued = _queued(request)
+    place = await config.waiting_room.place(_ticket(request, fields), client, join=queued and request.method == "POST")
+    mode = config.policy.registration_mode(config.control.level, config.control.registration)
+    response: Response
+    if request.method == "GET" and wants_html(request.scope):
+        refresh = None if place is None or place.admitted else max(3, min(30, place.eta_seconds // 4))
+        response = await render(request, "waiting.html", {
+            "place": place, "queued": queued, "refresh": refresh,
+            "use_within_minutes": round(config.waiting_room.use_within / 60)})
+    elif _is_form(request):
+        response = RedirectResponse("/auth/queue", status_code=303)
+    else:
+        response = JSONResponse({"registration": mode, "queue": place.json() if place else None})
+    if place is not None:
+        response.headers.append("set-cookie", _ticket_cookie(request, place))
+    return response
+
+
+@_form_page("register.html")
+async def _register(request: Request) -> Response:
+    fields = await _fields(request)
+    email, password = await _credentials(request, fields)
+    config = services(request)
+    client = config.client(request)
+    place = await _admitted(request, fields, client)
+    try:
+        user = await config.accounts.register(email, password, client)
+    except ApiError:
+        if place is not None:
+            await config.waiting_room.give_back(place)
+        raise
     response: Response
     if _is_form(request):
         # the web app signs the new user straight in, like most services do
@@ -230,6 +318,7 @@ routes = [
     Route("/auth/register", register, methods=["POST"]),
     Route("/auth/login", login, methods=["POST"]),
     Route("/auth/logout", logout, methods=["POST"]),
+    Route("/auth/queue", queue, methods=["GET", "POST"]),
     Route("/account/keys", create_key, methods=["POST"]),
     Route("/account/keys", list_keys, methods=["GET"]),
     Route("/account/keys/{key_id}", revoke_key, methods=["DELETE"]),

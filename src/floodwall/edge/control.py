@@ -127,7 +127,7 @@ class Control:
             await self.refresh()
 
     async def set_registration(self, mode: str, reason: str, by: str) -> dict[str, object]:
-        """Pin the sign-up mode (open, limited, closed), or hand it back to the policy with "auto"."""
+        """Pin the sign-up mode (open, queued, limited, closed), or hand it back to the policy with "auto"."""
         if mode not in (*REGISTRATION_MODES, "auto"):
             raise ValueError(f"registration must be one of {', '.join((*REGISTRATION_MODES, 'auto'))}")
         record: dict[str, object] = {**self.record, "registration": mode, "reason": reason, "at": time.time(),

@@ -43,8 +43,8 @@ def classify(method: str, path: str) -> str:
         return "static"
     if path in INFERENCE_PATHS and method == "POST":
         return "api-inference"
-    if path == "/auth/register" and method == "POST":
-        return "auth-register"
+    if path in ("/auth/register", "/auth/queue") and method == "POST":
+        return "auth-register"  # taking a number in the waiting room counts as a sign-up attempt
     if path == "/auth/login" and method == "POST":
         return "auth-login"
     if path.startswith("/admin"):
@@ -109,19 +109,23 @@ class Caller(NamedTuple):
     device: str | None = None
 
 
-# sign-up modes: open (the register/* rules), limited (those and one trickle shared by everyone), closed
-REGISTRATION_MODES = ("open", "limited", "closed")
+# sign-up modes: open (the register/* rules), queued (those, behind the waiting room), limited (those and
+# one trickle shared by everyone), closed
+REGISTRATION_MODES = ("open", "queued", "limited", "closed")
 
 
 class Policy:
     def __init__(self, rules: Iterable[Rule], admission: AdmissionPolicy | None = None,
-                 registration: Mapping[str, str] | None = None, trickle: Limit | None = None) -> None:
+                 registration: Mapping[str, str] | None = None, trickle: Limit | None = None,
+                 queue: Limit | None = None) -> None:
         self.rules = tuple(rules)
         self.admission = admission or AdmissionPolicy()
         self.registration = {level: (registration or {}).get(level, "open") for level in LEVELS}
         pace = trickle or Limit(60, 60.0, 10)
         # one global bucket: while sign-ups are limited, this many a period get through, from anyone
         self.trickle = Bucket("registration/limited", 0, pace.interval, pace.tolerance)
+        # the waiting room's pace: admissions a period, and how many an idle queue lets straight through
+        self.queue = queue or Limit(30, 60.0, 10)
         # precomputed: for each (class, level, tier), the rules that apply, so a request is a dict lookup
         self._index: dict[tuple[str, str, str], tuple[tuple[Rule, Limit], ...]] = {}
         for klass in CLASSES:
@@ -146,9 +150,9 @@ class Policy:
         if unknown:
             raise ConfigError(f"{source}: unknown tables {', '.join(sorted(unknown))}")
         rules = [_rule(entry, f"{source} rule {i + 1}") for i, entry in enumerate(data.get("rule", []))]
-        modes, trickle = _registration(data.get("registration", {}), f"{source} [registration]")
+        modes, trickle, queue = _registration(data.get("registration", {}), f"{source} [registration]")
         return cls(rules, AdmissionPolicy.from_data(data.get("admission", {}), f"{source} [admission]"), modes,
-                   trickle)
+                   trickle, queue)
 
     def registration_mode(self, level: str, pinned: str = "auto") -> str:
         """The sign-up mode in force: the operator's pin, else the level's column."""
@@ -185,10 +189,10 @@ def _ident(key: str, caller: Caller) -> int | str | None:
     return 0  # global
 
 
-def _registration(data: Any, where: str) -> tuple[dict[str, str], Limit | None]:
+def _registration(data: Any, where: str) -> tuple[dict[str, str], Limit | None, Limit | None]:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: must be a table")
-    unknown = set(data) - {*LEVELS, "trickle"}
+    unknown = set(data) - {*LEVELS, "trickle", "queue"}
     if unknown:
         raise ConfigError(f"{where}: unknown fields {', '.join(sorted(unknown))}")
     modes = {level: data[level] for level in LEVELS if level in data}
@@ -196,7 +200,8 @@ def _registration(data: Any, where: str) -> tuple[dict[str, str], Limit | None]:
         if mode not in REGISTRATION_MODES:
             raise ConfigError(f"{where} {level}: must be one of {', '.join(REGISTRATION_MODES)}, not {mode!r}")
     trickle = parse_limit(data["trickle"], f"{where} trickle") if "trickle" in data else None
-    return modes, trickle
+    queue = parse_limit(data["queue"], f"{where} queue") if "queue" in data else None
+    return modes, trickle, queue
 
 
 def _rule(entry: Any, where: str) -> Rule:

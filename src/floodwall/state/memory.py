@@ -6,7 +6,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 
-from floodwall.state.store import Ban, Bucket, Verdict, charged, gcra
+from floodwall.state.store import Ban, Bucket, Verdict, advance, charged, gcra
 
 STRIKE_MEMORY = 86400.0
 
@@ -23,6 +23,7 @@ class MemoryStore:
         self._strikes: dict[str, tuple[int, float]] = {}
         self._lists: dict[tuple[str, str], dict[str, str]] = {}
         self._level: dict[str, object] | None = None
+        self._queues: dict[str, tuple[int, float, float]] = {}
         self._history: list[dict[str, object]] = []
 
     def decide(self, buckets: Sequence[Bucket], spend: bool = True) -> list[Verdict]:
@@ -100,6 +101,16 @@ class MemoryStore:
             if bucket.ident not in table:
                 self._size += 1
             table[bucket.ident] = charged(table.get(bucket.ident, 0.0), now, bucket)
+
+    async def queue(self, name: str, rate: float, burst: float, join: bool) -> tuple[int, float]:
+        return self.queue_now(name, rate, burst, join)
+
+    def queue_now(self, name: str, rate: float, burst: float, join: bool) -> tuple[int, float]:
+        now = self.clock()
+        issued, frontier, last = self._queues.get(name, (0, burst, now))
+        issued, frontier = advance(issued, frontier, last, now, rate, burst, join)
+        self._queues[name] = (issued, frontier, now)
+        return issued, frontier
 
     async def ban(self, target: str, reason: str, duration: float, escalate: bool = True) -> Ban:
         now = self.clock()

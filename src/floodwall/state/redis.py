@@ -84,6 +84,22 @@ redis.call('HSET', KEYS[1], ARGV[2], cjson.encode({reason = ARGV[5], ['until'] =
 return {tostring(until_), strikes}
 """
 
+# KEYS: the queue's hash. ARGV: rate, burst, join (0/1). The same formula as store.advance.
+QUEUE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'issued', 'frontier', 'last')
+local issued = tonumber(state[1] or '0')
+local frontier = tonumber(state[2] or tostring(burst))
+local last = tonumber(state[3] or tostring(now))
+frontier = math.min(issued + burst, frontier + rate * math.max(0, now - last))
+if ARGV[3] == '1' then issued = issued + 1 end
+redis.call('HSET', KEYS[1], 'issued', issued, 'frontier', tostring(frontier), 'last', tostring(now))
+redis.call('EXPIRE', KEYS[1], 604800)
+return {issued, tostring(frontier)}
+"""
+
 
 class RedisStore:
     def __init__(self, url: str, timeout: float = 0.25, max_connections: int = 64) -> None:
@@ -102,6 +118,7 @@ class RedisStore:
         self.client = aioredis.Redis(connection_pool=pool)
         self._gcra = self.client.register_script(GCRA)
         self._ban = self.client.register_script(BAN)
+        self._queue = self.client.register_script(QUEUE)
         self.local = MemoryStore()
         self.fallbacks = 0
         self.round_trips = 0
@@ -150,6 +167,16 @@ class RedisStore:
 
     async def charge(self, buckets: Sequence[Bucket]) -> None:
         await self._decide(buckets, True, force=True)
+
+    async def queue(self, name: str, rate: float, burst: float, join: bool) -> tuple[int, float]:
+        try:
+            issued, frontier = await self._queue(keys=[f"{self.prefix}queue:{name}"],
+                                                 args=[repr(rate), repr(burst), "1" if join else "0"])
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return self.local.queue_now(name, rate, burst, join)
+        self._recovered()
+        return int(issued), float(frontier)
 
     async def ban(self, target: str, reason: str, duration: float, escalate: bool = True) -> Ban:
         until, strikes = await self._ban(

@@ -57,6 +57,12 @@ class Store(Protocol):
         """Spend (or, with a negative cost, give back) without asking: reconciling an estimate with the truth."""
         ...
 
+    async def queue(self, name: str, rate: float, burst: float, join: bool) -> tuple[int, float]:
+        """A waiting room's two counters, moved together: the numbers issued so far (`join` issues one more,
+        the caller's) and the frontier, which advances `rate` a second and runs at most `burst` ahead of the
+        numbers issued. Every number at or below the frontier has had its turn."""
+        ...
+
     async def ban(self, target: str, reason: str, duration: float, escalate: bool = True) -> Ban:
         """Ban for `duration`, times 2**strikes for a repeat offender when escalating; strikes last a day."""
         ...
@@ -87,6 +93,13 @@ class Store(Protocol):
 def charged(tat: float, now: float, bucket: Bucket) -> float:
     """The arrival time after a forced charge; a refund never moves it before now (a full bucket)."""
     return max((tat if tat > now else now) + bucket.interval * bucket.cost, now)
+
+
+def advance(issued: int, frontier: float, last: float, now: float, rate: float, burst: float,
+            join: bool) -> tuple[int, float]:
+    """The waiting room's counters at `now` (the one formula both stores apply)."""
+    frontier = min(issued + burst, frontier + rate * max(0.0, now - last))
+    return issued + (1 if join else 0), frontier
 
 
 def gcra(tat: float, now: float, bucket: Bucket) -> tuple[Verdict, float]:

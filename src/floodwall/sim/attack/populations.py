@@ -184,7 +184,7 @@ class Established(Population):
         self.keys = list(keys)
         self.users = len(self.keys) or users
         self.think = think
-        self.addresses = ctx.sources.take(self.users)
+        self.addresses = ctx.sources.take(self.users, own_networks=True)
 
     async def setup(self) -> None:
         if self.keys:
@@ -318,7 +318,7 @@ class FlashCrowd(Population):
         super().__init__(ctx)
         self.people = people
         self.patience = patience
-        self.addresses = ctx.sources.take(people)
+        self.addresses = ctx.sources.take(people, own_networks=True)
         self.registered = 0
         self.waits: list[float] = []
 
@@ -343,8 +343,10 @@ class FlashCrowd(Population):
         first_try = recorder.now()
         email = f"{corpus.person_name(index)}@example.org"
         password = secrets.token_urlsafe(12)
+        ticket: str | None = None
         while recorder.now() - first_try < self.patience and recorder.now() < until:
-            reply = await client.call("POST", "/auth/register", {"email": email, "password": password})
+            body = {"email": email, "password": password, **({"ticket": ticket} if ticket else {})}
+            reply = await client.call("POST", "/auth/register", body)
             self.ctx.note_registration(reply)
             self.record(reply)
             if 200 <= reply.status < 300 or reply.code == "email_taken":
@@ -354,8 +356,24 @@ class FlashCrowd(Population):
             if reply.status not in (0, 429, 503):
                 break  # refused for good (a 4xx about the request): a person gives up
             wait = float(reply.headers.get("retry-after") or 5)
+            ticket = reply.queue.get("ticket") or ticket
+            if ticket:  # in the waiting room: watch the queue (as its page does) until the turn comes
+                wait = await self._wait_in_queue(client, ticket, first_try, until)
             await asyncio.sleep(min(30.0, wait) * self.ctx.rng.uniform(1.0, 1.5))
         await client.close()
+
+    async def _wait_in_queue(self, client: Client, ticket: str, first_try: float, until: float) -> float:
+        """Poll the waiting room until this ticket's turn; the pause before signing up (none when it came)."""
+        recorder = self.ctx.recorder
+        while recorder.now() - first_try < self.patience and recorder.now() < until:
+            reply = await client.call("GET", f"/auth/queue?ticket={ticket}")
+            place = reply.queue
+            if not place:
+                return float(reply.headers.get("retry-after") or 5)
+            if place.get("position") == 0:
+                return 0.0
+            await asyncio.sleep(max(2.0, min(30.0, float(place.get("eta_seconds") or 5) / 4)))
+        return 0.0
 
 
 class Stuffing(Attacker):
@@ -368,7 +386,7 @@ class Stuffing(Attacker):
         super().__init__(ctx, rate, sources)
         self.victims = victims
         self.leaked = leaked
-        self.owner_sources = ctx.sources.take(victims)
+        self.owner_sources = ctx.sources.take(victims, own_networks=True)
         self.pairs: Iterator[tuple[str, str, bool]] = iter(())  # email, password, right
         self.attempts = 0
         self.takeovers = 0

@@ -8,6 +8,7 @@ import ipaddress
 import resource
 import socket
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -50,13 +51,16 @@ class Sources:
     def __init__(self) -> None:
         self._next = 1
 
-    def take(self, count: int) -> list[str]:
-        first = self._next
-        self._next += count
-        if self._next >= 2**23:
+    def take(self, count: int, own_networks: bool = False) -> list[str]:
+        """`count` new addresses; with `own_networks`, each in a /24 of its own: people at home, where a bot
+        farm's sources crowd a few hosting networks (and so meet the per-network limits)."""
+        step = 256 if own_networks else 1
+        first = -(-self._next // step) * step + (1 if own_networks else 0)
+        self._next = first + count * step  # after a person, the next /24 starts fresh
+        if self._next >= 2**22:
             raise ValueError("out of loopback source addresses")
-        # 127.64.0.0/10 and up: clear of 127.0.0.1, which the operator's own tools use
-        return [str(ipaddress.IPv4Address((127 << 24) | (64 << 16) | n)) for n in range(first, first + count)]
+        # 127.64.0.0/10: clear of 127.0.0.1, which the operator's own tools use
+        return [str(ipaddress.IPv4Address((127 << 24) | (64 << 16) | n)) for n in range(first, self._next, step)]
 
 
 def raise_open_files_limit(wanted: int) -> int:
@@ -86,10 +90,19 @@ class Reply:
     @property
     def code(self) -> str:
         """The error code of an OpenAI-shaped refusal, or ""."""
+        return str(self._error().get("code") or "")
+
+    @property
+    def queue(self) -> dict[str, Any]:
+        """The waiting room's answer (ticket, position, eta_seconds) in a queued refusal or from /auth/queue."""
         value = self.json()
-        if isinstance(value, dict) and isinstance(value.get("error"), dict):
-            return str(value["error"].get("code") or "")
-        return ""
+        found = self._error().get("queue") or (value.get("queue") if isinstance(value, dict) else None)
+        return found if isinstance(found, dict) else {}
+
+    def _error(self) -> dict[str, Any]:
+        value = self.json()
+        error = value.get("error") if isinstance(value, dict) else None
+        return error if isinstance(error, dict) else {}
 
 
 class Client:
