@@ -1,0 +1,87 @@
+"""Reading what the web app's forms and API clients send to the account routes: a form post or JSON, the
+same fields either way; a form that is refused gets its page back with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from floodwall.bodies import check_json_content_type, parse_json_object, read_body
+from floodwall.errors import REASON_HEADER, ApiError, log_refusal
+from floodwall.web.pages import render
+
+FORM = "application/x-www-form-urlencoded"
+MAX_FORM_BODY = 64 * 1024
+
+
+def is_form(request: Request) -> bool:
+    """A web form post. curl -d sends JSON labelled as a form: the body decides, once read."""
+    decided: bool | None = getattr(request.state, "form", None)
+    if decided is not None:
+        return decided
+    return request.headers.get("content-type", "").split(";")[0].strip().lower() == FORM
+
+
+async def read_fields(request: Request, allow_empty: bool = False) -> dict[str, Any]:
+    raw = await read_body(request, MAX_FORM_BODY)
+    request.state.form = is_form(request) and not raw.lstrip().startswith(b"{")
+    if allow_empty and not raw.strip():
+        return {}
+    if request.state.form:
+        try:
+            return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=50))
+        except (UnicodeDecodeError, ValueError):
+            raise ApiError(400, "The form could not be read.", "invalid_form") from None
+    check_json_content_type(request.scope)
+    return parse_json_object(raw)
+
+
+def text_field(fields: dict[str, Any], name: str, *, required: bool = True, default: str = "") -> str:
+    value = fields.get(name)
+    if value is None or (value == "" and required):
+        if required:
+            raise ApiError(400, f"Missing required parameter: '{name}'.", "missing_parameter", param=name)
+        return default
+    if not isinstance(value, str):
+        raise ApiError(400, f"Invalid type for '{name}': expected a string.", "invalid_parameter", param=name)
+    return value
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def form_page(template: str) -> Callable[[Handler], Handler]:
+    """Run a handler; when a web form posted and it refused, show the form again with the reason."""
+
+    def wrap(handler: Handler) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ApiError as error:
+                if not is_form(request) or error.status in (413, 429, 503):
+                    raise
+                log_refusal(request, error)
+                context = {"error": error.message, "email": getattr(request.state, "email", "")}
+                response = await render(request, template, context, status=error.status)
+                response.headers[REASON_HEADER] = error.reason
+                return response
+
+        return endpoint
+
+    return wrap
+
+
+def user_json(user_id: int, email: str) -> dict[str, Any]:
+    return {"id": user_id, "email": email}
+
+
+async def credentials(request: Request, fields: dict[str, Any] | None = None) -> tuple[str, str]:
+    fields = fields if fields is not None else await read_fields(request)
+    email = text_field(fields, "email")
+    request.state.email = email  # a refused form comes back with the address filled in
+    return email, text_field(fields, "password")

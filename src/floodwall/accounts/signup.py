@@ -1,0 +1,125 @@
+"""Sign-up: POST /auth/register, and what stands before it when the level asks: the waiting room
+(/auth/queue) and the proof-of-work challenge (/auth/challenge).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from floodwall.accounts.auth import set_device_cookie, set_session_cookie
+from floodwall.accounts.forms import credentials, form_page, is_form, read_fields, user_json
+from floodwall.accounts.guard import DEVICE_COOKIE
+from floodwall.accounts.service import Client
+from floodwall.accounts.waiting_room import TICKET_COOKIE, Place
+from floodwall.errors import ApiError, wants_html
+from floodwall.services import services
+from floodwall.web.pages import render
+
+
+def _queued(request: Request) -> bool:
+    config = services(request)
+    return config.policy.registration_mode(config.control.level, config.control.registration) == "queued"
+
+
+def _ticket(request: Request, fields: dict[str, Any]) -> str | None:
+    ticket = fields.get("ticket")
+    return ticket if isinstance(ticket, str) and ticket else request.cookies.get(TICKET_COOKIE)
+
+
+async def _admitted(request: Request, fields: dict[str, Any], client: Client) -> Place | None:
+    """In the `queued` mode, the admitted place this sign-up spends; otherwise the refusal saying where it
+    stands in the queue (a first sign-up takes a number)."""
+    if not _queued(request):
+        return None
+    room = services(request).waiting_room
+    place = await room.place(_ticket(request, fields), client, join=True)
+    assert place is not None  # joining always gives a place
+    if place.admitted:
+        if await room.use(place):
+            return place
+        place = await room.place(None, client, join=True)  # that ticket made an account already: a new number
+        assert place is not None
+    raise _queued_refusal(request, place)
+
+
+def _queued_refusal(request: Request, place: Place) -> ApiError:
+    minutes = "less than a minute" if place.eta_seconds < 60 else f"about {math.ceil(place.eta_seconds / 60)} minutes"
+    return ApiError(
+        429, f"Registration is busy because of high demand. You are in the queue: {place.position} ahead of you, "
+        f"{minutes}. Send the ticket with your sign-up when your turn comes. Registered users can log in normally.",
+        "registration_busy", retry_after=max(1, min(place.eta_seconds, 30)), reason="registration/queued",
+        extra={"queue": place.json()}, headers={"set-cookie": _ticket_cookie(request, place)})
+
+
+def _ticket_cookie(request: Request, place: Place) -> str:
+    probe = Response()
+    probe.set_cookie(TICKET_COOKIE, place.ticket, max_age=int(services(request).waiting_room.lifetime),
+                     httponly=True, samesite="lax", secure=services(request).is_https(request), path="/")
+    return probe.headers["set-cookie"]
+
+
+async def register(request: Request) -> Response:
+    try:
+        return await _register(request)
+    except ApiError as error:
+        if error.reason != "registration/queued" or not is_form(request):
+            raise
+        # a browser waits in the waiting room, which refreshes itself until its turn
+        response = RedirectResponse("/auth/queue", status_code=303)
+        response.headers.append("set-cookie", error.headers["set-cookie"])
+        return response
+
+
+async def queue(request: Request) -> Response:
+    """The waiting room: GET says where a ticket stands (JSON, or a page that refreshes itself), POST takes a
+    number (or says where the ticket held stands)."""
+    config = services(request)
+    client = config.client(request)
+    fields = await read_fields(request, allow_empty=True) if request.method == "POST" else dict(request.query_params)
+    queued = _queued(request)
+    place = await config.waiting_room.place(_ticket(request, fields), client, join=queued and request.method == "POST")
+    mode = config.policy.registration_mode(config.control.level, config.control.registration)
+    response: Response
+    if request.method == "GET" and wants_html(request.scope):
+        refresh = None if place is None or place.admitted else max(3, min(30, place.eta_seconds // 4))
+        response = await render(request, "waiting.html", {
+            "place": place, "queued": queued, "refresh": refresh,
+            "use_within_minutes": round(config.waiting_room.use_within / 60)})
+    elif is_form(request):
+        response = RedirectResponse("/auth/queue", status_code=303)
+    else:
+        response = JSONResponse({"registration": mode, "queue": place.json() if place else None})
+    if place is not None:
+        response.headers.append("set-cookie", _ticket_cookie(request, place))
+    return response
+
+
+@form_page("register.html")
+async def _register(request: Request) -> Response:
+    fields = await read_fields(request)
+    email, password = await credentials(request, fields)
+    config = services(request)
+    client = config.client(request)
+    place = await _admitted(request, fields, client)
+    try:
+        user = await config.accounts.register(email, password, client)
+    except ApiError:
+        if place is not None:
+            await config.waiting_room.give_back(place)
+        raise
+    response: Response
+    if is_form(request):
+        # the web app signs the new user straight in, like most services do
+        response = RedirectResponse("/chat", status_code=303)
+        set_session_cookie(request, response, await config.accounts.create_session(user, client))
+    else:
+        response = JSONResponse({"user": user_json(user.id, user.email), "verification_required": False}, 201)
+    # the device that made the account is one its owner uses
+    guard = config.guard
+    set_device_cookie(request, response, guard.remember(guard.device(request.cookies.get(DEVICE_COOKIE)),
+                                                        guard.login_ident(user.email)))
+    return response
