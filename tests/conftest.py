@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -176,3 +177,18 @@ def account(base_url: str) -> Iterator[Account]:
 @pytest.fixture
 def api_key(account: Account) -> str:
     return account.new_key()
+
+
+def solve(challenge: dict[str, Any]) -> str:
+    """What ALTCHA's widget puts in a sign-up form's `altcha` field for this challenge."""
+    import altcha
+
+    parsed = altcha.Challenge.from_dict(challenge)
+    solution = altcha.solve_challenge(parsed, timeout=60)
+    assert solution is not None
+    return altcha.Payload(parsed, solution).to_base64()
+
+
+def solved_challenge(web: httpx.Client) -> str:
+    """A sign-up's `altcha` field: a challenge fetched by this client, solved."""
+    return solve(web.get("/auth/challenge").json())

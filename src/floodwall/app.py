@@ -19,6 +19,7 @@ from floodwall import config as config_module
 from floodwall import errors, logs
 from floodwall.accounts import routes as account_routes
 from floodwall.accounts.blocklists import Blocklists
+from floodwall.accounts.challenges import Challenges
 from floodwall.accounts.database import create_engine, sessionmaker
 from floodwall.accounts.guard import LoginGuard
 from floodwall.accounts.passwords import Passwords
@@ -78,6 +79,7 @@ def build_app(settings: Settings) -> Gate:
         guard=LoginGuard(policy, store, lambda: control.level, signer, settings.edge.ipv4_prefix,
                          settings.edge.ipv6_prefix),
         waiting_room=WaitingRoom(store, signer, policy.queue),
+        challenges=Challenges(store, signer),
     )
 
     @contextlib.asynccontextmanager

@@ -7,6 +7,7 @@ import dataclasses
 from starlette.requests import Request
 from starlette.templating import Jinja2Templates
 
+from floodwall.accounts.challenges import Challenges
 from floodwall.accounts.guard import LoginGuard
 from floodwall.accounts.service import AccountService, Client
 from floodwall.accounts.waiting_room import WaitingRoom
@@ -36,9 +37,18 @@ class Services:
     signer: Signer
     guard: LoginGuard
     waiting_room: WaitingRoom
+    challenges: Challenges
 
     def client(self, request: Request) -> Client:
         return Client(client_address(request.scope, self.trusted_proxies), request.headers.get("user-agent", ""))
+
+    def registration_mode(self) -> str:
+        """The sign-up mode in force: the operator's pin, else the level's."""
+        return self.policy.registration_mode(self.control.level, self.control.registration)
+
+    def challenge_difficulty(self) -> int:
+        """How hard the proof-of-work on sign-up is at the current level (0: none asked)."""
+        return self.policy.challenge[self.control.level]
 
     def is_https(self, request: Request) -> bool:
         return is_https(request.scope, self.trusted_proxies)

@@ -21,7 +21,7 @@ from floodwall.accounts.auth import (
 from floodwall.accounts.forms import credentials, form_page, is_form, read_fields, text_field, user_json
 from floodwall.accounts.guard import DEVICE_COOKIE
 from floodwall.accounts.models import ApiKey
-from floodwall.accounts.signup import queue, register
+from floodwall.accounts.signup import challenge, queue, register
 from floodwall.errors import ApiError
 from floodwall.services import services
 from floodwall.web.pages import render
@@ -139,6 +139,7 @@ routes = [
     Route("/auth/login", login, methods=["POST"]),
     Route("/auth/logout", logout, methods=["POST"]),
     Route("/auth/queue", queue, methods=["GET", "POST"]),
+    Route("/auth/challenge", challenge, methods=["GET"]),
     Route("/account/keys", create_key, methods=["POST"]),
     Route("/account/keys", list_keys, methods=["GET"]),
     Route("/account/keys/{key_id}", revoke_key, methods=["DELETE"]),

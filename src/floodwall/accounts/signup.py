@@ -1,5 +1,6 @@
 """Sign-up: POST /auth/register, and what stands before it when the level asks: the waiting room
-(/auth/queue) and the proof-of-work challenge (/auth/challenge).
+(/auth/queue) and the proof-of-work challenge (/auth/challenge), checked before the queue and spent as
+the account is made.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from floodwall.accounts.auth import set_device_cookie, set_session_cookie
+from floodwall.accounts.challenges import FIELD
 from floodwall.accounts.forms import credentials, form_page, is_form, read_fields, user_json
 from floodwall.accounts.guard import DEVICE_COOKIE
 from floodwall.accounts.service import Client
@@ -21,8 +23,7 @@ from floodwall.web.pages import render
 
 
 def _queued(request: Request) -> bool:
-    config = services(request)
-    return config.policy.registration_mode(config.control.level, config.control.registration) == "queued"
+    return services(request).registration_mode() == "queued"
 
 
 def _ticket(request: Request, fields: dict[str, Any]) -> str | None:
@@ -82,7 +83,7 @@ async def queue(request: Request) -> Response:
     fields = await read_fields(request, allow_empty=True) if request.method == "POST" else dict(request.query_params)
     queued = _queued(request)
     place = await config.waiting_room.place(_ticket(request, fields), client, join=queued and request.method == "POST")
-    mode = config.policy.registration_mode(config.control.level, config.control.registration)
+    mode = config.registration_mode()
     response: Response
     if request.method == "GET" and wants_html(request.scope):
         refresh = None if place is None or place.admitted else max(3, min(30, place.eta_seconds // 4))
@@ -98,14 +99,47 @@ async def queue(request: Request) -> Response:
     return response
 
 
+def _challenged(request: Request, fields: dict[str, Any], client: Client) -> str:
+    """When the level asks for proof of work, the sign-up must carry a solution to a challenge this client
+    was given: its nonce ("" when none is asked); without one the refusal carries a new challenge."""
+    config = services(request)
+    difficulty = config.challenge_difficulty()
+    if not difficulty:
+        return ""
+    why, nonce = config.challenges.check(fields.get(FIELD), client)
+    if why:
+        raise _challenge_refusal(request, client, why)
+    return nonce
+
+
+def _challenge_refusal(request: Request, client: Client, why: str) -> ApiError:
+    config = services(request)
+    message = ("Sign-ups need a small proof of work right now, because of high demand or an ongoing attack: "
+               f"solve the challenge and send the solution as '{FIELD}'." if why == "missing" else
+               f"The proof of work was not accepted ({why.replace('-', ' ')}): solve the new challenge.")
+    return ApiError(403, message, "challenge_required", param=FIELD, reason=f"registration/challenge-{why}",
+                    extra={"challenge": config.challenges.issue(client, max(1, config.challenge_difficulty()))})
+
+
+async def challenge(request: Request) -> Response:
+    """A new proof-of-work challenge at the level's difficulty (the widget fetches it as the form loads)."""
+    config = services(request)
+    response = JSONResponse(config.challenges.issue(config.client(request), max(1, config.challenge_difficulty())))
+    response.headers["cache-control"] = "no-store"
+    return response
+
+
 @form_page("register.html")
 async def _register(request: Request) -> Response:
     fields = await read_fields(request)
     email, password = await credentials(request, fields)
     config = services(request)
     client = config.client(request)
+    nonce = _challenged(request, fields, client)  # checked first, spent last: it keeps while its owner waits
     place = await _admitted(request, fields, client)
     try:
+        if nonce and not await config.challenges.spend(nonce):
+            raise _challenge_refusal(request, client, "used")
         user = await config.accounts.register(email, password, client)
     except ApiError:
         if place is not None:

@@ -16,10 +16,11 @@ from floodwall.accounts.service import Client
 from floodwall.edge.identity import address_keys
 from floodwall.edge.policy import Limit
 from floodwall.signing import Signer
-from floodwall.state.store import Bucket, Store
+from floodwall.state.store import Store, once, use_once
 
 TICKET_COOKIE = "fw_ticket"
 QUEUE = "registration"
+USED = "registration/ticket"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -37,6 +38,13 @@ class Place:
         return {"ticket": self.ticket, "position": self.position, "eta_seconds": self.eta_seconds}
 
 
+def client_binding(signer: Signer, client: Client) -> str:
+    """What ties a ticket or a challenge to the client it was given to: its network (a phone moving between
+    addresses of one carrier keeps it) and its browser."""
+    _, network = address_keys(client.ip)
+    return signer.mac("client-binding", f"{network}|{client.user_agent}")[:16]
+
+
 class WaitingRoom:
     def __init__(self, store: Store, signer: Signer, pace: Limit, use_within: float = 600.0,
                  lifetime: float = 6 * 3600.0) -> None:
@@ -47,15 +55,11 @@ class WaitingRoom:
         self.use_within = use_within
         self.lifetime = lifetime
 
-    def _binding(self, client: Client) -> str:
-        _, network = address_keys(client.ip)
-        return self.signer.mac("ticket-binding", f"{network}|{client.user_agent}")[:16]
-
     async def place(self, ticket: str | None, client: Client, join: bool) -> Place | None:
         """The client's place in the queue: its ticket's when the ticket is good, else (with `join`) a new number
         at the back."""
         payload = self.signer.loads("ticket", ticket or "", max_age=int(self.lifetime))
-        binding = self._binding(client)
+        binding = client_binding(self.signer, client)
         if isinstance(payload, dict) and payload.get("b") == binding and isinstance(payload.get("n"), int):
             number = payload["n"]
             _, frontier = await self.store.queue(QUEUE, self.rate, self.burst, join=False)
@@ -71,14 +75,10 @@ class WaitingRoom:
         ahead = max(0, math.ceil(number - frontier))
         return Place(ticket, number, ahead, math.ceil(ahead / self.rate) if ahead else 0)
 
-    def _used(self, place: Place, cost: float = 1.0) -> Bucket:
-        return Bucket("registration/ticket", place.number, self.lifetime, self.lifetime, cost)
-
     async def use(self, place: Place) -> bool:
         """Spend an admitted ticket; False when it was spent already."""
-        verdicts = await self.store.hit([self._used(place)])
-        return verdicts[0].allowed
+        return await use_once(self.store, USED, place.number, self.lifetime)
 
     async def give_back(self, place: Place) -> None:
         """The sign-up failed on its own terms (a taken e-mail, a weak password): the ticket stays good."""
-        await self.store.charge([self._used(place, -1.0)])
+        await self.store.charge([once(USED, place.number, self.lifetime, -1.0)])

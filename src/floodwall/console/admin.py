@@ -62,8 +62,9 @@ async def put_level(request: Request) -> Response:
 def _registration_state(request: Request) -> dict[str, Any]:
     config = services(request)
     control = config.control
-    return {"mode": config.policy.registration_mode(control.level, control.registration),
-            "pinned": control.registration, "level": control.level, "by_level": config.policy.registration,
+    return {"mode": config.registration_mode(), "pinned": control.registration, "level": control.level,
+            "by_level": config.policy.registration, "challenge": config.challenge_difficulty(),
+            "challenge_by_level": config.policy.challenge,
             "reason": control.record.get("reason"), "by": control.record.get("by")}
 
 

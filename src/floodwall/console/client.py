@@ -64,6 +64,8 @@ def registration(settings: Settings, args: argparse.Namespace) -> int:
     state = call(settings, args, "GET", "/admin/api/registration")
     print(f"registration: {state['mode']} (pinned: {state['pinned']}; level {state['level']}; by level: "
           + ", ".join(f"{level} {mode}" for level, mode in state["by_level"].items()) + ")")
+    print(f"proof of work on sign-up: {state['challenge'] or 'none'} (by level: "
+          + ", ".join(f"{level} {value or 'none'}" for level, value in state["challenge_by_level"].items()) + ")")
     return 0
 
 

@@ -117,7 +117,7 @@ REGISTRATION_MODES = ("open", "queued", "limited", "closed")
 class Policy:
     def __init__(self, rules: Iterable[Rule], admission: AdmissionPolicy | None = None,
                  registration: Mapping[str, str] | None = None, trickle: Limit | None = None,
-                 queue: Limit | None = None) -> None:
+                 queue: Limit | None = None, challenge: Mapping[str, int] | None = None) -> None:
         self.rules = tuple(rules)
         self.admission = admission or AdmissionPolicy()
         self.registration = {level: (registration or {}).get(level, "open") for level in LEVELS}
@@ -126,6 +126,8 @@ class Policy:
         self.trickle = Bucket("registration/limited", 0, pace.interval, pace.tolerance)
         # the waiting room's pace: admissions a period, and how many an idle queue lets straight through
         self.queue = queue or Limit(30, 60.0, 10)
+        # proof-of-work on sign-up per level: the counter's range (hashes to find it: half that on average)
+        self.challenge = {level: (challenge or {}).get(level, 0) for level in LEVELS}
         # precomputed: for each (class, level, tier), the rules that apply, so a request is a dict lookup
         self._index: dict[tuple[str, str, str], tuple[tuple[Rule, Limit], ...]] = {}
         for klass in CLASSES:
@@ -150,9 +152,9 @@ class Policy:
         if unknown:
             raise ConfigError(f"{source}: unknown tables {', '.join(sorted(unknown))}")
         rules = [_rule(entry, f"{source} rule {i + 1}") for i, entry in enumerate(data.get("rule", []))]
-        modes, trickle, queue = _registration(data.get("registration", {}), f"{source} [registration]")
+        modes, trickle, queue, challenge = _registration(data.get("registration", {}), f"{source} [registration]")
         return cls(rules, AdmissionPolicy.from_data(data.get("admission", {}), f"{source} [admission]"), modes,
-                   trickle, queue)
+                   trickle, queue, challenge)
 
     def registration_mode(self, level: str, pinned: str = "auto") -> str:
         """The sign-up mode in force: the operator's pin, else the level's column."""
@@ -189,10 +191,10 @@ def _ident(key: str, caller: Caller) -> int | str | None:
     return 0  # global
 
 
-def _registration(data: Any, where: str) -> tuple[dict[str, str], Limit | None, Limit | None]:
+def _registration(data: Any, where: str) -> tuple[dict[str, str], Limit | None, Limit | None, dict[str, int]]:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: must be a table")
-    unknown = set(data) - {*LEVELS, "trickle", "queue"}
+    unknown = set(data) - {*LEVELS, "trickle", "queue", "challenge"}
     if unknown:
         raise ConfigError(f"{where}: unknown fields {', '.join(sorted(unknown))}")
     modes = {level: data[level] for level in LEVELS if level in data}
@@ -201,7 +203,16 @@ def _registration(data: Any, where: str) -> tuple[dict[str, str], Limit | None, 
             raise ConfigError(f"{where} {level}: must be one of {', '.join(REGISTRATION_MODES)}, not {mode!r}")
     trickle = parse_limit(data["trickle"], f"{where} trickle") if "trickle" in data else None
     queue = parse_limit(data["queue"], f"{where} queue") if "queue" in data else None
-    return modes, trickle, queue
+    return modes, trickle, queue, _challenge(data.get("challenge", {}), f"{where} challenge")
+
+
+def _challenge(data: Any, where: str) -> dict[str, int]:
+    if not isinstance(data, dict) or set(data) - set(LEVELS):
+        raise ConfigError(f"{where}: must be a table of {', '.join(LEVELS)}")
+    for level, difficulty in data.items():
+        if not isinstance(difficulty, int) or isinstance(difficulty, bool) or not 0 <= difficulty <= 10**8:
+            raise ConfigError(f"{where} {level}: must be a whole number from 0 (no challenge) to 100000000")
+    return dict(data)
 
 
 def _rule(entry: Any, where: str) -> Rule:

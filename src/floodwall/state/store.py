@@ -102,6 +102,17 @@ def advance(issued: int, frontier: float, last: float, now: float, rate: float, 
     return issued + (1 if join else 0), frontier
 
 
+def once(rule: str, ident: int | str, ttl: float, cost: float = 1.0) -> Bucket:
+    """A bucket that allows one use in `ttl` seconds (a ticket, a challenge); a cost of -1 gives the use back."""
+    return Bucket(rule, ident, ttl, ttl, cost)
+
+
+async def use_once(store: Store, rule: str, ident: int | str, ttl: float) -> bool:
+    """Spend the one use of `ident` (False: it was spent within `ttl`)."""
+    verdicts = await store.hit([once(rule, ident, ttl)])
+    return verdicts[0].allowed
+
+
 def gcra(tat: float, now: float, bucket: Bucket) -> tuple[Verdict, float]:
     """One GCRA decision: the verdict and the bucket's new theoretical arrival time (unchanged if refused)."""
     start = tat if tat > now else now

@@ -24,7 +24,8 @@ async def render(request: Request, name: str, context: dict[str, Any] | None = N
 
     config = services(request)
     principal = context.get("principal") if context and "principal" in context else await session_principal(request)
-    values = {"principal": principal, "simulated": config.upstream.simulated, **(context or {})}
+    values = {"principal": principal, "simulated": config.upstream.simulated,
+              "sign_up_challenge": config.challenge_difficulty() > 0, **(context or {})}
     response = config.templates.TemplateResponse(request, name, values, status_code=status)
     response.headers["cache-control"] = "no-store"
     return response

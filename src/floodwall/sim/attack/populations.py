@@ -23,7 +23,7 @@ import httpx
 
 from floodwall.sim.attack import corpus
 from floodwall.sim.attack.recorder import Recorder, percentile
-from floodwall.sim.attack.traffic import Client, Reply, Sources, Target
+from floodwall.sim.attack.traffic import Client, Reply, Sources, Target, solve_challenge
 
 CHAT = "/v1/chat/completions"
 MODEL = "floodwall-simulated-chat"
@@ -74,11 +74,28 @@ class Context:
         return windows
 
 
+async def sign_up(web: httpx.AsyncClient, email: str, password: str, patience: float = 120.0) -> int:
+    """Register as a person would before the attack: solving the challenge and waiting in the queue when the
+    level asks for them. The final status."""
+    body: dict[str, Any] = {"email": email, "password": password}
+    deadline = time.monotonic() + patience
+    while True:
+        response = await web.post("/auth/register", json=body)
+        reply = Reply(response.status_code, response.content, dict(response.headers), 0.0)
+        if reply.code == "challenge_required" and time.monotonic() < deadline:
+            body["altcha"], _ = await solve_challenge(reply.challenge)
+        elif reply.queue and time.monotonic() < deadline:
+            body["ticket"] = reply.queue["ticket"]
+            await asyncio.sleep(min(5.0, max(0.5, float(reply.queue.get("eta_seconds") or 1))))
+        else:
+            return response.status_code
+
+
 async def make_account(ctx: Context, source: str, email: str, password: str) -> str | None:
     """Register, log in and create an API key; None when the target has no accounts (a bare model server)."""
     async with ctx.web(source) as web:
         try:
-            await web.post("/auth/register", json={"email": email, "password": password})
+            await sign_up(web, email, password)
             login = await web.post("/auth/login", json={"email": email, "password": password})
             if login.status_code != 200:
                 return None
@@ -282,6 +299,8 @@ class SignupBots(Attacker):
         super().__init__(ctx, rate, sources)
         self.attempts = 0
         self.created = 0
+        self.solved = 0
+        self.pow_cpu_s = 0.0
 
     async def one(self) -> None:
         client = self.ctx.client(next(self.turn))
@@ -295,7 +314,15 @@ class SignupBots(Attacker):
             email = f"{corpus.person_name(rng.randrange(10**6))}@mail{rng.randrange(100)}.example.com"
             password = secrets.token_urlsafe(12)
         self.attempts += 1
-        reply = await client.call("POST", "/auth/register", {"email": email, "password": password})
+        body: dict[str, Any] = {"email": email, "password": password}
+        reply = await client.call("POST", "/auth/register", body)
+        if reply.code == "challenge_required" and rng.random() < 0.5:
+            # the careful half pays the proof of work and tries again; the rest move on
+            body["altcha"], seconds = await solve_challenge(reply.challenge)
+            self.solved += 1
+            self.pow_cpu_s += seconds
+            self.record(reply)
+            reply = await client.call("POST", "/auth/register", body)
         await client.close()
         self.ctx.note_registration(reply)
         if 200 <= reply.status < 300:
@@ -305,7 +332,8 @@ class SignupBots(Attacker):
     def outcomes(self) -> dict[str, Any]:
         share = round(self.created / self.attempts, 5) if self.attempts else None
         return {"bot_signup_attempts": self.attempts, "bot_accounts_created": self.created,
-                "bot_accounts_created_share": share}
+                "bot_accounts_created_share": share, "bot_challenges_solved": self.solved,
+                "bot_pow_cpu_s": round(self.pow_cpu_s, 2)}
 
 
 class FlashCrowd(Population):
@@ -344,8 +372,10 @@ class FlashCrowd(Population):
         email = f"{corpus.person_name(index)}@example.org"
         password = secrets.token_urlsafe(12)
         ticket: str | None = None
+        body: dict[str, Any] = {"email": email, "password": password}
         while recorder.now() - first_try < self.patience and recorder.now() < until:
-            body = {"email": email, "password": password, **({"ticket": ticket} if ticket else {})}
+            if ticket:
+                body["ticket"] = ticket
             reply = await client.call("POST", "/auth/register", body)
             self.ctx.note_registration(reply)
             self.record(reply)
@@ -353,6 +383,9 @@ class FlashCrowd(Population):
                 self.registered += 1
                 self.waits.append(recorder.now() - first_try)
                 break
+            if reply.code == "challenge_required":  # the page's widget solves it, then the form goes again
+                body["altcha"], _ = await solve_challenge(reply.challenge)
+                continue
             if reply.status not in (0, 429, 503):
                 break  # refused for good (a 4xx about the request): a person gives up
             wait = float(reply.headers.get("retry-after") or 5)
@@ -403,8 +436,8 @@ class Stuffing(Attacker):
         for (email, password), source in zip(accounts, self.owner_sources, strict=True):
             # each owner keeps the browser they signed up with (and its device cookie) for the whole run
             web = self.ctx.web(source)
-            with contextlib.suppress(httpx.HTTPError):
-                await web.post("/auth/register", json={"email": email, "password": password})
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                await sign_up(web, email, password)
             self.owners.append((email, password, web))
         rng = self.ctx.rng
         pairs = [(email, password, True) for email, password in accounts[:self.leaked]]

@@ -3,6 +3,7 @@ addresses, and one small HTTP client per source address."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 import resource
@@ -11,6 +12,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+import altcha
 import orjson
 
 from floodwall.inference.http1 import ConnectionClosed, Pool
@@ -99,6 +101,12 @@ class Reply:
         found = self._error().get("queue") or (value.get("queue") if isinstance(value, dict) else None)
         return found if isinstance(found, dict) else {}
 
+    @property
+    def challenge(self) -> dict[str, Any]:
+        """The proof-of-work challenge a `challenge_required` refusal carries."""
+        found = self._error().get("challenge")
+        return found if isinstance(found, dict) else {}
+
     def _error(self) -> dict[str, Any]:
         value = self.json()
         error = value.get("error") if isinstance(value, dict) else None
@@ -137,3 +145,20 @@ class Client:
 
     async def close(self) -> None:
         await self.pool.close()
+
+
+async def solve_challenge(challenge: dict[str, Any]) -> tuple[str | None, float]:
+    """Solve a sign-up challenge as ALTCHA's widget does, in a thread (it is CPU work): the form field's value
+    (None when it could not be read or solved) and the CPU seconds it took."""
+
+    def work() -> str | None:
+        try:
+            parsed = altcha.Challenge.from_dict(challenge)
+            solution = altcha.solve_challenge(parsed, timeout=60)
+        except (KeyError, TypeError, ValueError):
+            return None
+        return None if solution is None else altcha.Payload(parsed, solution).to_base64()
+
+    started = time.process_time()
+    found = await asyncio.to_thread(work)
+    return found, time.process_time() - started
