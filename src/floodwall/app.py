@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 from collections.abc import AsyncIterator
 
@@ -22,8 +23,10 @@ from floodwall.accounts.blocklists import Blocklists
 from floodwall.accounts.challenges import Challenges
 from floodwall.accounts.database import create_engine, sessionmaker
 from floodwall.accounts.guard import LoginGuard
+from floodwall.accounts.mail import Mailer
 from floodwall.accounts.passwords import Passwords
 from floodwall.accounts.service import AccountService
+from floodwall.accounts.verification import EmailVerification
 from floodwall.accounts.waiting_room import WaitingRoom
 from floodwall.config import Settings
 from floodwall.console import admin
@@ -40,6 +43,8 @@ from floodwall.signing import Signer
 from floodwall.state import open_store
 from floodwall.web import pages
 from floodwall.web import routes as web_routes
+
+_log = logging.getLogger("floodwall")
 
 
 async def healthz(request: Request) -> Response:
@@ -64,6 +69,7 @@ def build_app(settings: Settings) -> Gate:
     control = Control(store, settings.defense.level, settings.edge.refresh_interval)
     policy = Policy.load(settings.edge.policy or None)
     signer = Signer()
+    mailer = Mailer(settings.mail)
     services = Services(
         settings=settings,
         accounts=accounts,
@@ -80,11 +86,19 @@ def build_app(settings: Settings) -> Gate:
                          settings.edge.ipv6_prefix),
         waiting_room=WaitingRoom(store, signer, policy.queue),
         challenges=Challenges(store, signer),
+        mailer=mailer,
+        verification=EmailVerification(accounts.db, signer, mailer, settings.accounts.verify_email),
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await signer.load(accounts.db, settings.server.secret_key)
+        if settings.accounts.verify_email and mailer.development:
+            logs.event(_log, "e-mail confirmation is on, but mail.url is empty: confirmation links go to this log",
+                  logging.WARNING)
+        if not mailer.development and not settings.server.public_url:
+            logs.event(_log, "server.public_url is empty: links in e-mails use the address each request came in on, "
+                  "which a client can forge", logging.WARNING)
         await control.start()
         services.admission.loop_lag.start()
         await services.upstream.start()
@@ -97,6 +111,7 @@ def build_app(settings: Settings) -> Gate:
         try:
             yield
         finally:
+            await mailer.drain()
             await services.usage.stop()
             await services.upstream.close()
             await control.stop()

@@ -78,6 +78,9 @@ class ServerSettings:
     # signs device cookies and waiting-room tickets; empty = one made at first start and kept in the
     # database, which every worker and replica sharing it then uses
     secret_key: str = ""
+    # the address people reach the service at, for links in e-mails (https://chat.example.org); empty =
+    # the address each request came in on, which a client can forge: set it in production
+    public_url: str = ""
 
 
 @dataclasses.dataclass
@@ -136,6 +139,17 @@ class AccountSettings:
     refuse_common_passwords: bool = True
     disposable_domains_file: str = ""
     common_passwords_file: str = ""
+    # a new account confirms its e-mail address (a link sent to it) before it may chat or make API keys
+    verify_email: bool = False
+
+
+@dataclasses.dataclass
+class MailSettings:
+    # smtp://[user:password@]host[:port] (STARTTLS when the server offers it) or smtps://... (TLS from the
+    # first byte); empty = development mode: each message is written to the log instead, links and all
+    url: str = ""
+    from_address: str = "floodwall <noreply@localhost>"
+    timeout: Duration = Duration(10.0)
 
 
 @dataclasses.dataclass
@@ -175,6 +189,7 @@ class Settings:
     defense: DefenseSettings = dataclasses.field(default_factory=DefenseSettings)
     edge: EdgeSettings = dataclasses.field(default_factory=EdgeSettings)
     accounts: AccountSettings = dataclasses.field(default_factory=AccountSettings)
+    mail: MailSettings = dataclasses.field(default_factory=MailSettings)
     model: ModelSettings = dataclasses.field(default_factory=ModelSettings)
     admin: AdminSettings = dataclasses.field(default_factory=AdminSettings)
     log: LogSettings = dataclasses.field(default_factory=LogSettings)
@@ -300,5 +315,9 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"upstream.url must be an http(s) URL ending in /v1, not {url!r}")
     if not settings.state.url.startswith(("memory://", "redis://", "rediss://", "valkey://")):
         raise ConfigError(f"state.url must be memory:// or redis://host:port/db, not {settings.state.url!r}")
+    if settings.mail.url and not settings.mail.url.startswith(("smtp://", "smtps://")):
+        raise ConfigError(f"mail.url must be smtp://host:port or smtps://host:port, not {settings.mail.url!r}")
+    if settings.server.public_url and not settings.server.public_url.startswith(("http://", "https://")):
+        raise ConfigError(f"server.public_url must be an http(s) URL, not {settings.server.public_url!r}")
     if not settings.database.url.startswith(("sqlite:", "postgresql:", "postgresql+", "postgres:")):
         raise ConfigError("database.url must be sqlite:///path or postgresql://...")

@@ -9,7 +9,9 @@ from starlette.templating import Jinja2Templates
 
 from floodwall.accounts.challenges import Challenges
 from floodwall.accounts.guard import LoginGuard
+from floodwall.accounts.mail import Mailer
 from floodwall.accounts.service import AccountService, Client
+from floodwall.accounts.verification import EmailVerification
 from floodwall.accounts.waiting_room import WaitingRoom
 from floodwall.config import Settings
 from floodwall.edge.control import Control
@@ -38,9 +40,15 @@ class Services:
     guard: LoginGuard
     waiting_room: WaitingRoom
     challenges: Challenges
+    mailer: Mailer
+    verification: EmailVerification
 
     def client(self, request: Request) -> Client:
         return Client(client_address(request.scope, self.trusted_proxies), request.headers.get("user-agent", ""))
+
+    def public_url(self, request: Request) -> str:
+        """Where people reach the service, for links sent by e-mail."""
+        return self.settings.server.public_url or str(request.base_url)
 
     def registration_mode(self) -> str:
         """The sign-up mode in force: the operator's pin, else the level's."""

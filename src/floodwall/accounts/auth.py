@@ -62,6 +62,14 @@ async def require_session(request: Request) -> Principal:
     return principal
 
 
+def require_verified(request: Request, principal: Principal) -> None:
+    """Where confirming the e-mail address is required, an unconfirmed account may sign in and look around,
+    but not chat or make API keys."""
+    if services(request).verification.required and not principal.email_verified:
+        raise ApiError(403, f"Confirm your e-mail address first: open the link sent to {principal.email} "
+                       "(or ask for a new one from the chat page).", "email_not_verified")
+
+
 def check_same_origin(request: Request) -> None:
     """A state-changing request carrying a cookie must come from our own pages (SameSite=Lax is the first
     guard; this is the second, for old browsers and same-site subdomains)."""

@@ -14,6 +14,7 @@ from floodwall.accounts.auth import (
     check_same_origin,
     clear_session_cookie,
     require_session,
+    require_verified,
     session_principal,
     set_device_cookie,
     set_session_cookie,
@@ -21,7 +22,7 @@ from floodwall.accounts.auth import (
 from floodwall.accounts.forms import credentials, form_page, is_form, read_fields, text_field, user_json
 from floodwall.accounts.guard import DEVICE_COOKIE
 from floodwall.accounts.models import ApiKey
-from floodwall.accounts.signup import challenge, queue, register
+from floodwall.accounts.signup import challenge, queue, register, resend_verification, verify
 from floodwall.errors import ApiError
 from floodwall.services import services
 from floodwall.web.pages import render
@@ -79,6 +80,7 @@ def key_json(key: ApiKey, prompt_tokens: int = 0, completion_tokens: int = 0) ->
 @form_page("keys.html")
 async def create_key(request: Request) -> Response:
     principal = await require_session(request)
+    require_verified(request, principal)
     fields = await read_fields(request, allow_empty=True)
     name = text_field(fields, "name", required=False).strip()
     config = services(request)
@@ -140,6 +142,8 @@ routes = [
     Route("/auth/logout", logout, methods=["POST"]),
     Route("/auth/queue", queue, methods=["GET", "POST"]),
     Route("/auth/challenge", challenge, methods=["GET"]),
+    Route("/auth/verify", verify, methods=["GET"]),
+    Route("/auth/verify/resend", resend_verification, methods=["POST"]),
     Route("/account/keys", create_key, methods=["POST"]),
     Route("/account/keys", list_keys, methods=["GET"]),
     Route("/account/keys/{key_id}", revoke_key, methods=["DELETE"]),

@@ -60,10 +60,12 @@ class Principal:
     is_admin: bool
     key_id: int | None = None
     session_id: int | None = None
+    email_verified: bool = False
 
 
 def _principal(user: User, key_id: int | None = None, session_id: int | None = None) -> Principal:
-    return Principal(user.id, user.email, user.created_at, user.is_admin, key_id, session_id)
+    return Principal(user.id, user.email, user.created_at, user.is_admin, key_id, session_id,
+                     user.email_verified_at is not None)
 
 
 def normalise_email(email: str) -> str:
@@ -121,7 +123,7 @@ class AccountService:
             except IntegrityError:
                 raise ApiError(409, "An account with this e-mail address already exists. Log in instead.",
                                "email_taken", param="email") from None
-            self._record(db, user.id, "account_created", client)
+            record_activity(db, user.id, "account_created", client)
             await db.commit()
         return user
 
@@ -135,13 +137,13 @@ class AccountService:
             raise _invalid_credentials()
         async with self.db() as db:
             if not ok or user.disabled:
-                self._record(db, user.id, "login_failed", client, {"why": "disabled" if ok else "wrong_password"})
+                record_activity(db, user.id, "login_failed", client, {"why": "disabled" if ok else "wrong_password"})
                 await db.commit()
                 raise _invalid_credentials()
             if self.passwords.needs_rehash(user.password_hash):
                 user.password_hash = await self.passwords.hash(password)
                 await db.execute(update(User).where(User.id == user.id).values(password_hash=user.password_hash))
-            self._record(db, user.id, "login", client, {"new_device": True} if new_device else None)
+            record_activity(db, user.id, "login", client, {"new_device": True} if new_device else None)
             await db.commit()
         return user
 
@@ -161,7 +163,7 @@ class AccountService:
                 .where(Session.user_id == user.id, Session.revoked_at.is_(None), Session.id != principal.session_id)
                 .values(revoked_at=utcnow())
             )
-            self._record(db, user.id, "password_changed", client)
+            record_activity(db, user.id, "password_changed", client)
             await db.commit()
         self.sessions.clear()
 
@@ -221,7 +223,7 @@ class AccountService:
     async def end_session(self, principal: Principal, client: Client) -> None:
         async with self.db() as db:
             await db.execute(update(Session).where(Session.id == principal.session_id).values(revoked_at=utcnow()))
-            self._record(db, principal.user_id, "logout", client)
+            record_activity(db, principal.user_id, "logout", client)
             await db.commit()
         # sessions are cached by secret, which is not at hand here: sign-outs are rare, forget them all
         self.sessions.clear()
@@ -235,7 +237,7 @@ class AccountService:
         async with self.db() as db:
             db.add(key)
             await db.flush()
-            self._record(db, principal.user_id, "key_created", client, {"key_id": key.id, "prefix": key.prefix})
+            record_activity(db, principal.user_id, "key_created", client, {"key_id": key.id, "prefix": key.prefix})
             await db.commit()
         return key, secret
 
@@ -261,7 +263,7 @@ class AccountService:
                 raise ApiError(404, f"No API key {key_id} on this account.", "key_not_found", param="id")
             key.revoked_at = utcnow()
             self.keys.pop(key.key_hash)
-            self._record(db, principal.user_id, "key_revoked", client, {"key_id": key.id, "prefix": key.prefix})
+            record_activity(db, principal.user_id, "key_revoked", client, {"key_id": key.id, "prefix": key.prefix})
             await db.commit()
 
     async def key_principal(self, secret: str) -> Principal | None:
@@ -310,12 +312,13 @@ class AccountService:
                 await db.execute(update(ApiKey).where(ApiKey.id.in_(key_ids)).values(last_used_at=utcnow()))
             await db.commit()
 
-    @staticmethod
-    def _record(
-        db: DbSession, user_id: int, kind: str, client: Client, detail: dict[str, object] | None = None
-    ) -> None:
-        db.add(ActivityEvent(user_id=user_id, kind=kind, ip=client.ip, user_agent=client.user_agent,
-                             detail=json.dumps(detail) if detail else ""))
+
+
+def record_activity(db: DbSession, user_id: int, kind: str, client: Client,
+                    detail: dict[str, object] | None = None) -> None:
+    """One line of the account's activity log, in the caller's transaction."""
+    db.add(ActivityEvent(user_id=user_id, kind=kind, ip=client.ip, user_agent=client.user_agent,
+                         detail=json.dumps(detail) if detail else ""))
 
 
 def _invalid_credentials() -> ApiError:

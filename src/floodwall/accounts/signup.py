@@ -11,7 +11,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from floodwall.accounts.auth import set_device_cookie, set_session_cookie
+from floodwall.accounts.auth import require_session, set_device_cookie, set_session_cookie
 from floodwall.accounts.challenges import FIELD
 from floodwall.accounts.forms import credentials, form_page, is_form, read_fields, user_json
 from floodwall.accounts.guard import DEVICE_COOKIE
@@ -19,6 +19,7 @@ from floodwall.accounts.service import Client
 from floodwall.accounts.waiting_room import TICKET_COOKIE, Place
 from floodwall.errors import ApiError, wants_html
 from floodwall.services import services
+from floodwall.state.store import use_once
 from floodwall.web.pages import render
 
 
@@ -145,15 +146,46 @@ async def _register(request: Request) -> Response:
         if place is not None:
             await config.waiting_room.give_back(place)
         raise
+    if config.verification.required:
+        config.verification.send(config.public_url(request), user.id, user.email)
     response: Response
     if is_form(request):
         # the web app signs the new user straight in, like most services do
         response = RedirectResponse("/chat", status_code=303)
         set_session_cookie(request, response, await config.accounts.create_session(user, client))
     else:
-        response = JSONResponse({"user": user_json(user.id, user.email), "verification_required": False}, 201)
+        response = JSONResponse({"user": user_json(user.id, user.email),
+                                 "verification_required": config.verification.required}, 201)
     # the device that made the account is one its owner uses
     guard = config.guard
     set_device_cookie(request, response, guard.remember(guard.device(request.cookies.get(DEVICE_COOKIE)),
                                                         guard.login_ident(user.email)))
     return response
+
+
+async def verify(request: Request) -> Response:
+    """GET /auth/verify?token=...: the link mailed to a new account's address."""
+    config = services(request)
+    user = await config.verification.confirm(request.query_params.get("token", ""), config.client(request))
+    if user is None:
+        raise ApiError(400, "This confirmation link is not valid, or it has expired. Log in and ask for a new "
+                       "one.", "invalid_token", param="token")
+    if wants_html(request.scope):
+        return await render(request, "verified.html", {"email": user.email})
+    return JSONResponse({"user": user_json(user.id, user.email), "email_verified": True})
+
+
+async def resend_verification(request: Request) -> Response:
+    """POST /auth/verify/resend: mail the signed-in account's confirmation link again (once a minute)."""
+    principal = await require_session(request)
+    config = services(request)
+    sent = False
+    if not principal.email_verified:
+        if not await use_once(config.store, "mail/verify", principal.user_id, 60.0):
+            raise ApiError(429, "A confirmation link was sent less than a minute ago: check your inbox (and spam "
+                           "folder) first.", "rate_limit_exceeded", retry_after=60, reason="mail/verify")
+        config.verification.send(config.public_url(request), principal.user_id, principal.email)
+        sent = True
+    if is_form(request):
+        return RedirectResponse("/chat", status_code=303)
+    return JSONResponse({"email_verified": principal.email_verified, "sent": sent})

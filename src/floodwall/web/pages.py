@@ -25,7 +25,9 @@ async def render(request: Request, name: str, context: dict[str, Any] | None = N
     config = services(request)
     principal = context.get("principal") if context and "principal" in context else await session_principal(request)
     values = {"principal": principal, "simulated": config.upstream.simulated,
-              "sign_up_challenge": config.challenge_difficulty() > 0, **(context or {})}
+              "sign_up_challenge": config.challenge_difficulty() > 0,
+              "unconfirmed": bool(principal and config.verification.required and not principal.email_verified),
+              **(context or {})}
     response = config.templates.TemplateResponse(request, name, values, status_code=status)
     response.headers["cache-control"] = "no-store"
     return response

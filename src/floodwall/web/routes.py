@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from floodwall.accounts.auth import require_session, session_principal
+from floodwall.accounts.auth import require_session, require_verified, session_principal
 from floodwall.bodies import read_json_object
 from floodwall.errors import ApiError
 from floodwall.inference import validation
@@ -73,6 +73,7 @@ async def password_page(request: Request) -> Response:
 async def chat_send(request: Request) -> Response | InferenceCall:
     """The chat page's own streaming call: the signed-in session instead of an API key."""
     principal = await require_session(request)
+    require_verified(request, principal)
     config = services(request)
     body = await read_json_object(request, config.settings.server.max_body_size)
     body["stream"] = True

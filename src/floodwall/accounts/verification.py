@@ -1,0 +1,54 @@
+"""Confirming an account's e-mail address: a signed link sent to it, good for two days, that marks the
+account confirmed when followed. Nothing is stored until then; the link names the address it was sent
+to, so it stops working if the account's address changes.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession as DbSession
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from floodwall.accounts.mail import Mailer
+from floodwall.accounts.models import User, utcnow
+from floodwall.accounts.service import Client, record_activity
+from floodwall.signing import Signer
+
+PURPOSE = "verify-email"
+LIFETIME = 2 * 86400
+
+
+class EmailVerification:
+    def __init__(self, db: async_sessionmaker[DbSession], signer: Signer, mailer: Mailer, required: bool) -> None:
+        self.db = db
+        self.signer = signer
+        self.mailer = mailer
+        self.required = required
+
+    def link(self, base_url: str, user_id: int, email: str) -> str:
+        token = self.signer.dumps(PURPOSE, {"u": user_id, "e": email})
+        return f"{base_url.rstrip('/')}/auth/verify?token={token}"
+
+    def send(self, base_url: str, user_id: int, email: str) -> None:
+        """Mail the confirmation link (in the background)."""
+        link = self.link(base_url, user_id, email)
+        self.mailer.send_later(email, "Confirm your e-mail address", (
+            f"Someone, hopefully you, made an account with this address at {base_url}.\n\n"
+            f"To confirm it, open this link within {LIFETIME // 86400} days:\n\n{link}\n\n"
+            "If it was not you, ignore this message: without the confirmation the account cannot chat "
+            "or make API keys.\n"))
+
+    async def confirm(self, token: str, client: Client) -> User | None:
+        """The account the link confirms (now marked confirmed), or None for a bad, old or stale link."""
+        payload = self.signer.loads(PURPOSE, token, max_age=LIFETIME)
+        if not isinstance(payload, dict) or not isinstance(payload.get("u"), int):
+            return None
+        async with self.db() as db:
+            user = (await db.execute(select(User).where(User.id == payload["u"]))).scalar_one_or_none()
+            if user is None or user.email != payload.get("e"):
+                return None
+            if user.email_verified_at is None:
+                user.email_verified_at = utcnow()
+                record_activity(db, user.id, "email_verified", client)
+                await db.commit()
+            return user
