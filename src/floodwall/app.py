@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 from floodwall import config as config_module
 from floodwall import errors, logs
 from floodwall.accounts import routes as account_routes
+from floodwall.accounts.alerts import Alerts
 from floodwall.accounts.blocklists import Blocklists
 from floodwall.accounts.challenges import Challenges
 from floodwall.accounts.database import create_engine, sessionmaker
@@ -53,6 +54,7 @@ async def healthz(request: Request) -> Response:
 
 def build_app(settings: Settings) -> Gate:
     engine = create_engine(settings.database.url, settings.database.pool_size)
+    mailer = Mailer(settings.mail)
     accounts = AccountService(
         sessionmaker(engine),
         Passwords(settings.accounts.password_hash_profile),
@@ -63,13 +65,13 @@ def build_app(settings: Settings) -> Gate:
             disposable=settings.accounts.refuse_disposable_emails, passwords=settings.accounts.refuse_common_passwords,
             disposable_file=settings.accounts.disposable_domains_file,
             passwords_file=settings.accounts.common_passwords_file),
+        alerts=Alerts(mailer),
     )
     store = open_store(settings.state.url)
     trusted = TrustedProxies(settings.server.trusted_proxies)
     control = Control(store, settings.defense.level, settings.edge.refresh_interval)
     policy = Policy.load(settings.edge.policy or None)
     signer = Signer()
-    mailer = Mailer(settings.mail)
     services = Services(
         settings=settings,
         accounts=accounts,

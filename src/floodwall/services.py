@@ -7,10 +7,11 @@ import dataclasses
 from starlette.requests import Request
 from starlette.templating import Jinja2Templates
 
+from floodwall.accounts.activity import Client
 from floodwall.accounts.challenges import Challenges
 from floodwall.accounts.guard import LoginGuard
 from floodwall.accounts.mail import Mailer
-from floodwall.accounts.service import AccountService, Client
+from floodwall.accounts.service import AccountService
 from floodwall.accounts.verification import EmailVerification
 from floodwall.accounts.waiting_room import WaitingRoom
 from floodwall.config import Settings

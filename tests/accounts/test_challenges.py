@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from floodwall.accounts.activity import Client
 from floodwall.accounts.challenges import Challenges
-from floodwall.accounts.service import Client
 from floodwall.edge.policy import DEFAULT_POLICY
 from floodwall.signing import Signer
 from floodwall.state.memory import MemoryStore

@@ -99,7 +99,8 @@ def test_activity_records_logins_failures_and_keys_with_address_and_agent(http: 
     assert failed["ip"] == "127.0.0.1" and failed["user_agent"] == "stuffer/0.1"
     assert failed["detail"] == {"why": "wrong_password"}
     assert events[1]["detail"]["prefix"] == key[:11]
-    assert all(set(e) == {"at", "kind", "ip", "user_agent", "detail"} for e in events)
+    assert all(set(e) == {"at", "kind", "ip", "user_agent", "detail", "alert"} for e in events)
+    assert [e["alert"] for e in events] == [False, True, False, False, False]  # a new key tells its owner
 
 
 def test_api_key_shown_once_and_only_prefix_listed(account: Account) -> None:

@@ -4,7 +4,6 @@ is down, and the development mode that writes the link to the log."""
 
 from __future__ import annotations
 
-import email
 import re
 import secrets
 import time
@@ -15,44 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 
 from floodwall.server import free_port
+from tests.accounts.conftest import Inbox
 from tests.conftest import PASSWORD, floodwall_process
 
 LINK = re.compile(r"http://\S+/auth/verify\?token=\S+")
-
-
-class Inbox:
-    """An SMTP server's delivery end: every message it accepts."""
-
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(email.message_from_bytes(envelope.content))
-        return "250 Message accepted for delivery"
-
-    def wait_for(self, to: str, count: int = 1, timeout: float = 15) -> list[Message]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [m for m in self.messages if m["To"] == to]
-            if len(found) >= count:
-                return found
-            time.sleep(0.05)
-        raise AssertionError(f"no mail for {to}: {[m['To'] for m in self.messages]}")
-
-
-@pytest.fixture(scope="module")
-def inbox() -> Iterator[tuple[Inbox, int]]:
-    handler = Inbox()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield handler, port
-    finally:
-        controller.stop()
 
 
 def serve(tmp: Path, model_url: str, **env: str) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 import altcha
 
-from floodwall.accounts.service import Client
+from floodwall.accounts.activity import Client
 from floodwall.accounts.waiting_room import client_binding
 from floodwall.signing import Signer
 from floodwall.state.store import Store, use_once

@@ -21,7 +21,8 @@ from floodwall.accounts.auth import (
 )
 from floodwall.accounts.forms import credentials, form_page, is_form, read_fields, text_field, user_json
 from floodwall.accounts.guard import DEVICE_COOKIE
-from floodwall.accounts.models import ApiKey
+from floodwall.accounts.models import ApiKey, Session
+from floodwall.accounts.service import Principal
 from floodwall.accounts.signup import challenge, queue, register, resend_verification, verify
 from floodwall.errors import ApiError
 from floodwall.services import services
@@ -114,9 +115,39 @@ async def activity(request: Request) -> Response:
     events = await services(request).accounts.activity(principal)
     return JSONResponse({"events": [
         {"at": e.at.isoformat(), "kind": e.kind, "ip": e.ip, "user_agent": e.user_agent,
-         "detail": e.detail_fields or None}
+         "detail": e.detail_fields or None, "alert": e.detail_fields.get("alert") is True}
         for e in events
     ]})
+
+
+def session_json(session: Session, principal: Principal) -> dict[str, Any]:
+    return {"id": session.id, "created_at": session.created_at.isoformat(),
+            "expires_at": session.expires_at.isoformat(), "ip": session.ip, "user_agent": session.user_agent,
+            "current": session.id == principal.session_id}
+
+
+async def list_sessions(request: Request) -> Response:
+    principal = await require_session(request)
+    sessions = await services(request).accounts.list_sessions(principal)
+    return JSONResponse({"object": "list", "data": [session_json(s, principal) for s in sessions]})
+
+
+async def revoke_sessions(request: Request) -> Response:
+    """One session (/account/sessions/{id}), or every other one (/account/sessions/revoke-others)."""
+    principal = await require_session(request)
+    session_id: int | None = None
+    if "session_id" in request.path_params:
+        try:
+            session_id = int(request.path_params["session_id"])
+        except ValueError:
+            raise ApiError(404, "No such session.", "session_not_found", param="id") from None
+    config = services(request)
+    count = await config.accounts.revoke_sessions(principal, config.client(request), session_id)
+    if session_id is not None and not count:
+        raise ApiError(404, "No such session (or it has ended already).", "session_not_found", param="id")
+    if is_form(request):
+        return RedirectResponse("/activity", status_code=303)
+    return JSONResponse({"revoked": count})
 
 
 async def usage(request: Request) -> Response:
@@ -149,6 +180,10 @@ routes = [
     Route("/account/keys/{key_id}", revoke_key, methods=["DELETE"]),
     Route("/account/keys/{key_id}/revoke", revoke_key, methods=["POST"]),
     Route("/account/activity", activity, methods=["GET"]),
+    Route("/account/sessions", list_sessions, methods=["GET"]),
+    Route("/account/sessions/revoke-others", revoke_sessions, methods=["POST"]),
+    Route("/account/sessions/{session_id}", revoke_sessions, methods=["DELETE"]),
+    Route("/account/sessions/{session_id}/revoke", revoke_sessions, methods=["POST"]),
     Route("/account/usage", usage, methods=["GET"]),
     Route("/account/password", change_password, methods=["POST"]),
 ]

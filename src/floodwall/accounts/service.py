@@ -9,7 +9,6 @@ import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
-import json
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,6 +19,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession as DbSession
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from floodwall.accounts.activity import Client, record_activity
+from floodwall.accounts.alerts import Alerts
 from floodwall.accounts.blocklists import Blocklists
 from floodwall.accounts.models import ActivityEvent, ApiKey, Session, Usage, User, utcnow
 from floodwall.accounts.passwords import Passwords
@@ -37,17 +38,6 @@ _EMAIL = re.compile(rf"^[^@\s]{{1,64}}@{_LABEL}(?:\.{_LABEL})+$")
 
 def token_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Client:
-    """Where a request came from, as the activity log records it."""
-
-    ip: str
-    user_agent: str
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "user_agent", self.user_agent[:512])
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -82,12 +72,14 @@ class AccountService:
         min_password_length: int = 8,
         blocklists: Blocklists | None = None,
         key_cache_ttl: float = 5.0,
+        alerts: Alerts | None = None,
     ) -> None:
         self.db = db
         self.passwords = passwords
         self.session_lifetime = dt.timedelta(seconds=session_lifetime)
         self.min_password_length = min_password_length
         self.blocklists = blocklists or Blocklists()
+        self.alerts = alerts
         # API keys are looked up on every /v1 call: keep the answers (unknown keys too) for a few seconds
         self.keys: TTLCache[Principal | None] = TTLCache(key_cache_ttl, max_entries=100_000)
         self.sessions: TTLCache[Principal | None] = TTLCache(key_cache_ttl, max_entries=100_000)
@@ -138,12 +130,16 @@ class AccountService:
         async with self.db() as db:
             if not ok or user.disabled:
                 record_activity(db, user.id, "login_failed", client, {"why": "disabled" if ok else "wrong_password"})
+                if self.alerts and not ok:
+                    await self.alerts.failed_sign_in(db, user.id, user.email, client)
                 await db.commit()
                 raise _invalid_credentials()
             if self.passwords.needs_rehash(user.password_hash):
                 user.password_hash = await self.passwords.hash(password)
                 await db.execute(update(User).where(User.id == user.id).values(password_hash=user.password_hash))
-            record_activity(db, user.id, "login", client, {"new_device": True} if new_device else None)
+            alert = self.alerts is not None and await self.alerts.sign_in(db, user.id, user.email, client, new_device)
+            detail: dict[str, object] = {"new_device": True} if new_device else {}
+            record_activity(db, user.id, "login", client, {**detail, "alert": True} if alert else detail or None)
             await db.commit()
         return user
 
@@ -237,8 +233,11 @@ class AccountService:
         async with self.db() as db:
             db.add(key)
             await db.flush()
-            record_activity(db, principal.user_id, "key_created", client, {"key_id": key.id, "prefix": key.prefix})
+            record_activity(db, principal.user_id, "key_created", client,
+                            {"key_id": key.id, "prefix": key.prefix, "alert": True})
             await db.commit()
+        if self.alerts:
+            self.alerts.key_created(principal.email, key.name, key.prefix, client)
         return key, secret
 
     async def list_keys(self, principal: Principal) -> Sequence[tuple[ApiKey, int, int]]:
@@ -286,13 +285,39 @@ class AccountService:
 
     # activity and usage
 
-    async def activity(self, principal: Principal, limit: int = 100) -> Sequence[ActivityEvent]:
+    async def activity(self, principal: Principal, limit: int = 100,
+                       alerts_since: dt.datetime | None = None) -> Sequence[ActivityEvent]:
+        """The account's latest events; with `alerts_since`, only its alerts since then."""
+        query = select(ActivityEvent).where(ActivityEvent.user_id == principal.user_id)
+        if alerts_since is not None:
+            query = query.where(ActivityEvent.at >= alerts_since, ActivityEvent.detail.like('%"alert": true%'))
         async with self.db() as db:
-            rows = await db.scalars(
-                select(ActivityEvent).where(ActivityEvent.user_id == principal.user_id)
-                .order_by(ActivityEvent.id.desc()).limit(limit)
-            )
-            return list(rows)
+            return list(await db.scalars(query.order_by(ActivityEvent.id.desc()).limit(limit)))
+
+    # sessions
+
+    async def list_sessions(self, principal: Principal) -> Sequence[Session]:
+        """The account's live sign-ins, newest first."""
+        async with self.db() as db:
+            return list(await db.scalars(
+                select(Session).where(Session.user_id == principal.user_id, Session.revoked_at.is_(None),
+                                      Session.expires_at > utcnow()).order_by(Session.id.desc()).limit(200)))
+
+    async def revoke_sessions(self, principal: Principal, client: Client, session_id: int | None = None) -> int:
+        """Sign out one of the account's sessions (`session_id`), or every one but the caller's: how many."""
+        query = update(Session).where(Session.user_id == principal.user_id, Session.revoked_at.is_(None))
+        if session_id is not None:
+            query = query.where(Session.id == session_id)
+        elif principal.session_id is not None:
+            query = query.where(Session.id != principal.session_id)
+        async with self.db() as db:
+            count = (await db.execute(query.values(revoked_at=utcnow()))).rowcount  # type: ignore[attr-defined]
+            if count:
+                record_activity(db, principal.user_id, "sessions_revoked", client,
+                                {"count": count, **({"session_id": session_id} if session_id else {})})
+            await db.commit()
+        self.sessions.clear()  # cached by secret, which is not at hand: forget them all (this worker's)
+        return int(count)
 
     async def usage_totals(self, principal: Principal) -> dict[str, int]:
         async with self.db() as db:
@@ -312,13 +337,6 @@ class AccountService:
                 await db.execute(update(ApiKey).where(ApiKey.id.in_(key_ids)).values(last_used_at=utcnow()))
             await db.commit()
 
-
-
-def record_activity(db: DbSession, user_id: int, kind: str, client: Client,
-                    detail: dict[str, object] | None = None) -> None:
-    """One line of the account's activity log, in the caller's transaction."""
-    db.add(ActivityEvent(user_id=user_id, kind=kind, ip=client.ip, user_agent=client.user_agent,
-                         detail=json.dumps(detail) if detail else ""))
 
 
 def _invalid_credentials() -> ApiError:

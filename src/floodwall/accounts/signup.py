@@ -11,11 +11,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from floodwall.accounts.activity import Client
 from floodwall.accounts.auth import require_session, set_device_cookie, set_session_cookie
 from floodwall.accounts.challenges import FIELD
 from floodwall.accounts.forms import credentials, form_page, is_form, read_fields, user_json
 from floodwall.accounts.guard import DEVICE_COOKIE
-from floodwall.accounts.service import Client
 from floodwall.accounts.waiting_room import TICKET_COOKIE, Place
 from floodwall.errors import ApiError, wants_html
 from floodwall.services import services

@@ -9,9 +9,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession as DbSession
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from floodwall.accounts.activity import Client, record_activity
 from floodwall.accounts.mail import Mailer
 from floodwall.accounts.models import User, utcnow
-from floodwall.accounts.service import Client, record_activity
 from floodwall.signing import Signer
 
 PURPOSE = "verify-email"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from floodwall.accounts.service import Client
+from floodwall.accounts.activity import Client
 from floodwall.edge.identity import address_keys
 from floodwall.edge.policy import Limit
 from floodwall.signing import Signer

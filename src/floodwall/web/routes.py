@@ -6,7 +6,9 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from floodwall.accounts.alerts import RECENT
 from floodwall.accounts.auth import require_session, require_verified, session_principal
+from floodwall.accounts.models import utcnow
 from floodwall.bodies import read_json_object
 from floodwall.errors import ApiError
 from floodwall.inference import validation
@@ -41,8 +43,9 @@ async def chat_page(request: Request) -> Response:
         unavailable = ""
     except ApiError as error:
         models, unavailable = [], error.message
+    alerts = await config.accounts.activity(principal, limit=5, alerts_since=utcnow() - RECENT)
     return await render(request, "chat.html", {"principal": principal, "models": models,
-                                                "unavailable": unavailable})
+                                                "unavailable": unavailable, "alerts": alerts})
 
 
 async def keys_page(request: Request) -> Response:
@@ -60,7 +63,10 @@ async def activity_page(request: Request) -> Response:
     config = services(request)
     events = await config.accounts.activity(principal)
     usage = await config.accounts.usage_totals(principal)
-    return await render(request, "activity.html", {"principal": principal, "events": events, "usage": usage})
+    sessions = await config.accounts.list_sessions(principal)
+    alerts = [e for e in events if e.detail_fields.get("alert") is True and e.at >= utcnow() - RECENT]
+    return await render(request, "activity.html", {"principal": principal, "events": events, "usage": usage,
+                                                    "sessions": sessions, "alerts": alerts})
 
 
 async def password_page(request: Request) -> Response:
