@@ -26,6 +26,7 @@ from floodwall.accounts.database import create_engine, sessionmaker
 from floodwall.accounts.guard import LoginGuard
 from floodwall.accounts.mail import Mailer
 from floodwall.accounts.passwords import Passwords
+from floodwall.accounts.reset import PasswordReset
 from floodwall.accounts.service import AccountService
 from floodwall.accounts.verification import EmailVerification
 from floodwall.accounts.waiting_room import WaitingRoom
@@ -90,6 +91,7 @@ def build_app(settings: Settings) -> Gate:
         challenges=Challenges(store, signer),
         mailer=mailer,
         verification=EmailVerification(accounts.db, signer, mailer, settings.accounts.verify_email),
+        password_reset=PasswordReset(accounts.db, signer, mailer, accounts),
     )
 
     @contextlib.asynccontextmanager

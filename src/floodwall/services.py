@@ -11,6 +11,7 @@ from floodwall.accounts.activity import Client
 from floodwall.accounts.challenges import Challenges
 from floodwall.accounts.guard import LoginGuard
 from floodwall.accounts.mail import Mailer
+from floodwall.accounts.reset import PasswordReset
 from floodwall.accounts.service import AccountService
 from floodwall.accounts.verification import EmailVerification
 from floodwall.accounts.waiting_room import WaitingRoom
@@ -43,6 +44,7 @@ class Services:
     challenges: Challenges
     mailer: Mailer
     verification: EmailVerification
+    password_reset: PasswordReset
 
     def client(self, request: Request) -> Client:
         return Client(client_address(request.scope, self.trusted_proxies), request.headers.get("user-agent", ""))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import re
 import time
 from collections.abc import Iterator
 from email.message import Message
@@ -24,10 +25,10 @@ class Inbox:
         self.messages.append(email.message_from_bytes(envelope.content))
         return "250 Message accepted for delivery"
 
-    def wait_for(self, to: str, count: int = 1, timeout: float = 15) -> list[Message]:
+    def wait_for(self, to: str, count: int = 1, timeout: float = 15, subject: str | None = None) -> list[Message]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            found = [m for m in self.messages if m["To"] == to]
+            found = [m for m in self.messages if m["To"] == to and subject in (None, m["Subject"])]
             if len(found) >= count:
                 return found
             time.sleep(0.05)
@@ -44,3 +45,12 @@ def inbox() -> Iterator[tuple[Inbox, int]]:
         yield handler, port
     finally:
         controller.stop()
+
+
+def link_in(message: Message, path: str) -> str:
+    """The first link to `path` (like "/auth/verify") in a plain-text message."""
+    body = message.get_payload(decode=True)
+    assert isinstance(body, bytes)
+    found = re.search(rf"http://\S+{re.escape(path)}\?token=\S+", body.decode())
+    assert found, body
+    return found.group(0)

@@ -163,6 +163,18 @@ def test_password_change_signs_out_other_sessions(base_url: str, account: Accoun
     assert kinds[:4] == ["login", "login_failed", "password_changed", "login"]
 
 
+@pytest.mark.parametrize("path", ["/auth/login", "/auth/register", "/auth/password-reset", "/auth/reset"])
+def test_cross_site_forms_are_refused_before_signing_in_too(http: httpx.Client, account: Account, path: str) -> None:
+    """Log-in CSRF: a hostile page must not sign its visitor into the attacker's account, or make one."""
+    form = {"email": account.email, "password": PASSWORD, "token": "x"}
+    for origin in ("https://evil.example", "http://127.0.0.1.evil.example"):
+        refused = http.post(path, data=form, headers={"origin": origin, "accept": "text/html"})
+        assert refused.status_code == 403 and refused.headers["x-floodwall-reason"] == "cross_site_request"
+        assert "Cross-site request refused" in refused.text
+    referred = http.post(path, data=form, headers={"referer": "https://evil.example/page"})
+    assert referred.status_code == 403
+
+
 def test_cross_site_post_is_refused(account: Account) -> None:
     response = account.web.post("/account/keys", json={}, headers={"origin": "https://evil.example"})
     assert response.status_code == 403

@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.responses import Response
 
+from floodwall.accounts.auth import check_same_origin
 from floodwall.bodies import check_json_content_type, parse_json_object, read_body
 from floodwall.errors import REASON_HEADER, ApiError, log_refusal
 from floodwall.web.pages import render
@@ -28,6 +29,9 @@ def is_form(request: Request) -> bool:
 
 
 async def read_fields(request: Request, allow_empty: bool = False) -> dict[str, Any]:
+    # every form post, signed in or not (log-in CSRF too), must come from our own pages when a browser says
+    # where it comes from; API clients send no Origin and pass
+    check_same_origin(request)
     raw = await read_body(request, MAX_FORM_BODY)
     request.state.form = is_form(request) and not raw.lstrip().startswith(b"{")
     if allow_empty and not raw.strip():
@@ -66,7 +70,9 @@ def form_page(template: str) -> Callable[[Handler], Handler]:
                 if not is_form(request) or error.status in (413, 429, 503):
                     raise
                 log_refusal(request, error)
-                context = {"error": error.message, "email": getattr(request.state, "email", "")}
+                # what the page needs to be shown again (the e-mail typed, a reset link's token)
+                context = {"error": error.message, "email": getattr(request.state, "email", ""),
+                           **getattr(request.state, "form_context", {})}
                 response = await render(request, template, context, status=error.status)
                 response.headers[REASON_HEADER] = error.reason
                 return response

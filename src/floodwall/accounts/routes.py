@@ -24,8 +24,9 @@ from floodwall.accounts.guard import DEVICE_COOKIE
 from floodwall.accounts.models import ApiKey, Session
 from floodwall.accounts.service import Principal
 from floodwall.accounts.signup import challenge, queue, register, resend_verification, verify
-from floodwall.errors import ApiError
+from floodwall.errors import ApiError, wants_html
 from floodwall.services import services
+from floodwall.state.store import use_once
 from floodwall.web.pages import render
 
 
@@ -167,6 +168,43 @@ async def change_password(request: Request) -> Response:
     return JSONResponse({"ok": True})
 
 
+@form_page("forgot.html")
+async def request_password_reset(request: Request) -> Response:
+    """POST /auth/password-reset: the same answer whether or not an account has the address."""
+    fields = await read_fields(request)
+    email = text_field(fields, "email")
+    request.state.email = email
+    config = services(request)
+    # one message a minute an address: a script cannot fill someone's inbox
+    if await use_once(config.store, "mail/reset", config.signer.mac("reset", email.strip().lower())[:24], 60.0):
+        await config.password_reset.request(config.public_url(request), email, config.client(request))
+    if is_form(request):
+        return await render(request, "forgot.html", {"done": True})
+    return JSONResponse({"ok": True, "message": "If an account has this address, a link to reset its password "
+                         "is on its way."})
+
+
+async def reset_page(request: Request) -> Response:
+    """GET /auth/reset?token=...: the mailed link, a form to choose the new password."""
+    token = request.query_params.get("token", "")
+    await services(request).password_reset.check(token)
+    if wants_html(request.scope):
+        return await render(request, "reset.html", {"token": token})
+    return JSONResponse({"valid": True})
+
+
+@form_page("reset.html")
+async def reset_password(request: Request) -> Response:
+    fields = await read_fields(request)
+    token = text_field(fields, "token")
+    request.state.form_context = {"token": token}
+    config = services(request)
+    await config.password_reset.reset(token, text_field(fields, "password"), config.client(request))
+    if is_form(request):
+        return await render(request, "reset.html", {"done": True})
+    return JSONResponse({"ok": True})
+
+
 routes = [
     Route("/auth/register", register, methods=["POST"]),
     Route("/auth/login", login, methods=["POST"]),
@@ -179,6 +217,9 @@ routes = [
     Route("/account/keys", list_keys, methods=["GET"]),
     Route("/account/keys/{key_id}", revoke_key, methods=["DELETE"]),
     Route("/account/keys/{key_id}/revoke", revoke_key, methods=["POST"]),
+    Route("/auth/password-reset", request_password_reset, methods=["POST"]),
+    Route("/auth/reset", reset_page, methods=["GET"]),
+    Route("/auth/reset", reset_password, methods=["POST"]),
     Route("/account/activity", activity, methods=["GET"]),
     Route("/account/sessions", list_sessions, methods=["GET"]),
     Route("/account/sessions/revoke-others", revoke_sessions, methods=["POST"]),

@@ -149,17 +149,22 @@ class AccountService:
         if user is None or not await self.passwords.verify(user.password_hash, current[:MAX_PASSWORD_LENGTH]):
             raise ApiError(400, "The current password is not right.", "invalid_current_password",
                            param="current_password")
+        await self.set_password(user.id, new, client, "password_changed", keep_session=principal.session_id)
+
+    async def set_password(self, user_id: int, new: str, client: Client, kind: str,
+                           keep_session: int | None = None) -> None:
+        """A new password (recorded as `kind`); every session but `keep_session` is signed out."""
         self.check_password_rules(new, "new_password")
         new_hash = await self.passwords.hash(new)
         async with self.db() as db:
-            await db.execute(update(User).where(User.id == user.id).values(password_hash=new_hash))
+            await db.execute(update(User).where(User.id == user_id).values(password_hash=new_hash))
             # someone who knew the old password must not stay signed in elsewhere
             await db.execute(
                 update(Session)
-                .where(Session.user_id == user.id, Session.revoked_at.is_(None), Session.id != principal.session_id)
+                .where(Session.user_id == user_id, Session.revoked_at.is_(None), Session.id != (keep_session or 0))
                 .values(revoked_at=utcnow())
             )
-            record_activity(db, user.id, "password_changed", client)
+            record_activity(db, user_id, kind, client)
             await db.commit()
         self.sessions.clear()
 

@@ -34,7 +34,7 @@ KEYS = frozenset({"ip", "network", "account", "key", "global", "login", "device"
 _LIMIT = re.compile(r"^\s*(\d+)\s*/\s*([\w.]+)\s*(?:burst\s+(\d+))?\s*$")
 
 INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/app/chat"})
-PAGE_PATHS = frozenset({"/", "/register", "/login", "/chat", "/keys", "/activity", "/password"})
+PAGE_PATHS = frozenset({"/", "/register", "/login", "/forgot", "/chat", "/keys", "/activity", "/password"})
 
 
 def classify(method: str, path: str) -> str:
@@ -45,8 +45,8 @@ def classify(method: str, path: str) -> str:
         return "api-inference"
     if path in ("/auth/register", "/auth/queue") and method == "POST":
         return "auth-register"  # taking a number in the waiting room counts as a sign-up attempt
-    if path == "/auth/login" and method == "POST":
-        return "auth-login"
+    if path in ("/auth/login", "/auth/password-reset", "/auth/reset") and method == "POST":
+        return "auth-login"  # each a try at an account: the login/* rules count them together
     if path.startswith("/admin"):
         return "admin"
     if path.startswith(("/status", "/api/v2/")) or path in ("/healthz", "/metrics"):

@@ -33,6 +33,10 @@ async def login_page(request: Request) -> Response:
     return await render(request, "login.html")
 
 
+async def forgot_page(request: Request) -> Response:
+    return await render(request, "forgot.html")
+
+
 async def chat_page(request: Request) -> Response:
     principal = await session_principal(request)
     if principal is None:
@@ -91,6 +95,7 @@ routes = [
     Route("/", home),
     Route("/register", register_page),
     Route("/login", login_page),
+    Route("/forgot", forgot_page),
     Route("/chat", chat_page),
     Route("/keys", keys_page),
     Route("/activity", activity_page),

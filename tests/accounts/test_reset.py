@@ -1,0 +1,111 @@
+"""Password reset over real HTTP and real SMTP: a mailed link, good once, that signs every session out; the
+same answer for an address no account has; forged and used links refused; a weak new password refused
+with the form kept."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.accounts.conftest import Inbox, link_in
+from tests.conftest import PASSWORD, floodwall_process
+
+NEW_PASSWORD = "a brand new passphrase"
+_networks = itertools.count(10)
+
+
+@pytest.fixture(scope="module")
+def reset_url(inbox: tuple[Inbox, int], model_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("reset")
+    env = {"FLOODWALL_MAIL_URL": f"smtp://127.0.0.1:{inbox[1]}", "FLOODWALL_ACCOUNTS_KEY_CACHE_TTL": "0"}
+    with floodwall_process(tmp, f"sqlite:///{tmp / 'floodwall.db'}", model_url, env=env) as url:
+        yield url
+
+
+def browser(base_url: str) -> httpx.Client:
+    return httpx.Client(base_url=base_url, timeout=30, headers={"origin": base_url},
+                        transport=httpx.HTTPTransport(local_address=f"127.7.{next(_networks)}.3"))
+
+
+def account(base_url: str) -> tuple[httpx.Client, str]:
+    web = browser(base_url)
+    address = f"r-{secrets.token_hex(5)}@example.org"
+    assert web.post("/auth/register", json={"email": address, "password": PASSWORD}).status_code == 201
+    assert web.post("/auth/login", json={"email": address, "password": PASSWORD}).status_code == 200
+    return web, address
+
+
+def ask(web: httpx.Client, address: str) -> httpx.Response:
+    answer = web.post("/auth/password-reset", json={"email": address})
+    assert answer.status_code == 200, answer.text
+    return answer
+
+
+def test_a_mailed_link_sets_a_new_password_once_and_signs_everyone_out(reset_url: str,
+                                                                      inbox: tuple[Inbox, int]) -> None:
+    owner, address = account(reset_url)
+    with browser(reset_url) as helper:
+        assert helper.post("/auth/login", json={"email": address, "password": PASSWORD}).status_code == 200
+        ask(helper, address)
+        [mail] = inbox[0].wait_for(address, subject="Reset your password")
+        link = link_in(mail, "/auth/reset")
+        token = link.split("token=", 1)[1]
+        assert helper.get(link).json() == {"valid": True}
+        done = helper.post("/auth/reset", json={"token": token, "password": NEW_PASSWORD})
+        assert done.status_code == 200 and done.json() == {"ok": True}
+        for signed_in in (owner, helper):
+            assert signed_in.get("/account/keys").status_code == 401
+        used = helper.post("/auth/reset", json={"token": token, "password": "yet another passphrase"})
+        assert used.status_code == 400 and used.json()["error"]["code"] == "invalid_token"
+        assert helper.post("/auth/login", json={"email": address, "password": PASSWORD}).status_code == 401
+        assert helper.post("/auth/login", json={"email": address, "password": NEW_PASSWORD}).status_code == 200
+        inbox[0].wait_for(address, subject="Your password was changed")
+        kinds = [e["kind"] for e in helper.get("/account/activity").json()["events"]]
+        assert "password_reset" in kinds
+    owner.close()
+
+
+def test_an_unknown_address_gets_the_same_answer_and_no_mail(reset_url: str, inbox: tuple[Inbox, int]) -> None:
+    with browser(reset_url) as web:
+        _, known = account(reset_url)
+        unknown = f"nobody-{secrets.token_hex(4)}@example.org"
+        assert ask(web, unknown).json() == ask(web, known).json()
+        ask(web, known)  # a second ask within the minute: the same answer, no second message
+        inbox[0].wait_for(known)
+        time.sleep(0.5)
+        assert len([m for m in inbox[0].messages if m["To"] == known]) == 1
+        assert not [m for m in inbox[0].messages if m["To"] == unknown]
+
+
+def test_forged_links_and_weak_passwords_are_refused(reset_url: str, inbox: tuple[Inbox, int]) -> None:
+    web, address = account(reset_url)
+    ask(web, address)
+    token = link_in(inbox[0].wait_for(address)[0], "/auth/reset").split("token=", 1)[1]
+    for bad in (token[:-4] + "AAAA", "", "x" * 5000):
+        refused = web.get("/auth/reset", params={"token": bad})
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_token"
+    page = web.get("/auth/reset", params={"token": token[:-4] + "AAAA"}, headers={"accept": "text/html"})
+    assert page.status_code == 400 and "Ask for a new one" in page.text
+    form = {"token": token, "password": "short"}
+    weak = web.post("/auth/reset", data=form, headers={"accept": "text/html"})
+    assert weak.status_code == 400 and f'value="{token}"' in weak.text  # the form comes back, link and all
+    common = web.post("/auth/reset", json={"token": token, "password": "qwertyuiop"})
+    assert common.status_code == 400 and common.json()["error"]["code"] == "password_too_common"
+    assert web.post("/auth/reset", json={"token": token}).status_code == 400
+    good = web.post("/auth/reset", data={"token": token, "password": NEW_PASSWORD}, headers={"accept": "text/html"})
+    assert good.status_code == 200 and "Your password is changed" in good.text
+    web.close()
+
+
+def test_the_pages(reset_url: str) -> None:
+    with browser(reset_url) as web:
+        assert "Forgot your password?" in web.get("/login", headers={"accept": "text/html"}).text
+        assert web.get("/forgot", headers={"accept": "text/html"}).status_code == 200
+        sent = web.post("/auth/password-reset", data={"email": "someone@example.org"},
+                        headers={"accept": "text/html"})
+        assert sent.status_code == 200 and "is on its way" in sent.text
