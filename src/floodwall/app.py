@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 from floodwall import config as config_module
 from floodwall import errors, logs
 from floodwall.accounts import routes as account_routes
+from floodwall.accounts import two_factor_routes
 from floodwall.accounts.alerts import Alerts
 from floodwall.accounts.blocklists import Blocklists
 from floodwall.accounts.challenges import Challenges
@@ -28,6 +29,7 @@ from floodwall.accounts.mail import Mailer
 from floodwall.accounts.passwords import Passwords
 from floodwall.accounts.reset import PasswordReset
 from floodwall.accounts.service import AccountService
+from floodwall.accounts.two_factor import TwoFactor
 from floodwall.accounts.verification import EmailVerification
 from floodwall.accounts.waiting_room import WaitingRoom
 from floodwall.config import Settings
@@ -56,8 +58,12 @@ async def healthz(request: Request) -> Response:
 def build_app(settings: Settings) -> Gate:
     engine = create_engine(settings.database.url, settings.database.pool_size)
     mailer = Mailer(settings.mail)
+    store = open_store(settings.state.url)
+    signer = Signer()
+    db = sessionmaker(engine)
+    two_factor = TwoFactor(db, signer, store)
     accounts = AccountService(
-        sessionmaker(engine),
+        db,
         Passwords(settings.accounts.password_hash_profile),
         session_lifetime=settings.accounts.session_lifetime,
         min_password_length=settings.accounts.min_password_length,
@@ -67,12 +73,11 @@ def build_app(settings: Settings) -> Gate:
             disposable_file=settings.accounts.disposable_domains_file,
             passwords_file=settings.accounts.common_passwords_file),
         alerts=Alerts(mailer),
+        two_factor=two_factor,
     )
-    store = open_store(settings.state.url)
     trusted = TrustedProxies(settings.server.trusted_proxies)
     control = Control(store, settings.defense.level, settings.edge.refresh_interval)
     policy = Policy.load(settings.edge.policy or None)
-    signer = Signer()
     services = Services(
         settings=settings,
         accounts=accounts,
@@ -92,6 +97,7 @@ def build_app(settings: Settings) -> Gate:
         mailer=mailer,
         verification=EmailVerification(accounts.db, signer, mailer, settings.accounts.verify_email),
         password_reset=PasswordReset(accounts.db, signer, mailer, accounts),
+        two_factor=two_factor,
     )
 
     @contextlib.asynccontextmanager
@@ -128,6 +134,7 @@ def build_app(settings: Settings) -> Gate:
         *inference_routes.routes,
         *admin.routes,
         *account_routes.routes,
+        *two_factor_routes.routes,
         *web_routes.routes,
         Mount("/static", StaticFiles(directory=str(pages.STATIC)), name="static"),
     ]

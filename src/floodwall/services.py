@@ -13,6 +13,7 @@ from floodwall.accounts.guard import LoginGuard
 from floodwall.accounts.mail import Mailer
 from floodwall.accounts.reset import PasswordReset
 from floodwall.accounts.service import AccountService
+from floodwall.accounts.two_factor import TwoFactor
 from floodwall.accounts.verification import EmailVerification
 from floodwall.accounts.waiting_room import WaitingRoom
 from floodwall.config import Settings
@@ -45,6 +46,7 @@ class Services:
     mailer: Mailer
     verification: EmailVerification
     password_reset: PasswordReset
+    two_factor: TwoFactor
 
     def client(self, request: Request) -> Client:
         return Client(client_address(request.scope, self.trusted_proxies), request.headers.get("user-agent", ""))

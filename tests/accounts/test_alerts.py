@@ -4,18 +4,14 @@ and can sign out sessions they do not recognise."""
 
 from __future__ import annotations
 
-import itertools
-import secrets
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.accounts.conftest import Inbox
+from tests.accounts.conftest import Inbox, account, browser, network
 from tests.conftest import PASSWORD, floodwall_process
-
-_networks = itertools.count(10)
 
 
 @pytest.fixture(scope="module")
@@ -26,19 +22,10 @@ def alerts_url(inbox: tuple[Inbox, int], model_url: str, tmp_path_factory: pytes
         yield url
 
 
-def browser(base_url: str, network: int, host: int = 3, user_agent: str = "browser/1.0") -> httpx.Client:
-    """A browser (it keeps its cookies, the device cookie too) on a network of the test's choosing."""
-    return httpx.Client(base_url=base_url, timeout=30, headers={"origin": base_url, "user-agent": user_agent},
-                        transport=httpx.HTTPTransport(local_address=f"127.6.{network}.{host}"))
-
-
 def owner(base_url: str) -> tuple[httpx.Client, str, int]:
-    network = next(_networks)
-    web = browser(base_url, network)
-    address = f"a-{secrets.token_hex(5)}@example.org"
-    assert web.post("/auth/register", json={"email": address, "password": PASSWORD}).status_code == 201
-    assert web.post("/auth/login", json={"email": address, "password": PASSWORD}).status_code == 200
-    return web, address, network
+    net = network()
+    web, address = account(base_url, net)
+    return web, address, net
 
 
 def sign_in(web: httpx.Client, address: str, password: str = PASSWORD) -> int:
@@ -50,12 +37,12 @@ def alerts(web: httpx.Client) -> list[dict[str, Any]]:
 
 
 def test_a_sign_in_from_a_new_device_and_network_alerts_the_owner(alerts_url: str, inbox: tuple[Inbox, int]) -> None:
-    web, address, network = owner(alerts_url)
-    with browser(alerts_url, network, host=4) as new_browser_at_home:
+    web, address, net = owner(alerts_url)
+    with browser(alerts_url, net, host=4) as new_browser_at_home:
         assert sign_in(new_browser_at_home, address) == 200  # a new device on a network the account uses
     assert sign_in(web, address) == 200
     assert alerts(web) == [] and not [m for m in inbox[0].messages if m["To"] == address]
-    with browser(alerts_url, next(_networks), user_agent="stranger/1.0") as stranger:
+    with browser(alerts_url, network(), user_agent="stranger/1.0") as stranger:
         assert sign_in(stranger, address) == 200
     [mail] = inbox[0].wait_for(address)
     assert mail["Subject"] == "New sign-in to your account"
@@ -69,7 +56,7 @@ def test_a_sign_in_from_a_new_device_and_network_alerts_the_owner(alerts_url: st
 
 def test_a_burst_of_wrong_passwords_alerts_the_owner_once(alerts_url: str, inbox: tuple[Inbox, int]) -> None:
     web, address, _ = owner(alerts_url)
-    with browser(alerts_url, next(_networks)) as attacker:
+    with browser(alerts_url, network()) as attacker:
         for _ in range(7):
             assert sign_in(attacker, address, "wrong password 123") == 401
     [mail] = inbox[0].wait_for(address)
@@ -92,8 +79,8 @@ def test_a_new_api_key_alerts_the_owner(alerts_url: str, inbox: tuple[Inbox, int
 
 
 def test_the_owner_signs_out_sessions_they_do_not_recognise(alerts_url: str) -> None:
-    web, address, network = owner(alerts_url)
-    with browser(alerts_url, network, host=5) as second, browser(alerts_url, network, host=6) as third:
+    web, address, net = owner(alerts_url)
+    with browser(alerts_url, net, host=5) as second, browser(alerts_url, net, host=6) as third:
         assert sign_in(second, address) == 200 and sign_in(third, address) == 200
         sessions = web.get("/account/sessions").json()["data"]
         assert len(sessions) == 3  # the owner's own sign-in, two more

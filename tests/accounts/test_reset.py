@@ -4,7 +4,6 @@ with the form kept."""
 
 from __future__ import annotations
 
-import itertools
 import secrets
 import time
 from collections.abc import Iterator
@@ -12,11 +11,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.accounts.conftest import Inbox, link_in
+from tests.accounts.conftest import Inbox, account, browser, link_in
 from tests.conftest import PASSWORD, floodwall_process
 
 NEW_PASSWORD = "a brand new passphrase"
-_networks = itertools.count(10)
 
 
 @pytest.fixture(scope="module")
@@ -25,19 +23,6 @@ def reset_url(inbox: tuple[Inbox, int], model_url: str, tmp_path_factory: pytest
     env = {"FLOODWALL_MAIL_URL": f"smtp://127.0.0.1:{inbox[1]}", "FLOODWALL_ACCOUNTS_KEY_CACHE_TTL": "0"}
     with floodwall_process(tmp, f"sqlite:///{tmp / 'floodwall.db'}", model_url, env=env) as url:
         yield url
-
-
-def browser(base_url: str) -> httpx.Client:
-    return httpx.Client(base_url=base_url, timeout=30, headers={"origin": base_url},
-                        transport=httpx.HTTPTransport(local_address=f"127.7.{next(_networks)}.3"))
-
-
-def account(base_url: str) -> tuple[httpx.Client, str]:
-    web = browser(base_url)
-    address = f"r-{secrets.token_hex(5)}@example.org"
-    assert web.post("/auth/register", json={"email": address, "password": PASSWORD}).status_code == 201
-    assert web.post("/auth/login", json={"email": address, "password": PASSWORD}).status_code == 200
-    return web, address
 
 
 def ask(web: httpx.Client, address: str) -> httpx.Response:

@@ -76,6 +76,9 @@ class Alerts:
                    f"wrong password {FAILED_BURST} times in {FAILED_WINDOW.seconds // 60} minutes. Your account "
                    "is safe while they keep failing; the latest attempt came from here.", client)
 
+    def security_change(self, email: str, subject: str, what: str, client: Client) -> None:
+        self._mail(email, subject, what, client)
+
     def key_created(self, email: str, name: str, prefix: str, client: Client) -> None:
         self._mail(email, "New API key on your account", f"An API key was created on your account: "
                    f"{name or 'unnamed'} ({prefix}...).", client)

@@ -46,6 +46,8 @@ class User(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     # when its owner followed the confirmation link (None: not yet, or made before confirmation was asked)
     email_verified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # the TOTP shared secret (base32) once two-factor sign-in is on; None: off
+    totp_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Session(Base):
@@ -74,6 +76,17 @@ class ApiKey(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class RecoveryCode(Base):
+    """A one-time code that stands in for the authenticator app; only its sha256 is kept."""
+
+    __tablename__ = "recovery_codes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(64))
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class ActivityEvent(Base):

@@ -32,18 +32,23 @@ from floodwall.web.pages import render
 
 @form_page("login.html")
 async def login(request: Request) -> Response:
-    email, password = await credentials(request)
+    fields = await read_fields(request)
+    email, password = await credentials(request, fields)
+    code = text_field(fields, "totp", required=False)
     config = services(request)
     client = config.client(request)
     # counted before the account is looked up or the password hashed: a flood of guesses costs counters only
     attempt = await config.guard.begin(email, client.ip, request.cookies.get(DEVICE_COOKIE))
     try:
-        user = await config.accounts.authenticate(email, password, client, new_device=not attempt.known)
+        user = await config.accounts.authenticate(email, password, client, new_device=not attempt.known,
+                                                  second_factor=code)
     except ApiError as error:
-        if error.code == "invalid_credentials":
-            config.guard.failed()
+        if error.code in ("invalid_credentials", "invalid_totp"):
+            config.guard.failed()  # a wrong code counts as a wrong password: its guesses are limited alike
         else:
             await config.guard.release(attempt)
+        if error.code in ("totp_required", "invalid_totp"):
+            request.state.form_context = {"totp_needed": True}  # the form again, with the code's field
         raise
     device = await config.guard.succeeded(attempt)
     secret = await config.accounts.create_session(user, client)

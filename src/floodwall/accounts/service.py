@@ -24,6 +24,7 @@ from floodwall.accounts.alerts import Alerts
 from floodwall.accounts.blocklists import Blocklists
 from floodwall.accounts.models import ActivityEvent, ApiKey, Session, Usage, User, utcnow
 from floodwall.accounts.passwords import Passwords
+from floodwall.accounts.two_factor import TwoFactor, code_required
 from floodwall.cache import Missing, TTLCache
 from floodwall.errors import ApiError
 
@@ -73,6 +74,7 @@ class AccountService:
         blocklists: Blocklists | None = None,
         key_cache_ttl: float = 5.0,
         alerts: Alerts | None = None,
+        two_factor: TwoFactor | None = None,
     ) -> None:
         self.db = db
         self.passwords = passwords
@@ -80,6 +82,7 @@ class AccountService:
         self.min_password_length = min_password_length
         self.blocklists = blocklists or Blocklists()
         self.alerts = alerts
+        self.two_factor = two_factor
         # API keys are looked up on every /v1 call: keep the answers (unknown keys too) for a few seconds
         self.keys: TTLCache[Principal | None] = TTLCache(key_cache_ttl, max_entries=100_000)
         self.sessions: TTLCache[Principal | None] = TTLCache(key_cache_ttl, max_entries=100_000)
@@ -119,8 +122,10 @@ class AccountService:
             await db.commit()
         return user
 
-    async def authenticate(self, email: str, password: str, client: Client, new_device: bool = False) -> User:
-        """The account if the password is right; the same refusal, at the same cost, for an unknown e-mail."""
+    async def authenticate(self, email: str, password: str, client: Client, new_device: bool = False,
+                           second_factor: str = "") -> User:
+        """The account if the password (and, where two-factor sign-in is on, the code) is right; the same
+        refusal, at the same cost, for an unknown e-mail."""
         async with self.db() as db:
             user = await db.scalar(select(User).where(User.email == normalise_email(email)))
         password = password[:MAX_PASSWORD_LENGTH]
@@ -134,6 +139,14 @@ class AccountService:
                     await self.alerts.failed_sign_in(db, user.id, user.email, client)
                 await db.commit()
                 raise _invalid_credentials()
+            if user.totp_secret:
+                if not second_factor:
+                    raise code_required()
+                if self.two_factor is None or not await self.two_factor.check(db, user, second_factor, client):
+                    record_activity(db, user.id, "login_failed", client, {"why": "wrong_code"})
+                    await db.commit()
+                    raise ApiError(401, "That code is not right, or it was used already.", "invalid_totp",
+                                   param="totp")
             if self.passwords.needs_rehash(user.password_hash):
                 user.password_hash = await self.passwords.hash(password)
                 await db.execute(update(User).where(User.id == user.id).values(password_hash=user.password_hash))
@@ -144,12 +157,15 @@ class AccountService:
         return user
 
     async def change_password(self, principal: Principal, current: str, new: str, client: Client) -> None:
+        await self.check_password(principal, current)
+        await self.set_password(principal.user_id, new, client, "password_changed", keep_session=principal.session_id)
+
+    async def check_password(self, principal: Principal, current: str, param: str = "current_password") -> None:
+        """The signed-in owner proves it is them again before a change that matters."""
         async with self.db() as db:
             user = await db.get(User, principal.user_id)
         if user is None or not await self.passwords.verify(user.password_hash, current[:MAX_PASSWORD_LENGTH]):
-            raise ApiError(400, "The current password is not right.", "invalid_current_password",
-                           param="current_password")
-        await self.set_password(user.id, new, client, "password_changed", keep_session=principal.session_id)
+            raise ApiError(400, "The current password is not right.", "invalid_current_password", param=param)
 
     async def set_password(self, user_id: int, new: str, client: Client, kind: str,
                            keep_session: int | None = None) -> None:

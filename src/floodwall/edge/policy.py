@@ -34,7 +34,8 @@ KEYS = frozenset({"ip", "network", "account", "key", "global", "login", "device"
 _LIMIT = re.compile(r"^\s*(\d+)\s*/\s*([\w.]+)\s*(?:burst\s+(\d+))?\s*$")
 
 INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/app/chat"})
-PAGE_PATHS = frozenset({"/", "/register", "/login", "/forgot", "/chat", "/keys", "/activity", "/password"})
+PAGE_PATHS = frozenset({"/", "/register", "/login", "/forgot", "/chat", "/keys", "/activity", "/password",
+                        "/two-factor"})
 
 
 def classify(method: str, path: str) -> str:

@@ -73,6 +73,14 @@ async def activity_page(request: Request) -> Response:
                                                     "sessions": sessions, "alerts": alerts})
 
 
+async def two_factor_page(request: Request) -> Response:
+    principal = await session_principal(request)
+    if principal is None:
+        return RedirectResponse("/login", 303)
+    enabled = await services(request).two_factor.enabled(principal.user_id)
+    return await render(request, "two_factor.html", {"principal": principal, "enabled": enabled})
+
+
 async def password_page(request: Request) -> Response:
     principal = await session_principal(request)
     if principal is None:
@@ -99,6 +107,7 @@ routes = [
     Route("/chat", chat_page),
     Route("/keys", keys_page),
     Route("/activity", activity_page),
+    Route("/two-factor", two_factor_page),
     Route("/password", password_page),
     Route("/app/chat", chat_send, methods=["POST"]),
 ]
