@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from floodwall.accounts.passwords import Passwords
+from floodwall.accounts.passwords import Passwords, Slots
 from floodwall.errors import ApiError
 
 
@@ -25,3 +25,31 @@ async def test_hashing_past_its_slots_is_refused_auth_busy() -> None:
     assert (error.status, error.code, error.reason) == (503, "auth_busy", "auth_busy")
     assert error.retry_after is not None and error.retry_after >= 1
     assert await asyncio.wait_for(passwords.verify(stored, "correct horse battery staple"), 5)
+
+
+def test_known_devices_get_the_next_hashing_slot_first() -> None:
+    """During a stuffing wave the hashing slots are all taken: an owner's known device goes ahead of the wave."""
+
+    async def scenario() -> list[str]:
+        slots = Slots(1)
+        await slots.acquire()  # the slot is busy
+        served: list[str] = []
+
+        async def caller(name: str, priority: bool) -> None:
+            await slots.acquire(priority)
+            served.append(name)
+            slots.release()
+
+        tasks = [asyncio.create_task(caller(f"wave{i}", False)) for i in range(3)]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.create_task(caller("owner", True)))
+        gave_up = asyncio.create_task(caller("gave-up", False))
+        await asyncio.sleep(0)
+        gave_up.cancel()  # a waiter whose wait ran out leaves the line without taking a slot
+        await asyncio.sleep(0)
+        slots.release()
+        await asyncio.gather(*tasks)
+        await slots.acquire()  # every slot came back
+        return served
+
+    assert asyncio.run(scenario()) == ["owner", "wave0", "wave1", "wave2"]

@@ -4,6 +4,7 @@ that a credential-stuffing wave cannot spend every core on hashing."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import os
 from collections.abc import Callable
@@ -29,25 +30,60 @@ PROFILES = {
 }
 
 
+class Slots:
+    """A semaphore whose waiters with `priority` are served first: during a stuffing wave, the devices that
+    signed in before (their device cookie says so) get the next free hashing slot ahead of the wave."""
+
+    def __init__(self, capacity: int) -> None:
+        self._free = capacity
+        self._waiting: tuple[collections.deque[asyncio.Future[None]], ...] = (collections.deque(), collections.deque())
+
+    async def acquire(self, priority: bool = False) -> None:
+        if self._free > 0 and not any(self._waiting):
+            self._free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        queue = self._waiting[0 if priority else 1]
+        queue.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot just as its wait ran out: pass it on
+            else:
+                queue.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        for queue in self._waiting:
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)  # the slot goes straight to the waiter
+                    return
+        self._free += 1
+
+
 class Passwords:
     def __init__(self, profile: str = "", concurrency: int | None = None, wait: float = 2.0) -> None:
         self._hasher = PasswordHasher.from_parameters(PROFILES[profile])
         self._dummy = self._hasher.hash("floodwall-timing-equaliser")
         # hashes at once: half the cores, so the event loop and the model relay keep theirs
-        self._slots = asyncio.Semaphore(concurrency or max(1, (os.cpu_count() or 2) // 2))
+        self._slots = Slots(concurrency or max(1, (os.cpu_count() or 2) // 2))
         self._wait = wait
 
     async def hash(self, password: str) -> str:
         return await self._run(self._hasher.hash, password)
 
-    async def verify(self, stored: str | None, password: str) -> bool:
-        """True when it matches; with no stored hash, spends the same time and says False."""
-        return await self._run(self._verify, stored, password)
+    async def verify(self, stored: str | None, password: str, priority: bool = False) -> bool:
+        """True when it matches; with no stored hash, spends the same time and says False. With `priority`
+        (a device that signed in before), it goes ahead of the others waiting for a hashing slot."""
+        return await self._run(self._verify, stored, password, priority=priority)
 
-    async def _run(self, work: Callable[..., T], *args: object) -> T:
+    async def _run(self, work: Callable[..., T], *args: object, priority: bool = False) -> T:
         try:
             async with asyncio.timeout(self._wait):
-                await self._slots.acquire()
+                await self._slots.acquire(priority)
         except TimeoutError:
             raise ApiError(503, "Sign-in and sign-up are very busy right now. Please wait a few seconds and try "
                            "again.", "auth_busy", retry_after=5) from None

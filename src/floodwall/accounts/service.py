@@ -129,7 +129,8 @@ class AccountService:
         async with self.db() as db:
             user = await db.scalar(select(User).where(User.email == normalise_email(email)))
         password = password[:MAX_PASSWORD_LENGTH]
-        ok = await self.passwords.verify(user.password_hash if user else None, password)
+        # a device that signed in before goes ahead in the hashing queue: a stuffing wave cannot crowd it out
+        ok = await self.passwords.verify(user.password_hash if user else None, password, priority=not new_device)
         if user is None:
             raise _invalid_credentials()
         async with self.db() as db:

@@ -13,18 +13,9 @@ from typing import Any
 import httpx
 
 from floodwall.sim.attack import corpus
-from floodwall.sim.attack.populations import (
-    Context,
-    Established,
-    FlashCrowd,
-    Flood,
-    Jailbreak,
-    Population,
-    Probe,
-    SignupBots,
-    Stuffing,
-)
+from floodwall.sim.attack.populations import Context, Established, Flood, Jailbreak, Population, Probe, Stuffing
 from floodwall.sim.attack.recorder import Recorder
+from floodwall.sim.attack.signups import FlashCrowd, SignupBots
 from floodwall.sim.attack.traffic import Sources, Target, raise_open_files_limit
 
 # which attackers each scenario sends; established users are in every one

@@ -9,10 +9,12 @@ import ipaddress
 import resource
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import altcha
+import httpx
 import orjson
 
 from floodwall.inference.http1 import ConnectionClosed, Pool
@@ -162,3 +164,42 @@ async def solve_challenge(challenge: dict[str, Any]) -> tuple[str | None, float]
     started = time.process_time()
     found = await asyncio.to_thread(work)
     return found, time.process_time() - started
+
+
+async def widget_solution(get: Callable[[str], Awaitable[bytes]]) -> str | None:
+    """What a browser's sign-up form sends: when the page carries the proof-of-work widget, the widget solves
+    a challenge while the person types, and the form sends the solution with its first try."""
+    if b"<altcha-widget" not in await get("/register"):
+        return None
+    try:
+        challenge = orjson.loads(await get("/auth/challenge"))
+    except orjson.JSONDecodeError:
+        return None
+    return (await solve_challenge(challenge))[0] if isinstance(challenge, dict) else None
+
+
+async def sign_up(web: httpx.AsyncClient, email: str, password: str, patience: float = 120.0) -> int:
+    """Register as a person would, in a browser: solving the challenge, waiting in the queue or for a place
+    in the trickle when the level asks for them. The final status."""
+
+    async def get(path: str) -> bytes:
+        return (await web.get(path)).content
+
+    body: dict[str, Any] = {"email": email, "password": password}
+    if solution := await widget_solution(get):
+        body["altcha"] = solution
+    deadline = time.monotonic() + patience
+    while True:
+        response = await web.post("/auth/register", json=body)
+        reply = Reply(response.status_code, response.content, dict(response.headers), 0.0)
+        if time.monotonic() >= deadline:
+            return response.status_code
+        if reply.code == "challenge_required":
+            body["altcha"], _ = await solve_challenge(reply.challenge)
+        elif reply.queue:
+            body["ticket"] = reply.queue["ticket"]
+            await asyncio.sleep(min(5.0, max(0.5, float(reply.queue.get("eta_seconds") or 1))))
+        elif reply.code == "registration_busy" and response.status_code == 429:
+            await asyncio.sleep(min(30.0, float(response.headers.get("retry-after") or 5)))
+        else:
+            return response.status_code
