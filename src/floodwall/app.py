@@ -33,7 +33,9 @@ from floodwall.accounts.two_factor import TwoFactor
 from floodwall.accounts.verification import EmailVerification
 from floodwall.accounts.waiting_room import WaitingRoom
 from floodwall.config import Settings
-from floodwall.console import admin
+from floodwall.console import admin, metrics
+from floodwall.defense.detector import Detector
+from floodwall.defense.watch import Watch
 from floodwall.edge.control import Control
 from floodwall.edge.gate import Gate
 from floodwall.edge.identity import TrustedProxies
@@ -45,6 +47,8 @@ from floodwall.inference.usage import UsageRecorder
 from floodwall.services import Services
 from floodwall.signing import Signer
 from floodwall.state import open_store
+from floodwall.telemetry.sources import NewSources
+from floodwall.telemetry.traffic import Traffic
 from floodwall.web import pages
 from floodwall.web import routes as web_routes
 
@@ -78,6 +82,8 @@ def build_app(settings: Settings) -> Gate:
     trusted = TrustedProxies(settings.server.trusted_proxies)
     control = Control(store, settings.defense.level, settings.edge.refresh_interval)
     policy = Policy.load(settings.edge.policy or None)
+    traffic = Traffic(NewSources(ipv4_prefix=settings.edge.ipv4_prefix, ipv6_prefix=settings.edge.ipv6_prefix))
+    admission = Admission(policy.admission, store, lambda: control.level, traffic)
     services = Services(
         settings=settings,
         accounts=accounts,
@@ -88,16 +94,18 @@ def build_app(settings: Settings) -> Gate:
         store=store,
         control=control,
         policy=policy,
-        admission=Admission(policy.admission, store, lambda: control.level),
+        admission=admission,
         signer=signer,
         guard=LoginGuard(policy, store, lambda: control.level, signer, settings.edge.ipv4_prefix,
-                         settings.edge.ipv6_prefix),
+                         settings.edge.ipv6_prefix, traffic),
         waiting_room=WaitingRoom(store, signer, policy.queue),
         challenges=Challenges(store, signer),
         mailer=mailer,
         verification=EmailVerification(accounts.db, signer, mailer, settings.accounts.verify_email),
         password_reset=PasswordReset(accounts.db, signer, mailer, accounts),
         two_factor=two_factor,
+        traffic=traffic,
+        watch=Watch(traffic, store, control, Detector(policy.detector), gauges=admission.gauges),
     )
 
     @contextlib.asynccontextmanager
@@ -110,6 +118,7 @@ def build_app(settings: Settings) -> Gate:
             logs.event(_log, "server.public_url is empty: links in e-mails use the address each request came in on, "
                   "which a client can forge", logging.WARNING)
         await control.start()
+        await services.watch.start()
         services.admission.loop_lag.start()
         await services.upstream.start()
         await services.upstream.probe()
@@ -124,6 +133,7 @@ def build_app(settings: Settings) -> Gate:
             await mailer.drain()
             await services.usage.stop()
             await services.upstream.close()
+            await services.watch.stop()
             await control.stop()
             await services.admission.loop_lag.stop()
             await store.close()
@@ -133,6 +143,7 @@ def build_app(settings: Settings) -> Gate:
         Route("/healthz", healthz),
         *inference_routes.routes,
         *admin.routes,
+        *metrics.routes,
         *account_routes.routes,
         *two_factor_routes.routes,
         *web_routes.routes,
@@ -151,7 +162,7 @@ def build_app(settings: Settings) -> Gate:
     app.state.services = services
     gate = Gate(app, policy=policy, store=store, control=control, accounts=accounts, trusted_proxies=trusted,
                 new_account_age=settings.defense.new_account_age, ipv4_prefix=settings.edge.ipv4_prefix,
-                ipv6_prefix=settings.edge.ipv6_prefix)
+                ipv6_prefix=settings.edge.ipv6_prefix, traffic=traffic)
     # the gate is the outermost app (it passes lifespan through); tools reach the services through it
     gate.state = app.state
     return gate

@@ -150,6 +150,11 @@ def parser() -> argparse.ArgumentParser:
     _admin_flags(level)
     level.set_defaults(func=_admin("level"))
 
+    detector = commands.add_parser("detector", help="what the detector reads now, against its baselines, and "
+                                   "this process's heaviest talkers")
+    _admin_flags(detector)
+    detector.set_defaults(func=_admin("detector"))
+
     registration = commands.add_parser("registration", help="show the sign-up mode, or pin it")
     registration.add_argument("mode", nargs="?", choices=[*REGISTRATION_MODES, "auto"])
     registration.add_argument("--reason", default="set from the command line")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from prometheus_client.registry import CollectorRegistry
 from starlette.requests import Request
 from starlette.templating import Jinja2Templates
 
@@ -17,6 +18,7 @@ from floodwall.accounts.two_factor import TwoFactor
 from floodwall.accounts.verification import EmailVerification
 from floodwall.accounts.waiting_room import WaitingRoom
 from floodwall.config import Settings
+from floodwall.defense.watch import Watch
 from floodwall.edge.control import Control
 from floodwall.edge.identity import TrustedProxies, client_address, is_https
 from floodwall.edge.policy import Policy
@@ -25,6 +27,7 @@ from floodwall.inference.upstream import Upstream
 from floodwall.inference.usage import UsageRecorder
 from floodwall.signing import Signer
 from floodwall.state.store import Store
+from floodwall.telemetry.traffic import Traffic
 
 
 @dataclasses.dataclass
@@ -47,6 +50,9 @@ class Services:
     verification: EmailVerification
     password_reset: PasswordReset
     two_factor: TwoFactor
+    traffic: Traffic
+    watch: Watch
+    metrics: CollectorRegistry | None = None  # made at the first scrape
 
     def client(self, request: Request) -> Client:
         return Client(client_address(request.scope, self.trusted_proxies), request.headers.get("user-agent", ""))

@@ -207,6 +207,14 @@ def test_level_changes_are_recorded_with_reason(edge_url: str, level: Any) -> No
     assert state["history"][0]["reason"] == "test" and state["history"][0]["by"].startswith("admin@")
 
 
+def test_an_operator_keeps_watching_under_attack(edge_url: str, level: Any) -> None:
+    """The admin token is not an API key: polling the admin API is not rationed as made-up keys are
+    (lookup/ip allows a burst of 20 under attack)."""
+    level("under_attack")
+    with admin(edge_url, f"127.0.7.{next(_addresses) % 250 + 1}") as a:
+        assert [a.get("/admin/api/level").status_code for _ in range(25)] == [200] * 25
+
+
 @pytest.fixture
 def registration(edge_url: str) -> Iterator[Any]:
     def pin(mode: str) -> dict[str, Any]:

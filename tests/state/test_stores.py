@@ -141,3 +141,40 @@ async def test_charge_and_refund_reconcile_an_estimate(store: Store) -> None:
     await store.charge([tokens._replace(cost=-10_000)])
     assert (await store.peek([tokens._replace(cost=600)]))[0].allowed
     assert not (await store.peek([tokens._replace(cost=601)]))[0].allowed
+
+
+async def test_traffic_counts_are_summed_across_processes(store: Store) -> None:
+    await store.add_traffic(1000, {"arrivals": 3, "req:page:2xx": 2})
+    await store.add_traffic(1000, {"arrivals": 4, "event:login.failed": 1})
+    await store.add_traffic(1001, {"arrivals": 1})
+    assert await store.traffic(1000) == {"arrivals": 7, "req:page:2xx": 2, "event:login.failed": 1}
+    assert await store.traffic(999) == {}
+
+
+async def test_traffic_is_shared_by_two_redis_clients() -> None:
+    prefix = f"fwtest-{secrets.token_hex(4)}:"
+    first, second = RedisStore(f"{REDIS}?prefix={prefix}"), RedisStore(f"{REDIS}?prefix={prefix}")
+    try:
+        await first.add_traffic(7, {"arrivals": 5})
+        await second.add_traffic(7, {"arrivals": 6})
+        assert (await first.traffic(7))["arrivals"] == 11
+        assert 0 < await first.client.ttl(f"{prefix}traffic:7") <= 300  # kept a few minutes, then gone
+        # one process at a time leads; the lease passes on when it is not renewed
+        assert await first.lead("detector", "a", 0.3)
+        assert not await second.lead("detector", "b", 0.3)
+        assert await first.lead("detector", "a", 0.3)  # renewed
+        await asyncio.sleep(0.4)
+        assert await second.lead("detector", "b", 0.3)
+    finally:
+        keys = [k async for k in first.client.scan_iter(f"{prefix}*")]
+        await first.client.delete(*keys)
+        await first.close()
+        await second.close()
+
+
+async def test_memory_traffic_stays_bounded() -> None:
+    store = MemoryStore()
+    for second in range(1000):
+        await store.add_traffic(second, {"arrivals": 1})
+    assert await store.traffic(0) == {} and await store.traffic(999) == {"arrivals": 1}
+    assert await store.lead("detector", "anyone", 1.0)

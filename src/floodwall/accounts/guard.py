@@ -21,7 +21,7 @@ from floodwall.edge.policy import Caller, Policy
 from floodwall.errors import ApiError
 from floodwall.signing import Signer
 from floodwall.state.store import Bucket, Store
-from floodwall.telemetry.window import Window
+from floodwall.telemetry.traffic import Traffic, event_key
 
 DEVICE_COOKIE = "fw_device"
 DEVICE_LIFETIME = dt.timedelta(days=365)
@@ -47,13 +47,13 @@ class Attempt:
 
 class LoginGuard:
     def __init__(self, policy: Policy, store: Store, level: Callable[[], str], signer: Signer,
-                 ipv4_prefix: int = 24, ipv6_prefix: int = 64) -> None:
+                 ipv4_prefix: int = 24, ipv6_prefix: int = 64, traffic: Traffic | None = None) -> None:
         self.policy = policy
         self.store = store
         self.level = level
         self.signer = signer
         self.prefixes = (ipv4_prefix, ipv6_prefix)
-        self.outcomes = Window(60)
+        self.traffic = traffic or Traffic()
         # rules counting every address against one account: their refusal says how the owner gets in
         self._account_wide = {rule.name for rule in policy.rules if rule.key == "login"}
 
@@ -79,19 +79,19 @@ class LoginGuard:
             verdicts = await self.store.hit(buckets)
             refused = [(v.retry_after, b.rule) for b, v in zip(buckets, verdicts, strict=True) if not v.allowed]
             if refused:
-                self.outcomes.add("throttled")
+                self.traffic.event("login.throttled")
                 wait, rule = max(refused)
                 raise _locked(rule, wait) if rule in self._account_wide else _throttled(rule, wait)
         return Attempt(login, device, known, buckets)
 
     async def succeeded(self, attempt: Attempt) -> str:
         """Give back what the attempt spent; the device cookie to set, now knowing this account."""
-        self.outcomes.add("succeeded")
+        self.traffic.event("login.succeeded")
         await self.release(attempt)
         return self.remember(attempt.device, attempt.login)
 
     def failed(self) -> None:
-        self.outcomes.add("failed")
+        self.traffic.event("login.failed")
 
     async def release(self, attempt: Attempt) -> None:
         """Give back what an attempt spent when its password was never checked (the hashing pool was full)."""
@@ -105,10 +105,11 @@ class LoginGuard:
 
     def figures(self) -> dict[str, Any]:
         """Sign-in outcomes over the last minute in this process, and the share of checked ones that failed."""
-        totals = self.outcomes.totals()
-        succeeded, failed, throttled = (totals.get(k, 0) for k in ("succeeded", "failed", "throttled"))
+        totals = self.traffic.recent(60)
+        succeeded, failed, throttled = (totals.get(event_key(f"login.{k}"), 0)
+                                        for k in ("succeeded", "failed", "throttled"))
         checked = succeeded + failed
-        return {"window_seconds": self.outcomes.span, "succeeded": succeeded, "failed": failed,
+        return {"window_seconds": 60, "succeeded": succeeded, "failed": failed,
                 "throttled": throttled, "failed_ratio": round(failed / checked, 4) if checked else 0.0}
 
 

@@ -146,6 +146,7 @@ async def _register(request: Request) -> Response:
         if place is not None:
             await config.waiting_room.give_back(place)
         raise
+    config.traffic.event("signup.created")
     if config.verification.required:
         config.verification.send(config.public_url(request), user.id, user.email)
     response: Response

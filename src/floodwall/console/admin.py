@@ -173,7 +173,41 @@ async def logins(request: Request) -> Response:
     return JSONResponse(services(request).guard.figures())
 
 
+async def detector(request: Request) -> Response:
+    """The detector: the last second it read (every replica's traffic), its baselines, its rules' state."""
+    require_admin(request)
+    config = services(request)
+    watch = config.watch
+    return JSONResponse({"level": config.control.level, "mode": config.control.record.get("mode", "auto"),
+                         "second": watch.second, "leading": watch.leading, "store_healthy": watch.healthy,
+                         "figures": {name: round(value, 4) for name, value in watch.figures.items()},
+                         **watch.detector.state()})
+
+
+async def traffic(request: Request) -> Response:
+    """This process's traffic over the last minute: requests by class and outcome, events, new addresses and
+    networks, and the heaviest talkers."""
+    require_admin(request)
+    found = services(request).traffic
+    counts = found.recent(60)
+    requests: dict[str, dict[str, int]] = {}
+    events: dict[str, int] = {}
+    for key, count in sorted(counts.items()):
+        kind, _, rest = key.partition(":")
+        if kind == "req":
+            klass, _, outcome = rest.partition(":")
+            requests.setdefault(klass, {})[outcome] = count
+        elif kind == "event":
+            events[rest] = count
+    return JSONResponse({"window_seconds": 60, "arrivals": counts["arrivals"], "requests": requests,
+                         "events": events, "new_addresses": counts["new_addresses"],
+                         "new_networks": counts["new_networks"], "tracked_addresses": found.sources.tracked,
+                         "top_talkers": [t._asdict() for t in found.top_talkers(20)]})
+
+
 routes = [
+    Route("/admin/api/detector", detector, methods=["GET"]),
+    Route("/admin/api/traffic", traffic, methods=["GET"]),
     Route("/admin/api/admission", admission, methods=["GET"]),
     Route("/admin/api/logins", logins, methods=["GET"]),
     Route("/admin/api/level", get_level, methods=["GET"]),

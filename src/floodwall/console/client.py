@@ -1,4 +1,4 @@
-"""The operator commands (`floodwall level`, `floodwall ban`, `floodwall lists`) as admin API calls."""
+"""The operator commands (`floodwall level`, `detector`, `registration`, `ban`, `lists`) as admin API calls."""
 
 from __future__ import annotations
 
@@ -55,6 +55,23 @@ def level(settings: Settings, args: argparse.Namespace) -> int:
     for entry in state.get("history", [])[:10]:
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(entry["at"])))
         print(f"  {at}  {entry['level']:<13} mode {entry['mode']:<13} {entry.get('by')}: {entry.get('reason')}")
+    return 0
+
+
+def detector(settings: Settings, args: argparse.Namespace) -> int:
+    state = call(settings, args, "GET", "/admin/api/detector")
+    print(f"level: {state['level']} (mode {state['mode']}); rules on: {', '.join(state['active_rules']) or 'none'}; "
+          f"learnt from {state['samples_learnt']} calm seconds")
+    print(f"  {'signal':<20} {'last second':>12} {'baseline':>10}")
+    for name, value in state["figures"].items():
+        print(f"  {name:<20} {value:>12g} {state['baselines'].get(name, 0):>10g}")
+    for rule in state["rules"]:
+        print(f"  rule {rule['name']} -> {rule['level']}: {' and '.join(rule['when'])} (held {rule['streak']}s)")
+    traffic = call(settings, args, "GET", "/admin/api/traffic")
+    print(f"last minute in this process: {traffic['arrivals']} requests, {traffic['new_addresses']} new addresses, "
+          f"{traffic['new_networks']} new networks; heaviest talkers:")
+    for talker in traffic["top_talkers"][:10]:
+        print(f"  {talker['key']:<40} {talker['hits']:>8} (±{talker['error']})")
     return 0
 
 

@@ -14,8 +14,9 @@ from collections.abc import Iterable
 
 from floodwall import logs
 from floodwall.background import cancel
+from floodwall.defense.levels import LEVELS
 from floodwall.edge.identity import IPAddress, IPNetwork
-from floodwall.edge.policy import LEVELS, REGISTRATION_MODES
+from floodwall.edge.policy import REGISTRATION_MODES
 from floodwall.state.store import Ban, Store
 
 log = logging.getLogger("floodwall.edge")
@@ -121,9 +122,14 @@ class Control:
         if self.record.get("mode", "auto") == "auto" and level != self.level:
             record: dict[str, object] = {"mode": "auto", "level": level, "reason": reason, "at": time.time(),
                                          "by": "detector", "previous": self.level, "registration": self.registration}
-            await self.store.set_level(record)
-            logs.event(log, "level_changed", logging.WARNING, mode="auto", defense_level=level, reason=reason,
-                       by="detector")
+            logs.event(log, "level_changed", logging.WARNING, mode="auto", defense_level=level,
+                       previous=self.level, reason=reason, by="detector")
+            try:
+                await self.store.set_level(record)
+            except Exception as exc:  # the Store is away: this process defends itself meanwhile
+                logs.event(log, "level_not_shared", logging.WARNING, defense_level=level, error=repr(exc))
+                self.record, self.level = record, level
+                return
             await self.refresh()
 
     async def set_registration(self, mode: str, reason: str, by: str) -> dict[str, object]:

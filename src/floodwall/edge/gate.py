@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from starlette.requests import HTTPConnection
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from floodwall.accounts.service import AccountService, Principal
 from floodwall.edge.control import Control
@@ -27,6 +27,7 @@ from floodwall.edge.policy import Caller, Policy, classify
 from floodwall.edge.refusals import RefusalLog
 from floodwall.errors import ApiError, send_error
 from floodwall.state.store import Bucket, Store, Verdict
+from floodwall.telemetry.traffic import Traffic
 
 log = logging.getLogger("floodwall.edge")
 
@@ -73,8 +74,10 @@ class Gate:
         new_account_age: float,
         ipv4_prefix: int = 24,
         ipv6_prefix: int = 64,
+        traffic: Traffic | None = None,
     ) -> None:
         self.app = app
+        self.traffic = traffic or Traffic()
         self.policy = policy
         self.store = store
         self.control = control
@@ -94,11 +97,14 @@ class Gate:
             return
         klass = classify(scope["method"], scope["path"])
         text = client_address(scope, self.trusted)
+        traffic = self.traffic
+        traffic.arrived(text)
         remembered = self._refused.get((klass, text))
         if remembered is not None and remembered[0] > time.monotonic() and \
                 remembered[1] == self.control.generation and _credential(scope)[0] is None:
             # refused a moment ago and nothing has changed since: the same answer, without deciding again
             again = remembered[2]
+            traffic.refused(klass)
             self.refusals.record(again.reason, text, again.status, klass, self.control.level, "anonymous",
                                  scope["method"], scope["path"])
             await send_error(scope, send, again)
@@ -110,13 +116,14 @@ class Gate:
         if self.control.allow.match(address) is not None:
             principal = await self._principal(scope)
             self._enter(scope, klass, text, self._tier(principal), level, principal)
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, _observed(send, traffic, klass))
             return
         principal, tier = None, "anonymous"
         buckets: list[Bucket] = []
         verdicts: list[Verdict] = []
         refusal = self._blocked(address)
-        if refusal is None:
+        # admin routes take the admin token, not an account's key: it is never looked up as one
+        if refusal is None and klass != "admin":
             principal, refusal = await self._principal_or_refusal(scope, address, level)
             tier = self._tier(principal)
         if refusal is None:
@@ -131,11 +138,13 @@ class Gate:
         if refusal is not None:
             if principal is None and refusal.retry_after and _credential(scope)[0] is None:
                 self._remember(klass, text, refusal, _wait(buckets, verdicts, refusal))
+            traffic.refused(klass)
             self.refusals.record(refusal.reason, text, refusal.status, klass, level, tier, scope["method"],
                                  scope["path"])
             await send_error(scope, send, refusal)
             return
         self._enter(scope, klass, text, tier, level, principal)
+        send = _observed(send, traffic, klass)
         if verdicts and klass.startswith("api"):
             send = _with_ratelimit_headers(send, buckets, verdicts)
         await self.app(scope, receive, send)
@@ -268,6 +277,16 @@ def _refusal(klass: str, rule: str, wait: int) -> ApiError:
                         retry_after=wait, reason=rule)
     return ApiError(429, f"Rate limit reached ({rule}). Please try again in {max(1, wait)}s.",
                     "rate_limit_exceeded", type="requests", retry_after=wait, reason=rule)
+
+
+def _observed(send: Send, traffic: Traffic, klass: str) -> Send:
+    """Count the answer's status class once it starts."""
+    async def observe(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            traffic.answered(klass, message["status"])
+        await send(message)
+
+    return observe
 
 
 def _with_ratelimit_headers(send: Send, buckets: Sequence[Bucket], verdicts: Sequence[Verdict]) -> Send:

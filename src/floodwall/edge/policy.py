@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from floodwall.config import ConfigError, parse_duration
+from floodwall.defense.detector import DetectorPolicy
+from floodwall.defense.levels import LEVELS
 from floodwall.inference.admission import AdmissionPolicy
 from floodwall.state.store import Bucket
 
 DEFAULT_POLICY = Path(__file__).with_name("default_policy.toml")
-LEVELS = ("normal", "elevated", "under_attack")
 CLASSES = frozenset(
     {"static", "page", "auth-register", "auth-login", "api-inference", "api-other", "status", "admin",
      # not request classes: the gate checks credential-lookup before looking up a credential it has not
@@ -118,8 +119,10 @@ REGISTRATION_MODES = ("open", "queued", "limited", "closed")
 class Policy:
     def __init__(self, rules: Iterable[Rule], admission: AdmissionPolicy | None = None,
                  registration: Mapping[str, str] | None = None, trickle: Limit | None = None,
-                 queue: Limit | None = None, challenge: Mapping[str, int] | None = None) -> None:
+                 queue: Limit | None = None, challenge: Mapping[str, int] | None = None,
+                 detector: DetectorPolicy | None = None) -> None:
         self.rules = tuple(rules)
+        self.detector = detector or DetectorPolicy()
         self.admission = admission or AdmissionPolicy()
         self.registration = {level: (registration or {}).get(level, "open") for level in LEVELS}
         pace = trickle or Limit(60, 60.0, 10)
@@ -149,13 +152,14 @@ class Policy:
             raise ConfigError(f"cannot read the edge policy {source}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: {exc}") from None
-        unknown = set(data) - {"rule", "admission", "registration"}
+        unknown = set(data) - {"rule", "admission", "registration", "detector"}
         if unknown:
             raise ConfigError(f"{source}: unknown tables {', '.join(sorted(unknown))}")
         rules = [_rule(entry, f"{source} rule {i + 1}") for i, entry in enumerate(data.get("rule", []))]
         modes, trickle, queue, challenge = _registration(data.get("registration", {}), f"{source} [registration]")
+        detector = DetectorPolicy.from_data(data.get("detector", {}), f"{source} [detector]")
         return cls(rules, AdmissionPolicy.from_data(data.get("admission", {}), f"{source} [admission]"), modes,
-                   trickle, queue, challenge)
+                   trickle, queue, challenge, detector)
 
     def registration_mode(self, level: str, pinned: str = "auto") -> str:
         """The sign-up mode in force: the operator's pin, else the level's column."""

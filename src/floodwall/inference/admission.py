@@ -23,6 +23,7 @@ from floodwall.config import ConfigError, parse_duration
 from floodwall.edge.headers import ratelimit
 from floodwall.errors import ApiError
 from floodwall.state.store import Bucket, Store
+from floodwall.telemetry.traffic import Traffic
 
 TIER_ORDER = ("established", "new", "anonymous")
 LEVELS = ("normal", "elevated", "under_attack")
@@ -205,8 +206,10 @@ class LoopLag:
 
 
 class Admission:
-    def __init__(self, policy: AdmissionPolicy, store: Store, level: Callable[[], str]) -> None:
+    def __init__(self, policy: AdmissionPolicy, store: Store, level: Callable[[], str],
+                 traffic: Traffic | None = None) -> None:
         self.policy = policy
+        self.traffic = traffic or Traffic()
         self.store = store
         self.level = level
         self.loop_lag = LoopLag()
@@ -228,6 +231,12 @@ class Admission:
                 "in_flight": self.in_flight, "by_tier": dict(self.by_tier),
                 "queued": {t: len(q) for t, q in self.queues.items()}, "shed": dict(self.shed),
                 "admitted": dict(self.admitted)}
+
+    def gauges(self) -> dict[str, float]:
+        """The model's saturation for the detector: calls in flight against the learnt limit, calls waiting."""
+        limit = self.limiter.limit
+        return {"model_in_flight": float(self.in_flight), "model_limit": float(limit),
+                "model_saturation": self.in_flight / limit if limit else 0.0, "model_queued": float(self.queued)}
 
     async def admit(self, principal: Principal, tier: str, level: str, body: dict[str, Any]) -> Ticket:
         """Wait for the call's turn, or raise the refusal. Caps body["max_tokens"] when the level says so."""
@@ -293,7 +302,7 @@ class Admission:
             self._start(ticket)
             return
         if self.queued >= self.policy.queue_size and not self._shed_lower(ticket.tier):
-            self.shed[ticket.tier] += 1
+            self._count_shed(ticket.tier)
             raise _busy(ticket.tier)
         ticket._future = asyncio.get_running_loop().create_future()
         self.queues[ticket.tier].append(ticket)
@@ -303,7 +312,7 @@ class Admission:
             if ticket.started:
                 return  # its turn came just as the wait ran out
             self._leave(ticket)
-            self.shed[ticket.tier] += 1
+            self._count_shed(ticket.tier)
             raise _busy(ticket.tier) from None
         except asyncio.CancelledError:
             # the client went away while waiting: its place goes to the next in line
@@ -324,11 +333,15 @@ class Admission:
         for lower in reversed(TIER_ORDER[TIER_ORDER.index(tier) + 1:]):
             if self.queues[lower]:
                 victim = self.queues[lower].pop()
-                self.shed[lower] += 1
+                self._count_shed(lower)
                 if victim._future is not None and not victim._future.done():
                     victim._future.set_exception(_busy(lower))
                 return True
         return False
+
+    def _count_shed(self, tier: str) -> None:
+        self.shed[tier] += 1
+        self.traffic.event(f"model.shed.{tier}")
 
     def _start(self, ticket: Ticket) -> None:
         ticket.started = time.monotonic()

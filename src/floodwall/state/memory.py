@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-from floodwall.state.store import Ban, Bucket, Verdict, advance, charged, gcra
+from floodwall.state.store import TRAFFIC_MEMORY, Ban, Bucket, Verdict, advance, charged, gcra
 
 STRIKE_MEMORY = 86400.0
 
@@ -25,6 +25,7 @@ class MemoryStore:
         self._level: dict[str, object] | None = None
         self._queues: dict[str, tuple[int, float, float]] = {}
         self._history: list[dict[str, object]] = []
+        self._traffic: dict[int, dict[str, int]] = {}
 
     def decide(self, buckets: Sequence[Bucket], spend: bool = True) -> list[Verdict]:
         """Synchronous core of hit(): the edge calls it directly on the hot path."""
@@ -151,6 +152,19 @@ class MemoryStore:
 
     async def level_history(self, limit: int = 50) -> list[dict[str, object]]:
         return self._history[:limit]
+
+    async def add_traffic(self, second: int, counts: Mapping[str, int]) -> None:
+        found = self._traffic.setdefault(second, {})
+        for name, count in counts.items():
+            found[name] = found.get(name, 0) + count
+        while len(self._traffic) > TRAFFIC_MEMORY:
+            del self._traffic[min(self._traffic)]
+
+    async def traffic(self, second: int) -> dict[str, int]:
+        return dict(self._traffic.get(second, {}))
+
+    async def lead(self, role: str, owner: str, ttl: float) -> bool:
+        return True  # one process: it plays every role
 
     async def close(self) -> None:
         return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from floodwall import logs
 from floodwall.state.memory import STRIKE_MEMORY, MemoryStore
-from floodwall.state.store import Ban, Bucket, Verdict
+from floodwall.state.store import TRAFFIC_MEMORY, Ban, Bucket, Verdict
 
 log = logging.getLogger("floodwall.state")
 
@@ -100,6 +100,16 @@ redis.call('EXPIRE', KEYS[1], 604800)
 return {issued, tostring(frontier)}
 """
 
+# KEYS: the role's lease. ARGV: owner, ttl in ms. Take the lease if free, renew it if ours.
+LEAD = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
 
 class RedisStore:
     def __init__(self, url: str, timeout: float = 0.25, max_connections: int = 64) -> None:
@@ -119,6 +129,7 @@ class RedisStore:
         self._gcra = self.client.register_script(GCRA)
         self._ban = self.client.register_script(BAN)
         self._queue = self.client.register_script(QUEUE)
+        self._lead = self.client.register_script(LEAD)
         self.local = MemoryStore()
         self.fallbacks = 0
         self.round_trips = 0
@@ -226,6 +237,24 @@ class RedisStore:
 
     async def level_history(self, limit: int = 50) -> list[dict[str, object]]:
         return [json.loads(v) for v in await self.client.lrange(f"{self.prefix}level:history", 0, limit - 1)]
+
+    async def add_traffic(self, second: int, counts: Mapping[str, int]) -> None:
+        if not counts:
+            return
+        key = f"{self.prefix}traffic:{second}"
+        async with self.client.pipeline(transaction=False) as pipe:
+            for name, count in counts.items():
+                pipe.hincrby(key, name, count)
+            pipe.expire(key, TRAFFIC_MEMORY)
+            await pipe.execute()
+
+    async def traffic(self, second: int) -> dict[str, int]:
+        raw = await self.client.hgetall(f"{self.prefix}traffic:{second}")
+        return {_text(name): int(count) for name, count in raw.items()}
+
+    async def lead(self, role: str, owner: str, ttl: float) -> bool:
+        held = await self._lead(keys=[f"{self.prefix}lead:{role}"], args=[owner, int(ttl * 1000)])
+        return bool(held)
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -8,8 +8,10 @@ by one limit does not use up another); in Redis it is one round trip.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Protocol
+
+TRAFFIC_MEMORY = 300  # seconds of traffic counts a Store keeps
 
 
 class Bucket(NamedTuple):
@@ -86,6 +88,18 @@ class Store(Protocol):
     async def set_level(self, record: dict[str, object], history_limit: int = 200) -> None: ...
 
     async def level_history(self, limit: int = 50) -> list[dict[str, object]]: ...
+
+    async def add_traffic(self, second: int, counts: Mapping[str, int]) -> None:
+        """Add one process's traffic counts for a second (unix time) to every process's sum."""
+        ...
+
+    async def traffic(self, second: int) -> dict[str, int]:
+        """Every process's traffic counts for a second, summed (kept TRAFFIC_MEMORY seconds)."""
+        ...
+
+    async def lead(self, role: str, owner: str, ttl: float) -> bool:
+        """Hold (or renew) the lease on a role that one process at a time plays; False if another holds it."""
+        ...
 
     async def close(self) -> None: ...
 
