@@ -146,6 +146,9 @@ class Attacker(Population):
         raise NotImplementedError
 
 
+STOP_GRACE = 5.0
+
+
 async def paced(rate: float, until: float, fire: Callable[[], Coroutine[Any, Any, None]], *, max_in_flight: int,
                 recorder: Recorder, name: str) -> None:
     """Open loop: `rate` calls of `fire` a second until `until` (recorder time), whatever the answers."""
@@ -167,8 +170,10 @@ async def paced(rate: float, until: float, fire: Callable[[], Coroutine[Any, Any
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     if tasks:
-        _, pending = await asyncio.wait(tasks, timeout=35)
-        recorder.counters[f"{name}.unfinished"] += len(pending)  # still unanswered 35 s after the attack
+        # then the tool stops, as an attacker's does: what is unanswered a few seconds on is abandoned, and
+        # calls still waiting in the simulator for a connection are never sent after the attack's end
+        _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE)
+        recorder.counters[f"{name}.unfinished"] += len(pending)
         for task in pending:
             task.cancel()
 
