@@ -35,6 +35,7 @@ from floodwall.accounts.waiting_room import WaitingRoom
 from floodwall.config import Settings
 from floodwall.console import admin, metrics
 from floodwall.defense.detector import Detector
+from floodwall.defense.prompts import Campaigns, Screen, load_rules
 from floodwall.defense.watch import Watch
 from floodwall.edge.control import Control
 from floodwall.edge.gate import Gate
@@ -106,6 +107,8 @@ def build_app(settings: Settings) -> Gate:
         two_factor=two_factor,
         traffic=traffic,
         watch=Watch(traffic, store, control, Detector(policy.detector), gauges=admission.gauges),
+        prompt_screen=Screen(load_rules()),
+        campaigns=Campaigns(),
     )
 
     @contextlib.asynccontextmanager

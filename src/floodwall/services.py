@@ -18,6 +18,7 @@ from floodwall.accounts.two_factor import TwoFactor
 from floodwall.accounts.verification import EmailVerification
 from floodwall.accounts.waiting_room import WaitingRoom
 from floodwall.config import Settings
+from floodwall.defense.prompts import Campaigns, Screen
 from floodwall.defense.watch import Watch
 from floodwall.edge.control import Control
 from floodwall.edge.identity import TrustedProxies, client_address, is_https
@@ -52,6 +53,8 @@ class Services:
     two_factor: TwoFactor
     traffic: Traffic
     watch: Watch
+    prompt_screen: Screen
+    campaigns: Campaigns
     metrics: CollectorRegistry | None = None  # made at the first scrape
 
     def client(self, request: Request) -> Client:

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from floodwall.config import ConfigError, parse_duration
 from floodwall.defense.detector import DetectorPolicy
 from floodwall.defense.levels import LEVELS
+from floodwall.defense.prompts import PromptPolicy
 from floodwall.inference.admission import AdmissionPolicy
 from floodwall.state.store import Bucket
 
@@ -23,8 +24,9 @@ DEFAULT_POLICY = Path(__file__).with_name("default_policy.toml")
 CLASSES = frozenset(
     {"static", "page", "auth-register", "auth-login", "api-inference", "api-other", "status", "admin",
      # not request classes: the gate checks credential-lookup before looking up a credential it has not
-     # seen lately; the login guard spends login-failure on each sign-in attempt and gives it back on success
-     "credential-lookup", "login-failure"}
+     # seen lately; the login guard spends login-failure on each sign-in attempt and gives it back on success;
+     # prompt screening spends prompt-strike on each flagged prompt
+     "credential-lookup", "login-failure", "prompt-strike"}
 )
 # callers' tiers; a sign-in attempt's tier says whether it comes from a device that signed in to that
 # account before (a signed device cookie)
@@ -120,9 +122,10 @@ class Policy:
     def __init__(self, rules: Iterable[Rule], admission: AdmissionPolicy | None = None,
                  registration: Mapping[str, str] | None = None, trickle: Limit | None = None,
                  queue: Limit | None = None, challenge: Mapping[str, int] | None = None,
-                 detector: DetectorPolicy | None = None) -> None:
+                 detector: DetectorPolicy | None = None, prompts: PromptPolicy | None = None) -> None:
         self.rules = tuple(rules)
         self.detector = detector or DetectorPolicy()
+        self.prompts = prompts or PromptPolicy()
         self.admission = admission or AdmissionPolicy()
         self.registration = {level: (registration or {}).get(level, "open") for level in LEVELS}
         pace = trickle or Limit(60, 60.0, 10)
@@ -152,14 +155,15 @@ class Policy:
             raise ConfigError(f"cannot read the edge policy {source}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: {exc}") from None
-        unknown = set(data) - {"rule", "admission", "registration", "detector"}
+        unknown = set(data) - {"rule", "admission", "registration", "detector", "prompts"}
         if unknown:
             raise ConfigError(f"{source}: unknown tables {', '.join(sorted(unknown))}")
         rules = [_rule(entry, f"{source} rule {i + 1}") for i, entry in enumerate(data.get("rule", []))]
         modes, trickle, queue, challenge = _registration(data.get("registration", {}), f"{source} [registration]")
         detector = DetectorPolicy.from_data(data.get("detector", {}), f"{source} [detector]")
+        prompts = PromptPolicy.from_data(data.get("prompts", {}), f"{source} [prompts]", LEVELS)
         return cls(rules, AdmissionPolicy.from_data(data.get("admission", {}), f"{source} [admission]"), modes,
-                   trickle, queue, challenge, detector)
+                   trickle, queue, challenge, detector, prompts)
 
     def registration_mode(self, level: str, pinned: str = "auto") -> str:
         """The sign-up mode in force: the operator's pin, else the level's column."""

@@ -21,6 +21,7 @@ from floodwall.edge.gate import scope_edge_info
 from floodwall.errors import ApiError, log_scope_refusal, send_error
 from floodwall.inference import validation
 from floodwall.inference.proxy import InferenceCall
+from floodwall.inference.screening import screen
 from floodwall.services import Services, services
 
 
@@ -33,9 +34,10 @@ async def models(request: Request) -> Response:
 class InferenceEndpoint:
     """POST /v1/<endpoint>: the caller's key, its body checked by `check`, then one InferenceCall."""
 
-    def __init__(self, endpoint: str, check: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, endpoint: str, check: Callable[[dict[str, Any]], None], screened: bool = True) -> None:
         self.endpoint = endpoint
         self.check = check
+        self.screened = screened  # prompts are screened; embeddings' inputs are not instructions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         config: Services = scope["app"].state.services
@@ -43,6 +45,8 @@ class InferenceEndpoint:
             principal = await key_principal(scope, config.accounts)
             body = await receive_json_object(scope, receive, config.settings.server.max_body_size)
             self.check(body)
+            if self.screened:
+                await screen(config, principal, body, *tier_and_level(scope))
         except ClientDisconnect:
             return
         except ApiError as error:
@@ -55,9 +59,14 @@ class InferenceEndpoint:
 def call(scope: Scope, principal: Principal, endpoint: str, body: dict[str, Any]) -> InferenceCall:
     """One inference call, with the caller's tier and the level in force as the gate saw them."""
     config: Services = scope["app"].state.services
-    edge = scope_edge_info(scope)
-    tier, level = (edge.tier, edge.level) if edge else ("established", config.control.level)
+    tier, level = tier_and_level(scope)
     return InferenceCall(config.upstream, config.usage, config.admission, principal, endpoint, body, tier, level)
+
+
+def tier_and_level(scope: Scope) -> tuple[str, str]:
+    """The caller's tier and the level in force, as the gate saw them."""
+    edge = scope_edge_info(scope)
+    return (edge.tier, edge.level) if edge else ("established", scope["app"].state.services.control.level)
 
 
 routes = [
@@ -65,5 +74,5 @@ routes = [
     Route("/v1/chat/completions", InferenceEndpoint("chat/completions", validation.chat_completion),
           methods=["POST"]),
     Route("/v1/completions", InferenceEndpoint("completions", validation.completion), methods=["POST"]),
-    Route("/v1/embeddings", InferenceEndpoint("embeddings", validation.embedding), methods=["POST"]),
+    Route("/v1/embeddings", InferenceEndpoint("embeddings", validation.embedding, screened=False), methods=["POST"]),
 ]

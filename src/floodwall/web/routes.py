@@ -13,7 +13,8 @@ from floodwall.bodies import read_json_object
 from floodwall.errors import ApiError
 from floodwall.inference import validation
 from floodwall.inference.proxy import InferenceCall
-from floodwall.inference.routes import call
+from floodwall.inference.routes import call, tier_and_level
+from floodwall.inference.screening import screen
 from floodwall.services import services
 from floodwall.web.pages import render
 
@@ -96,6 +97,7 @@ async def chat_send(request: Request) -> Response | InferenceCall:
     body = await read_json_object(request, config.settings.server.max_body_size)
     body["stream"] = True
     validation.chat_completion(body)
+    await screen(config, principal, body, *tier_and_level(request.scope))
     return call(request.scope, principal, "chat/completions", body)
 
 
