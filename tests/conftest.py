@@ -27,6 +27,16 @@ PASSWORD = "correct horse battery staple"
 NO_LIMITS = Path(__file__).with_name("data") / "no_limits.toml"
 
 
+class Clock:
+    """A clock the test moves, for the parts that take one."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class Process:
     def __init__(self, args: list[str], env: dict[str, str], log: Path, health: str) -> None:
         self.log = log

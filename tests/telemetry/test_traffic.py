@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from floodwall.telemetry.sources import HeavyHitters, NewSources
 from floodwall.telemetry.traffic import Traffic
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.conftest import Clock
 
 
 def test_a_second_closes_into_flat_counts_that_join_the_totals() -> None:

@@ -7,19 +7,22 @@ from the Control snapshot, the limits from the Store (memory: no I/O; Redis: one
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import ipaddress
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from floodwall import logs
 from floodwall.accounts.service import AccountService, Principal
+from floodwall.defense.probing import Probes
 from floodwall.edge.control import Control
 from floodwall.edge.headers import ratelimit, with_headers
 from floodwall.edge.identity import TrustedProxies, client_address
@@ -78,6 +81,8 @@ class Gate:
     ) -> None:
         self.app = app
         self.traffic = traffic or Traffic()
+        self.probes = Probes(policy.probing) if policy.probing else None
+        self._banning: set[asyncio.Task[None]] = set()
         self.policy = policy
         self.store = store
         self.control = control
@@ -113,7 +118,7 @@ class Gate:
         if address is None:
             address = self._parse(text)
         level = self.control.level
-        if self.control.allow.match(address) is not None:
+        if self.control.allow.match(address) is not None:  # allow-listed: never limited, never banned
             principal = await self._principal(scope)
             self._enter(scope, klass, text, self._tier(principal), level, principal)
             await self.app(scope, receive, _observed(send, traffic, klass))
@@ -144,10 +149,40 @@ class Gate:
             await send_error(scope, send, refusal)
             return
         self._enter(scope, klass, text, tier, level, principal)
-        send = _observed(send, traffic, klass)
+        # established accounts are not counted as scanners: their own app's 404s are not a scan
+        watch = self._probe_watch(text, scope["path"]) if self.probes is not None and tier != "established" else None
+        send = _observed(send, traffic, klass, watch)
         if verdicts and klass.startswith("api"):
             send = _with_ratelimit_headers(send, buckets, verdicts)
         await self.app(scope, receive, send)
+
+    def _probe_watch(self, address: str, path: str) -> Callable[[int], None]:
+        probes = self.probes
+        assert probes is not None
+
+        def watch(status: int) -> None:
+            if probes.counts(status, path) and probes.answered(address, path):
+                task = asyncio.get_running_loop().create_task(self._ban_prober(address, probes.policy.ban))
+                self._banning.add(task)
+                task.add_done_callback(self._banning.discard)
+
+        return watch
+
+    async def _ban_prober(self, address: str, duration: float) -> None:
+        """An address that asked for too many distinct missing paths: banned (escalating), at once here and
+        within a refresh on every replica."""
+        try:
+            ipaddress.ip_address(address)
+            ban = await self.store.ban(address, "http-probing", duration, escalate=True)
+        except ValueError:
+            return  # no address to ban (a unix socket)
+        except Exception as exc:  # the Store is away: the limits still stand
+            logs.event(log, "ban_failed", logging.WARNING, address=address, reason="http-probing", error=repr(exc))
+            return
+        self.traffic.event("probe.banned")
+        logs.event(log, "banned", logging.WARNING, address=address, reason="http-probing",
+                   seconds=round(ban.until - time.time()), strikes=ban.strikes)
+        await self.control.refresh()
 
     def _registration(self, level: str, buckets: list[Bucket]) -> ApiError | None:
         """Sign-ups as the registration mode says: closed refuses them all; limited adds one trickle that
@@ -279,11 +314,14 @@ def _refusal(klass: str, rule: str, wait: int) -> ApiError:
                     "rate_limit_exceeded", type="requests", retry_after=wait, reason=rule)
 
 
-def _observed(send: Send, traffic: Traffic, klass: str) -> Send:
-    """Count the answer's status class once it starts."""
+def _observed(send: Send, traffic: Traffic, klass: str, watch: Callable[[int], None] | None = None) -> Send:
+    """Count the answer's status class once it starts (and show refusals to the probe watch)."""
     async def observe(message: Message) -> None:
         if message["type"] == "http.response.start":
-            traffic.answered(klass, message["status"])
+            status = message["status"]
+            traffic.answered(klass, status)
+            if watch is not None and status >= 400:
+                watch(status)
         await send(message)
 
     return observe
