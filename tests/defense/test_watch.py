@@ -120,3 +120,40 @@ def test_the_detector_command(watched: str) -> None:
     assert shown.returncode == 0, shown.stderr
     assert "rules on:" in shown.stdout and "rule flood -> under_attack: requests > 10x baseline" in shown.stdout
     assert "heaviest talkers:" in shown.stdout and "127." in shown.stdout
+
+
+def test_two_replicas_read_the_whole_service_and_one_leads(model_url: str,
+                                                            tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Two floodwall processes sharing Redis: a flood at one of them moves the level for both, the detector
+    of each reads both processes' traffic summed, and exactly one of them leads."""
+    tmp: Path = tmp_path_factory.mktemp("replicas")
+    (tmp / "policy.toml").write_text(POLICY)
+    env = {"FLOODWALL_EDGE_POLICY": str(tmp / "policy.toml"), "FLOODWALL_DEFENSE_LEVEL": "auto",
+           "FLOODWALL_STATE_URL": f"redis://127.0.0.1:6379/0?prefix=fwtest-{secrets.token_hex(4)}:",
+           "FLOODWALL_ADMIN_TOKEN": TOKEN}
+    database = f"sqlite:///{tmp / 'floodwall.db'}"
+    with floodwall_process(tmp, database, model_url, env=env) as first, \
+            floodwall_process(tmp, database, model_url, env=env) as second:
+        time.sleep(3)
+        with httpx.Client(timeout=10, transport=httpx.HTTPTransport(local_address="127.3.1.1")) as web:
+            for _ in range(20):  # a few requests at the second replica: they show in the first one's figures
+                web.get(f"{second}/healthz")
+        headers = {"authorization": f"Bearer {TOKEN}"}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            seen = httpx.get(f"{first}/admin/api/detector", headers=headers, timeout=10).json()
+            if seen["figures"].get("requests", 0) >= 20:
+                break
+            time.sleep(0.3)
+        assert seen["figures"]["requests"] >= 20
+        leading = [httpx.get(f"{url}/admin/api/detector", headers=headers, timeout=10).json()["leading"]
+                   for url in (first, second)]
+        assert sorted(leading) == [False, True]
+        stop = threading.Event()
+        flooder = threading.Thread(target=flood, args=(first, stop))
+        flooder.start()
+        try:
+            wait_for(second, "under_attack", within=15)  # the other replica: the level is shared
+        finally:
+            stop.set()
+            flooder.join()
