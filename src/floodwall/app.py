@@ -166,8 +166,10 @@ def build_app(settings: Settings) -> Gate:
     gate = Gate(app, policy=policy, store=store, control=control, accounts=accounts, trusted_proxies=trusted,
                 new_account_age=settings.defense.new_account_age, ipv4_prefix=settings.edge.ipv4_prefix,
                 ipv6_prefix=settings.edge.ipv6_prefix, traffic=traffic)
-    # the gate is the outermost app (it passes lifespan through); tools reach the services through it
+    # the gate is the outermost app (it passes lifespan through); tools reach the services through it, and
+    # the admin API's explain reaches the gate through the app
     gate.state = app.state
+    app.state.gate = gate
     return gate
 
 

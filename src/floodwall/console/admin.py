@@ -15,6 +15,7 @@ from starlette.routing import Route
 from floodwall.bodies import read_json_object
 from floodwall.config import ConfigError, parse_duration
 from floodwall.edge.control import MODES
+from floodwall.edge.explain import explain_prompt, explain_request
 from floodwall.edge.policy import REGISTRATION_MODES
 from floodwall.errors import ApiError
 from floodwall.services import services
@@ -205,7 +206,43 @@ async def traffic(request: Request) -> Response:
                          "top_talkers": [t._asdict() for t in found.top_talkers(20)]})
 
 
+async def explain(request: Request) -> Response:
+    """What floodwall would decide right now for a request or a prompt, and why, without side effects."""
+    require_admin(request)
+    config = services(request)
+    body = await read_json_object(request, MAX_BODY)
+    if isinstance(body.get("prompt"), str):
+        level = config.control.level
+        prompts = config.policy.prompts
+        return JSONResponse(explain_prompt(config.prompt_screen, prompts.threshold, prompts.actions.get(level, "off"),
+                                           body["prompt"], level))
+    described = body.get("request")
+    if not isinstance(described, dict):
+        raise ApiError(400, "Send {'request': {'method', 'path', 'query', 'headers', 'address'}} or {'prompt': '...'}.",
+                       "invalid_request", param="request")
+    method, path = described.get("method", "GET"), described.get("path", "/")
+    headers, address = described.get("headers", {}), described.get("address", "192.0.2.1")
+    if not (isinstance(method, str) and isinstance(path, str) and path.startswith("/")):
+        raise ApiError(400, "'request.method' must be a string and 'request.path' start with '/'.",
+                       "invalid_request", param="request.path")
+    if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        raise ApiError(400, "'request.headers' must be an object of strings.", "invalid_request",
+                       param="request.headers")
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ApiError(400, "'request.address' must be an IP address.", "invalid_request",
+                       param="request.address") from None
+    try:
+        found = await explain_request(request.app.state.gate, method, path, headers, address)
+    except UnicodeEncodeError:
+        raise ApiError(400, "Header names and values must be Latin-1.", "invalid_request",
+                       param="request.headers") from None
+    return JSONResponse(found)
+
+
 routes = [
+    Route("/admin/api/explain", explain, methods=["POST"]),
     Route("/admin/api/detector", detector, methods=["GET"]),
     Route("/admin/api/traffic", traffic, methods=["GET"]),
     Route("/admin/api/admission", admission, methods=["GET"]),

@@ -106,7 +106,7 @@ class Gate:
         traffic.arrived(text)
         remembered = self._refused.get((klass, text))
         if remembered is not None and remembered[0] > time.monotonic() and \
-                remembered[1] == self.control.generation and _credential(scope)[0] is None:
+                remembered[1] == self.control.generation and credential(scope)[0] is None:
             # refused a moment ago and nothing has changed since: the same answer, without deciding again
             again = remembered[2]
             traffic.refused(klass)
@@ -120,28 +120,28 @@ class Gate:
         level = self.control.level
         if self.control.allow.match(address) is not None:  # allow-listed: never limited, never banned
             principal = await self._principal(scope)
-            self._enter(scope, klass, text, self._tier(principal), level, principal)
+            self._enter(scope, klass, text, self.tier(principal), level, principal)
             await self.app(scope, receive, _observed(send, traffic, klass))
             return
         principal, tier = None, "anonymous"
         buckets: list[Bucket] = []
         verdicts: list[Verdict] = []
-        refusal = self._blocked(address)
+        refusal = self.blocked(address)
         # admin routes take the admin token, not an account's key: it is never looked up as one
         if refusal is None and klass != "admin":
             principal, refusal = await self._principal_or_refusal(scope, address, level)
-            tier = self._tier(principal)
+            tier = self.tier(principal)
         if refusal is None:
-            buckets = self._buckets(klass, level, address, tier, principal)
+            buckets = self.buckets(klass, level, address, tier, principal)
             if klass == "auth-register":
-                refusal = self._registration(level, buckets)
+                refusal = self.registration(level, buckets)
         if refusal is None:
             if buckets:
                 # the memory store decides without I/O: no coroutine to build and await on the flood path
                 verdicts = self.store.decide_now(buckets) or await self.store.hit(buckets)
-            refusal = _first_refusal(klass, buckets, verdicts)
+            refusal = first_refusal(klass, buckets, verdicts)
         if refusal is not None:
-            if principal is None and refusal.retry_after and _credential(scope)[0] is None:
+            if principal is None and refusal.retry_after and credential(scope)[0] is None:
                 self._remember(klass, text, refusal, _wait(buckets, verdicts, refusal))
             traffic.refused(klass)
             self.refusals.record(refusal.reason, text, refusal.status, klass, level, tier, scope["method"],
@@ -184,7 +184,7 @@ class Gate:
                    seconds=round(ban.until - time.time()), strikes=ban.strikes)
         await self.control.refresh()
 
-    def _registration(self, level: str, buckets: list[Bucket]) -> ApiError | None:
+    def registration(self, level: str, buckets: list[Bucket]) -> ApiError | None:
         """Sign-ups as the registration mode says: closed refuses them all; limited adds one trickle that
         every sign-up shares, whatever its address."""
         mode = self.policy.registration_mode(level, self.control.registration)
@@ -216,7 +216,7 @@ class Gate:
                principal: Principal | None) -> None:
         scope.setdefault("state", {})["edge"] = EdgeInfo(klass, address, tier, level, principal)
 
-    def _blocked(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ApiError | None:
+    def blocked(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ApiError | None:
         entry = self.control.deny.match(address)
         if entry is not None:
             return ApiError(403, "Requests from your network are not accepted.", "denied", reason="deny-list")
@@ -226,7 +226,7 @@ class Gate:
                             retry_after=ban.until - time.time(), reason=f"ban/{ban.reason}")
         return None
 
-    def _tier(self, principal: Principal | None) -> str:
+    def tier(self, principal: Principal | None) -> str:
         if principal is None:
             return "anonymous"
         age = time.time() - principal.created_at.timestamp()
@@ -234,31 +234,31 @@ class Gate:
 
     async def _principal_or_refusal(self, scope: Scope, address: ipaddress.IPv4Address | ipaddress.IPv6Address,
                                     level: str) -> tuple[Principal | None, ApiError | None]:
-        secret, is_key = _credential(scope)
+        secret, is_key = credential(scope)
         if secret is None:
             return None, None
         known, cached = self.accounts.cached_principal(secret, is_key)
         if known:
             return cached, None
         # a credential not seen lately costs a database query: the lookup rules ration them per address
-        buckets = self._buckets("credential-lookup", level, address, "anonymous", None)
+        buckets = self.buckets("credential-lookup", level, address, "anonymous", None)
         if buckets and not self.accounts.lookup_pending(secret):
-            refusal = _first_refusal("credential-lookup", buckets, await self.store.hit(buckets))
+            refusal = first_refusal("credential-lookup", buckets, await self.store.hit(buckets))
             if refusal is not None:
                 return None, refusal
-        return await self._lookup(secret, is_key), None
+        return await self.lookup(secret, is_key), None
 
     async def _principal(self, scope: Scope) -> Principal | None:
         """For allow-listed callers: no rationing."""
-        secret, is_key = _credential(scope)
-        return await self._lookup(secret, is_key) if secret is not None else None
+        secret, is_key = credential(scope)
+        return await self.lookup(secret, is_key) if secret is not None else None
 
-    async def _lookup(self, secret: str, is_key: bool) -> Principal | None:
+    async def lookup(self, secret: str, is_key: bool) -> Principal | None:
         if is_key:
             return await self.accounts.key_principal(secret)
         return await self.accounts.session_principal(secret)
 
-    def _buckets(self, klass: str, level: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    def buckets(self, klass: str, level: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address,
                  tier: str, principal: Principal | None) -> list[Bucket]:
         ip = int(address)
         network = ip & (self.v4_mask if address.version == 4 else self.v6_mask)
@@ -267,7 +267,7 @@ class Gate:
         return self.policy.buckets(klass, level, caller)
 
 
-def _credential(scope: Scope) -> tuple[str | None, bool]:
+def credential(scope: Scope) -> tuple[str | None, bool]:
     """The API key (Bearer) or the session cookie the request carries, if any."""
     cookie = None
     for name, value in scope["headers"]:
@@ -289,7 +289,7 @@ def _wait(buckets: Sequence[Bucket], verdicts: Sequence[Verdict], refusal: ApiEr
     return max(waits) if waits else float(refusal.retry_after or 0)
 
 
-def _first_refusal(klass: str, buckets: Sequence[Bucket], verdicts: Sequence[Verdict]) -> ApiError | None:
+def first_refusal(klass: str, buckets: Sequence[Bucket], verdicts: Sequence[Verdict]) -> ApiError | None:
     refused = [(v.retry_after, b.rule, b, v) for b, v in zip(buckets, verdicts, strict=True) if not v.allowed]
     if not refused:
         return None
