@@ -39,6 +39,14 @@ class Size(int):
     """Bytes; configured as a number or as `64KiB`, `4MiB`, `1MB`."""
 
 
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file of rules or policy, or a ConfigError that names it."""
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read the {what} {path}: {exc}") from None
+
+
 def parse_duration(value: object) -> Duration:
     if isinstance(value, bool):
         raise ConfigError(f"not a duration: {value!r}")

@@ -13,14 +13,13 @@ import dataclasses
 import hashlib
 import re
 import time
-import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import re2
 
-from floodwall.config import ConfigError
+from floodwall.config import ConfigError, read_toml
 
 DEFAULT_RULES = Path(__file__).with_name("prompt_rules.toml")
 MAX_SCANNED = 16 * 1024
@@ -51,10 +50,7 @@ class Verdict:
 
 def load_rules(path: str | Path | None = None) -> tuple[PromptRule, ...]:
     source = Path(path) if path else DEFAULT_RULES
-    try:
-        data = tomllib.loads(source.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read the prompt rules {source}: {exc}") from None
+    data = read_toml(source, "prompt rules")
     rules = []
     for i, entry in enumerate(data.get("rule", [])):
         where = f"{source} rule {i + 1}"

@@ -1,0 +1,122 @@
+"""Issue 6's request-scoring figures: detection and false-positive rates per CRS category and paranoia
+level on the OWASP Core Rule Set's regression tests (../shared/corpora/web_attacks/crs_regression.jsonl),
+detection per category on the payload lists (payloads.jsonl, each payload sent as a query value), and the
+time to score a request (p50 / p99), typical requests included.
+
+Targets: >= 95% of paranoia-level-1 attack cases detected, <= 1% of the CRS benign cases flagged, < 50 µs
+for a typical request. The response-side CRS categories (95x, 980) inspect answers, not requests: left out.
+
+    python bench/probes.py [--paranoia 1] [--threshold 5]
+
+Writes bench/out/probes.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from floodwall.defense.scoring import Described, Scorer, load_rules
+
+CORPORA = Path(__file__).resolve().parent.parent.parent / "shared" / "corpora" / "web_attacks"
+OUT = Path(__file__).with_name("out")
+TYPICAL = [
+    Described("GET", "/", "", (("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"),
+                                ("Accept", "text/html"), ("Cookie", "fw_session=abc123; fw_device=xyz"))),
+    Described("POST", "/v1/chat/completions", "", (("Authorization", "Bearer fw_abcdef"),
+                                                  ("Content-Type", "application/json")),
+              json.dumps({"model": "m", "messages": [{"role": "user", "content": "Write a haiku about the sea."}]})),
+    Described("GET", "/api/v2/summary.json", "page=2&sort=name", (("User-Agent", "curl/8.5.0"),)),
+]
+
+
+def read(name: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (CORPORA / name).read_text().split("\n") if line.strip()]
+
+
+def described(case: dict[str, Any]) -> Described:
+    parts = urlsplit(case["uri"] or "/")
+    headers = tuple((str(k), str(v)) for k, v in (case.get("headers") or {}).items())
+    data = case.get("data") or ""
+    return Described(str(case.get("method") or "GET"), parts.path or "/", parts.query, headers,
+                     data if isinstance(data, str) else json.dumps(data))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--paranoia", type=int, default=1)
+    parser.add_argument("--threshold", type=int, default=5)
+    parser.add_argument("--show-missed", default="", help="print missed attack cases of this category")
+    args = parser.parse_args()
+    scorer = Scorer(load_rules(), args.paranoia)
+    crs: dict[tuple[str, int, str], list[int]] = collections.defaultdict(lambda: [0, 0])
+    times: list[float] = []
+    for case in read("crs_regression.jsonl"):
+        if case["label"] not in ("attack", "benign") or case["category"].startswith("RESPONSE"):
+            continue
+        request = described(case)
+        started = time.perf_counter()
+        found = scorer.score(request)
+        times.append(time.perf_counter() - started)
+        flagged = found.score >= args.threshold
+        cell = crs[(case["category"].split("-", 2)[2], case.get("paranoia_level") or 0, case["label"])]
+        cell[0] += flagged
+        cell[1] += 1
+        if not flagged and case["label"] == "attack" and args.show_missed and args.show_missed in case["category"] \
+                and (case.get("paranoia_level") or 0) <= args.paranoia:
+            print("MISSED", case["rule_id"], request.method, request.path, request.query[:80],
+                  repr(request.body[:120]), [h for h in request.headers if h[0] not in ("Host", "Accept")][:3])
+    print("| CRS category | paranoia | attacks detected | benign flagged |\n|---|---:|---:|---:|")
+    totals: dict[tuple[int, str], list[int]] = collections.defaultdict(lambda: [0, 0])
+    for category in sorted({k[0] for k in crs}):
+        for level in sorted({k[1] for k in crs if k[0] == category}):
+            attack, benign = crs.get((category, level, "attack"), [0, 0]), crs.get((category, level, "benign"), [0, 0])
+            totals[(level, "attack")][0] += attack[0]
+            totals[(level, "attack")][1] += attack[1]
+            totals[(level, "benign")][0] += benign[0]
+            totals[(level, "benign")][1] += benign[1]
+            print(f"| {category} | {level} | {attack[0]} / {attack[1]} | {benign[0]} / {benign[1]} |")
+    summary: dict[str, Any] = {}
+    for level in sorted({k[0] for k in totals}):
+        attack, benign = totals[(level, "attack")], totals[(level, "benign")]
+        summary[f"pl{level}"] = {"detected": attack, "benign_flagged": benign}
+        print(f"paranoia {level}: attacks detected {attack[0]} / {attack[1]} ({attack[0] / max(1, attack[1]):.1%}); "
+              f"benign flagged {benign[0]} / {benign[1]} ({benign[0] / max(1, benign[1]):.1%})")
+    payloads: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+    for row in read("payloads.jsonl"):
+        found = scorer.score(Described("GET", "/search", "q=" + quote(row["payload"], safe="")))
+        payloads[row["category"]][0] += found.score >= args.threshold
+        payloads[row["category"]][1] += 1
+    ranked = sorted(payloads.items(), key=lambda item: -item[1][1])
+    print("\npayload lists, each sent as ?q=: " + ", ".join(f"{name} {hit / count:.0%} of {count}"
+                                                            for name, (hit, count) in ranked))
+    typical = []
+    for _ in range(2000):
+        for request in TYPICAL:
+            started = time.perf_counter()
+            scorer.score(request)
+            typical.append(time.perf_counter() - started)
+    print(f"\ntime per request: CRS cases p50 {percentile(times, 0.5) * 1e6:.0f} µs, p99 "
+          f"{percentile(times, 0.99) * 1e6:.0f} µs; typical requests p50 {percentile(typical, 0.5) * 1e6:.1f} µs, "
+          f"p99 {percentile(typical, 0.99) * 1e6:.1f} µs")
+    OUT.mkdir(exist_ok=True)
+    (OUT / "probes.json").write_text(json.dumps({
+        "paranoia": args.paranoia, "threshold": args.threshold, "crs": summary,
+        "cells": {f"{c}/{lv}/{lb}": v for (c, lv, lb), v in crs.items()}, "payloads": payloads,
+        "typical_us": {"p50": percentile(typical, 0.5) * 1e6, "p99": percentile(typical, 0.99) * 1e6}}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
