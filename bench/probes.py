@@ -1,7 +1,8 @@
 """Issue 6's request-scoring figures: detection and false-positive rates per CRS category and paranoia
 level on the OWASP Core Rule Set's regression tests (../shared/corpora/web_attacks/crs_regression.jsonl),
-detection per category on the payload lists (payloads.jsonl, each payload sent as a query value), and the
-time to score a request (p50 / p99), typical requests included.
+detection per category on the payload lists (payloads.jsonl, each payload sent as a query value), the
+ordinary prompts of ../shared/corpora/prompts sent as chat bodies (false positives on an AI service's own
+traffic), and the time to score a request (p50 / p99), typical requests included.
 
 Targets: >= 95% of paranoia-level-1 attack cases detected, <= 1% of the CRS benign cases flagged, < 50 µs
 for a typical request. The response-side CRS categories (95x, 980) inspect answers, not requests: left out.
@@ -101,6 +102,15 @@ def main() -> int:
     ranked = sorted(payloads.items(), key=lambda item: -item[1][1])
     print("\npayload lists, each sent as ?q=: " + ", ".join(f"{name} {hit / count:.0%} of {count}"
                                                             for name, (hit, count) in ranked))
+    ordinary = [json.loads(line) for line in (CORPORA.parent / "prompts" / "prompts_dev.jsonl").read_text()
+                .split("\n") if line.strip()]
+    chats = [row["text"] for row in ordinary if row["label"] == 0]
+    flagged_chats = sum(scorer.score(Described(
+        "POST", "/v1/chat/completions", "", (("Content-Type", "application/json"),),
+        json.dumps({"model": "m", "messages": [{"role": "user", "content": text}]}))).score >= args.threshold
+        for text in chats)
+    print(f"ordinary prompts sent as chat bodies flagged: {flagged_chats} / {len(chats)} "
+          f"({flagged_chats / len(chats):.1%})")
     typical = []
     for _ in range(2000):
         for request in TYPICAL:
@@ -114,6 +124,7 @@ def main() -> int:
     (OUT / "probes.json").write_text(json.dumps({
         "paranoia": args.paranoia, "threshold": args.threshold, "crs": summary,
         "cells": {f"{c}/{lv}/{lb}": v for (c, lv, lb), v in crs.items()}, "payloads": payloads,
+        "ordinary_chats_flagged": [flagged_chats, len(chats)],
         "typical_us": {"p50": percentile(typical, 0.5) * 1e6, "p99": percentile(typical, 0.99) * 1e6}}, indent=2))
     return 0
 

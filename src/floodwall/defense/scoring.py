@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
+import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,8 @@ def _decoded(value: str) -> str:
         value = unquote_plus(value)
     if "&" in value:
         value = html.unescape(value)
+    if not value.isascii():  # full-width and compatibility forms read as what they look like
+        value = unicodedata.normalize("NFKC", value)
     return value.replace("\x00", "")
 
 
