@@ -158,3 +158,12 @@ def test_query_strings_and_weird_paths_do_not_break_anything(http: httpx.Client,
                  "/account/keys/%00", "/static/%ff"):
         response = http.get(path, headers=auth)
         assert response.status_code < 500, (path, response.status_code)
+
+
+@pytest.mark.parametrize("extra", [1, 1.5, True, "text", {"a": 1}, None])
+def test_fields_an_endpoint_does_not_take_are_never_a_500(http: httpx.Client, auth: dict[str, str],
+                                                           extra: object) -> None:
+    """Found by fuzzing: an embeddings body with a stray `messages` that is not a list."""
+    response = http.post("/v1/embeddings", json={"model": "floodwall-simulated-embedding", "input": "hello",
+                                                 "messages": extra}, headers=auth)
+    assert response.status_code < 500, response.text

@@ -192,6 +192,9 @@ def test_admin_api_needs_the_token_and_checks_input(edge_url: str) -> None:
         bad = a.put("/admin/api/level", json={"level": "panic"})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "level"
         assert a.post("/admin/api/bans", json={"target": "not-an-ip"}).status_code == 400
+        for missing in ({}, {"target": None}, {"target": {}}, {"target": ["127.0.0.9"]}, {"target": 2130706441}):
+            assert a.post("/admin/api/bans", json=missing).status_code == 400, missing  # never stored
+            assert a.post("/admin/api/lists/deny", json={"cidr": missing.get("target")}).status_code == 400
         assert a.post("/admin/api/bans", json={"target": "127.0.0.9", "duration": "soon"}).status_code == 400
         assert a.post("/admin/api/lists/maybe", json={"cidr": "127.0.0.9"}).status_code == 404
         state = a.get("/admin/api/level").json()

@@ -178,3 +178,17 @@ async def test_memory_traffic_stays_bounded() -> None:
         await store.add_traffic(second, {"arrivals": 1})
     assert await store.traffic(0) == {} and await store.traffic(999) == {"arrivals": 1}
     assert await store.lead("detector", "anyone", 1.0)
+
+
+async def test_a_bad_stored_entry_does_not_stop_bans_and_lists_from_applying(store: Store) -> None:
+    """An entry written by an older version, or by hand, that is not a network is skipped, not fatal."""
+    import ipaddress
+
+    from floodwall.edge.control import Control
+
+    await store.ban("", "written by hand", 60.0)
+    await store.ban("192.0.2.7", "scan", 60.0)
+    await store.set_list_entry({"list": "deny", "cidr": "not a network", "reason": ""})
+    control = Control(store)
+    await control.refresh()
+    assert control.healthy and control.banned(ipaddress.ip_address("192.0.2.7")) is not None

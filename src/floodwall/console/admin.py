@@ -96,10 +96,11 @@ def _ban_json(ban: Ban) -> dict[str, Any]:
 
 def _cidr(body: dict[str, Any], field: str) -> str:
     value = body.get(field)
-    try:
-        return str(ipaddress.ip_network(str(value), strict=False)) if isinstance(value, str) else ""
-    except ValueError:
-        pass
+    if isinstance(value, str):
+        try:
+            return str(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            pass
     raise ApiError(400, f"'{field}' must be an address or a CIDR like 203.0.113.0/24.", "invalid_cidr", param=field)
 
 

@@ -86,7 +86,8 @@ class Screen:
 def prompt_text(body: Mapping[str, Any]) -> str:
     """What a caller asks the model, from a chat, completion or embedding body (already validated)."""
     parts: list[str] = []
-    for message in body.get("messages") or ():
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else ():
         if isinstance(message, dict):
             content = message.get("content")
             if isinstance(content, str):

@@ -30,7 +30,11 @@ class Networks:
         self.hosts: dict[IPAddress, object] = {}
         self.networks: list[tuple[IPNetwork, object]] = []
         for cidr, value in entries:
-            network = ipaddress.ip_network(cidr, strict=False)
+            try:
+                network = ipaddress.ip_network(cidr, strict=False)
+            except ValueError:  # one bad stored entry must not stop every ban and list from applying
+                logs.event(log, "bad_network_entry_skipped", logging.WARNING, entry=repr(cidr)[:100])
+                continue
             if network.num_addresses == 1:
                 self.hosts[network.network_address] = value
             else:

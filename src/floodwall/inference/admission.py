@@ -102,7 +102,9 @@ def _positive_int(value: Any, where: str) -> int:
 def estimate_cost(body: Mapping[str, Any], default_max_tokens: int) -> tuple[int, int]:
     """(prompt tokens, completion tokens) a call may use, before it is made: 4 characters a token."""
     chars = 0
-    for message in body.get("messages") or ():
+    messages = body.get("messages")
+    # a field the endpoint does not take is passed on unchecked: read it only in the shape it should have
+    for message in messages if isinstance(messages, list) else ():
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str):
             chars += len(content)
