@@ -19,6 +19,7 @@ Needs nginx (apt install nginx-light). Traffic only goes to loopback addresses, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import shutil
@@ -26,6 +27,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +146,10 @@ def run_nginx(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         return attack(f"http://127.0.0.1:{port}", args, tmp, "nginx", tmp / "any-keys.txt")
 
 
-def run_floodwall(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+@contextlib.contextmanager
+def serving(tmp: Path) -> Iterator[str]:
+    """A fresh floodwall (default policy, memory state, SQLite in `tmp`) in front of a fresh simulated
+    model; yields its base URL."""
     model_port, port = free_port(), free_port()
     command, env = model_command(model_port)
     fw = [*GRANIAN, "--factory", "--port", str(port), "floodwall.app:app_from_env"]
@@ -152,6 +157,11 @@ def run_floodwall(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     with process(command, env, f"http://127.0.0.1:{model_port}/health", tmp / "model-fw.log"), \
             process(fw, floodwall_env(tmp, f"http://127.0.0.1:{model_port}/v1"), f"{base}/healthz",
                     tmp / "floodwall.log"):
+        yield base
+
+
+def run_floodwall(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    with serving(tmp) as base:
         return attack(base, args, tmp, "floodwall", established_keys(base, tmp))
 
 

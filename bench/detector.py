@@ -28,10 +28,8 @@ from typing import Any
 
 import httpx
 
-from _common import process
-from defense import ADMIN_TOKEN, GRANIAN, OUT, attack, established_keys, floodwall_env, model_command
+from defense import ADMIN_TOKEN, OUT, attack, established_keys, serving
 from floodwall.defense.levels import rank
-from floodwall.server import free_port
 
 SCENARIOS = ("flood", "flash-crowd", "signup-bots", "stuffing")
 
@@ -39,13 +37,7 @@ SCENARIOS = ("flood", "flash-crowd", "signup-bots", "stuffing")
 def run(scenario: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     tmp = root / scenario
     tmp.mkdir()
-    model_port, port = free_port(), free_port()
-    command, env = model_command(model_port)
-    fw = [*GRANIAN, "--factory", "--port", str(port), "floodwall.app:app_from_env"]
-    base = f"http://127.0.0.1:{port}"
-    with process(command, env, f"http://127.0.0.1:{model_port}/health", tmp / "model.log"), \
-            process(fw, floodwall_env(tmp, f"http://127.0.0.1:{model_port}/v1"), f"{base}/healthz",
-                    tmp / "floodwall.log"):
+    with serving(tmp) as base:
         keys = established_keys(base, tmp)
         options = argparse.Namespace(**{**vars(args), "scenario": scenario})
         report = attack(base, options, tmp, f"detector-{scenario}", keys)

@@ -26,9 +26,7 @@ from typing import Any
 
 import httpx
 
-from _common import process
-from defense import ADMIN_TOKEN, GRANIAN, OUT, attack, established_keys, floodwall_env, model_command
-from floodwall.server import free_port
+from defense import ADMIN_TOKEN, OUT, attack, established_keys, serving
 
 SCENARIOS = ("signup-bots", "flash-crowd", "stuffing")
 LEVELS = ("normal", "elevated", "under_attack")
@@ -37,13 +35,7 @@ LEVELS = ("normal", "elevated", "under_attack")
 def run(level: str, scenario: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     tmp = root / f"{level}-{scenario}"
     tmp.mkdir()
-    model_port, port = free_port(), free_port()
-    command, env = model_command(model_port)
-    fw = [*GRANIAN, "--factory", "--port", str(port), "floodwall.app:app_from_env"]
-    base = f"http://127.0.0.1:{port}"
-    with process(command, env, f"http://127.0.0.1:{model_port}/health", tmp / "model.log"), \
-            process(fw, floodwall_env(tmp, f"http://127.0.0.1:{model_port}/v1"), f"{base}/healthz",
-                    tmp / "floodwall.log"):
+    with serving(tmp) as base:
         keys = established_keys(base, tmp)  # made at the normal level, before the attack
         pinned = httpx.put(f"{base}/admin/api/level", json={"level": level, "reason": "bench/signup.py"},
                            headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
