@@ -87,3 +87,17 @@ def test_established_accounts_are_not_counted(served: str) -> None:
         assert member.post("/auth/login", json={"email": email, "password": PASSWORD}).status_code == 200
         assert [member.get(f"/missing/{n}").status_code for n in range(15)] == [404] * 15
         assert member.get("/").status_code == 303  # not banned: on to the chat, as a member
+
+
+def test_a_source_sending_attacks_is_banned_and_ordinary_queries_are_not_counted(served: str) -> None:
+    with client(served, "127.6.3.1") as reader:  # many different searches: none scores, none counts
+        assert [reader.get("/login", params={"q": f"how to bake bread, take {n}"}).status_code
+                for n in range(11)] == [200] * 11
+    with client(served, "127.6.4.1") as attacker:  # pages that exist, each with another payload
+        answers = [attacker.get("/login", params={"next": f"<script>alert({n})</script>"}).status_code
+                   for n in range(11)]
+        assert answers == [200] * 11  # flagged, not refused: the default at every level
+        banned = attacker.get("/login")
+        assert banned.status_code == 403 and banned.headers["x-floodwall-reason"] == "ban/http-probing"
+    with client(served, "127.6.3.1") as reader:
+        assert reader.get("/login").status_code == 200

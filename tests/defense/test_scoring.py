@@ -1,15 +1,23 @@
-"""Request scoring (not yet on the request path): decoding of each request part, rules by target and
-paranoia level, one RE2 set per part; the figures against the CRS tests come from bench/probes.py."""
+"""Request scoring: decoding of each request part, rules by target and paranoia level, one RE2 set per
+part, and the gate acting on it per level (over HTTP); the figures against the CRS tests come from
+bench/probes.py."""
 
 from __future__ import annotations
 
 import json
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from floodwall.config import ConfigError
-from floodwall.defense.scoring import Described, Scorer, load_rules, parts
+from floodwall.defense.scoring import Described, Scorer, ScoringPolicy, load_rules, parts
+from floodwall.edge.policy import DEFAULT_POLICY
+from tests.conftest import PASSWORD, default_policy_process
+
+TOKEN = "admin-" + secrets.token_hex(8)
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +66,56 @@ def test_bad_rules_are_refused(tmp_path: Path) -> None:
     (tmp_path / "r.toml").write_text('[[rule]]\nname = "x"\ncategory = "y"\ntargets = ["nowhere"]\npattern = "a"\n')
     with pytest.raises(ConfigError, match="targets"):
         load_rules(tmp_path / "r.toml")
+
+
+@pytest.mark.parametrize("data", [{"paranoia": 5}, {"threshold": 0}, {"normal": "block"}, {"rules": 3},
+                                  {"paranoia": True}, {"elevated": "refuse", "extra": 1}])
+def test_bad_settings_are_refused(data: dict[str, object]) -> None:
+    with pytest.raises(ConfigError, match=r"\[scoring\]"):
+        ScoringPolicy.from_data(data, "[scoring]")
+
+
+@pytest.fixture(scope="module")
+def refusing(model_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The default policy, but refusing flagged requests under attack."""
+    tmp = tmp_path_factory.mktemp("scoring")
+    policy = DEFAULT_POLICY.read_text()
+    assert policy.count('under_attack = "flag"') == 1  # [scoring]'s
+    (tmp / "policy.toml").write_text(policy.replace('under_attack = "flag"', 'under_attack = "refuse"'))
+    env = {"FLOODWALL_ADMIN_TOKEN": TOKEN, "FLOODWALL_DEFENSE_NEW_ACCOUNT_AGE": "0s",
+           "FLOODWALL_EDGE_POLICY": str(tmp / "policy.toml")}
+    with default_policy_process(tmp, model_url, "memory", env) as url:
+        yield url
+
+
+def test_under_attack_a_flagged_request_is_refused_and_explained(refusing: str) -> None:
+    admin = httpx.Client(base_url=refusing, headers={"authorization": f"Bearer {TOKEN}"})
+    caller = httpx.Client(base_url=refusing, transport=httpx.HTTPTransport(local_address="127.8.0.1"))
+    member = httpx.Client(base_url=refusing, transport=httpx.HTTPTransport(local_address="127.8.1.1"))
+    email = f"m-{secrets.token_hex(4)}@example.com"
+    assert member.post("/auth/register", json={"email": email, "password": PASSWORD}).status_code == 201
+    assert member.post("/auth/login", json={"email": email, "password": PASSWORD}).status_code == 200
+    attack = {"file": "../../../../etc/passwd"}
+    assert caller.get("/login", params=attack).status_code == 200  # normal: flagged, let through
+    assert admin.put("/admin/api/level", json={"level": "under_attack", "reason": "test"}).status_code == 200
+    try:
+        refused = caller.get("/login", params=attack)
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"]["code"] == "request_blocked"
+        assert refused.headers["x-floodwall-reason"].startswith("probe/lfi")
+        assert caller.get("/login", params={"next": "/chat"}).status_code == 200
+        assert member.get("/chat", params=attack).status_code == 200  # established accounts are not scored
+        described = {"request": {"method": "GET", "path": "/login?file=../../../../etc/passwd",
+                                 "address": "127.8.2.1"}}
+        found = admin.post("/admin/api/explain", json=described).json()
+        assert found["decision"] == "refuse" and found["reason"].startswith("probe/lfi"), found
+        assert found["scoring"]["score"] >= 5 and found["scoring"]["action"] == "refuse"
+        calm = admin.post("/admin/api/explain", json={"request": {"method": "GET", "path": "/login",
+                                                                   "query": "next=/chat", "address": "127.8.2.1"}})
+        assert calm.json()["decision"] == "pass" and calm.json()["scoring"]["score"] == 0
+        bad = admin.post("/admin/api/explain", json={"request": {"path": "/", "query": 3}})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "request.query"
+    finally:
+        admin.put("/admin/api/level", json={"level": "normal", "reason": "test"})
+        for c in (admin, caller, member):
+            c.close()

@@ -223,9 +223,14 @@ async def explain(request: Request) -> Response:
                        "invalid_request", param="request")
     method, path = described.get("method", "GET"), described.get("path", "/")
     headers, address = described.get("headers", {}), described.get("address", "192.0.2.1")
+    path, _, query = path.partition("?") if isinstance(path, str) else (path, "", "")
+    query = described.get("query", query)
     if not (isinstance(method, str) and isinstance(path, str) and path.startswith("/")):
         raise ApiError(400, "'request.method' must be a string and 'request.path' start with '/'.",
                        "invalid_request", param="request.path")
+    if not isinstance(query, str):
+        raise ApiError(400, "'request.query' must be a string (what follows '?').", "invalid_request",
+                       param="request.query")
     if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
         raise ApiError(400, "'request.headers' must be an object of strings.", "invalid_request",
                        param="request.headers")
@@ -235,7 +240,7 @@ async def explain(request: Request) -> Response:
         raise ApiError(400, "'request.address' must be an IP address.", "invalid_request",
                        param="request.address") from None
     try:
-        found = await explain_request(request.app.state.gate, method, path, headers, address)
+        found = await explain_request(request.app.state.gate, method, path, headers, address, query)
     except UnicodeEncodeError:
         raise ApiError(400, "Header names and values must be Latin-1.", "invalid_request",
                        param="request.headers") from None

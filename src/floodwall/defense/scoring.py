@@ -3,8 +3,9 @@ rule that matches the parts it targets adds its score, and rules apply up to a p
 data (request_rules.toml). All the patterns for one part are compiled into one RE2 set, so each value is
 read once whatever the number of rules.
 
-Not yet on the request path: bench/probes.py measures it against issue 6's targets, which it does not
-meet yet (see the README), and the gate will act on it once it does.
+The gate scores each request of a caller that is not an established account (its path, query, headers and
+cookies; the body is left to the routes, and a model route's messages to prompt screening) and acts as
+`[scoring]` says per level. bench/probes.py measures the rules against the CRS regression tests.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import dataclasses
 import html
 import json
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, unquote_plus
@@ -21,6 +22,7 @@ from urllib.parse import parse_qsl, unquote, unquote_plus
 import re2
 
 from floodwall.config import ConfigError, read_toml
+from floodwall.defense.levels import LEVELS
 
 DEFAULT_RULES = Path(__file__).with_name("request_rules.toml")
 TARGETS = ("method", "path", "args", "names", "cookies", "headers", "agent", "referer", "body")
@@ -28,6 +30,43 @@ _XML_VALUES = re2.compile(r'="([^"]*)"|>([^<]+)<')
 MAX_VALUE = 4096  # characters of one value read
 MAX_VALUES = 256  # values read from one request part
 MAX_BODY = 64 * 1024
+
+
+ACTIONS = ("off", "log", "flag", "refuse")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringPolicy:
+    """`[scoring]` in the policy: the paranoia level (which rules apply), the score that flags a request, a
+    rules file in place of the default, and per level what a flagged request brings: off, log (logged and
+    counted), flag (also a step in the address's http-probing bucket: a source sending many gets banned),
+    refuse (also refused, 403 request_blocked)."""
+
+    paranoia: int = 1
+    threshold: int = 5
+    rules: str = ""
+    actions: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict.fromkeys(LEVELS, "flag"))
+
+    @classmethod
+    def from_data(cls, data: Any, where: str) -> ScoringPolicy:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: must be a table")
+        unknown = set(data) - {"paranoia", "threshold", "rules", *LEVELS}
+        if unknown:
+            raise ConfigError(f"{where}: unknown fields {', '.join(sorted(unknown))}")
+        paranoia, threshold = data.get("paranoia", cls.paranoia), data.get("threshold", cls.threshold)
+        if not (isinstance(paranoia, int) and not isinstance(paranoia, bool) and 1 <= paranoia <= 4):
+            raise ConfigError(f"{where} paranoia: must be 1, 2, 3 or 4")
+        if not (isinstance(threshold, int) and not isinstance(threshold, bool) and threshold >= 1):
+            raise ConfigError(f"{where} threshold: must be a whole number above 0")
+        rules = data.get("rules", "")
+        if not isinstance(rules, str):
+            raise ConfigError(f"{where} rules: must be the path of a rules file")
+        actions = {**cls().actions, **{level: data[level] for level in LEVELS if level in data}}
+        for level, action in actions.items():
+            if action not in ACTIONS:
+                raise ConfigError(f"{where} {level}: must be one of {', '.join(ACTIONS)}, not {action!r}")
+        return cls(paranoia, threshold, rules, actions)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

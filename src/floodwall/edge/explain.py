@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from floodwall.defense.prompts import Screen
-from floodwall.edge.gate import Gate, credential, first_refusal
+from floodwall.edge.gate import Gate, credential, described, first_refusal
 from floodwall.edge.policy import classify
 from floodwall.errors import ApiError
 
@@ -26,8 +26,9 @@ def _refusal(error: ApiError, **more: Any) -> dict[str, Any]:
 
 
 async def explain_request(gate: Gate, method: str, path: str, headers: Mapping[str, str],
-                          address: str) -> dict[str, Any]:
-    """The gate's steps for this request, in its order: allow list, deny list, bans, caller, limits."""
+                          address: str, query: str = "") -> dict[str, Any]:
+    """The gate's steps for this request, in its order: allow list, deny list, bans, caller, limits,
+    scoring."""
     klass = classify(method.upper(), path)
     level = gate.control.level
     parsed = ipaddress.ip_address(address)
@@ -37,7 +38,8 @@ async def explain_request(gate: Gate, method: str, path: str, headers: Mapping[s
     blocked = gate.blocked(parsed)
     if blocked is not None:
         return _refusal(blocked, tier="anonymous", **facts)
-    scope = {"headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]}
+    scope = {"headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
+             "method": method.upper(), "raw_path": path.encode("utf-8"), "query_string": query.encode("utf-8")}
     secret, is_key = credential(scope)
     principal = None
     if secret is not None and klass != "admin":
@@ -53,6 +55,15 @@ async def explain_request(gate: Gate, method: str, path: str, headers: Mapping[s
     refused = first_refusal(klass, buckets, verdicts)
     if refused is not None:
         return _refusal(refused, **facts)
+    scoring = gate.policy.scoring
+    if gate.scorer is not None and scoring is not None and tier != "established":
+        found = gate.scorer.score(described(scope))
+        action = scoring.actions[level]
+        facts["scoring"] = {"score": found.score, "threshold": scoring.threshold, "rules": list(found.rules),
+                            "categories": list(found.categories), "action": action}
+        if found.score >= scoring.threshold and action == "refuse":
+            return _decision("refuse", f"probe/{found.rules[0]}", status=403, code="request_blocked",
+                             rules=list(found.rules), score=found.score, **facts)
     rules = [bucket.rule for bucket in buckets]
     mode = gate.policy.registration_mode(level, gate.control.registration)
     if klass == "auth-register" and mode == "queued":

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from floodwall import logs
 from floodwall.accounts.service import AccountService, Principal
 from floodwall.defense.probing import Probes
+from floodwall.defense.scoring import Described, Scorer, load_rules
 from floodwall.edge.control import Control
 from floodwall.edge.headers import ratelimit, with_headers
 from floodwall.edge.identity import TrustedProxies, client_address
@@ -82,6 +83,9 @@ class Gate:
         self.app = app
         self.traffic = traffic or Traffic()
         self.probes = Probes(policy.probing) if policy.probing else None
+        scoring = policy.scoring
+        self.scorer = Scorer(load_rules(scoring.rules or None), scoring.paranoia) if scoring else None
+        self.flagged = RefusalLog(event="flagged")
         self._banning: set[asyncio.Task[None]] = set()
         self.policy = policy
         self.store = store
@@ -140,6 +144,9 @@ class Gate:
                 # the memory store decides without I/O: no coroutine to build and await on the flood path
                 verdicts = self.store.decide_now(buckets) or await self.store.hit(buckets)
             refusal = first_refusal(klass, buckets, verdicts)
+        # established accounts are not scored: their own app's odd requests are not an attack on it
+        if refusal is None and self.scorer is not None and tier != "established":
+            refusal = self.scored(scope, klass, text, tier, level)
         if refusal is not None:
             if principal is None and refusal.retry_after and credential(scope)[0] is None:
                 self._remember(klass, text, refusal, _wait(buckets, verdicts, refusal))
@@ -150,23 +157,51 @@ class Gate:
             return
         self._enter(scope, klass, text, tier, level, principal)
         # established accounts are not counted as scanners: their own app's 404s are not a scan
-        watch = self._probe_watch(text, scope["path"]) if self.probes is not None and tier != "established" else None
+        watch = self._probe_watch(text, scope) if self.probes is not None and tier != "established" else None
         send = _observed(send, traffic, klass, watch)
         if verdicts and klass.startswith("api"):
             send = _with_ratelimit_headers(send, buckets, verdicts)
         await self.app(scope, receive, send)
 
-    def _probe_watch(self, address: str, path: str) -> Callable[[int], None]:
+    def _probe_watch(self, address: str, scope: Scope) -> Callable[[int], None]:
         probes = self.probes
         assert probes is not None
+        path = scope["path"]
 
         def watch(status: int) -> None:
-            if probes.counts(status, path) and probes.answered(address, path):
-                task = asyncio.get_running_loop().create_task(self._ban_prober(address, probes.policy.ban))
-                self._banning.add(task)
-                task.add_done_callback(self._banning.discard)
+            if probes.counts(status, path) and probes.answered(address, probe_key(scope)):
+                self._start_ban(address, probes.policy.ban)
 
         return watch
+
+    def scored(self, scope: Scope, klass: str, address: str, tier: str, level: str) -> ApiError | None:
+        """Score the request's path, query, headers and cookies; one scoring the threshold is logged, and
+        as the level's action says, counted toward the address's http-probing ban or refused."""
+        policy, scorer = self.policy.scoring, self.scorer
+        assert policy is not None and scorer is not None
+        action = policy.actions[level]
+        if action == "off":
+            return None
+        request = described(scope)
+        found = scorer.score(request)
+        if found.score < policy.threshold:
+            return None
+        reason = f"probe/{found.rules[0]}"
+        self.traffic.event("probe.scored")
+        if action != "refuse":
+            self.flagged.record(reason, address, None, klass, level, tier, request.method, request.path)
+        # the same odd link followed twice is one step, a scanner's payloads many
+        if action != "log" and self.probes is not None and self.probes.answered(address, probe_key(scope)):
+            self._start_ban(address, self.probes.policy.ban)
+        if action == "refuse":
+            return ApiError(403, "This request looks like an attack on the service and was not accepted.",
+                            "request_blocked", reason=reason)
+        return None
+
+    def _start_ban(self, address: str, duration: float) -> None:
+        task = asyncio.get_running_loop().create_task(self._ban_prober(address, duration))
+        self._banning.add(task)
+        task.add_done_callback(self._banning.discard)
 
     async def _ban_prober(self, address: str, duration: float) -> None:
         """An address that asked for too many distinct missing paths: banned (escalating), at once here and
@@ -281,6 +316,22 @@ def credential(scope: Scope) -> tuple[str | None, bool]:
                 if part.startswith(SESSION_COOKIE):
                     cookie = part[len(SESSION_COOKIE):].decode("latin-1")
     return cookie, False
+
+
+def probe_key(scope: Scope) -> str:
+    """What makes a request distinct to the probe watch: its path and query, as sent (one request flagged
+    by scoring and then answered 404 is one step, not two)."""
+    raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+    query: bytes = scope.get("query_string", b"")
+    return (raw + b"?" + query if query else raw).decode("latin-1")
+
+
+def described(scope: Scope) -> Described:
+    """The parts of a request that the gate scores, as they came (decoding is the scorer's)."""
+    raw = scope.get("raw_path") or scope["path"].encode("utf-8")
+    return Described(scope["method"], raw.decode("latin-1").partition("?")[0],
+                     scope.get("query_string", b"").decode("latin-1"),
+                     tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]))
 
 
 def _wait(buckets: Sequence[Bucket], verdicts: Sequence[Verdict], refusal: ApiError) -> float:

@@ -18,6 +18,7 @@ from floodwall.defense.detector import DetectorPolicy
 from floodwall.defense.levels import LEVELS
 from floodwall.defense.probing import ProbingPolicy
 from floodwall.defense.prompts import PromptPolicy
+from floodwall.defense.scoring import ScoringPolicy
 from floodwall.inference.admission import AdmissionPolicy
 from floodwall.state.store import Bucket
 
@@ -124,9 +125,10 @@ class Policy:
                  registration: Mapping[str, str] | None = None, trickle: Limit | None = None,
                  queue: Limit | None = None, challenge: Mapping[str, int] | None = None,
                  detector: DetectorPolicy | None = None, prompts: PromptPolicy | None = None,
-                 probing: ProbingPolicy | None = None) -> None:
+                 probing: ProbingPolicy | None = None, scoring: ScoringPolicy | None = None) -> None:
         self.rules = tuple(rules)
         self.probing = probing  # None: no behavioural probe detection
+        self.scoring = scoring  # None: requests are not scored
         self.detector = detector or DetectorPolicy()
         self.prompts = prompts or PromptPolicy()
         self.admission = admission or AdmissionPolicy()
@@ -158,7 +160,7 @@ class Policy:
             raise ConfigError(f"cannot read the edge policy {source}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: {exc}") from None
-        unknown = set(data) - {"rule", "admission", "registration", "detector", "prompts", "probing"}
+        unknown = set(data) - {"rule", "admission", "registration", "detector", "prompts", "probing", "scoring"}
         if unknown:
             raise ConfigError(f"{source}: unknown tables {', '.join(sorted(unknown))}")
         rules = [_rule(entry, f"{source} rule {i + 1}") for i, entry in enumerate(data.get("rule", []))]
@@ -166,8 +168,9 @@ class Policy:
         detector = DetectorPolicy.from_data(data.get("detector", {}), f"{source} [detector]")
         prompts = PromptPolicy.from_data(data.get("prompts", {}), f"{source} [prompts]", LEVELS)
         probing = ProbingPolicy.from_data(data["probing"], f"{source} [probing]") if "probing" in data else None
+        scoring = ScoringPolicy.from_data(data["scoring"], f"{source} [scoring]") if "scoring" in data else None
         return cls(rules, AdmissionPolicy.from_data(data.get("admission", {}), f"{source} [admission]"), modes,
-                   trickle, queue, challenge, detector, prompts, probing)
+                   trickle, queue, challenge, detector, prompts, probing, scoring)
 
     def registration_mode(self, level: str, pinned: str = "auto") -> str:
         """The sign-up mode in force: the operator's pin, else the level's column."""

@@ -16,7 +16,8 @@ log = logging.getLogger("floodwall.edge")
 
 
 class RefusalLog:
-    def __init__(self, window: float = 10.0, max_pairs: int = 10_000) -> None:
+    def __init__(self, window: float = 10.0, max_pairs: int = 10_000, event: str = "refused") -> None:
+        self.event = event  # also for requests flagged and let through: "flagged", status None
         self.window = window
         self.max_pairs = max_pairs
         self.counts: dict[tuple[str, str], int] = {}
@@ -25,7 +26,7 @@ class RefusalLog:
         self._window_end = 0.0
         self._flusher: asyncio.TimerHandle | None = None
 
-    def record(self, reason: str, address: str, status: int, klass: str, level: str, tier: str, method: str,
+    def record(self, reason: str, address: str, status: int | None, klass: str, level: str, tier: str, method: str,
                path: str) -> None:
         self.total += 1
         key = (reason, address)
@@ -37,7 +38,7 @@ class RefusalLog:
             self.unlisted += 1
             return
         self.counts[key] = 1
-        logs.event(log, "refused", reason=reason, address=address, status=status, klass=klass, defense_level=level,
+        logs.event(log, self.event, reason=reason, address=address, status=status, klass=klass, defense_level=level,
                    tier=tier, method=method, path=path)
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().call_later(self.window, self.flush)
@@ -51,7 +52,7 @@ class RefusalLog:
             for (reason, address), count in self.counts.items():
                 by_reason[reason] += count
                 by_address[address] += count
-            logs.event(log, "refusals_summary", window_seconds=self.window, total=self.total,
+            logs.event(log, f"{self.event}_summary", window_seconds=self.window, total=self.total,
                        by_reason=dict(by_reason.most_common(20)), top_addresses=dict(by_address.most_common(10)),
                        pairs_not_listed=self.unlisted)
         self.counts = {}
