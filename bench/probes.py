@@ -63,9 +63,11 @@ def main() -> int:
     scorer = Scorer(load_rules(), args.paranoia)
     crs: dict[tuple[str, int, str], list[int]] = collections.defaultdict(lambda: [0, 0])
     times: list[float] = []
-    for case in read("crs_regression.jsonl"):
-        if case["label"] not in ("attack", "benign") or case["category"].startswith("RESPONSE"):
-            continue
+    cases = [case for case in read("crs_regression.jsonl")
+             if case["label"] in ("attack", "benign") and not case["category"].startswith("RESPONSE")]
+    for case in cases:  # warm-up: RE2 builds each set's DFA lazily, as a long-running server will have
+        scorer.score(described(case))
+    for case in cases:
         request = described(case)
         started = time.perf_counter()
         found = scorer.score(request)

@@ -216,6 +216,9 @@ class Scorer:
         self.rules = [rule for rule in rules if rule.paranoia <= paranoia]
         options = re2.Options()
         options.case_sensitive = False
+        # a set's DFA is built lazily as values are read; the default 8 MB runs out on attack-laden values
+        # and RE2 starts over, which costs more than the memory
+        options.max_mem = 64 << 20
         self._sets: dict[str, tuple[Any, list[RequestRule]]] = {}
         for target in TARGETS:
             patterned = [rule for rule in self.rules if target in rule.targets]
