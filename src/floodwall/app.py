@@ -24,6 +24,7 @@ from floodwall.accounts.alerts import Alerts
 from floodwall.accounts.blocklists import Blocklists
 from floodwall.accounts.challenges import Challenges
 from floodwall.accounts.database import create_engine, sessionmaker
+from floodwall.accounts.directory import Directory
 from floodwall.accounts.guard import LoginGuard
 from floodwall.accounts.mail import Mailer
 from floodwall.accounts.passwords import Passwords
@@ -32,8 +33,9 @@ from floodwall.accounts.service import AccountService
 from floodwall.accounts.two_factor import TwoFactor
 from floodwall.accounts.verification import EmailVerification
 from floodwall.accounts.waiting_room import WaitingRoom
+from floodwall.audit import Audit
 from floodwall.config import Settings
-from floodwall.console import admin, metrics
+from floodwall.console import admin, metrics, operations
 from floodwall.defense.detector import Detector
 from floodwall.defense.prompts import Campaigns, Screen, load_rules
 from floodwall.defense.watch import Watch
@@ -48,6 +50,10 @@ from floodwall.inference.usage import UsageRecorder
 from floodwall.services import Services
 from floodwall.signing import Signer
 from floodwall.state import open_store
+from floodwall.status import routes as status_routes
+from floodwall.status.automation import AutoIncidents
+from floodwall.status.board import StatusBoard
+from floodwall.status.incidents import Incidents
 from floodwall.telemetry.sources import NewSources
 from floodwall.telemetry.traffic import Traffic
 from floodwall.web import pages
@@ -81,8 +87,11 @@ def build_app(settings: Settings) -> Gate:
         two_factor=two_factor,
     )
     trusted = TrustedProxies(settings.server.trusted_proxies)
-    control = Control(store, settings.defense.level, settings.edge.refresh_interval)
+    audit = Audit(db)
+    control = Control(store, settings.defense.level, settings.edge.refresh_interval, audit)
     policy = Policy.load(settings.edge.policy or None)
+    incidents = Incidents(db)
+    templates = pages.templates()
     traffic = Traffic(NewSources(ipv4_prefix=settings.edge.ipv4_prefix, ipv6_prefix=settings.edge.ipv6_prefix))
     admission = Admission(policy.admission, store, lambda: control.level, traffic)
     services = Services(
@@ -90,7 +99,7 @@ def build_app(settings: Settings) -> Gate:
         accounts=accounts,
         upstream=Upstream(settings.upstream),
         usage=UsageRecorder(accounts),
-        templates=pages.templates(),
+        templates=templates,
         trusted_proxies=trusted,
         store=store,
         control=control,
@@ -109,6 +118,13 @@ def build_app(settings: Settings) -> Gate:
         watch=Watch(traffic, store, control, Detector(policy.detector), gauges=admission.gauges),
         prompt_screen=Screen(load_rules()),
         campaigns=Campaigns(),
+        incidents=incidents,
+        directory=Directory(accounts),
+        status=StatusBoard(
+            settings.status, incidents, control, store, recent=lambda: traffic.recent(60),
+            registration=lambda: policy.registration_mode(control.level, control.registration), env=templates.env,
+            automation=AutoIncidents(settings.status, incidents, audit) if settings.status.automatic_incidents
+            else None),
     )
 
     @contextlib.asynccontextmanager
@@ -120,8 +136,10 @@ def build_app(settings: Settings) -> Gate:
         if not mailer.development and not settings.server.public_url:
             logs.event(_log, "server.public_url is empty: links in e-mails use the address each request came in on, "
                   "which a client can forge", logging.WARNING)
+        await audit.start()
         await control.start()
         await services.watch.start()
+        await services.status.start()
         services.admission.loop_lag.start()
         await services.upstream.start()
         await services.upstream.probe()
@@ -136,8 +154,10 @@ def build_app(settings: Settings) -> Gate:
             await mailer.drain()
             await services.usage.stop()
             await services.upstream.close()
+            await services.status.stop()
             await services.watch.stop()
             await control.stop()
+            await audit.stop()
             await services.admission.loop_lag.stop()
             await store.close()
             await engine.dispose()
@@ -146,7 +166,9 @@ def build_app(settings: Settings) -> Gate:
         Route("/healthz", healthz),
         *inference_routes.routes,
         *admin.routes,
+        *operations.routes,
         *metrics.routes,
+        *status_routes.routes,
         *account_routes.routes,
         *two_factor_routes.routes,
         *web_routes.routes,
@@ -177,5 +199,5 @@ def app_from_env() -> Gate:
     """The ASGI factory each server worker calls: serve hands it the resolved settings in the environment."""
     text = os.environ.get(config_module.SETTINGS_ENV)
     settings = Settings.from_json(text) if text else config_module.load()
-    logs.setup(settings.log.level, settings.log.format)
+    logs.setup(settings.log.level, settings.log.format, settings.log.audit_file)
     return build_app(settings)

@@ -43,7 +43,7 @@ MODEL_FLAGS = {
 
 def _settings(args: argparse.Namespace, flags: dict[str, tuple[str, str]]) -> Settings:
     settings = load(args.config, _overrides(args, flags))
-    logs.setup(settings.log.level, settings.log.format)
+    logs.setup(settings.log.level, settings.log.format, settings.log.audit_file)
     return settings
 
 

@@ -182,10 +182,30 @@ class AdminSettings:
 
 
 @dataclasses.dataclass
+class StatusSettings:
+    # the status page's title
+    name: str = "Service status"
+    # how often each process re-reads incidents from the database (views are served from memory)
+    refresh_interval: Duration = Duration(5.0)
+    # the incident floodwall opens by itself when the defense level reaches under_attack, and its wording
+    automatic_incidents: bool = True
+    attack_title: str = "Large-scale malicious attacks"
+    attack_message: str = ("Due to large-scale malicious attacks on our services, registration may be busy. "
+                           "Please wait and try again. Registered users can log in normally.")
+    monitoring_message: str = ("The attack is subsiding and registration is reopening gradually. Registered users "
+                               "can log in and use the service normally. We are monitoring.")
+    resolved_message: str = "The attack is over and every service is back to normal."
+    # how long the level must stay normal before the automatic incident is resolved
+    resolve_after: Duration = Duration(600.0)
+
+
+@dataclasses.dataclass
 class LogSettings:
     level: str = "info"
     # "auto": JSON lines when stderr is not a terminal, readable text when it is
     format: str = "auto"
+    # a file that also gets the audit log (level changes, bans, incidents, operator actions), JSON lines
+    audit_file: str = ""
 
 
 @dataclasses.dataclass
@@ -200,6 +220,7 @@ class Settings:
     mail: MailSettings = dataclasses.field(default_factory=MailSettings)
     model: ModelSettings = dataclasses.field(default_factory=ModelSettings)
     admin: AdminSettings = dataclasses.field(default_factory=AdminSettings)
+    status: StatusSettings = dataclasses.field(default_factory=StatusSettings)
     log: LogSettings = dataclasses.field(default_factory=LogSettings)
 
     def to_json(self) -> str:

@@ -49,16 +49,27 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 def event(logger: logging.Logger, name: str, severity: int = logging.INFO, /, **fields: Any) -> None:
     """Log one named event with its fields as structured data."""
     if logger.isEnabledFor(severity):
+        if not _RESERVED.isdisjoint(fields):  # a field named like the record's own ("name", "msg") is kept, renamed
+            fields = {f"{key}_" if key in _RESERVED else key: value for key, value in fields.items()}
         logger.log(severity, name, extra=fields)
 
 
-def setup(level: str = "info", fmt: str = "auto") -> None:
+def setup(level: str = "info", fmt: str = "auto", audit_file: str = "") -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    audit = logging.getLogger("floodwall.audit")
+    for old in [h for h in audit.handlers if isinstance(h, logging.FileHandler)]:
+        audit.removeHandler(old)
+        old.close()
+    if audit_file:  # the audit trail in a file of its own, always JSON lines, whatever the log level
+        copy = logging.FileHandler(audit_file, encoding="utf-8")
+        copy.setFormatter(JsonFormatter())
+        audit.addHandler(copy)
+        audit.setLevel(logging.INFO)
     # servers' own access logs repeat what floodwall logs; keep their errors
     for name in ("uvicorn.access", "granian.access", "aiohttp.access", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)

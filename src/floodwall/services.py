@@ -10,6 +10,7 @@ from starlette.templating import Jinja2Templates
 
 from floodwall.accounts.activity import Client
 from floodwall.accounts.challenges import Challenges
+from floodwall.accounts.directory import Directory
 from floodwall.accounts.guard import LoginGuard
 from floodwall.accounts.mail import Mailer
 from floodwall.accounts.reset import PasswordReset
@@ -28,6 +29,8 @@ from floodwall.inference.upstream import Upstream
 from floodwall.inference.usage import UsageRecorder
 from floodwall.signing import Signer
 from floodwall.state.store import Store
+from floodwall.status.board import StatusBoard
+from floodwall.status.incidents import Incidents
 from floodwall.telemetry.traffic import Traffic
 
 
@@ -55,6 +58,9 @@ class Services:
     watch: Watch
     prompt_screen: Screen
     campaigns: Campaigns
+    incidents: Incidents
+    directory: Directory
+    status: StatusBoard
     metrics: CollectorRegistry | None = None  # made at the first scrape
 
     def client(self, request: Request) -> Client:

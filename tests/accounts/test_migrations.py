@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 
 from floodwall.accounts.database import create_engine, upgrade
 from floodwall.accounts.models import Base
+from floodwall.status import models as _status_models  # noqa: F401  (their tables join Base.metadata)
 from tests.conftest import postgres_database
 
 

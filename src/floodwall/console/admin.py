@@ -34,7 +34,7 @@ def require_admin(request: Request) -> None:
                        "invalid_admin_token")
 
 
-def _who(request: Request) -> str:
+def who(request: Request) -> str:
     return f"admin@{services(request).client(request).ip}"
 
 
@@ -56,7 +56,7 @@ async def put_level(request: Request) -> Response:
     reason = body.get("reason", "set by an operator")
     if not isinstance(reason, str):
         raise ApiError(400, "'reason' must be a string.", "invalid_parameter", param="reason")
-    record = await services(request).control.set_mode(mode, reason[:500], _who(request))
+    record = await services(request).control.set_mode(mode, reason[:500], who(request))
     return JSONResponse(record)
 
 
@@ -85,7 +85,7 @@ async def put_registration(request: Request) -> Response:
     reason = body.get("reason", "set by an operator")
     if not isinstance(reason, str):
         raise ApiError(400, "'reason' must be a string.", "invalid_parameter", param="reason")
-    await services(request).control.set_registration(mode, reason[:500], _who(request))
+    await services(request).control.set_registration(mode, reason[:500], who(request))
     return JSONResponse(_registration_state(request))
 
 
@@ -120,6 +120,8 @@ async def add_ban(request: Request) -> Response:
     reason = str(body.get("reason", "operator"))[:100]
     config = services(request)
     ban = await config.store.ban(target, reason, duration, escalate=bool(body.get("escalate", False)))
+    config.control.audit.record(who(request), "ban.add", ban.target, reason=reason, until=ban.until,
+                                strikes=ban.strikes)
     await config.control.refresh()
     return JSONResponse(_ban_json(ban), 201)
 
@@ -128,7 +130,10 @@ async def remove_ban(request: Request) -> Response:
     require_admin(request)
     target = _cidr({"target": request.path_params["target"].replace("_", "/")}, "target")
     config = services(request)
-    if not await config.store.unban(target):
+    removed = await config.store.unban(target)
+    if removed:
+        config.control.audit.record(who(request), "ban.remove", target)
+    if not removed:
         raise ApiError(404, f"No ban on {target}.", "ban_not_found")
     await config.control.refresh()
     return JSONResponse({"target": target, "removed": True})
@@ -146,9 +151,11 @@ async def add_list_entry(request: Request) -> Response:
     if name not in ("allow", "deny"):
         raise ApiError(404, "The lists are 'allow' and 'deny'.", "list_not_found")
     entry = {"list": name, "cidr": _cidr(body, "cidr"), "reason": str(body.get("reason", ""))[:200],
-             "by": _who(request), "at": str(round(time.time()))}
+             "by": who(request), "at": str(round(time.time()))}
     config = services(request)
     await config.store.set_list_entry(entry)
+    config.control.audit.record(who(request), "list.add", entry["cidr"], list=entry["list"],
+                                reason=entry.get("reason"))
     await config.control.refresh()
     return JSONResponse(entry, 201)
 
@@ -157,7 +164,10 @@ async def remove_list_entry(request: Request) -> Response:
     require_admin(request)
     cidr = _cidr({"cidr": request.path_params["cidr"].replace("_", "/")}, "cidr")
     config = services(request)
-    if not await config.store.remove_list_entry(request.path_params["name"], cidr):
+    removed = await config.store.remove_list_entry(request.path_params["name"], cidr)
+    if removed:
+        config.control.audit.record(who(request), "list.remove", cidr, list=request.path_params["name"])
+    if not removed:
         raise ApiError(404, f"{cidr} is not on the {request.path_params['name']} list.", "entry_not_found")
     await config.control.refresh()
     return JSONResponse({"cidr": cidr, "removed": True})

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable
 
 from floodwall import logs
+from floodwall.audit import Audit
 from floodwall.background import cancel
 from floodwall.defense.levels import LEVELS
 from floodwall.edge.identity import IPAddress, IPNetwork
@@ -52,8 +53,10 @@ class Networks:
 
 
 class Control:
-    def __init__(self, store: Store, default_mode: str = "auto", interval: float = 1.0) -> None:
+    def __init__(self, store: Store, default_mode: str = "auto", interval: float = 1.0,
+                 audit: Audit | None = None) -> None:
         self.store = store
+        self.audit = audit or Audit(None)
         self.default_mode = default_mode
         self.interval = interval
         self.level = default_mode if default_mode in LEVELS else "normal"
@@ -118,6 +121,7 @@ class Control:
         await self.store.set_level(record)
         logs.event(log, "level_changed", logging.WARNING, mode=mode, defense_level=level, previous=self.level,
                    reason=reason, by=by)
+        self.audit.record(by, "level.set", mode, defense_level=level, previous=self.level, reason=reason)
         await self.refresh()
         return record
 
@@ -128,6 +132,7 @@ class Control:
                                          "by": "detector", "previous": self.level, "registration": self.registration}
             logs.event(log, "level_changed", logging.WARNING, mode="auto", defense_level=level,
                        previous=self.level, reason=reason, by="detector")
+            self.audit.record("detector", "level.detected", level, previous=self.level, reason=reason)
             try:
                 await self.store.set_level(record)
             except Exception as exc:  # the Store is away: this process defends itself meanwhile
@@ -146,5 +151,6 @@ class Control:
         await self.store.set_level(record)
         logs.event(log, "registration_changed", logging.WARNING, registration=mode, previous=self.registration,
                    reason=reason, by=by)
+        self.audit.record(by, "registration.set", mode, previous=self.registration, reason=reason)
         await self.refresh()
         return record

@@ -215,6 +215,8 @@ class Gate:
             logs.event(log, "ban_failed", logging.WARNING, address=address, reason="http-probing", error=repr(exc))
             return
         self.traffic.event("probe.banned")
+        self.control.audit.record("probe-watch", "ban.add", address, reason="http-probing", until=ban.until,
+                                  strikes=ban.strikes)
         logs.event(log, "banned", logging.WARNING, address=address, reason="http-probing",
                    seconds=round(ban.until - time.time()), strikes=ban.strikes)
         await self.control.refresh()

@@ -283,5 +283,5 @@ def app_from_env() -> Starlette:
 
     text = os.environ.get(config.SETTINGS_ENV)
     settings = config.Settings.from_json(text) if text else config.load()
-    logs.setup(settings.log.level, settings.log.format)
+    logs.setup(settings.log.level, settings.log.format, settings.log.audit_file)
     return SimulatedModel(settings.model).app()

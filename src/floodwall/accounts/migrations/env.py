@@ -9,6 +9,7 @@ from sqlalchemy.engine import Connection
 
 from floodwall.accounts.database import create_engine
 from floodwall.accounts.models import Base
+from floodwall.status import models as _status_models  # noqa: F401  (their tables join Base.metadata)
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,0 +1,1 @@
+"""The public status page: components, incidents with their timelines, Statuspage-compatible JSON, Atom."""
