@@ -186,6 +186,8 @@ def parser() -> argparse.ArgumentParser:
     _admin_flags(lists)
     lists.set_defaults(func=_admin("lists"), lists_command="list")
 
+    _operations(commands)
+
     from floodwall.sim.attack import command as attack
 
     attack.add_parser(commands)
@@ -197,6 +199,51 @@ def parser() -> argparse.ArgumentParser:
     db_upgrade.add_argument("--database")
     db_upgrade.set_defaults(func=cmd_db_upgrade)
     return root
+
+
+def _operations(commands: Any) -> None:
+    from floodwall.status.incidents import COMPONENTS, IMPACTS, STATUSES
+
+    incident = commands.add_parser("incident", help="list, open, update or resolve status-page incidents")
+    actions = incident.add_subparsers(dest="incident_command", metavar="ACTION")
+    opened = actions.add_parser("open", help="open an incident")
+    opened.add_argument("name")
+    opened.add_argument("--body", required=True, help="the first update's text")
+    opened.add_argument("--status", choices=STATUSES, default="investigating")
+    opened.add_argument("--impact", choices=IMPACTS, default="minor")
+    opened.add_argument("--component", action="append", default=[], metavar="KEY=STATUS",
+                        help=f"an affected component ({', '.join(COMPONENTS)}) and its status; repeatable")
+    updated = actions.add_parser("update", help="post an update")
+    updated.add_argument("id")
+    updated.add_argument("--status", choices=STATUSES, required=True)
+    updated.add_argument("--body", required=True)
+    resolved = actions.add_parser("resolve", help="resolve an incident")
+    resolved.add_argument("id")
+    resolved.add_argument("--body", default="This incident has been resolved.")
+    listed = actions.add_parser("list", help="open incidents and those of the last 90 days")
+    for command in (incident, opened, updated, resolved, listed):
+        _admin_flags(command)
+    incident.set_defaults(func=_admin("incident"), incident_command="list")
+
+    users = commands.add_parser("users", help="find accounts; disable, enable or sign one out everywhere")
+    actions = users.add_subparsers(dest="users_command", metavar="ACTION")
+    found = actions.add_parser("list", help="accounts, newest first")
+    found.add_argument("query", nargs="?", help="part of the e-mail address")
+    found.add_argument("--limit", type=int, default=50)
+    commands_with_id = [actions.add_parser(name, help=text) for name, text in (
+        ("disable", "disable an account and end its sessions"), ("enable", "enable an account again"),
+        ("sign-out", "end every session of an account"))]
+    for command in commands_with_id:
+        command.add_argument("id")
+    for command in (users, found, *commands_with_id):
+        _admin_flags(command)
+    users.set_defaults(func=_admin("users"), users_command="list", query=None, limit=50)
+
+    audit = commands.add_parser("audit", help="the audit log: level changes, bans, incidents, operator actions")
+    audit.add_argument("--action", help='only actions starting with this, like "ban." or "level."')
+    audit.add_argument("--limit", type=int, default=50)
+    _admin_flags(audit)
+    audit.set_defaults(func=_admin("audit"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

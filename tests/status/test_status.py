@@ -165,3 +165,25 @@ def test_operators_disable_an_account_and_sign_it_out(served: str, admin: httpx.
 
     assert eventually(lambda: [e["action"] for e in audit()][:3] == ["user.sign_out", "user.enable", "user.disable"])
     assert audit()[0]["target"] == str(user_id) and audit()[0]["actor"].startswith("admin@")
+
+
+def test_the_command_line_posts_incidents_finds_accounts_and_reads_the_audit_log(served: str, tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    def floodwall(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "floodwall", *args, "--url", served, "--token", TOKEN],
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+    opened = floodwall("incident", "open", "Login emails are late", "--body", "Mail is slow.", "--impact", "minor",
+                       "--component", "login=degraded_performance")
+    assert opened.returncode == 0 and opened.stdout.startswith("opened incident "), opened.stderr
+    number = opened.stdout.split()[2].rstrip(":")
+    assert "Login emails are late" in floodwall("incident", "list").stdout
+    updated = floodwall("incident", "update", number, "--status", "identified", "--body", "The relay is slow.")
+    assert updated.returncode == 0 and "identified" in updated.stdout
+    assert "resolved" in floodwall("incident", "resolve", number).stdout
+    refused = floodwall("incident", "open", "x", "--body", "y", "--component", "moon=major_outage")
+    assert refused.returncode == 1 and "components" in refused.stderr
+    assert floodwall("users", "list").returncode == 0
+    assert "incident.resolve" in floodwall("audit", "--action", "incident.").stdout

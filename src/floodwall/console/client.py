@@ -1,4 +1,5 @@
-"""The operator commands (`floodwall level`, `detector`, `registration`, `ban`, `lists`) as admin API calls."""
+"""The operator commands (`floodwall level`, `detector`, `registration`, `ban`, `lists`, `incident`, `users`,
+`audit`) as admin API calls."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -110,4 +112,50 @@ def lists(settings: Settings, args: argparse.Namespace) -> int:
     else:
         for e in call(settings, args, "GET", "/admin/api/lists")["entries"]:
             print(f"{e['list']:<6} {e['cidr']:<43} {e.get('reason', '')}")
+    return 0
+
+
+def incident(settings: Settings, args: argparse.Namespace) -> int:
+    action = args.incident_command
+    if action == "open":
+        components = dict(pair.split("=", 1) for pair in args.component)
+        made = call(settings, args, "POST", "/admin/api/incidents", {
+            "name": args.name, "body": args.body, "status": args.status, "impact": args.impact,
+            "components": components})
+        print(f"opened incident {made['id']}: {made['name']} ({made['status']}, {made['impact']} impact)")
+    elif action in ("update", "resolve"):
+        status = "resolved" if action == "resolve" else args.status
+        made = call(settings, args, "POST", f"/admin/api/incidents/{args.id}/updates",
+                    {"status": status, "body": args.body})
+        print(f"incident {made['id']} is now {made['status']}")
+    else:
+        for found in call(settings, args, "GET", "/admin/api/incidents")["incidents"]:
+            print(f"{found['id']:>5}  {found['status']:<13} {found['impact']:<8} {found['created_at'][:16]}  "
+                  f"{found['name']}{'  (automatic)' if found['automatic'] else ''}")
+    return 0
+
+
+def users(settings: Settings, args: argparse.Namespace) -> int:
+    action = args.users_command
+    if action in ("disable", "enable"):
+        found = call(settings, args, "POST", f"/admin/api/users/{args.id}/{action}")
+        print(f"account {found['id']} ({found['email']}) is {'disabled' if found['disabled'] else 'enabled'}")
+    elif action == "sign-out":
+        ended = call(settings, args, "POST", f"/admin/api/users/{args.id}/sign-out")
+        print(f"account {args.id}: {ended['sessions_ended']} sessions ended")
+    else:
+        query = urllib.parse.urlencode({"q": args.query or "", "limit": args.limit})
+        for user in call(settings, args, "GET", f"/admin/api/users?{query}")["users"]:
+            flags = [flag for flag, on in (("disabled", user["disabled"]), ("2fa", user["two_factor"]),
+                                           ("unconfirmed", not user["email_verified"])) if on]
+            print(f"{user['id']:>7}  {user['email']:<40} {user['created_at'][:10]}  sessions {user['sessions']:>3}  "
+                  f"keys {user['keys']:>3}  {' '.join(flags)}")
+    return 0
+
+
+def audit(settings: Settings, args: argparse.Namespace) -> int:
+    query = urllib.parse.urlencode({"limit": args.limit, "action": args.action or ""})
+    for event in call(settings, args, "GET", f"/admin/api/audit?{query}")["events"]:
+        detail = " ".join(f"{key}={value}" for key, value in event["detail"].items())
+        print(f"{event['at'][:19]}  {event['actor']:<22} {event['action']:<18} {event['target']:<24} {detail}")
     return 0
