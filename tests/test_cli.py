@@ -107,6 +107,9 @@ def test_the_wheel_ships_its_data_files(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ("floodwall/edge/default_policy.toml", "floodwall/web/templates/chat.html",
                    "floodwall/web/static/chat.js", "floodwall/accounts/migrations/env.py",
+                   "floodwall/defense/prompt_rules.toml", "floodwall/defense/request_rules.toml",
+                   "floodwall/web/templates/history.atom.xml", "floodwall/web/static/console.js",
+                   "floodwall/accounts/migrations/versions/0005_status_and_audit.py",
                    "floodwall/accounts/migrations/versions/0001_initial.py",
                    "floodwall/accounts/data/disposable_domains.txt", "floodwall/accounts/data/common_passwords_10k.txt",
                    "floodwall/accounts/data/disposable_allowlist.txt", "floodwall/accounts/data/README.md",

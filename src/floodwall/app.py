@@ -36,6 +36,7 @@ from floodwall.accounts.waiting_room import WaitingRoom
 from floodwall.audit import Audit
 from floodwall.config import Settings
 from floodwall.console import admin, metrics, operations
+from floodwall.console import pages as console_pages
 from floodwall.defense.detector import Detector
 from floodwall.defense.prompts import Campaigns, Screen, load_rules
 from floodwall.defense.watch import Watch
@@ -167,6 +168,7 @@ def build_app(settings: Settings) -> Gate:
         *inference_routes.routes,
         *admin.routes,
         *operations.routes,
+        *console_pages.routes,
         *metrics.routes,
         *status_routes.routes,
         *account_routes.routes,

@@ -75,6 +75,12 @@ class WaitingRoom:
         ahead = max(0, math.ceil(number - frontier))
         return Place(ticket, number, ahead, math.ceil(ahead / self.rate) if ahead else 0)
 
+    async def figures(self) -> dict[str, float]:
+        """The queue as operators see it: numbers issued, the frontier, and how many wait behind it."""
+        issued, frontier = await self.store.queue(QUEUE, self.rate, self.burst, join=False)
+        return {"issued": issued, "frontier": round(frontier, 1), "waiting": max(0, math.ceil(issued - frontier)),
+                "per_minute": round(self.rate * 60, 1)}
+
     async def use(self, place: Place) -> bool:
         """Spend an admitted ticket; False when it was spent already."""
         return await use_once(self.store, USED, place.number, self.lifetime)

@@ -24,14 +24,36 @@ from floodwall.state.store import Ban
 MAX_BODY = 64 * 1024
 
 
+CONSOLE_COOKIE = "fw_console"
+CONSOLE_HEADER = "x-floodwall-console"
+CONSOLE_LIFETIME = 12 * 3600
+
+
 def require_admin(request: Request) -> None:
+    """The admin token as a Bearer, or the console's cookie; a change made with the cookie must also carry the
+    console's header, which another site's form or script cannot send (no CORS here): no CSRF."""
     token = services(request).settings.admin.token
     if not token:
         raise ApiError(403, "The admin API is disabled: set FLOODWALL_ADMIN_TOKEN to enable it.", "admin_disabled")
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise ApiError(401, "A valid admin token is needed: Authorization: Bearer $FLOODWALL_ADMIN_TOKEN.",
-                       "invalid_admin_token")
+    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+        return
+    if console_session(request) and (request.method in ("GET", "HEAD") or CONSOLE_HEADER in request.headers):
+        return
+    raise ApiError(401, "A valid admin token is needed: Authorization: Bearer $FLOODWALL_ADMIN_TOKEN.",
+                   "invalid_admin_token")
+
+
+def console_session(request: Request) -> bool:
+    """The console's cookie is good: signed by us, young enough, and made with the admin token in force."""
+    config = services(request)
+    found = config.signer.loads("console", request.cookies.get(CONSOLE_COOKIE, ""), max_age=CONSOLE_LIFETIME)
+    return isinstance(found, dict) and hmac.compare_digest(str(found.get("t", "")), token_tag(request))
+
+
+def token_tag(request: Request) -> str:
+    """A tag of the admin token: rotating the token ends every console session."""
+    return services(request).signer.mac("console-token", services(request).settings.admin.token)[:16]
 
 
 def who(request: Request) -> str:
@@ -71,7 +93,7 @@ def _registration_state(request: Request) -> dict[str, Any]:
 
 async def get_registration(request: Request) -> Response:
     require_admin(request)
-    return JSONResponse(_registration_state(request))
+    return JSONResponse({**_registration_state(request), "queue": await services(request).waiting_room.figures()})
 
 
 async def put_registration(request: Request) -> Response:
@@ -211,7 +233,12 @@ async def traffic(request: Request) -> Response:
             requests.setdefault(klass, {})[outcome] = count
         elif kind == "event":
             events[rest] = count
+    per_second = [{"t": second, "arrivals": c.get("arrivals", 0),
+                   "refused": sum(v for k, v in c.items() if k.endswith(":refused")),
+                   "errors": sum(v for k, v in c.items() if k.endswith(":5xx"))}
+                  for second, c in list(found.history)[-120:]]
     return JSONResponse({"window_seconds": 60, "arrivals": counts["arrivals"], "requests": requests,
+                         "per_second": per_second,
                          "events": events, "new_addresses": counts["new_addresses"],
                          "new_networks": counts["new_networks"], "tracked_addresses": found.sources.tracked,
                          "top_talkers": [t._asdict() for t in found.top_talkers(20)]})

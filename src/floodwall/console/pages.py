@@ -1,0 +1,60 @@
+"""The operator console at /admin: a sign-in with the admin token (a signed, HttpOnly, SameSite=Strict
+cookie for 12 hours, ended by rotating the token), then one page that reads and drives the admin API."""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from floodwall.accounts.auth import check_same_origin
+from floodwall.accounts.forms import read_fields, text_field
+from floodwall.console.admin import CONSOLE_COOKIE, CONSOLE_HEADER, CONSOLE_LIFETIME, console_session, token_tag, who
+from floodwall.services import services
+
+
+def _login_page(request: Request, error: str = "", status: int = 200) -> Response:
+    return services(request).templates.TemplateResponse(request, "console_login.html", {"error": error},
+                                                        status_code=status)
+
+
+async def console(request: Request) -> Response:
+    config = services(request)
+    if not config.settings.admin.token:
+        return _login_page(request, "The console is off: set FLOODWALL_ADMIN_TOKEN to turn it on.", 403)
+    if not console_session(request):
+        return _login_page(request)
+    return config.templates.TemplateResponse(request, "console.html", {"header": CONSOLE_HEADER},
+                                             headers={"cache-control": "no-store"})
+
+
+async def sign_in(request: Request) -> Response:
+    config = services(request)
+    fields = await read_fields(request)
+    given = text_field(fields, "token", required=False)
+    token = config.settings.admin.token
+    if not token or not given or not hmac.compare_digest(given.encode(), token.encode()):
+        config.control.audit.record(who(request), "console.sign_in_failed")
+        return _login_page(request, "That is not the admin token.", 401)
+    config.control.audit.record(who(request), "console.sign_in")
+    response = RedirectResponse("/admin", 303)
+    response.set_cookie(CONSOLE_COOKIE, config.signer.dumps("console", {"t": token_tag(request)}),
+                        max_age=CONSOLE_LIFETIME, path="/admin", httponly=True, samesite="strict",
+                        secure=config.is_https(request))
+    return response
+
+
+async def sign_out(request: Request) -> Response:
+    check_same_origin(request)
+    response = RedirectResponse("/admin", 303)
+    response.delete_cookie(CONSOLE_COOKIE, path="/admin")
+    return response
+
+
+routes = [
+    Route("/admin", console, methods=["GET"]),
+    Route("/admin/sign-in", sign_in, methods=["POST"]),
+    Route("/admin/sign-out", sign_out, methods=["POST"]),
+]
