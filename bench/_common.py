@@ -23,6 +23,8 @@ if wrk.method == "POST" then
   wrk.body = os.getenv("FW_BODY")
   wrk.headers["Content-Type"] = "application/json"
 end
+local encoding = os.getenv("FW_ACCEPT_ENCODING")
+if encoding and encoding ~= "" then wrk.headers["Accept-Encoding"] = encoding end
 local key = os.getenv("FW_KEY")
 if key and key ~= "" then wrk.headers["Authorization"] = "Bearer " .. key end
 -- think time per connection: exponential around FW_DELAY_MS, so that the connections arrive as independent
@@ -55,8 +57,9 @@ def process(command: list[str], env: dict[str, str], health: str, log: Path, exp
 
 
 def wrk(url: str, script: Path, duration: int, connections: int, *, method: str = "GET", key: str = "",
-        delay_ms: int = 0) -> dict[str, float]:
-    env = {**os.environ, "FW_METHOD": method, "FW_BODY": CHAT, "FW_KEY": key, "FW_DELAY_MS": str(delay_ms)}
+        delay_ms: int = 0, accept_encoding: str = "") -> dict[str, float]:
+    env = {**os.environ, "FW_METHOD": method, "FW_BODY": CHAT, "FW_KEY": key, "FW_DELAY_MS": str(delay_ms),
+           "FW_ACCEPT_ENCODING": accept_encoding}
     result = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
                             env=env, capture_output=True, text=True, check=True)
     text = result.stdout

@@ -165,12 +165,13 @@ def build_app(settings: Settings) -> Gate:
 
     routes = [
         Route("/healthz", healthz),
+        # Starlette tries routes in order: the ones a flood's readers hit come first
+        *status_routes.routes,
         *inference_routes.routes,
         *admin.routes,
         *operations.routes,
         *console_pages.routes,
         *metrics.routes,
-        *status_routes.routes,
         *account_routes.routes,
         *two_factor_routes.routes,
         *web_routes.routes,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import gzip
 import html
 import json
 import logging
@@ -147,7 +148,7 @@ class StatusBoard:
         summary = self.summary()
         page = summary["page"]
         incidents = [self._incident(r) for r in self.records[:50]]
-        self.rendered = {
+        rendered = {
             "summary": _json(summary),
             "status": _json({"page": page, "status": summary["status"]}),
             "components": _json({"page": page, "components": summary["components"]}),
@@ -158,6 +159,8 @@ class StatusBoard:
                 page=page, incidents=self.records[:50], contents={r.id: _timeline_html(r) for r in self.records[:50]}
             ).encode(),
         }
+        # browsers and CDNs take gzip: compressed once here, not per view (the page is tens of kilobytes)
+        self.rendered = {**rendered, **{f"{key}.gz": gzip.compress(body, 6) for key, body in rendered.items()}}
 
     def _page_context(self, summary: dict[str, Any]) -> dict[str, Any]:
         now = dt.datetime.now(dt.UTC)

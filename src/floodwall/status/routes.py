@@ -10,7 +10,8 @@ from starlette.routing import Route
 from floodwall.services import services
 
 # a CDN or browser may keep a view this long: during a flood most views never reach us
-CACHE = {"cache-control": "public, max-age=5"}
+CACHE = {"cache-control": "public, max-age=5", "vary": "accept-encoding"}
+GZIPPED = {**CACHE, "content-encoding": "gzip"}
 _MEDIA = {"page": "text/html; charset=utf-8", "atom": "application/atom+xml; charset=utf-8"}
 
 
@@ -18,7 +19,10 @@ def _route(path: str, part: str) -> Route:
     media = _MEDIA.get(part, "application/json")
 
     async def view(request: Request) -> Response:
-        return Response(services(request).status.rendered[part], media_type=media, headers=CACHE)
+        rendered = services(request).status.rendered
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            return Response(rendered[f"{part}.gz"], media_type=media, headers=GZIPPED)
+        return Response(rendered[part], media_type=media, headers=CACHE)
 
     return Route(path, view, methods=["GET", "HEAD"])
 
