@@ -50,6 +50,23 @@ def test_ordinary_requests_score_nothing(scorer: Scorer) -> None:
         assert scorer.score(request).score == 0, scorer.score(request)
 
 
+def test_what_looks_like_an_attack_but_is_not(scorer: Scorer) -> None:
+    form = (("Content-Type", "application/x-www-form-urlencoded"),)
+    boundary = "----WebKitFormBoundary"  # its case matters: the body is split on it as sent
+    multipart = "".join(f"--{boundary}\nContent-Disposition: form-data; name=\"f{n}\"\nContent-Type: text/plain; "
+                        f"charset=utf-8\n\nvalue{n}\n" for n in range(2)) + f"--{boundary}--\n"
+    for request in (Described("POST", "/post", "", form, "var=hello; time he came"),  # English after a semicolon
+                    Described("GET", "/get", "tag=%3C%3Fxpacket%20begin%3D%22%22%3F%3E"),  # an XMP packet, not PHP
+                    Described("POST", "/", "", (("Content-Type", f"multipart/form-data; boundary={boundary}"),),
+                              multipart),
+                    Described("POST", "/", "", (("Content-Type", "application/json"),), '{"encoding": "base64"}'),
+                    Described("GET", "/", "", (("Cookie", "MyVersion=1; PHPSESSID=secret"),)),
+                    Described("GET", "/javascript-manual/document.cookie")):
+        assert scorer.score(request).score == 0, (request, scorer.score(request))
+    plain = Described("POST", "/post", "", (("Content-Type", "text/plain"),), "test=java.lang.ProcessBuilder")
+    assert "java/classes" in scorer.score(plain).rules  # a body no parser reads is one value
+
+
 def test_multipart_and_xml_bodies_are_read_as_fields() -> None:
     body = '--b\r\nContent-Disposition: form-data; name="note"; filename="a.txt"\r\n\r\nhello\r\n--b--'
     found = parts(Described("POST", "/", "", (("Content-Type", "multipart/form-data; boundary=b"),), body))

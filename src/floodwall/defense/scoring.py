@@ -151,7 +151,8 @@ def _leaves(value: Any, names: list[str], depth: int = 0) -> Iterator[str]:
 
 def _multipart(body: str, content_type: str) -> Iterator[tuple[str, str]]:
     """Each part's field name (and file name) and value."""
-    _, _, boundary = content_type.partition("boundary=")
+    at = content_type.lower().find("boundary=")
+    boundary = content_type[at + len("boundary="):] if at >= 0 else ""
     boundary = boundary.split(";")[0].strip().strip('"')
     if not boundary:
         return
@@ -181,7 +182,7 @@ def parts(request: Described) -> dict[str, list[str]]:
             except ValueError:
                 args.append(body)
         elif "multipart/form-data" in content_type:
-            for name, value in _multipart(body, content_type):
+            for name, value in _multipart(body, headers.get("content-type", "")):  # the boundary keeps its case
                 names.append(name)
                 args.append(value)
         elif "xml" in content_type or body.lstrip()[:1] == "<":
@@ -190,6 +191,8 @@ def parts(request: Described) -> dict[str, list[str]]:
             for key, value in parse_qsl(body, keep_blank_values=True)[:MAX_VALUES]:
                 names.append(key)
                 args.append(value)
+        else:  # text/plain and the like: the body is one value
+            args.append(body)
     cookies: list[str] = []
     for part in headers.get("cookie", "").split(";")[:MAX_VALUES]:
         key, _, value = part.strip().partition("=")
