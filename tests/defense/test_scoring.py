@@ -4,6 +4,7 @@ bench/probes.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 from collections.abc import Iterator
@@ -13,7 +14,8 @@ import httpx
 import pytest
 
 from floodwall.config import ConfigError
-from floodwall.defense.scoring import Described, Scorer, ScoringPolicy, load_rules, parts
+from floodwall.defense.request_parts import parts
+from floodwall.defense.scoring import Described, Scorer, ScoringPolicy, load_rules
 from floodwall.edge.policy import DEFAULT_POLICY
 from tests.conftest import PASSWORD, default_policy_process
 
@@ -43,9 +45,11 @@ def test_attacks_in_each_part_are_scored(scorer: Scorer) -> None:
 
 
 def test_ordinary_requests_score_nothing(scorer: Scorer) -> None:
-    for request in (Described("GET", "/", "page=2&sort=name", (("User-Agent", "Mozilla/5.0 Firefox/128.0"),
+    for request in (Described("GET", "/", "page=2&sort=name", (("Host", "chat.example.org"),
+                                                              ("User-Agent", "Mozilla/5.0 Firefox/128.0"),
                                                               ("Accept-Encoding", "gzip, deflate, br"))),
-                    Described("POST", "/v1/chat/completions", "", (("Content-Type", "application/json"),),
+                    Described("POST", "/v1/chat/completions", "", (("Host", "chat.example.org"),
+                                                                   ("Content-Type", "application/json")),
                               json.dumps({"messages": [{"role": "user", "content": "What is a cat?"}]}))):
         assert scorer.score(request).score == 0, scorer.score(request)
 
@@ -62,6 +66,7 @@ def test_what_looks_like_an_attack_but_is_not(scorer: Scorer) -> None:
                     Described("POST", "/", "", (("Content-Type", "application/json"),), '{"encoding": "base64"}'),
                     Described("GET", "/", "", (("Cookie", "MyVersion=1; PHPSESSID=secret"),)),
                     Described("GET", "/javascript-manual/document.cookie")):
+        request = dataclasses.replace(request, headers=(("Host", "chat.example.org"), *request.headers))
         assert scorer.score(request).score == 0, (request, scorer.score(request))
     plain = Described("POST", "/post", "", (("Content-Type", "text/plain"),), "test=java.lang.ProcessBuilder")
     assert "java/classes" in scorer.score(plain).rules  # a body no parser reads is one value
@@ -129,7 +134,9 @@ def test_under_attack_a_flagged_request_is_refused_and_explained(refusing: str) 
         assert found["scoring"]["score"] >= 5 and found["scoring"]["action"] == "refuse"
         calm = admin.post("/admin/api/explain", json={"request": {"method": "GET", "path": "/login",
                                                                    "query": "next=/chat", "address": "127.8.2.1"}})
-        assert calm.json()["decision"] == "pass" and calm.json()["scoring"]["score"] == 0
+        scoring = calm.json()["scoring"]
+        assert calm.json()["decision"] == "pass" and scoring["score"] < scoring["threshold"]
+        assert scoring["rules"] in ([], ["protocol/host-is-address"])  # the test's Host is 127.0.0.1:port
         bad = admin.post("/admin/api/explain", json={"request": {"path": "/", "query": 3}})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "request.query"
     finally:

@@ -276,6 +276,8 @@ async def explain(request: Request) -> Response:
     except ValueError:
         raise ApiError(400, "'request.address' must be an IP address.", "invalid_request",
                        param="request.address") from None
+    if not any(name.lower() == "host" for name in headers):  # every real request names the host: this one
+        headers = {"host": request.headers.get("host", "localhost"), **headers}
     try:
         found = await explain_request(request.app.state.gate, method, path, headers, address, query)
     except UnicodeEncodeError:

@@ -1,0 +1,193 @@
+"""Reading a request the way request scoring needs it: each part (path, arguments and their names, cookies,
+headers...) decoded as an attacker would have the application decode it, and the anomalies of its form
+(null bytes, broken encodings, a body on a GET, missing headers) named, so that rules can match them as data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import re
+import unicodedata
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qsl, unquote, unquote_plus, unquote_to_bytes
+
+import re2
+
+_XML_VALUES = re2.compile(r'="([^"]*)"|>([^<]+)<')
+_BAD_PERCENT = re.compile(r"%(?![0-9a-fA-F]{2})")
+_FULL_WIDTH = re.compile(r"%u[fF]{2}[0-9a-fA-F]{2}")
+_CHARSET = re.compile(r"charset\s*=\s*[\"']?([^\"';,\s]+)", re.IGNORECASE)
+_ENTITY = re.compile(r"&[a-zA-Z]{2,10};")
+_RANGE = re.compile(r"(\d*)\s*-\s*(\d*)")
+MAX_VALUE = 4096  # characters of one value read
+MAX_VALUES = 256  # values read from one request part
+MAX_BODY = 64 * 1024
+MAX_RANGES = 5
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Described:
+    """The parts of a request that are scored."""
+
+    method: str
+    path: str
+    query: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    body: str = ""
+
+
+def _decoded(value: str) -> str:
+    value = value[:MAX_VALUE]
+    for _ in range(2):  # double encoding is the oldest evasion
+        if "%" not in value and "+" not in value:
+            break
+        value = unquote_plus(value)
+    if "&" in value:
+        value = html.unescape(value)
+    if not value.isascii():  # full-width and compatibility forms read as what they look like
+        value = unicodedata.normalize("NFKC", value)
+    return value.replace("\x00", "")
+
+
+def _leaves(value: Any, names: list[str], depth: int = 0) -> Iterator[str]:
+    """The strings in a JSON document, its keys going to `names`."""
+    if depth > 16:
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            names.append(str(key))
+            yield from _leaves(item, names, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _leaves(item, names, depth + 1)
+    elif isinstance(value, str):
+        yield value
+    elif value is not None and not isinstance(value, bool):
+        yield str(value)
+
+
+def _multipart(body: str, content_type: str, anomalies: set[str]) -> Iterator[tuple[str, str]]:
+    """Each part's field name (and file name) and value; odd part headers and names go to `anomalies`."""
+    at = content_type.lower().find("boundary=")
+    boundary = content_type[at + len("boundary="):] if at >= 0 else ""
+    boundary = boundary.split(";")[0].strip().strip('"')
+    if not boundary:
+        anomalies.add("multipart-no-boundary")
+        return
+    for part in body.split("--" + boundary)[:MAX_VALUES]:
+        head, _, value = part.replace("\r\n", "\n").partition("\n\n")
+        for line in head.strip("\n").split("\n"):
+            name, colon, _ = line.partition(":")
+            if colon and name.strip().lower() not in ("content-disposition", "content-type"):
+                anomalies.add("multipart-part-header")  # Content-Transfer-Encoding and the like
+        for field in ("name", "filename"):
+            marker = f'{field}="'
+            at = head.find(marker)
+            if at >= 0 and (field != "name" or head[at - 4:at] != "file"):
+                found = head[at + len(marker):].split('"')[0]
+                if any(c in _ENTITY.sub("", found) for c in ";=\"'"):  # á is not an odd character
+                    anomalies.add("multipart-odd-name")
+                value = value.rstrip("\n-")
+                if field == "name" and found == "_charset_" and value.strip().lower() not in _CHARSETS:
+                    anomalies.add("multipart-charset")
+                yield found, value
+
+
+_CHARSETS = frozenset({"utf-8", "iso-8859-1", "iso-8859-15", "windows-1252", "us-ascii"})
+
+
+def _anomalies(request: Described, headers: dict[str, str], found: set[str]) -> None:
+    """What is wrong with the request's form, by name: the `anomalies` target."""
+    raw = request.path + "?" + request.query
+    if "%00" in raw or "\x00" in raw or any("%00" in v or "\x00" in v for v in headers.values()):
+        found.add("null-byte")
+    if _BAD_PERCENT.search(raw):
+        found.add("invalid-percent-encoding")
+    if _FULL_WIDTH.search(raw):
+        found.add("full-width-unicode")
+    try:
+        unquote_to_bytes(request.query.replace("+", " ")).decode("utf-8")
+    except UnicodeDecodeError:
+        found.add("invalid-utf8")
+    method = request.method.upper()
+    length = headers.get("content-length")
+    if method in ("GET", "HEAD") and ((length.isdigit() and int(length) > 0) if length else request.body):
+        found.add("body-on-get")
+    for name in ("host", "accept", "user-agent"):
+        if name not in headers:
+            found.add(f"missing-{name}")
+        elif not headers[name].strip():
+            found.add(f"empty-{name}")
+    for name in ("range", "request-range"):
+        if name in headers:
+            spans = _RANGE.findall(headers[name])
+            if len(spans) > MAX_RANGES or any(a and b and int(a) > int(b) for a, b in spans):
+                found.add("bad-range")
+
+
+def parts(request: Described, wanted_headers: frozenset[str] = frozenset()) -> dict[str, list[str]]:
+    """Each target's decoded values; `header:NAME` for each of `wanted_headers` the request carries."""
+    names: list[str] = []
+    args: list[str] = []
+    for key, value in parse_qsl(request.query, keep_blank_values=True)[:MAX_VALUES]:
+        names.append(key)
+        args.append(value)
+    headers = {name.lower(): value for name, value in request.headers}
+    anomalies: set[str] = set()
+    content_type = headers.get("content-type", "").lower()
+    body = request.body[:MAX_BODY]
+    if body:
+        if "json" in content_type:
+            try:
+                args.extend(_leaves(json.loads(body), names))
+            except ValueError:
+                args.append(body)
+        elif "multipart/form-data" in content_type:
+            for name, value in _multipart(body, headers.get("content-type", ""), anomalies):  # boundary: as sent
+                names.append(name)
+                args.append(value)
+        elif "xml" in content_type or body.lstrip()[:1] == "<":
+            args.extend(a or b for a, b in _XML_VALUES.findall(body)[:MAX_VALUES])  # attribute values, text
+        elif "x-www-form-urlencoded" in content_type or not content_type:
+            for key, value in parse_qsl(body, keep_blank_values=True)[:MAX_VALUES]:
+                names.append(key)
+                args.append(value)
+        else:  # text/plain and the like: the body is one value
+            args.append(body)
+    cookies: list[str] = []
+    for part in headers.get("cookie", "").split(";")[:MAX_VALUES]:
+        key, _, value = part.strip().partition("=")
+        names.append(key)
+        cookies.append(value)
+    found = {
+        "method": [request.method.lower()],
+        "path": [unquote(request.path)],
+        "args": [_decoded(v) for v in args[:MAX_VALUES]],
+        "names": [_decoded(v) for v in names[:MAX_VALUES]],
+        "cookies": [_decoded(v) for v in cookies],
+        "headers": [_decoded(v) for k, v in request.headers if k.lower() not in ("cookie", "user-agent")],
+        "agent": [headers.get("user-agent", "")],
+        "referer": [_decoded(headers.get("referer", ""))] if "referer" in headers else [],
+        "body": [body] if body else [],
+        "header-names": list(headers),
+        "extension": [_extension(request.path)],
+        "charset": _CHARSET.findall(headers.get("content-type", "")),
+    }
+    found["path"].append(_decoded(request.path))
+    for name in wanted_headers:
+        if name in headers:
+            found[f"header:{name}"] = [headers[name]]
+    _anomalies(request, headers, anomalies)
+    found["anomalies"] = sorted(anomalies)
+    return found
+
+
+def _extension(path: str) -> str:
+    """The last path segment's extension, lower case, with its dot ("" when it has none)."""
+    name = unquote(path).rsplit("/", 1)[-1]
+    return "." + name.rsplit(".", 1)[1].lower() if "." in name[1:] else ""
+
+
