@@ -72,6 +72,27 @@ def test_what_looks_like_an_attack_but_is_not(scorer: Scorer) -> None:
     assert "java/classes" in scorer.score(plain).rules  # a body no parser reads is one value
 
 
+def test_the_form_of_a_request_is_scored(scorer: Scorer) -> None:
+    host = ("Host", "chat.example.org")
+    odd = {
+        "protocol/content-type": Described("POST", "/x", "", (host, ("Content-Type", "my-new-content-type")), "a"),
+        "protocol/charset": Described("POST", "/x", "", (host, ("Content-Type", "text/plain; charset=ibm038")), "a"),
+        "protocol/null-byte": Described("GET", "/x", "a=b%00", (host,)),
+        "protocol/body-on-get": Described("GET", "/x", "", (host, ("Content-Length", "7")), "hi=test"),
+        "protocol/restricted-extension": Described("GET", "/backup/site.sql", "", (host,)),
+        "method/not-allowed": Described("TRACK", "/", "", (host,)),
+        "sqli/nosql-operators": Described("GET", "/users", "id[$ne]=2", (host,)),
+    }
+    for rule, request in odd.items():
+        assert rule in scorer.score(request).rules, (rule, scorer.score(request))
+    # a session id as an argument counts when the link came from elsewhere; as a cookie it never does
+    fixation = Described("GET", "/login", "PHPSESSID=abc", (host,))
+    assert "session/id-argument" in scorer.score(fixation).rules
+    same_site = dataclasses.replace(fixation, headers=(host, ("Referer", "https://chat.example.org/")))
+    assert "session/id-argument" not in scorer.score(same_site).rules
+    assert scorer.score(Described("GET", "/", "", (host, ("Cookie", "PHPSESSID=abc")))).score == 0
+
+
 def test_multipart_and_xml_bodies_are_read_as_fields() -> None:
     body = '--b\r\nContent-Disposition: form-data; name="note"; filename="a.txt"\r\n\r\nhello\r\n--b--'
     found = parts(Described("POST", "/", "", (("Content-Type", "multipart/form-data; boundary=b"),), body))

@@ -12,7 +12,7 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qsl, unquote, unquote_plus, unquote_to_bytes
+from urllib.parse import parse_qsl, unquote, unquote_plus, unquote_to_bytes, urlsplit
 
 import re2
 
@@ -121,6 +121,9 @@ def _anomalies(request: Described, headers: dict[str, str], found: set[str]) -> 
             found.add(f"missing-{name}")
         elif not headers[name].strip():
             found.add(f"empty-{name}")
+    referer = headers.get("referer")
+    if referer is None or urlsplit(referer).netloc.lower() != headers.get("host", "").lower():
+        found.add("referer-elsewhere")  # none, or another site's: a link someone was sent
     for name in ("range", "request-range"):
         if name in headers:
             spans = _RANGE.findall(headers[name])
@@ -158,9 +161,10 @@ def parts(request: Described, wanted_headers: frozenset[str] = frozenset()) -> d
         else:  # text/plain and the like: the body is one value
             args.append(body)
     cookies: list[str] = []
+    cookie_names: list[str] = []
     for part in headers.get("cookie", "").split(";")[:MAX_VALUES]:
         key, _, value = part.strip().partition("=")
-        names.append(key)
+        cookie_names.append(key)
         cookies.append(value)
     found = {
         "method": [request.method.lower()],
@@ -168,6 +172,7 @@ def parts(request: Described, wanted_headers: frozenset[str] = frozenset()) -> d
         "args": [_decoded(v) for v in args[:MAX_VALUES]],
         "names": [_decoded(v) for v in names[:MAX_VALUES]],
         "cookies": [_decoded(v) for v in cookies],
+        "cookie-names": [_decoded(v) for v in cookie_names],
         "headers": [_decoded(v) for k, v in request.headers if k.lower() not in ("cookie", "user-agent")],
         "agent": [headers.get("user-agent", "")],
         "referer": [_decoded(headers.get("referer", ""))] if "referer" in headers else [],

@@ -26,8 +26,8 @@ DEFAULT_RULES = Path(__file__).with_name("request_rules.toml")
 _HEADER = re2.compile(r"header:[A-Za-z0-9-]+")
 CACHED, CACHED_LENGTH = 50_000, 256  # answers kept, and the longest value whose answer is kept
 # what a rule may read (request_parts.py says how each is decoded); also "header:NAME", one header's value
-TARGETS = ("method", "path", "args", "names", "cookies", "headers", "agent", "referer", "body", "header-names",
-           "extension", "charset", "anomalies")
+TARGETS = ("method", "path", "args", "names", "cookies", "cookie-names", "headers", "agent", "referer", "body",
+           "header-names", "extension", "charset", "anomalies")
 
 
 ACTIONS = ("off", "log", "flag", "refuse")
@@ -77,6 +77,8 @@ class RequestRule:
     pattern: str
     # fires when a value of its targets does NOT match: the pattern says what is allowed (CRS's !@rx)
     negate: bool = False
+    # counts only when the request also has this anomaly (CRS's chained rules: a second condition)
+    requires: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -104,11 +106,11 @@ def load_rules(path: str | Path | None = None) -> tuple[RequestRule, ...]:
         paranoia, score = entry.get("paranoia", 1), entry.get("score", 5)
         if not (isinstance(paranoia, int) and 1 <= paranoia <= 4 and isinstance(score, int) and score > 0):
             raise ConfigError(f"{where}: paranoia must be 1 to 4 and score above 0")
-        negate = entry.get("negate", False)
-        if not isinstance(negate, bool):
-            raise ConfigError(f"{where}: negate must be true or false")
+        negate, requires = entry.get("negate", False), entry.get("requires", "")
+        if not isinstance(negate, bool) or not isinstance(requires, str):
+            raise ConfigError(f"{where}: negate must be true or false, requires an anomaly's name")
         rules.append(RequestRule(str(entry.get("name")), str(entry.get("category")), paranoia, score,
-                                 frozenset(t.lower() for t in targets), pattern, negate))
+                                 frozenset(t.lower() for t in targets), pattern, negate, requires))
     return tuple(rules)
 
 
@@ -140,7 +142,8 @@ class Scorer:
         if len(cache) > CACHED:
             cache.clear()
         sets = self._sets
-        for target, values in parts(request, self.headers).items():
+        found_parts = parts(request, self.headers)
+        for target, values in found_parts.items():
             for found, patterned, negate, ident in sets.get(target, ()):
                 for value in values:
                     if not value:
@@ -161,7 +164,9 @@ class Scorer:
                     else:
                         for i in hits:
                             matched[patterned[i].name] = patterned[i]
-        ordered = sorted(matched.values(), key=lambda rule: -rule.score)
+        anomalies = found_parts["anomalies"]
+        ordered = sorted((rule for rule in matched.values() if not rule.requires or rule.requires in anomalies),
+                         key=lambda rule: -rule.score)
         return Score(sum(rule.score for rule in ordered), tuple(rule.name for rule in ordered),
                      tuple(sorted({rule.category for rule in ordered})))
 
