@@ -9,6 +9,7 @@ import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -85,6 +86,9 @@ def test_the_form_of_a_request_is_scored(scorer: Scorer) -> None:
     }
     for rule, request in odd.items():
         assert rule in scorer.score(request).rules, (rule, scorer.score(request))
+    # quotes, backslashes and carets inside a word are dropped as a shell drops them
+    evaded = scorer.score(Described("GET", "/", "cmd=" + quote("x; w^ho^am''i"), (host,)))
+    assert "rce/unix-command" in evaded.rules or "rce/unix-command-more" in evaded.rules, evaded
     # a session id as an argument counts when the link came from elsewhere; as a cookie it never does
     fixation = Described("GET", "/login", "PHPSESSID=abc", (host,))
     assert "session/id-argument" in scorer.score(fixation).rules

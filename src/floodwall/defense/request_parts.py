@@ -20,6 +20,7 @@ _XML_VALUES = re2.compile(r'="([^"]*)"|>([^<]+)<')
 _BAD_PERCENT = re.compile(r"%(?![0-9a-fA-F]{2})")
 _FULL_WIDTH = re.compile(r"%u[fF]{2}[0-9a-fA-F]{2}")
 _CHARSET = re.compile(r"charset\s*=\s*[\"']?([^\"';,\s]+)", re.IGNORECASE)
+_EVASION = re.compile(r"(?<=\w)(?:''|\"\"|['\"\\^])+(?=\w)|^['\"]+")
 _ENTITY = re.compile(r"&[a-zA-Z]{2,10};")
 _RANGE = re.compile(r"(\d*)\s*-\s*(\d*)")
 MAX_VALUE = 4096  # characters of one value read
@@ -169,7 +170,10 @@ def parts(request: Described, wanted_headers: frozenset[str] = frozenset()) -> d
     found = {
         "method": [request.method.lower()],
         "path": [unquote(request.path)],
-        "args": [_decoded(v) for v in args[:MAX_VALUES]],
+        "args": (decoded_args := [_decoded(v) for v in args[:MAX_VALUES]]),
+        # shells drop quotes, backslashes and carets inside a word (ti''me, c\\at, w^ho^ami): the values as a
+        # shell reads them, only where that changes them (CRS's t:cmdLine, in part)
+        "commands": [c for v in decoded_args if (c := _EVASION.sub("", v)) != v],
         "names": [_decoded(v) for v in names[:MAX_VALUES]],
         "cookies": [_decoded(v) for v in cookies],
         "cookie-names": [_decoded(v) for v in cookie_names],

@@ -26,8 +26,8 @@ DEFAULT_RULES = Path(__file__).with_name("request_rules.toml")
 _HEADER = re2.compile(r"header:[A-Za-z0-9-]+")
 CACHED, CACHED_LENGTH = 50_000, 256  # answers kept, and the longest value whose answer is kept
 # what a rule may read (request_parts.py says how each is decoded); also "header:NAME", one header's value
-TARGETS = ("method", "path", "args", "names", "cookies", "cookie-names", "headers", "agent", "referer", "body",
-           "header-names", "extension", "charset", "anomalies")
+TARGETS = ("method", "path", "args", "commands", "names", "cookies", "cookie-names", "headers", "agent", "referer",
+           "body", "header-names", "extension", "charset", "anomalies")
 
 
 ACTIONS = ("off", "log", "flag", "refuse")
