@@ -25,6 +25,7 @@ from floodwall.defense.request_parts import parts as parts
 DEFAULT_RULES = Path(__file__).with_name("request_rules.toml")
 _HEADER = re2.compile(r"header:[A-Za-z0-9-]+")
 CACHED, CACHED_LENGTH = 50_000, 256  # answers kept, and the longest value whose answer is kept
+EVIDENCE = 120  # characters of a matched value kept as evidence
 # what a rule may read (request_parts.py says how each is decoded); also "header:NAME", one header's value
 TARGETS = ("method", "path", "args", "commands", "names", "cookies", "cookie-names", "headers", "agent", "referer",
            "body", "header-names", "extension", "charset", "anomalies")
@@ -86,6 +87,9 @@ class Score:
     score: int
     rules: tuple[str, ...]
     categories: tuple[str, ...]
+    # what each rule matched ("target: value", cut short), in the rules' order: the same odd cookie sent
+    # with every page is one piece of evidence, a scanner's payloads are many
+    evidence: tuple[str, ...] = ()
 
 
 def load_rules(path: str | Path | None = None) -> tuple[RequestRule, ...]:
@@ -138,6 +142,7 @@ class Scorer:
 
     def score(self, request: Described) -> Score:
         matched: dict[str, RequestRule] = {}
+        seen: dict[str, str] = {}
         cache = self._cache
         if len(cache) > CACHED:
             cache.clear()
@@ -161,14 +166,17 @@ class Scorer:
                             for i, rule in enumerate(patterned):
                                 if i not in hits:
                                     matched[rule.name] = rule
+                                    seen.setdefault(rule.name, f"{target}: {value[:EVIDENCE]}")
                     else:
                         for i in hits:
                             matched[patterned[i].name] = patterned[i]
+                            seen.setdefault(patterned[i].name, f"{target}: {value[:EVIDENCE]}")
         anomalies = found_parts["anomalies"]
         ordered = sorted((rule for rule in matched.values() if not rule.requires or rule.requires in anomalies),
                          key=lambda rule: -rule.score)
         return Score(sum(rule.score for rule in ordered), tuple(rule.name for rule in ordered),
-                     tuple(sorted({rule.category for rule in ordered})))
+                     tuple(sorted({rule.category for rule in ordered})),
+                     tuple(seen.get(rule.name, f"anomalies: {rule.requires}") for rule in ordered))
 
 
 def _compiled(rules: list[RequestRule], options: Any) -> Any:

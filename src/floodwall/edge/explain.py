@@ -60,7 +60,7 @@ async def explain_request(gate: Gate, method: str, path: str, headers: Mapping[s
         found = gate.scorer.score(described(scope))
         action = scoring.actions[level]
         facts["scoring"] = {"score": found.score, "threshold": scoring.threshold, "rules": list(found.rules),
-                            "categories": list(found.categories), "action": action}
+                            "categories": list(found.categories), "evidence": list(found.evidence), "action": action}
         if found.score >= scoring.threshold and action == "refuse":
             return _decision("refuse", f"probe/{found.rules[0]}", status=403, code="request_blocked",
                              rules=list(found.rules), score=found.score, **facts)

@@ -190,8 +190,10 @@ class Gate:
         self.traffic.event("probe.scored")
         if action != "refuse":
             self.flagged.record(reason, address, None, klass, level, tier, request.method, request.path)
-        # the same odd link followed twice is one step, a scanner's payloads many
-        if action != "log" and self.probes is not None and self.probes.answered(address, probe_key(scope)):
+        # keyed by what matched: a scanner's payloads are many steps, while an odd cookie or header a browser
+        # sends with every page (or the same odd link followed twice) is one
+        if action != "log" and self.probes is not None and \
+                self.probes.answered(address, "scored|" + "|".join(found.evidence)):
             self._start_ban(address, self.probes.policy.ban)
         if action == "refuse":
             return ApiError(403, "This request looks like an attack on the service and was not accepted.",
@@ -321,8 +323,7 @@ def credential(scope: Scope) -> tuple[str | None, bool]:
 
 
 def probe_key(scope: Scope) -> str:
-    """What makes a request distinct to the probe watch: its path and query, as sent (one request flagged
-    by scoring and then answered 404 is one step, not two)."""
+    """What makes a request distinct to the probe watch: its path and query, as sent."""
     raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
     query: bytes = scope.get("query_string", b"")
     return (raw + b"?" + query if query else raw).decode("latin-1")
