@@ -21,6 +21,7 @@ _BAD_PERCENT = re.compile(r"%(?![0-9a-fA-F]{2})")
 _FULL_WIDTH = re.compile(r"%u[fF]{2}[0-9a-fA-F]{2}")
 _CHARSET = re.compile(r"charset\s*=\s*[\"']?([^\"';,\s]+)", re.IGNORECASE)
 _EVASION = re.compile(r"(?<=\w)(?:''|\"\"|['\"\\^])+(?=\w)|^['\"]+")
+_JS_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})|\\x([0-9a-fA-F]{2})")
 _ENTITY = re.compile(r"&[a-zA-Z]{2,10};")
 _RANGE = re.compile(r"(\d*)\s*-\s*(\d*)")
 MAX_VALUE = 4096  # characters of one value read
@@ -48,6 +49,8 @@ def _decoded(value: str) -> str:
         value = unquote_plus(value)
     if "&" in value:
         value = html.unescape(value)
+    if "\\u" in value or "\\x" in value:  # JavaScript's escapes (c\u006fnsole, \x3cscript)
+        value = _JS_ESCAPE.sub(lambda m: chr(int(m.group(1) or m.group(2), 16)), value)
     if not value.isascii():  # full-width and compatibility forms read as what they look like
         value = unicodedata.normalize("NFKC", value)
     return value.replace("\x00", "")
