@@ -110,3 +110,13 @@ def test_an_odd_cookie_on_every_page_is_one_step_not_many(served: str) -> None:
                       transport=httpx.HTTPTransport(local_address="127.6.5.1")) as browser:
         assert [browser.get("/login", params={"next": f"/page/{n}"}).status_code for n in range(11)] == [200] * 11
         assert browser.get("/login").status_code == 200  # not banned
+
+
+def test_escapes_that_decode_to_half_a_character_are_read_not_a_crash(served: str) -> None:
+    # request scoring decodes JavaScript's \u escapes; a lone surrogate must not reach RE2 (it reads UTF-8)
+    with client(served, "127.6.6.1") as visitor:
+        for query in ("q=%5Cud83d", "q=%5Cud83d%5Cude00", "q=%5Cudfff%5Cx3cscript%3E", '{"a": "\\ud800"}'):
+            assert visitor.get("/login", params={"next": query}).status_code == 200, query
+        body = b'{"email": "\\ud800@example.com", "password": "\\udfff\\udfff\\udfff\\udfff"}'  # JSON's escapes
+        answer = visitor.post("/auth/login", content=body, headers={"content-type": "application/json"})
+        assert answer.status_code in (400, 401, 429), answer.text

@@ -21,6 +21,7 @@ _BAD_PERCENT = re.compile(r"%(?![0-9a-fA-F]{2})")
 _FULL_WIDTH = re.compile(r"%u[fF]{2}[0-9a-fA-F]{2}")
 _CHARSET = re.compile(r"charset\s*=\s*[\"']?([^\"';,\s]+)", re.IGNORECASE)
 _EVASION = re.compile(r"(?<=\w)(?:''|\"\"|['\"\\^])+(?=\w)|^['\"]+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _JS_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})|\\x([0-9a-fA-F]{2})")
 _ENTITY = re.compile(r"&[a-zA-Z]{2,10};")
 _RANGE = re.compile(r"(\d*)\s*-\s*(\d*)")
@@ -41,6 +42,14 @@ class Described:
     body: str = ""
 
 
+def _whole(value: str) -> str:
+    """Surrogates (from \\ud83d escapes or JSON) paired into the characters they make, lone ones replaced:
+    RE2 reads UTF-8, which has no room for them."""
+    if value.isascii() or not _SURROGATE.search(value):
+        return value
+    return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def _decoded(value: str) -> str:
     value = value[:MAX_VALUE]
     for _ in range(2):  # double encoding is the oldest evasion
@@ -51,6 +60,7 @@ def _decoded(value: str) -> str:
         value = html.unescape(value)
     if "\\u" in value or "\\x" in value:  # JavaScript's escapes (c\u006fnsole, \x3cscript)
         value = _JS_ESCAPE.sub(lambda m: chr(int(m.group(1) or m.group(2), 16)), value)
+        value = _whole(value)
     if not value.isascii():  # full-width and compatibility forms read as what they look like
         value = unicodedata.normalize("NFKC", value)
     return value.replace("\x00", "")
@@ -68,7 +78,7 @@ def _leaves(value: Any, names: list[str], depth: int = 0) -> Iterator[str]:
         for item in value:
             yield from _leaves(item, names, depth + 1)
     elif isinstance(value, str):
-        yield value
+        yield _whole(value)
     elif value is not None and not isinstance(value, bool):
         yield str(value)
 
@@ -145,7 +155,7 @@ def parts(request: Described, wanted_headers: frozenset[str] = frozenset()) -> d
     headers = {name.lower(): value for name, value in request.headers}
     anomalies: set[str] = set()
     content_type = headers.get("content-type", "").lower()
-    body = request.body[:MAX_BODY]
+    body = _whole(request.body[:MAX_BODY])
     if body:
         if "json" in content_type:
             try:
