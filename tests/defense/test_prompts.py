@@ -126,3 +126,11 @@ def test_at_normal_flagged_prompts_pass_but_spend_strikes(served: str) -> None:
         assert chat(api, "Write a haiku about the sea.").status_code == 429  # out of strikes: every prompt waits
     with new_key(served, "127.5.0.3") as other:
         assert chat(other, "Write a haiku about the sea.").status_code == 200  # strikes are per account
+
+
+def test_a_prompt_with_half_a_character_is_screened_not_a_crash(served: str) -> None:
+    # JSON may escape a lone surrogate; screening (RE2) and campaign signatures read UTF-8
+    with new_key(served, "127.5.0.3") as api:
+        body = b'{"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": "hi \\ud800 there"}]}'
+        answer = api.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+        assert answer.status_code in (200, 400), answer.text

@@ -20,6 +20,7 @@ from typing import Any
 import re2
 
 from floodwall.config import ConfigError, read_toml
+from floodwall.defense.request_parts import whole
 
 DEFAULT_RULES = Path(__file__).with_name("prompt_rules.toml")
 MAX_SCANNED = 16 * 1024
@@ -70,7 +71,7 @@ def scanned(text: str) -> str:
     """The part of a prompt that is read: whitespace collapsed, invisible characters dropped, bounded."""
     if len(text) > MAX_SCANNED:
         text = text[:_HEAD] + "\n" + text[-(MAX_SCANNED - _HEAD):]
-    return _SPACE.sub(" ", text.translate(_INVISIBLE))
+    return _SPACE.sub(" ", whole(text).translate(_INVISIBLE))
 
 
 class Screen:
@@ -100,7 +101,7 @@ def prompt_text(body: Mapping[str, Any]) -> str:
             parts.append(value)
         elif isinstance(value, list):
             parts.extend(item for item in value if isinstance(item, str))
-    return "\n".join(parts)
+    return whole("\n".join(parts))  # JSON may carry lone surrogates ("\\ud800"); RE2 and hashing read UTF-8
 
 
 SHINGLES = 200  # a campaign's prompts are alike from their start: the first 200 word pairs decide

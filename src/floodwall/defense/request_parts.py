@@ -42,7 +42,7 @@ class Described:
     body: str = ""
 
 
-def _whole(value: str) -> str:
+def whole(value: str) -> str:
     """Surrogates (from \\ud83d escapes or JSON) paired into the characters they make, lone ones replaced:
     RE2 reads UTF-8, which has no room for them."""
     if value.isascii() or not _SURROGATE.search(value):
@@ -60,7 +60,7 @@ def _decoded(value: str) -> str:
         value = html.unescape(value)
     if "\\u" in value or "\\x" in value:  # JavaScript's escapes (c\u006fnsole, \x3cscript)
         value = _JS_ESCAPE.sub(lambda m: chr(int(m.group(1) or m.group(2), 16)), value)
-        value = _whole(value)
+        value = whole(value)
     if not value.isascii():  # full-width and compatibility forms read as what they look like
         value = unicodedata.normalize("NFKC", value)
     return value.replace("\x00", "")
@@ -78,7 +78,7 @@ def _leaves(value: Any, names: list[str], depth: int = 0) -> Iterator[str]:
         for item in value:
             yield from _leaves(item, names, depth + 1)
     elif isinstance(value, str):
-        yield _whole(value)
+        yield whole(value)
     elif value is not None and not isinstance(value, bool):
         yield str(value)
 
@@ -155,7 +155,7 @@ def parts(request: Described, wanted_headers: frozenset[str] = frozenset()) -> d
     headers = {name.lower(): value for name, value in request.headers}
     anomalies: set[str] = set()
     content_type = headers.get("content-type", "").lower()
-    body = _whole(request.body[:MAX_BODY])
+    body = whole(request.body[:MAX_BODY])
     if body:
         if "json" in content_type:
             try:
