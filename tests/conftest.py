@@ -12,7 +12,8 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +203,14 @@ def solve(challenge: dict[str, Any]) -> str:
 def solved_challenge(web: httpx.Client) -> str:
     """A sign-up's `altcha` field: a challenge fetched by this client, solved."""
     return solve(web.get("/auth/challenge").json())
+
+
+def eventually(check: Callable[[], Any], seconds: float = 15.0) -> Any:
+    """What `check` returns once it is truthy, or its last answer after `seconds`: for what a background
+    task (a refresh, a writer) does a moment after the request that caused it."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = check()
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)

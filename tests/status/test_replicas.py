@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import floodwall_process, postgres_database
+from tests.conftest import eventually, floodwall_process, postgres_database
 
 TOKEN = "admin-" + secrets.token_hex(8)
 
@@ -32,15 +32,6 @@ def replicas(model_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     with postgres_database() as database, floodwall_process(tmp / "a", database, model_url, env=env) as a, \
             floodwall_process(tmp / "b", database, model_url, env=env) as b:
         yield a, b, database
-
-
-def eventually(check: Callable[[], Any], seconds: float = 15.0) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        found = check()
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.2)
 
 
 def incidents(base: str) -> list[dict[str, Any]]:

@@ -4,15 +4,14 @@ rise and fall; operators' incidents, accounts and the audit log through the admi
 from __future__ import annotations
 
 import secrets
-import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import PASSWORD, default_policy_process
+from tests.conftest import PASSWORD, default_policy_process, eventually
 
 TOKEN = "admin-" + secrets.token_hex(8)
 ATOM = "{http://www.w3.org/2005/Atom}"
@@ -30,15 +29,6 @@ def served(model_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def admin(served: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=served, headers={"authorization": f"Bearer {TOKEN}"}, timeout=30) as client:
         yield client
-
-
-def eventually(check: Callable[[], Any], seconds: float = 10.0) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        found = check()
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.1)
 
 
 def set_level(admin: httpx.Client, level: str) -> None:

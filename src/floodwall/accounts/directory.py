@@ -20,13 +20,16 @@ class Directory:
     def __init__(self, accounts: AccountService) -> None:
         self.accounts = accounts
 
-    async def find(self, query: str = "", limit: int = 50) -> list[dict[str, Any]]:
-        """Accounts whose e-mail contains `query`, newest first, with their live sessions and keys."""
+    async def find(self, query: str = "", limit: int = 50, user_id: int | None = None) -> list[dict[str, Any]]:
+        """Accounts whose e-mail contains `query` (or the one `user_id`), newest first, with their live sessions
+        and keys."""
         now = utcnow()
         sessions = (select(func.count()).where(Session.user_id == User.id, Session.revoked_at.is_(None),
                                                Session.expires_at > now).scalar_subquery())
         keys = select(func.count()).where(ApiKey.user_id == User.id, ApiKey.revoked_at.is_(None)).scalar_subquery()
         statement = select(User, sessions, keys).order_by(User.id.desc()).limit(max(1, min(limit, 500)))
+        if user_id is not None:
+            statement = statement.where(User.id == user_id)
         if query:
             escaped = query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             statement = statement.where(func.lower(User.email).like(f"%{escaped}%", escape="\\"))
@@ -45,7 +48,7 @@ class Directory:
                                  .values(revoked_at=utcnow()))
             record_activity(db, user_id, "account_disabled" if disabled else "account_enabled", Client(by, OPERATOR))
         self._forget()
-        return (await self.find_one(user_id))
+        return await self.find_one(user_id)
 
     async def sign_out_everywhere(self, user_id: int, by: str) -> int:
         async with self.accounts.db() as db, db.begin():
@@ -59,11 +62,9 @@ class Directory:
         return count
 
     async def find_one(self, user_id: int) -> dict[str, Any]:
-        async with self.accounts.db() as db:
-            user = await db.get(User, user_id)
-        if user is None:
+        found = await self.find(limit=1, user_id=user_id)
+        if not found:
             raise ApiError(404, f"There is no account {user_id}.", "user_not_found")
-        found = [u for u in await self.find(user.email, 500) if u["id"] == user_id]
         return found[0]
 
     def _forget(self) -> None:

@@ -152,11 +152,9 @@ async def remove_ban(request: Request) -> Response:
     require_admin(request)
     target = _cidr({"target": request.path_params["target"].replace("_", "/")}, "target")
     config = services(request)
-    removed = await config.store.unban(target)
-    if removed:
-        config.control.audit.record(who(request), "ban.remove", target)
-    if not removed:
+    if not await config.store.unban(target):
         raise ApiError(404, f"No ban on {target}.", "ban_not_found")
+    config.control.audit.record(who(request), "ban.remove", target)
     await config.control.refresh()
     return JSONResponse({"target": target, "removed": True})
 
@@ -186,11 +184,9 @@ async def remove_list_entry(request: Request) -> Response:
     require_admin(request)
     cidr = _cidr({"cidr": request.path_params["cidr"].replace("_", "/")}, "cidr")
     config = services(request)
-    removed = await config.store.remove_list_entry(request.path_params["name"], cidr)
-    if removed:
-        config.control.audit.record(who(request), "list.remove", cidr, list=request.path_params["name"])
-    if not removed:
+    if not await config.store.remove_list_entry(request.path_params["name"], cidr):
         raise ApiError(404, f"{cidr} is not on the {request.path_params['name']} list.", "entry_not_found")
+    config.control.audit.record(who(request), "list.remove", cidr, list=request.path_params["name"])
     await config.control.refresh()
     return JSONResponse({"cidr": cidr, "removed": True})
 
