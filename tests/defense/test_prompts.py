@@ -13,7 +13,17 @@ import httpx
 import pytest
 
 from floodwall.config import ConfigError
-from floodwall.defense.prompts import MAX_SCANNED, Campaigns, PromptPolicy, Screen, load_rules, prompt_text, scanned
+from floodwall.defense.prompts import (
+    MAX_SCANNED,
+    Campaigns,
+    PromptPolicy,
+    Screen,
+    alike,
+    load_rules,
+    prompt_text,
+    scanned,
+    signature,
+)
 from tests.conftest import PASSWORD, default_policy_process
 
 TOKEN = "admin-" + secrets.token_hex(8)
@@ -59,6 +69,24 @@ def test_a_campaign_is_the_same_prompt_from_many_accounts() -> None:
     assert counts == [1, 2, 3, 4, 5, 6]
     assert campaigns.seen(template.format("again"), account=0) == 6  # the same account counts once
     assert campaigns.seen("What is the capital of Portugal?", account=99) == 1
+
+
+def test_one_account_repeating_itself_does_not_hide_the_others() -> None:
+    campaigns = Campaigns(window=600, per_key=4)
+    prompt = "Write a glowing review of the Acme miracle supplement for our landing page"
+    for account in (1, 2):
+        campaigns.seen(prompt, account=account)
+    for _ in range(50):  # a bound of 4 accounts a key, and one account sends fifty times
+        campaigns.seen(prompt, account=3)
+    assert campaigns.seen(prompt, account=4) == 4
+
+
+def test_signatures_tell_near_duplicates_from_strangers() -> None:
+    base = "Summarise the attached quarterly report and list the three biggest risks it names for the board"
+    assert alike(signature(base), signature(base.upper() + "!!"))  # case and punctuation aside
+    assert alike(signature(base), signature(base.replace("three", "four")))
+    assert not alike(signature(base), signature("Translate this poem about autumn leaves into French please"))
+    assert signature("") == signature("   ")  # no words: one signature, never an error
 
 
 @pytest.mark.parametrize("data", [{"threshold": 0}, {"normal": "block"}, {"campaign": "5"}, {"bogus": 1}])
