@@ -5,6 +5,8 @@ headers...) decoded as an attacker would have the application decode it, and the
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import html
 import json
@@ -23,6 +25,7 @@ _CHARSET = re.compile(r"charset\s*=\s*[\"']?([^\"';,\s]+)", re.IGNORECASE)
 _EVASION = re.compile(r"(?<=\w)(?:''|\"\"|['\"\\^])+(?=\w)|^['\"]+")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _JS_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})|\\x([0-9a-fA-F]{2})")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]{12,4096}={0,2}")
 _ENTITY = re.compile(r"&[a-zA-Z]{2,10};")
 _RANGE = re.compile(r"(\d*)\s*-\s*(\d*)")
 MAX_VALUE = 4096  # characters of one value read
@@ -95,8 +98,11 @@ def _multipart(body: str, content_type: str, anomalies: set[str]) -> Iterator[tu
         head, _, value = part.replace("\r\n", "\n").partition("\n\n")
         for line in head.strip("\n").split("\n"):
             name, colon, _ = line.partition(":")
-            if colon and name.strip().lower() not in ("content-disposition", "content-type"):
+            name = name.strip().lower()
+            if colon and name not in ("content-disposition", "content-type"):
                 anomalies.add("multipart-part-header")  # Content-Transfer-Encoding and the like
+            elif name == "content-type" and any(c.lower() not in _CHARSETS for c in _CHARSET.findall(line)):
+                anomalies.add("multipart-charset")  # utf-7 and the like: markup a filter reads as text
         for field in ("name", "filename"):
             marker = f'{field}="'
             at = head.find(marker)
@@ -136,8 +142,12 @@ def _anomalies(request: Described, headers: dict[str, str], found: set[str]) -> 
         elif not headers[name].strip():
             found.add(f"empty-{name}")
     referer = headers.get("referer")
-    if referer is None or urlsplit(referer).netloc.lower() != headers.get("host", "").lower():
+    if referer is None:
         found.add("referer-elsewhere")  # none, or another site's: a link someone was sent
+        found.add("no-referer")
+    elif urlsplit(referer).netloc.lower() != headers.get("host", "").lower():
+        found.add("referer-elsewhere")
+        found.add("referer-offsite")
     for name in ("range", "request-range"):
         if name in headers:
             spans = _RANGE.findall(headers[name])
@@ -187,6 +197,8 @@ def parts(request: Described, wanted_headers: frozenset[str] = frozenset()) -> d
         # shells drop quotes, backslashes and carets inside a word (ti''me, c\\at, w^ho^ami): the values as a
         # shell reads them, only where that changes them (CRS's t:cmdLine, in part)
         "commands": [c for v in decoded_args if (c := _EVASION.sub("", v)) != v],
+        # values sent as base64 that decode to text (CRS's t:base64Decode): code hidden from the other rules
+        "base64": [text for v in decoded_args if (text := _base64_text(v))],
         "names": [_decoded(v) for v in names[:MAX_VALUES]],
         "cookies": [_decoded(v) for v in cookies],
         "cookie-names": [_decoded(v) for v in cookie_names],
@@ -205,6 +217,17 @@ def parts(request: Described, wanted_headers: frozenset[str] = frozenset()) -> d
     _anomalies(request, headers, anomalies)
     found["anomalies"] = sorted(anomalies)
     return found
+
+
+def _base64_text(value: str) -> str:
+    """The text a base64 value stands for, decoded as the other values are ('' if it is not text)."""
+    if not _BASE64.fullmatch(value):
+        return ""
+    try:
+        text = base64.b64decode(value + "=" * (-len(value) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+    return _decoded(text) if text.isprintable() or text.strip().isprintable() else ""
 
 
 def _extension(path: str) -> str:
