@@ -14,7 +14,7 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qsl, unquote, unquote_plus, unquote_to_bytes, urlsplit
+from urllib.parse import parse_qsl, unquote, unquote_to_bytes, urlsplit
 
 import re2
 
@@ -56,9 +56,9 @@ def whole(value: str) -> str:
 def _decoded(value: str) -> str:
     value = value[:MAX_VALUE]
     for _ in range(2):  # double encoding is the oldest evasion
-        if "%" not in value and "+" not in value:
+        if "%" not in value:
             break
-        value = unquote_plus(value)
+        value = unquote(value)  # not unquote_plus: arguments come form-decoded, and %2B stays a plus
     if "&" in value:
         value = html.unescape(value)
     if "\\u" in value or "\\x" in value:  # JavaScript's escapes (c\u006fnsole, \x3cscript)
@@ -136,6 +136,8 @@ def _anomalies(request: Described, headers: dict[str, str], found: set[str]) -> 
     length = headers.get("content-length")
     if method in ("GET", "HEAD") and ((length.isdigit() and int(length) > 0) if length else request.body):
         found.add("body-on-get")
+    elif request.body and "content-type" not in headers and "content-length" in headers:
+        found.add("body-without-type")  # a body the filter does not parse, and the application may
     for name in ("host", "accept", "user-agent"):
         if name not in headers:
             found.add(f"missing-{name}")
@@ -203,7 +205,7 @@ def parts(request: Described, wanted_headers: frozenset[str] = frozenset()) -> d
         "cookies": [_decoded(v) for v in cookies],
         "cookie-names": [_decoded(v) for v in cookie_names],
         "headers": [_decoded(v) for k, v in request.headers if k.lower() not in ("cookie", "user-agent")],
-        "agent": [headers.get("user-agent", "")],
+        "agent": [_decoded(headers.get("user-agent", ""))],
         "referer": [_decoded(headers.get("referer", ""))] if "referer" in headers else [],
         "body": [body] if body else [],
         "header-names": list(headers),

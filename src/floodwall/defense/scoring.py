@@ -27,8 +27,8 @@ _HEADER = re2.compile(r"header:[A-Za-z0-9-]+")
 CACHED, CACHED_LENGTH = 50_000, 256  # answers kept, and the longest value whose answer is kept
 EVIDENCE = 120  # characters of a matched value kept as evidence
 # what a rule may read (request_parts.py says how each is decoded); also "header:NAME", one header's value
-TARGETS = ("method", "path", "args", "commands", "base64", "names", "cookies", "cookie-names", "headers", "agent", "referer",
-           "body", "header-names", "extension", "charset", "anomalies")
+TARGETS = ("method", "path", "args", "commands", "base64", "names", "cookies", "cookie-names", "headers", "agent",
+           "referer", "body", "header-names", "extension", "charset", "anomalies")
 
 
 ACTIONS = ("off", "log", "flag", "refuse")
