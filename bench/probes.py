@@ -49,6 +49,11 @@ def described(case: dict[str, Any]) -> Described:
                      data if isinstance(data, str) else json.dumps(data))
 
 
+def request_key(case: dict[str, Any]) -> str:
+    """A case's request as sent (method, URI, headers, body): the same request may be a case of each label."""
+    return json.dumps([case["method"], case["uri"], case.get("headers"), case.get("data")], sort_keys=True)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -63,8 +68,13 @@ def main() -> int:
     scorer = Scorer(load_rules(), args.paranoia)
     crs: dict[tuple[str, int, str], list[int]] = collections.defaultdict(lambda: [0, 0])
     times: list[float] = []
-    cases = [case for case in read("crs_regression.jsonl")
+    everything = read("crs_regression.jsonl")
+    cases = [case for case in everything
              if case["label"] in ("attack", "benign") and not case["category"].startswith("RESPONSE")]
+    # a benign case says one rule must not fire, not that the request is harmless: many are the very request
+    # another test of the same suite requires flagged (contested); the rest are read apart as well
+    attacks = {request_key(case) for case in everything if case["label"] == "attack"}
+    contested: dict[int, list[int]] = collections.defaultdict(lambda: [0, 0, 0])  # flagged, contested, all
     for case in cases:  # warm-up: RE2 builds each set's DFA lazily, as a long-running server will have
         scorer.score(described(case))
     for case in cases:
@@ -76,6 +86,13 @@ def main() -> int:
         cell = crs[(case["category"].split("-", 2)[2], case.get("paranoia_level") or 0, case["label"])]
         cell[0] += flagged
         cell[1] += 1
+        if case["label"] == "benign":
+            row = contested[case.get("paranoia_level") or 0]
+            if request_key(case) in attacks:
+                row[1] += 1
+            else:
+                row[0] += flagged
+                row[2] += 1
         if not flagged and case["label"] == "attack" and args.show_missed and args.show_missed in case["category"] \
                 and (case.get("paranoia_level") or 0) <= args.paranoia:
             print("MISSED", case["rule_id"], request.method, request.path, request.query[:80],
@@ -93,9 +110,13 @@ def main() -> int:
     summary: dict[str, Any] = {}
     for level in sorted({k[0] for k in totals}):
         attack, benign = totals[(level, "attack")], totals[(level, "benign")]
-        summary[f"pl{level}"] = {"detected": attack, "benign_flagged": benign}
+        flagged, disputed, plain = contested[level]
+        summary[f"pl{level}"] = {"detected": attack, "benign_flagged": benign,
+                                 "uncontested_benign_flagged": [flagged, plain]}
         print(f"paranoia {level}: attacks detected {attack[0]} / {attack[1]} ({attack[0] / max(1, attack[1]):.1%}); "
-              f"benign flagged {benign[0]} / {benign[1]} ({benign[0] / max(1, benign[1]):.1%})")
+              f"benign flagged {benign[0]} / {benign[1]} ({benign[0] / max(1, benign[1]):.1%}); "
+              f"{disputed} benign cases are also attack cases, of the other {plain} flagged {flagged} "
+              f"({flagged / max(1, plain):.1%})")
     payloads: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     for row in read("payloads.jsonl"):
         found = scorer.score(Described("GET", "/search", "q=" + quote(row["payload"], safe="")))
