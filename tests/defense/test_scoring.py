@@ -97,6 +97,35 @@ def test_the_form_of_a_request_is_scored(scorer: Scorer) -> None:
     assert scorer.score(Described("GET", "/", "", (host, ("Cookie", "PHPSESSID=abc")))).score == 0
 
 
+def test_the_reader_decodes_what_applications_decode(scorer: Scorer) -> None:
+    host = ("Host", "chat.example.org")
+    # a value sent as base64 is also read as its text; one that is not text is not
+    hidden = parts(Described("GET", "/", "eval=d2hpbGUodHJ1ZSk7Cg%3D%3D&id=AAECAwQFBgcICQoLDA0ODw%3D%3D", (host,)))
+    assert hidden["base64"] == ["while(true);\n"]
+    assert "generic/js-loop" in scorer.score(Described("GET", "/", "eval=d2hpbGUodHJ1ZSk7Cg%3D%3D", (host,))).rules
+    # a plus sent as %2B stays a plus (the query is form-decoded once already)
+    assert parts(Described("GET", "/", "sum=1%2B1", (host,)))["args"] == ["1+1"]
+    # the user agent is decoded like the other headers
+    agent = parts(Described("GET", "/", "", (host, ("User-Agent", "x %3Cf%20o%20r%20m"))))
+    assert agent["agent"] == ["x <f o r m"]
+    # a multipart part's own charset, a body without a type, and where the link came from
+    boundary = "----b"
+    utf7 = (f"--{boundary}\nContent-Disposition: form-data; name=\"a\"\nContent-Type: text/plain; charset=utf-7"
+            f"\n\n+ADw-script+AD4-\n--{boundary}--\n")
+    form = parts(Described("POST", "/", "", (host, ("Content-Type", f"multipart/form-data; boundary={boundary}")),
+                           utf7))
+    assert "multipart-charset" in form["anomalies"]
+    untyped = parts(Described("POST", "/api", "", (host, ("Content-Length", "18")), '{"name":"updated"}'))
+    assert "body-without-type" in untyped["anomalies"]
+    assert "no-referer" in untyped["anomalies"] and "referer-offsite" not in untyped["anomalies"]
+    offsite = parts(Described("GET", "/", "", (host, ("Referer", "https://elsewhere.example/"))))
+    assert {"referer-elsewhere", "referer-offsite"} <= set(offsite["anomalies"])
+    # any session-like name counts with another site's referer; with none, only the well-known names do
+    flask = Described("GET", "/login", "_flask_session=eyJ9", (host, ("Referer", "https://elsewhere.example/")))
+    assert "session/id-argument-offsite" in scorer.score(flask).rules
+    assert scorer.score(dataclasses.replace(flask, headers=(host,))).score == 0
+
+
 def test_multipart_and_xml_bodies_are_read_as_fields() -> None:
     body = '--b\r\nContent-Disposition: form-data; name="note"; filename="a.txt"\r\n\r\nhello\r\n--b--'
     found = parts(Described("POST", "/", "", (("Content-Type", "multipart/form-data; boundary=b"),), body))
