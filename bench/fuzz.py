@@ -2,7 +2,10 @@
 hypothesis's `long` profile, and the cases each generated, passed and failed, printed from hypothesis's own
 statistics. Target: no exception but the documented refusals over at least 10,000 generated cases.
 
-    python bench/fuzz.py [--examples 5000]
+    python bench/fuzz.py [--examples 5000] [--api 200]
+
+--api N also runs tests/fuzz/test_api.py with N cases an operation: schemathesis against a live floodwall
+from its own OpenAPI description (/openapi.json), as a signed-in account, as the operator and signed out.
 
 The test suite runs the same properties with the `ci` profile (300 cases each, derandomised).
 """
@@ -23,11 +26,39 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=5000, help="cases per property")
+    parser.add_argument("--api", type=int, default=0, metavar="N",
+                        help="also fuzz a live server from its OpenAPI description, N cases an operation")
     args = parser.parse_args()
     env = {**os.environ, "HYPOTHESIS_PROFILE": "long", "FLOODWALL_FUZZ_EXAMPLES": str(args.examples)}
+    status = parsers(env)
+    if args.api:
+        status |= api({**os.environ, "FLOODWALL_FUZZ_API_EXAMPLES": str(args.api)})
+    return status
+
+
+def api(env: dict[str, str]) -> int:
+    """tests/fuzz/test_api.py at length: schemathesis's cases per pass, none of them a 5xx."""
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/fuzz",
-                             "--hypothesis-show-statistics"], cwd=ROOT, env=env, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+                             "tests/fuzz/test_api.py"], cwd=ROOT, env=env, capture_output=True, text=True)
+    passes = re.findall(r"schemathesis (.*): (\d+) generated, (\d+) passed", result.stdout)
+    print("\n| schemathesis pass | cases | passed |\n|---|---:|---:|")
+    for name, generated, passed in passes:
+        print(f"| {name} | {int(generated):,} | {int(passed):,} |")
+    total = sum(int(generated) for _, generated, _ in passes)
+    print(f"\n{total:,} API cases against a live server in {time.monotonic() - started:.0f} s; "
+          f"pytest exit {result.returncode}")
+    if result.returncode:
+        print(result.stdout[-4000:])
+    return result.returncode
+
+
+def parsers(env: dict[str, str]) -> int:
+    """tests/fuzz/test_parsers.py at length: hypothesis's cases per property."""
+    started = time.monotonic()
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/fuzz/test_parsers.py",
+               "--hypothesis-show-statistics"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.monotonic() - started
     total = failing = 0
     print("| property | cases passed | failing |\n|---|---:|---:|")

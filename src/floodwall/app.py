@@ -48,6 +48,7 @@ from floodwall.inference import routes as inference_routes
 from floodwall.inference.admission import Admission
 from floodwall.inference.upstream import Upstream
 from floodwall.inference.usage import UsageRecorder
+from floodwall.openapi import openapi
 from floodwall.services import Services
 from floodwall.signing import Signer
 from floodwall.state import open_store
@@ -175,6 +176,7 @@ def build_app(settings: Settings) -> Gate:
         *account_routes.routes,
         *two_factor_routes.routes,
         *web_routes.routes,
+        Route("/openapi.json", openapi),
         Mount("/static", StaticFiles(directory=str(pages.STATIC)), name="static"),
     ]
     app = Starlette(

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from floodwall.accounts.activity import Client
 from floodwall.accounts.challenges import Challenges
 from floodwall.accounts.waiting_room import WaitingRoom
-from floodwall.bodies import parse_json_object
+from floodwall.bodies import parse_json_object, whole_number
 from floodwall.config import ConfigError, load
 from floodwall.defense.prompts import DEFAULT_RULES, Campaigns, Screen, load_rules, prompt_text, signature
 from floodwall.defense.request_parts import parts
@@ -77,6 +77,15 @@ def test_credentials_come_from_any_header_bytes(headers: list[tuple[bytes, bytes
     secret, is_key = credential(scope_with(headers))
     assert secret is None or isinstance(secret, str)
     assert not is_key or secret
+
+
+@given(any_text)
+@example("²")
+@example("9" * 5000)
+@example("٣")
+def test_whole_numbers_are_ascii_digits_or_none(text: str) -> None:
+    number = whole_number(text)
+    assert number is None or (number >= 0 and str(number) == text.lstrip("0").rjust(1, "0"))
 
 
 @given(st.binary(max_size=2000))

@@ -98,7 +98,7 @@ class TwoFactor:
         """Whether `code` is this account's second factor now: a fresh TOTP code, or an unused recovery code
         (then spent, and recorded)."""
         code = code.strip()
-        if user.totp_secret and code.isdigit() and len(code) == 6:
+        if user.totp_secret and code.isascii() and code.isdigit() and len(code) == 6:
             return await self._fresh_code(user.id, user.totp_secret, code)
         if not 10 <= len(code) <= 12:
             return False

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from floodwall.bodies import read_json_object
+from floodwall.bodies import read_json_object, whole_number
 from floodwall.console.admin import MAX_BODY, require_admin, who
 from floodwall.errors import ApiError
 from floodwall.services import services
@@ -27,9 +27,10 @@ def _incident(record: Record) -> dict[str, Any]:
 
 def _number(request: Request, name: str) -> int:
     text = request.path_params[name]
-    if not text.isdigit() or len(text) > 18:
+    number = whole_number(text)
+    if number is None:
         raise ApiError(404, f"No such {name}: {text[:40]!r}.", f"{name}_not_found")
-    return int(text)
+    return number
 
 
 async def list_incidents(request: Request) -> Response:
@@ -75,9 +76,10 @@ async def list_users(request: Request) -> Response:
     require_admin(request)
     query = request.query_params.get("q", "")[:320]
     limit = request.query_params.get("limit", "50")
-    if not limit.isdigit():
+    count = whole_number(limit)
+    if count is None:
         raise ApiError(400, "'limit' must be a whole number.", "invalid_request", param="limit")
-    return JSONResponse({"users": await services(request).directory.find(query, int(limit[:4]))})
+    return JSONResponse({"users": await services(request).directory.find(query, count)})
 
 
 async def disable_user(request: Request) -> Response:
@@ -110,9 +112,10 @@ async def sign_out_user(request: Request) -> Response:
 async def audit_log(request: Request) -> Response:
     require_admin(request)
     limit = request.query_params.get("limit", "100")
-    if not limit.isdigit():
+    count = whole_number(limit)
+    if count is None:
         raise ApiError(400, "'limit' must be a whole number.", "invalid_request", param="limit")
-    found = await services(request).control.audit.recent(max(1, min(int(limit[:4]), 1000)),
+    found = await services(request).control.audit.recent(max(1, min(count, 1000)),
                                                           request.query_params.get("action", "")[:60])
     return JSONResponse({"events": found})
 

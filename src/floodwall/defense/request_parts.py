@@ -18,6 +18,8 @@ from urllib.parse import parse_qsl, unquote, unquote_to_bytes, urlsplit
 
 import re2
 
+from floodwall.bodies import whole_number
+
 _XML_VALUES = re2.compile(r'="([^"]*)"|>([^<]+)<')
 _BAD_PERCENT = re.compile(r"%(?![0-9a-fA-F]{2})")
 _FULL_WIDTH = re.compile(r"%u[fF]{2}[0-9a-fA-F]{2}")
@@ -134,7 +136,7 @@ def _anomalies(request: Described, headers: dict[str, str], found: set[str]) -> 
         found.add("invalid-utf8")
     method = request.method.upper()
     length = headers.get("content-length")
-    if method in ("GET", "HEAD") and ((length.isdigit() and int(length) > 0) if length else request.body):
+    if method in ("GET", "HEAD") and ((whole_number(length) or 0) > 0 if length else request.body):
         found.add("body-on-get")
     elif request.body and "content-type" not in headers and "content-length" in headers:
         found.add("body-without-type")  # a body the filter does not parse, and the application may
