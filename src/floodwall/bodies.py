@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -9,6 +10,7 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive, Scope
 
+from floodwall.config import ServerSettings
 from floodwall.errors import ApiError
 
 
@@ -26,9 +28,17 @@ async def receive_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
+    # the whole body arrives within the timeout, or the client is told so and its connection ends: a body
+    # dribbled a byte a second holds nothing for long
+    deadline = asyncio.get_running_loop().time() + _body_timeout(scope)
     # chunked uploads have no Content-Length: count while reading so a huge body is never held
     while True:
-        message = await receive()
+        try:
+            async with asyncio.timeout_at(deadline):
+                message = await receive()
+        except TimeoutError:
+            raise ApiError(408, "The request body did not arrive in time.", "request_timeout",
+                           headers={"connection": "close"}) from None
         if message["type"] == "http.disconnect":
             raise ClientDisconnect()
         chunk = message.get("body", b"")
@@ -38,6 +48,13 @@ async def receive_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _body_timeout(scope: Scope) -> float:
+    """server.body_timeout, from the app's services (the default outside a floodwall app)."""
+    services = getattr(getattr(scope.get("app"), "state", None), "services", None)
+    settings = services.settings.server if services is not None else ServerSettings()
+    return float(settings.body_timeout)
 
 
 def whole_number(text: str) -> int | None:

@@ -82,6 +82,14 @@ class ServerSettings:
     # CIDRs whose X-Forwarded-For / Forwarded headers are believed (a TLS terminator, a load balancer)
     trusted_proxies: list[str] = dataclasses.field(default_factory=list)
     max_body_size: Size = Size(4 * 2**20)
+    # a client has this long to send its request's headers (slowloris), and then its body: cut off, 408
+    header_timeout: Duration = Duration(10.0)
+    body_timeout: Duration = Duration(30.0)
+    # headers larger than this are refused with 431 before they are parsed
+    max_header_size: Size = Size(64 * 2**10)
+    # open connections a worker serves at once (granian's backpressure: a connection holds its place from
+    # accept to close, and one that never sends a byte is never timed out), and the file limit raised to fit
+    max_connections: int = 16384
     access_log: bool = False
     # signs device cookies and waiting-room tickets; empty = one made at first start and kept in the
     # database, which every worker and replica sharing it then uses
@@ -335,6 +343,12 @@ def load(
 def _check(settings: Settings) -> None:
     if settings.server.workers < 1:
         raise ConfigError("server.workers must be at least 1")
+    if not 0.001 <= settings.server.header_timeout <= 60 or settings.server.body_timeout <= 0:
+        raise ConfigError("server.header_timeout must be 1ms-60s (granian's bounds) and server.body_timeout above 0")
+    if settings.server.max_header_size < 8192:
+        raise ConfigError("server.max_header_size must be at least 8KiB")
+    if settings.server.max_connections < 16:
+        raise ConfigError("server.max_connections must be at least 16")
     if settings.model.slots < 1 or settings.model.tokens_per_second <= 0:
         raise ConfigError("model.slots must be >= 1 and model.tokens_per_second > 0")
     if not 8 <= settings.edge.ipv4_prefix <= 32 or not 16 <= settings.edge.ipv6_prefix <= 128:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -26,13 +28,30 @@ def run(factory: str, settings: Settings, host: str, port: int, workers: int = 1
     """Serve `factory` (a module:function returning an ASGI app) until SIGINT or SIGTERM."""
     from granian import Granian
     from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
 
     os.environ[SETTINGS_ENV] = settings.to_json()
+    _raise_file_limit(settings.server.max_connections * workers + 1024)
     server = Granian(
         factory, address=host, port=port, interface=Interfaces.ASGI, workers=workers, factory=True,
         log_enabled=True, log_access=settings.server.access_log, backlog=2048,
+        backpressure=settings.server.max_connections,
+        # slowloris and oversized headers end in granian, before the request is parsed
+        http1_settings=HTTP1Settings(header_read_timeout=max(1, int(settings.server.header_timeout * 1000)),
+                                     max_buffer_size=int(settings.server.max_header_size)),
     )
     server.serve()
+
+
+def _raise_file_limit(wanted: int) -> None:
+    """Every connection is a file: lift the soft limit (often 1,024) toward what max_connections needs."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+        if limit < wanted:
+            logging.getLogger("floodwall").warning(
+                "open files are limited to %d (the hard limit); server.max_connections wants %d", limit, wanted)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -69,6 +69,8 @@ def test_a_campaign_is_the_same_prompt_from_many_accounts() -> None:
     assert counts == [1, 2, 3, 4, 5, 6]
     assert campaigns.seen(template.format("again"), account=0) == 6  # the same account counts once
     assert campaigns.seen("What is the capital of Portugal?", account=99) == 1
+    # the greetings and short questions many people send alike are no campaign, however many send them
+    assert [campaigns.seen("Hello there!", account=n) for n in range(20)] == [1] * 20
 
 
 def test_one_account_repeating_itself_does_not_hide_the_others() -> None:

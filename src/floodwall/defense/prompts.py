@@ -160,6 +160,10 @@ class Campaigns:
         """File the prompt; how many distinct accounts sent it (near enough) within the window, this one
         included."""
         found = signature(text)
+        if len(found) < HASHES:
+            # fewer than 8 word pairs ("Hello there", "What is 2+2?"): what many people ask alike, not a
+            # campaign's message
+            return 1
         now = self.clock()
         senders = {account}
         if len(self._keys) >= self.max_keys:
