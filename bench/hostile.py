@@ -124,22 +124,23 @@ class Attack:
                 "cut_off_s_max": round(ended[-1], 2) if ended else None, "window_s": window}
 
 
-async def dribble(attack: Attack, n: int, head: bytes, rest: bytes, stop: float) -> None:
-    """Send `head`, then `rest` a byte a second, until the server closes or answers or `stop`."""
+async def send_watched(attack: Attack, n: int, head: bytes, chunks: list[bytes], pause: float,
+                       stop: float) -> None:
+    """Send `head`, then `chunks` with `pause` seconds before each, until the server closes the connection
+    or answers, or `stop`."""
     pair = await attack.connect(n)
     if pair is None:
         return
     reader, writer = pair
-    began = time.monotonic()
-    watcher = asyncio.ensure_future(attack.watch(reader, began))
+    watcher = asyncio.ensure_future(attack.watch(reader, time.monotonic()))
     try:
         writer.write(head)
-        for byte in rest:
+        for chunk in chunks:
             if watcher.done() or time.monotonic() > stop:
                 break
-            await asyncio.sleep(1)
-            writer.write(bytes([byte]))
-            await writer.drain()
+            await asyncio.sleep(pause)
+            writer.write(chunk)
+            await asyncio.wait_for(writer.drain(), 5)
         await asyncio.wait_for(asyncio.shield(watcher), max(0.1, stop - time.monotonic()))
     except (OSError, ConnectionError, TimeoutError):
         pass
@@ -147,6 +148,11 @@ async def dribble(attack: Attack, n: int, head: bytes, rest: bytes, stop: float)
         writer.close()
         if not watcher.done():
             watcher.cancel()
+
+
+async def dribble(attack: Attack, n: int, head: bytes, rest: bytes, stop: float) -> None:
+    """Send `head`, then `rest` a byte a second."""
+    await send_watched(attack, n, head, [bytes([byte]) for byte in rest], 1.0, stop)
 
 
 async def slowloris(attack: Attack, stop: float, _: dict[str, Any]) -> None:
@@ -185,31 +191,8 @@ async def big_body(attack: Attack, stop: float, figures: dict[str, Any]) -> None
     size = 64 * 2**20
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {attack.host}\r\nContent-Type: application/json\r\n"
             f"Authorization: Bearer {figures['attacker_key']}\r\nContent-Length: {size}\r\n\r\n").encode()
-    chunk = b"x" * 2**20
-
-    async def one(n: int) -> None:
-        pair = await attack.connect(n)
-        if pair is None:
-            return
-        reader, writer = pair
-        began = time.monotonic()
-        watcher = asyncio.ensure_future(attack.watch(reader, began))
-        try:
-            writer.write(head)
-            for _ in range(64):
-                if watcher.done():
-                    break
-                writer.write(chunk)
-                await asyncio.wait_for(writer.drain(), 5)
-            await asyncio.wait_for(asyncio.shield(watcher), max(0.1, stop - time.monotonic()))
-        except (OSError, ConnectionError, TimeoutError):
-            pass
-        finally:
-            writer.close()
-            if not watcher.done():
-                watcher.cancel()
-
-    await asyncio.gather(*(one(n) for n in range(20)))
+    chunks = [b"x" * 2**20] * 64
+    await asyncio.gather(*(send_watched(attack, n, head, chunks, 0.0, stop) for n in range(20)))
 
 
 async def pipelined(attack: Attack, stop: float, figures: dict[str, Any]) -> None:
