@@ -9,6 +9,8 @@ import os
 from collections.abc import AsyncIterator
 
 from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -23,7 +25,7 @@ from floodwall.accounts import two_factor_routes
 from floodwall.accounts.alerts import Alerts
 from floodwall.accounts.blocklists import Blocklists
 from floodwall.accounts.challenges import Challenges
-from floodwall.accounts.database import create_engine, sessionmaker
+from floodwall.accounts.database import create_engine, on_database_error, sessionmaker
 from floodwall.accounts.directory import Directory
 from floodwall.accounts.guard import LoginGuard
 from floodwall.accounts.mail import Mailer
@@ -186,6 +188,10 @@ def build_app(settings: Settings) -> Gate:
             errors.ApiError: errors.on_api_error,
             HTTPException: errors.on_http_exception,
             RedisError: errors.on_state_unavailable,
+            # the database away (refused, reset, timed out): 503 where it is needed, not a 500
+            OSError: on_database_error,
+            DBAPIError: on_database_error,
+            SQLAlchemyTimeoutError: on_database_error,
             Exception: errors.on_unexpected,
         },
     )

@@ -24,12 +24,15 @@ class TTLCache(Generic[V]):
 
     def get(self, key: str) -> V | Missing:
         entry = self._entries.get(key)
-        if entry is None:
-            return MISSING
-        if entry[0] < time.monotonic():
-            del self._entries[key]
+        if entry is None or entry[0] < time.monotonic():
             return MISSING
         return entry[1]
+
+    def stale(self, key: str) -> V | Missing:
+        """The last value put, however old: for when the source cannot be asked. Expired entries stay until
+        newer ones push them out (at most `max_entries` in all)."""
+        entry = self._entries.get(key)
+        return MISSING if entry is None else entry[1]
 
     def put(self, key: str, value: V) -> None:
         if self.ttl <= 0:

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as DbSession
+from starlette.requests import Request
+from starlette.responses import Response
 
+from floodwall import logs
+from floodwall.errors import ApiError, error_response, log_refusal, on_unexpected
+
+log = logging.getLogger("floodwall.database")
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -22,6 +29,29 @@ def async_url(url: str) -> URL:
     if backend in {"postgresql", "postgres"}:
         return parsed.set(drivername="postgresql+asyncpg")
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:///path or postgresql://...")
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether `error` says the database cannot be reached (refused, reset, timed out, its connection lost),
+    rather than that a statement went wrong."""
+    if isinstance(error, (OSError, exc.OperationalError, exc.InterfaceError, exc.DisconnectionError, exc.TimeoutError)):
+        return True
+    return isinstance(error, exc.DBAPIError) and error.connection_invalidated
+
+
+def unavailable() -> ApiError:
+    return ApiError(503, "The account database is unreachable; try again shortly.", "database_unavailable",
+                    retry_after=5)
+
+
+async def on_database_error(request: Request, error: Exception) -> Response:
+    """The database away: what needs it answers 503 with Retry-After (a page for browsers), not a 500."""
+    if not unreachable(error):
+        return await on_unexpected(request, error)
+    logs.event(log, "database_unavailable", logging.ERROR, path=request.url.path, error=repr(error))
+    refusal = unavailable()
+    log_refusal(request, refusal)
+    return error_response(request.scope, refusal)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

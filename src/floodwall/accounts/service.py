@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from floodwall.accounts.activity import Client, record_activity
 from floodwall.accounts.alerts import Alerts
 from floodwall.accounts.blocklists import Blocklists
+from floodwall.accounts.database import unavailable, unreachable
 from floodwall.accounts.models import ActivityEvent, ApiKey, Session, Usage, User, utcnow
 from floodwall.accounts.passwords import Passwords
 from floodwall.accounts.two_factor import TwoFactor, code_required
@@ -218,15 +219,25 @@ class AccountService:
     ) -> Principal | None:
         # when a cached key expires under load, every concurrent call misses at once: one query serves them
         pending = self._lookups.get(digest)
-        if pending is None:
-            pending = self._lookups[digest] = asyncio.ensure_future(load(digest))
-            try:
-                principal = await asyncio.shield(pending)
-                cache.put(digest, principal)
-                return principal
-            finally:
-                self._lookups.pop(digest, None)
-        return await asyncio.shield(pending)
+        try:
+            if pending is None:
+                pending = self._lookups[digest] = asyncio.ensure_future(load(digest))
+                try:
+                    principal = await asyncio.shield(pending)
+                    cache.put(digest, principal)
+                    return principal
+                finally:
+                    self._lookups.pop(digest, None)
+            return await asyncio.shield(pending)
+        except Exception as error:
+            if not unreachable(error):
+                raise
+            # the database away: a key or session seen before keeps working as it last was (a revocation
+            # made meanwhile elsewhere is not known until it is back); one never seen cannot be checked
+            stale = cache.stale(digest)
+            if isinstance(stale, Missing):
+                raise unavailable() from None
+            return stale
 
     async def _load_session(self, digest: str) -> Principal | None:
         async with self.db() as db:

@@ -285,12 +285,18 @@ class Gate:
             refusal = first_refusal("credential-lookup", buckets, await self.store.hit(buckets))
             if refusal is not None:
                 return None, refusal
-        return await self.lookup(secret, is_key), None
+        try:
+            return await self.lookup(secret, is_key), None
+        except ApiError as refusal:  # the database away, and this credential not seen before
+            return None, refusal
 
     async def _principal(self, scope: Scope) -> Principal | None:
-        """For allow-listed callers: no rationing."""
+        """For allow-listed callers: no rationing (and anonymous while the database cannot be asked)."""
         secret, is_key = credential(scope)
-        return await self.lookup(secret, is_key) if secret is not None else None
+        try:
+            return await self.lookup(secret, is_key) if secret is not None else None
+        except ApiError:
+            return None
 
     async def lookup(self, secret: str, is_key: bool) -> Principal | None:
         if is_key:
