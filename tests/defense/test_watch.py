@@ -112,6 +112,9 @@ def test_metrics_need_the_admin_token_from_elsewhere(watched: str) -> None:
         allowed = proxy.get("/metrics", headers={**elsewhere, "authorization": f"Bearer {TOKEN}"})
         assert allowed.status_code == 200 and allowed.headers["content-type"].startswith("text/plain")
         assert "# TYPE floodwall_arrivals_total counter" in allowed.text
+        # what a soak watches: the process's memory and files, and the tasks on its loop
+        assert "process_resident_memory_bytes" in allowed.text and "process_open_fds" in allowed.text
+        assert "floodwall_asyncio_tasks " in allowed.text
 
 
 def test_the_detector_command(watched: str) -> None:

@@ -8,10 +8,11 @@ scrape each worker's port, to see them all).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from starlette.requests import Request
@@ -117,11 +118,15 @@ class ServiceCollector(Collector):
         yield latency
         yield GaugeMetricFamily(f"{PREFIX}_event_loop_lag_seconds", "How late this process's event loop runs",
                                 value=admission.loop_lag.lag)
+        # what a leak would grow: tasks left behind by calls that ended (memory and files: process_*)
+        yield GaugeMetricFamily(f"{PREFIX}_asyncio_tasks", "Tasks alive on this process's event loop",
+                                value=len(asyncio.all_tasks()))
 
 
 def registry(config: Services) -> CollectorRegistry:
     found = CollectorRegistry(auto_describe=False)
     found.register(ServiceCollector(config))
+    ProcessCollector(registry=found)  # process_resident_memory_bytes, process_open_fds, CPU seconds
     return found
 
 
