@@ -90,7 +90,6 @@ class Attack:
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
-        self.started = time.monotonic()
         self.opened = 0
         self.refused = 0
         self.ended: list[float] = []  # seconds from the connection's start to the server's close or answer
@@ -166,25 +165,10 @@ async def slow_body(attack: Attack, stop: float, _: dict[str, Any]) -> None:
     await asyncio.gather(*(dribble(attack, n, head, b'{"email": "' + b"a" * 9000, stop) for n in range(100)))
 
 
-async def one_shot(attack: Attack, n: int, data: bytes, stop: float) -> None:
-    pair = await attack.connect(n)
-    if pair is None:
-        return
-    reader, writer = pair
-    began = time.monotonic()
-    try:
-        writer.write(data)
-        await asyncio.wait_for(attack.watch(reader, began), max(0.1, stop - time.monotonic()))
-    except (OSError, ConnectionError, TimeoutError):
-        pass
-    finally:
-        writer.close()
-
-
 async def big_headers(attack: Attack, stop: float, _: dict[str, Any]) -> None:
     data = (f"GET / HTTP/1.1\r\nHost: {attack.host}\r\nX-Big: ".encode() + b"b" * 256 * 1024 + b"\r\n\r\n")
     for round_ in range(10):
-        await asyncio.gather(*(one_shot(attack, round_ * 5 + n, data, stop) for n in range(5)))
+        await asyncio.gather(*(send_watched(attack, round_ * 5 + n, data, [], 0.0, stop) for n in range(5)))
 
 
 async def big_body(attack: Attack, stop: float, figures: dict[str, Any]) -> None:
@@ -215,7 +199,7 @@ async def pipelined(attack: Attack, stop: float, figures: dict[str, Any]) -> Non
                     break
                 data = tail + data  # a status line may straddle two reads
                 answered[0] += data.count(b"HTTP/1.1 ")
-                tail = data[-8:] if b"HTTP/1.1 " not in data[-8:] else b""
+                tail = data[-8:]  # too short to hold a whole status line, so never counted twice
         except (OSError, ConnectionError, TimeoutError):
             pass
         finally:

@@ -310,6 +310,7 @@ def test_database_cut_mid_run_and_mended(model_url: str, tmp_path: Path) -> None
     assert set(calm) == {200} and set(back) == {200}, (calm, back)
     assert set(away) == {200}, away  # a known key chats on while the database is away
     assert sign_in.status_code == 503 and sign_in.json()["error"]["code"] == "database_unavailable", sign_in.text
+    assert sign_in.headers["retry-after"] == "5" and sign_in.headers["x-floodwall-reason"] == "database_unavailable"
     assert stranger.status_code == 503 and stranger.json()["error"]["code"] == "database_unavailable"
     assert page.status_code == 503 and "text/html" in page.headers["content-type"]  # a page for browsers
     assert status.status_code == 200
