@@ -109,7 +109,8 @@ class ActivityEvent(Base):
 
 
 class Usage(Base):
-    """One inference request's token usage, as the model server reported it."""
+    """The token usage of `requests` inference calls by one principal to one endpoint and model with one
+    outcome, as the model server reported it: the calls of a moment (inference/usage.py) share a row."""
 
     __tablename__ = "usage"
     __table_args__ = (Index("ix_usage_user_at", "user_id", "at"), Index("ix_usage_key", "key_id"))
@@ -124,6 +125,7 @@ class Usage(Base):
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     status: Mapped[str] = mapped_column(String(20), default="ok")
+    requests: Mapped[int] = mapped_column(BigInteger, default=1, server_default="1")
 
 
 class ServerSecret(Base):

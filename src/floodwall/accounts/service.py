@@ -286,7 +286,7 @@ class AccountService:
                 .where(ApiKey.user_id == principal.user_id, ApiKey.revoked_at.is_(None))
                 .order_by(ApiKey.id.desc())
             )
-            return [(key, int(p), int(c)) for key, p, c in rows.tuples()]
+            return [(key, int(p), int(c)) for key, p, c in rows]
 
     async def revoke_key(self, principal: Principal, key_id: int, client: Client) -> None:
         async with self.db() as db:
@@ -355,7 +355,7 @@ class AccountService:
     async def usage_totals(self, principal: Principal) -> dict[str, int]:
         async with self.db() as db:
             row = (await db.execute(
-                select(func.count(Usage.id), func.coalesce(func.sum(Usage.prompt_tokens), 0),
+                select(func.coalesce(func.sum(Usage.requests), 0), func.coalesce(func.sum(Usage.prompt_tokens), 0),
                        func.coalesce(func.sum(Usage.completion_tokens), 0))
                 .where(Usage.user_id == principal.user_id)
             )).one()
