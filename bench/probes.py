@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -27,14 +28,27 @@ from floodwall.defense.scoring import Described, Scorer, load_rules
 
 CORPORA = Path(__file__).resolve().parent.parent.parent / "shared" / "corpora" / "web_attacks"
 OUT = Path(__file__).with_name("out")
-TYPICAL = [
-    Described("GET", "/", "", (("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"),
-                                ("Accept", "text/html"), ("Cookie", "fw_session=abc123; fw_device=xyz"))),
-    Described("POST", "/v1/chat/completions", "", (("Authorization", "Bearer fw_abcdef"),
-                                                  ("Content-Type", "application/json")),
-              json.dumps({"model": "m", "messages": [{"role": "user", "content": "Write a haiku about the sea."}]})),
-    Described("GET", "/api/v2/summary.json", "page=2&sort=name", (("User-Agent", "curl/8.5.0"),)),
-]
+BROWSER = (("Host", "chat.example.com"), ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 "
+            "Firefox/128.0"), ("Accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+           ("Accept-Language", "en-GB,en;q=0.5"), ("Accept-Encoding", "gzip, deflate, br, zstd"),
+           ("Referer", "https://chat.example.com/"))
+
+
+def typical(n: int) -> list[Described]:
+    """The traffic of an AI service's own users as the gate scores it (method, path, query, headers: a chat
+    call's messages are prompt screening's, bench/prompts.py), each request with its own secrets (a session,
+    a key), so that no answer kept from an earlier request serves it whole: a page of the web app, a chat
+    call from the `openai` SDK, and a poll of the status JSON."""
+    session, key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    return [
+        Described("GET", f"/c/{n}", "", (*BROWSER, ("Cookie", f"fw_session={session}; fw_device={key[:22]}"))),
+        Described("POST", "/v1/chat/completions", "", (
+            ("Host", "api.example.com"), ("User-Agent", "OpenAI/Python 1.54.3"), ("Accept", "application/json"),
+            ("Authorization", f"Bearer fw_{key}"), ("Content-Type", "application/json"),
+            ("Content-Length", str(120 + n % 3000)))),
+        Described("GET", "/api/v2/summary.json", f"page={n % 7}&sort=name",
+                  (("Host", "status.example.com"), ("User-Agent", "curl/8.5.0"), ("Accept", "*/*"))),
+    ]
 
 
 def read(name: str) -> list[dict[str, Any]]:
@@ -134,21 +148,22 @@ def main() -> int:
         for text in chats)
     print(f"ordinary prompts sent as chat bodies flagged: {flagged_chats} / {len(chats)} "
           f"({flagged_chats / len(chats):.1%})")
-    typical = []
-    for _ in range(2000):
-        for request in TYPICAL:
+    typical_times = []
+    for n in range(2000):
+        for request in typical(n):
             started = time.perf_counter()
             scorer.score(request)
-            typical.append(time.perf_counter() - started)
+            typical_times.append(time.perf_counter() - started)
+    usual = {"p50": percentile(typical_times, 0.5) * 1e6, "p99": percentile(typical_times, 0.99) * 1e6}
     print(f"\ntime per request: CRS cases p50 {percentile(times, 0.5) * 1e6:.0f} µs, p99 "
-          f"{percentile(times, 0.99) * 1e6:.0f} µs; typical requests p50 {percentile(typical, 0.5) * 1e6:.1f} µs, "
-          f"p99 {percentile(typical, 0.99) * 1e6:.1f} µs")
+          f"{percentile(times, 0.99) * 1e6:.0f} µs; typical requests p50 {usual['p50']:.1f} µs, "
+          f"p99 {usual['p99']:.1f} µs")
     OUT.mkdir(exist_ok=True)
     (OUT / "probes.json").write_text(json.dumps({
         "paranoia": args.paranoia, "threshold": args.threshold, "crs": summary,
         "cells": {f"{c}/{lv}/{lb}": v for (c, lv, lb), v in crs.items()}, "payloads": payloads,
         "ordinary_chats_flagged": [flagged_chats, len(chats)],
-        "typical_us": {"p50": percentile(typical, 0.5) * 1e6, "p99": percentile(typical, 0.99) * 1e6}}, indent=2))
+        "typical_us": usual}, indent=2))
     return 0
 
 
