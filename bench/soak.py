@@ -44,6 +44,7 @@ from tests.conftest import postgres_database
 
 FIGURES = {"rss_mb": r"^process_resident_memory_bytes (\S+)", "open_files": r"^process_open_fds (\S+)",
            "tasks": r"^floodwall_asyncio_tasks (\S+)", "loop_lag_ms": r"^floodwall_event_loop_lag_seconds (\S+)"}
+HELD = re.compile(r'^floodwall_held_entries\{part="(\w+)"\} (\S+)$', re.M)
 SCALE = {"rss_mb": 1 / 2**20, "open_files": 1, "tasks": 1, "loop_lag_ms": 1000}
 
 
@@ -58,13 +59,19 @@ def replica_env(url: str, upstream: str, tmp: Path) -> dict[str, str]:
     return {SETTINGS_ENV: settings.to_json()}
 
 
-def read_figures(base: str) -> dict[str, float]:
+def read_figures(base: str) -> dict[str, Any]:
     text = httpx.get(f"{base}/metrics", timeout=10).text
-    found = {}
+    found: dict[str, Any] = {}
     for name, pattern in FIGURES.items():
         match = re.search(pattern, text, re.M)
         if match:
             found[name] = round(float(match.group(1)) * SCALE[name], 2)
+    # what each bounded memory holds: where a growth of the resident memory comes from
+    held = {part: int(float(count)) for part, count in HELD.findall(text)}
+    tracked = re.search(r"^floodwall_tracked_addresses (\S+)", text, re.M)
+    if tracked:
+        held["tracked_addresses"] = int(float(tracked.group(1)))
+    found["held"] = held
     return found
 
 
@@ -158,6 +165,13 @@ def main() -> int:
     for replica in "ab":
         for name in FIGURES:
             print(f"  {replica} {name}: {drift([row.get(replica, {}).get(name) for row in samples])}")
+    for replica in "ab":
+        parts = sorted({part for row in samples for part in row.get(replica, {}).get("held", {})})
+        print(f"\nentries held at {replica} (every bounded memory: caches, signatures, limits):")
+        print("| minute | " + " | ".join(parts) + " |\n|---:|" + "---:|" * len(parts))
+        for row in samples[::max(1, len(samples) // 12)] + samples[-1:]:
+            held = row.get(replica, {}).get("held", {})
+            print(f"| {row['at_s'] / 60:.1f} | " + " | ".join(str(held.get(part, "-")) for part in parts) + " |")
     for n, windowed in enumerate(users):
         print(f"  established users at {'ab'[n]}: success {drift([w['success'] for w in windowed])}, "
               f"p95 ms {drift([w['p95_ms'] for w in windowed])}")

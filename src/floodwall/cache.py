@@ -43,6 +43,9 @@ class TTLCache(Generic[V]):
             # oldest insertion first: a flood of made-up keys cannot push out more than it adds
             self._entries.popitem(last=False)
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
     def pop(self, key: str) -> None:
         self._entries.pop(key, None)
 

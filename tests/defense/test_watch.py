@@ -5,6 +5,7 @@ Once with the state in memory, once in the real Redis (where replicas' traffic i
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -115,6 +116,11 @@ def test_metrics_need_the_admin_token_from_elsewhere(watched: str) -> None:
         # what a soak watches: the process's memory and files, and the tasks on its loop
         assert "process_resident_memory_bytes" in allowed.text and "process_open_fds" in allowed.text
         assert "floodwall_asyncio_tasks " in allowed.text
+        # and what each bounded memory holds, so that a growth of the first can be read part by part
+        held = dict(re.findall(r'^floodwall_held_entries\{part="(\w+)"\} (\S+)$', allowed.text, re.M))
+        assert {"api_keys", "sessions", "campaign_signatures", "usage_rows_pending", "parsed_addresses",
+                "recent_refusals", "scoring_answers"} <= set(held)
+        assert float(held["parsed_addresses"]) >= 1
 
 
 def test_the_detector_command(watched: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -22,18 +22,36 @@ from starlette.routing import Route
 from floodwall.console.admin import require_admin
 from floodwall.defense.levels import LEVELS
 from floodwall.services import Services, services
+from floodwall.state.memory import MemoryStore
 
 PREFIX = "floodwall"
 
 
 class ServiceCollector(Collector):
-    def __init__(self, config: Services) -> None:
+    def __init__(self, config: Services, held: Callable[[], dict[str, int]] | None = None) -> None:
         self.config = config
+        self.held = held
 
     def collect(self) -> Iterator[Metric]:
         yield from self._traffic()
         yield from self._defense()
         yield from self._model()
+        yield self._held()
+
+    def _held(self) -> Metric:
+        """What each bounded in-process memory holds: each fills to its bound under a flood and stays there;
+        one that kept growing past it would be a leak."""
+        config = self.config
+        parts = {"api_keys": len(config.accounts.keys), "sessions": len(config.accounts.sessions),
+                 "campaign_signatures": len(config.campaigns), "usage_rows_pending": len(config.usage),
+                 **(self.held() if self.held is not None else {})}
+        if isinstance(config.store, MemoryStore):
+            parts["limit_buckets"] = len(config.store)
+        held = GaugeMetricFamily(f"{PREFIX}_held_entries", "Entries held by this process's bounded memories "
+                                 "(caches, limits, signatures)", labels=["part"])
+        for part, count in sorted(parts.items()):
+            held.add_metric([part], count)
+        return held
 
     def _traffic(self) -> Iterator[Metric]:
         traffic = self.config.traffic
@@ -123,9 +141,9 @@ class ServiceCollector(Collector):
                                 value=len(asyncio.all_tasks()))
 
 
-def registry(config: Services) -> CollectorRegistry:
+def registry(config: Services, held: Callable[[], dict[str, int]] | None = None) -> CollectorRegistry:
     found = CollectorRegistry(auto_describe=False)
-    found.register(ServiceCollector(config))
+    found.register(ServiceCollector(config, held))
     ProcessCollector(registry=found)  # process_resident_memory_bytes, process_open_fds, CPU seconds
     return found
 
@@ -135,7 +153,8 @@ async def metrics(request: Request) -> Response:
     if not _on_this_machine(request):
         require_admin(request)
     if config.metrics is None:
-        config.metrics = registry(config)
+        gate = getattr(request.app.state, "gate", None)
+        config.metrics = registry(config, gate.held if gate is not None else None)
     return Response(generate_latest(config.metrics), media_type=CONTENT_TYPE_LATEST)
 
 

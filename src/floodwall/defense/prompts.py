@@ -156,6 +156,10 @@ class Campaigns:
         # entry rather than filling the key and pushing other senders out
         self._keys: dict[int, dict[int, tuple[tuple[int, ...], float]]] = {}
 
+    def __len__(self) -> int:
+        """Signature keys held (at most max_keys)."""
+        return len(self._keys)
+
     def seen(self, text: str, account: int) -> int:
         """File the prompt; how many distinct accounts sent it (near enough) within the window, this one
         included."""

@@ -140,6 +140,10 @@ class Scorer:
         self.headers = frozenset(target[len("header:"):] for target in targets if target.startswith("header:"))
         self._cache: dict[tuple[int, str], frozenset[int]] = {}
 
+    def __len__(self) -> int:
+        """Answers kept (at most CACHED)."""
+        return len(self._cache)
+
     def score(self, request: Described) -> Score:
         matched: dict[str, RequestRule] = {}
         seen: dict[str, str] = {}

@@ -100,6 +100,11 @@ class Gate:
         self.v4_mask = ((1 << ipv4_prefix) - 1) << (32 - ipv4_prefix)
         self.v6_mask = ((1 << ipv6_prefix) - 1) << (128 - ipv6_prefix)
 
+    def held(self) -> dict[str, int]:
+        """Entries in the gate's own bounded memories, for /metrics."""
+        return {"parsed_addresses": len(self._addresses), "recent_refusals": len(self._refused),
+                "scoring_answers": len(self.scorer) if self.scorer is not None else 0}
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)

@@ -51,6 +51,10 @@ class UsageRecorder:
                 row[field] = _count(row[field]) + _count(record.get(field, 1 if field == "requests" else 0))
         self._ready.set()
 
+    def __len__(self) -> int:
+        """Rows waiting to be written."""
+        return len(self._pending)
+
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage-recorder")
 
