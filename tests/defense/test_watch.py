@@ -4,6 +4,7 @@ Once with the state in memory, once in the real Redis (where replicas' traffic i
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import secrets
@@ -62,12 +63,19 @@ def wait_for(base_url: str, wanted: str, within: float) -> float:
     raise AssertionError(f"the level did not reach {wanted} within {within}s: {level(base_url)}")
 
 
-def flood(base_url: str, stop: threading.Event) -> None:
-    """Calls without a key, as fast as one connection goes: each answered 401."""
+def flood(base_url: str, stop: threading.Event, tally: collections.Counter[str] | None = None) -> None:
+    """Calls without a key, as fast as one connection goes: each answered 401. A connection the server
+    closed as a request went out is counted (in `tally`) and the flood goes on, as a flooder's would."""
     with httpx.Client(base_url=base_url, timeout=10,
                       transport=httpx.HTTPTransport(local_address="127.3.0.1")) as client:
         while not stop.is_set():
-            client.post("/v1/chat/completions", json={"model": "m", "messages": []})
+            try:
+                client.post("/v1/chat/completions", json={"model": "m", "messages": []})
+                outcome = "answered"
+            except httpx.RemoteProtocolError:
+                outcome = "dropped"
+            if tally is not None:
+                tally[outcome] += 1
 
 
 def test_a_flood_moves_the_level_and_it_comes_back(watched: str) -> None:
@@ -159,10 +167,13 @@ def test_two_replicas_read_the_whole_service_and_one_leads(model_url: str,
                    for url in (first, second)]
         assert sorted(leading) == [False, True]
         stop = threading.Event()
-        flooder = threading.Thread(target=flood, args=(first, stop))
+        tally: collections.Counter[str] = collections.Counter()
+        flooder = threading.Thread(target=flood, args=(first, stop, tally))
         flooder.start()
         try:
             wait_for(second, "under_attack", within=15)  # the other replica: the level is shared
         finally:
             stop.set()
             flooder.join()
+        # seen once in a full run on two loaded cores (cause not found): rare, never the rule
+        assert tally["dropped"] <= max(1, tally["answered"] // 100), tally
