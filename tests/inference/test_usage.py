@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -56,7 +57,7 @@ async def test_calls_of_a_moment_share_a_row(database_url: str) -> None:
     await engine.dispose()
 
 
-async def test_what_the_database_refuses_is_written_when_it_is_back(tmp_path: object,
+async def test_what_the_database_refuses_is_written_when_it_is_back(tmp_path: Path,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     url = f"sqlite:///{tmp_path}/usage.db"
     await asyncio.to_thread(upgrade, url)

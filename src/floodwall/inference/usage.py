@@ -47,8 +47,9 @@ class UsageRecorder:
                 return
             self._pending[group] = {**record, "requests": record.get("requests", 1)}
         else:
-            for field in ("requests", "prompt_tokens", "completion_tokens"):
-                row[field] = _count(row[field]) + _count(record.get(field, 1 if field == "requests" else 0))
+            row["requests"] = _count(row["requests"]) + _count(record.get("requests", 1))
+            for field in ("prompt_tokens", "completion_tokens"):
+                row[field] = _count(row[field]) + _count(record[field])
         self._ready.set()
 
     def __len__(self) -> int:
