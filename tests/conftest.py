@@ -26,6 +26,9 @@ from floodwall.server import free_port, wait_until_up
 POSTGRES = os.environ.get("FLOODWALL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 PASSWORD = "correct horse battery staple"
 NO_LIMITS = Path(__file__).with_name("data") / "no_limits.toml"
+# under coverage (docs/development.md), the floodwall processes the tests start write their data beside the
+# suite's, whatever folder they run in, so that it is combined with it
+os.environ.setdefault("COVERAGE_FILE", str(Path(__file__).resolve().parent.parent / ".coverage"))
 
 
 class Clock:

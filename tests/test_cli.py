@@ -95,9 +95,9 @@ def test_bad_policy_stops_start_up_with_its_message(tmp_path: Path) -> None:
     assert result.returncode == 2 and "not a limit" in result.stderr
 
 
-def test_the_wheel_ships_its_data_files(tmp_path: Path) -> None:
-    """What a non-editable install needs besides code: templates, static files, migrations, the policy, the
-    blocklists with their licences."""
+def test_the_wheel_ships_every_file_of_the_package(tmp_path: Path) -> None:
+    """What a non-editable install needs besides code (templates, static files, migrations, policies, the
+    blocklists with their licences): every file git tracks under src/floodwall is in the wheel."""
     import zipfile
 
     root = Path(__file__).resolve().parent.parent
@@ -105,13 +105,59 @@ def test_the_wheel_ships_its_data_files(tmp_path: Path) -> None:
                    check=True, capture_output=True, timeout=300)
     (wheel,) = tmp_path.glob("floodwall-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for needed in ("floodwall/edge/default_policy.toml", "floodwall/web/templates/chat.html",
-                   "floodwall/web/static/chat.js", "floodwall/accounts/migrations/env.py",
-                   "floodwall/defense/prompt_rules.toml", "floodwall/defense/request_rules.toml",
-                   "floodwall/web/templates/history.atom.xml", "floodwall/web/static/console.js",
-                   "floodwall/accounts/migrations/versions/0005_status_and_audit.py",
-                   "floodwall/accounts/migrations/versions/0001_initial.py",
-                   "floodwall/accounts/data/disposable_domains.txt", "floodwall/accounts/data/common_passwords_10k.txt",
-                   "floodwall/accounts/data/disposable_allowlist.txt", "floodwall/accounts/data/README.md",
-                   "floodwall/accounts/data/SecLists-LICENSE.txt", "floodwall/accounts/data/disposable-LICENSE.txt"):
-        assert needed in names, needed
+    tracked = subprocess.run(["git", "ls-files", "src/floodwall"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert len(tracked) > 100
+    missing = [path for path in tracked if path.removeprefix("src/") not in names]
+    assert not missing
+    assert not [name for name in names if name.startswith(("tests/", "bench/")) or "__pycache__" in name]
+
+
+# what a base install (no extras) lacks: the extras' own distributions, made unimportable in the child
+def _extras_only() -> list[str]:
+    import importlib.metadata
+    import re
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
+    base = {_name(spec) for spec in project["dependencies"]} | {"floodwall"}
+    extras = {_name(spec) for specs in project["optional-dependencies"].values() for spec in specs} - base
+    modules = [module for module, dists in importlib.metadata.packages_distributions().items()
+               if {_name(d) for d in dists} & extras and re.fullmatch(r"[A-Za-z_]\w*", module)]
+    assert {"httpx", "openai", "rich", "matplotlib", "aiohttp", "uvicorn", "pytest"} <= set(modules)
+    return modules
+
+
+def _name(spec: str) -> str:
+    import re
+
+    return re.split(r"[\s\[<>=!~;]", spec, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def base_install(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The command as on a base install: importing any extra's module fails as it would there."""
+    code = ("import sys; sys.modules.update(dict.fromkeys(sys.argv[1].split(','))); "
+            "from floodwall.cli import main; sys.exit(main(sys.argv[2:]))")
+    return subprocess.run([sys.executable, "-c", code, ",".join(_extras_only()), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_every_command_answers_help_without_the_extras(tmp_path: Path) -> None:
+    from floodwall.cli import parser
+
+    commands = parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert {"serve", "model", "db", "attack", "level", "users", "incident"} <= set(commands)
+    for name in commands:
+        result = base_install(name, "--help", cwd=tmp_path)
+        assert result.returncode == 0 and "usage: floodwall" in result.stdout, (name, result.stderr)
+    assert "floodwall[attack]" in base_install("attack", "--help", cwd=tmp_path).stdout
+    result = base_install("db", "upgrade", "--database", f"sqlite:///{tmp_path / 'x.db'}", cwd=tmp_path)
+    assert result.returncode == 0 and "up to date" in result.stdout
+
+
+def test_attack_without_its_extra_says_how_to_install_it(tmp_path: Path) -> None:
+    result = base_install("attack", "flood", "--target", "http://127.0.0.1:9", "--quiet", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("floodwall attack needs ") and line.endswith("pip install 'floodwall[attack]'")

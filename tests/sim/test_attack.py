@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from floodwall.sim.attack.runner import Plan
+from floodwall.sim.attack.plan import Plan
 from floodwall.sim.attack.traffic import Sources, Target, TargetError
 from tests.conftest import floodwall_process, model_process
 

@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import sys
 from typing import Any
 
-from floodwall.sim.attack.runner import SCENARIOS, Plan, Run, admin_token, read_keys, started_at
-from floodwall.sim.attack.traffic import TargetError
+from floodwall.sim.attack.plan import SCENARIOS, Plan, admin_token, read_keys, started_at
+
+# the simulator's own dependencies (the `attack` extra), imported only when it runs
+EXTRA = ("httpx", "openai", "rich")
+INSTALL_HINT = "pip install 'floodwall[attack]'"
 
 
 def add_parser(commands: Any) -> None:
-    attack = commands.add_parser("attack", help="simulate an attack against a loopback floodwall, with users")
+    attack = commands.add_parser(
+        "attack", help=f"simulate an attack against a loopback floodwall, with users (needs {INSTALL_HINT})",
+        description=f"Simulate an attack against a loopback floodwall while established users chat. Needs the "
+                    f"attack extra: {INSTALL_HINT}.")
     attack.add_argument("scenario", choices=list(SCENARIOS))
     attack.add_argument("--target", required=True, help="the service's URL, e.g. http://127.0.0.1:8080")
     attack.add_argument("--duration", type=float, default=30.0, help="seconds of attack (default 30)")
@@ -37,15 +44,12 @@ def add_parser(commands: Any) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    try:
-        import openai  # noqa: F401
-        import rich  # noqa: F401
-
-        if args.plot:
-            import matplotlib  # noqa: F401
-    except ImportError as exc:
-        print(f"floodwall attack needs {exc.name}: pip install 'floodwall[attack]'", file=sys.stderr)
+    missing = _missing([*EXTRA, *(("matplotlib",) if args.plot else ())])
+    if missing:
+        print(f"floodwall attack needs {', '.join(missing)}: {INSTALL_HINT}", file=sys.stderr)
         return 2
+    from floodwall.sim.attack.traffic import TargetError
+
     plan = Plan(args.scenario, args.target, duration=args.duration, calm=args.calm, recovery=args.recovery,
                 sources=args.sources, rate=args.rate, users=args.users, keys=read_keys(args.keys),
                 admin_token=admin_token(args.admin_token), forwarded_for=args.forwarded_for,
@@ -63,11 +67,22 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _missing(modules: list[str]) -> list[str]:
+    missing = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
 async def _run(plan: Plan, *, live: bool, progress: bool, plot: str | None) -> dict[str, Any]:
     from rich.console import Console
     from rich.live import Live
 
     from floodwall.sim.attack import report as reporting
+    from floodwall.sim.attack.runner import Run
 
     if live:
         console = Console()

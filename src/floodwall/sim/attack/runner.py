@@ -4,22 +4,20 @@ service's defense level watched throughout; then the report."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import os
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from floodwall.sim.attack import corpus
+from floodwall.sim.attack.plan import Plan
 from floodwall.sim.attack.populations import Context, Established, Flood, Jailbreak, Population, Probe, Stuffing
 from floodwall.sim.attack.recorder import Recorder
 from floodwall.sim.attack.signups import FlashCrowd, SignupBots
 from floodwall.sim.attack.traffic import Sources, Target, raise_open_files_limit
 
-# which attackers each scenario sends; established users are in every one
-SCENARIOS: dict[str, tuple[Callable[[Context], Population], ...]] = {
+# which attackers each scenario sends (plan.SCENARIOS names them); established users are in every one
+ATTACKERS: dict[str, tuple[Callable[[Context], Population], ...]] = {
     "flood": (Flood,),
     "signup-bots": (SignupBots,),
     "flash-crowd": (FlashCrowd,),
@@ -28,36 +26,6 @@ SCENARIOS: dict[str, tuple[Callable[[Context], Population], ...]] = {
     "jailbreak": (Jailbreak,),
     "mixed": (Flood, SignupBots, FlashCrowd, Stuffing, Probe, Jailbreak),
 }
-MAX_DURATION = 3600.0
-MAX_RATE = 20_000.0
-MAX_SOURCES = 60_000
-
-
-@dataclasses.dataclass
-class Plan:
-    scenario: str
-    target: str
-    duration: float = 30.0  # the attack itself
-    calm: float = 10.0  # users alone before it: their baseline
-    recovery: float = 15.0  # users after it
-    sources: int = 5000
-    rate: float = 1000.0
-    users: int = 8
-    keys: Sequence[str] = ()
-    admin_token: str = ""
-    forwarded_for: bool = False
-    corpora: str | None = None
-    model: str = "floodwall-simulated-chat"
-
-    def check(self) -> None:
-        if self.scenario not in SCENARIOS:
-            raise ValueError(f"unknown scenario {self.scenario!r}; choose from {', '.join(SCENARIOS)}")
-        if self.duration <= 0 or self.calm < 0 or self.recovery < 0:
-            raise ValueError("the attack needs a duration above 0, and calm and recovery of 0 or more")
-        for name, value, top in (("duration", self.duration + self.calm + self.recovery, MAX_DURATION),
-                                 ("rate", self.rate, MAX_RATE), ("sources", self.sources, MAX_SOURCES)):
-            if not 0 < value <= top:
-                raise ValueError(f"{name} must be above 0 and at most {top:g} (every run is bounded)")
 
 
 class Run:
@@ -70,7 +38,7 @@ class Run:
                            forwarded_for=plan.forwarded_for, rate=plan.rate, flood_sources=plan.sources,
                            model=plan.model)
         self.users = Established(self.ctx, plan.keys, plan.users)
-        self.attackers = [make(self.ctx) for make in SCENARIOS[plan.scenario]]
+        self.attackers = [make(self.ctx) for make in ATTACKERS[plan.scenario]]
         self.on_tick = on_tick
         self.level = "unknown"
         self.phase = "setup"
@@ -126,19 +94,3 @@ class Run:
             pass
         return "unknown"
 
-
-def read_keys(path: str | None) -> list[str]:
-    """Established users' API keys, one a line (accounts made before the attack, so the target counts
-    them as established)."""
-    if not path:
-        return []
-    with open(path, encoding="utf-8") as handle:
-        return [line.strip() for line in handle if line.strip() and not line.startswith("#")]
-
-
-def admin_token(given: str | None) -> str:
-    return given or os.environ.get("FLOODWALL_ADMIN_TOKEN", "")
-
-
-def started_at() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
