@@ -1,4 +1,5 @@
-"""The floodwall command: serve, model, db upgrade (and, as they land, attack, level, ban, incident, users)."""
+"""The floodwall command: serve, model, db upgrade, the operator commands, and attack (its extra loaded
+only when it runs)."""
 
 from __future__ import annotations
 
