@@ -39,8 +39,10 @@ def main() -> int:
 def api(env: dict[str, str]) -> int:
     """tests/fuzz/test_api.py at length: schemathesis's cases per pass, none of them a 5xx."""
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
-                             "tests/fuzz/test_api.py"], cwd=ROOT, env=env, capture_output=True, text=True)
+    # at length a pass takes minutes: no per-test limit (the suite's is 120 s)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-o", "timeout=0",
+                             "tests/fuzz/test_api.py"], cwd=ROOT, env={**env, "FLOODWALL_FUZZ_API_TIMEOUT": "3600"},
+                            capture_output=True, text=True)
     passes = re.findall(r"schemathesis (.*): (\d+) generated, (\d+) passed", result.stdout)
     print("\n| schemathesis pass | cases | passed |\n|---|---:|---:|")
     for name, generated, passed in passes:
@@ -56,8 +58,8 @@ def api(env: dict[str, str]) -> int:
 def parsers(env: dict[str, str]) -> int:
     """tests/fuzz/test_parsers.py at length: hypothesis's cases per property."""
     started = time.monotonic()
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/fuzz/test_parsers.py",
-               "--hypothesis-show-statistics"]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "timeout=0",
+               "tests/fuzz/test_parsers.py", "--hypothesis-show-statistics"]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.monotonic() - started
     total = failing = 0

@@ -16,7 +16,7 @@ from floodwall.server import free_port, wait_until_up
 
 def floodwall(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "floodwall", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120)
+                          env={**os.environ, **(env or {})}, timeout=100)
 
 
 def test_serve_with_embedded_defaults_and_the_simulated_model(tmp_path: Path) -> None:
@@ -97,41 +97,78 @@ def test_bad_policy_stops_start_up_with_its_message(tmp_path: Path) -> None:
 
 def test_the_wheel_ships_every_file_of_the_package(tmp_path: Path) -> None:
     """What a non-editable install needs besides code (templates, static files, migrations, policies, the
-    blocklists with their licences): every file git tracks under src/floodwall is in the wheel."""
+    blocklists with their licences): every file git tracks under src/floodwall is in the wheel, and no code
+    that git does not track (a stale build/ in the checkout) is."""
+    import shutil
     import zipfile
 
     root = Path(__file__).resolve().parent.parent
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(root)],
-                   check=True, capture_output=True, timeout=300)
+    visible = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=root,
+                             capture_output=True, text=True, check=True).stdout.split("\n")
+    source = tmp_path / "source"
+    for path in filter(None, visible):
+        if (root / path).is_file():
+            (source / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / path, source / path)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
+                   check=True, capture_output=True, timeout=100)
     (wheel,) = tmp_path.glob("floodwall-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    tracked = subprocess.run(["git", "ls-files", "src/floodwall"], cwd=root, capture_output=True, text=True,
-                             check=True).stdout.split()
-    assert len(tracked) > 100
-    missing = [path for path in tracked if path.removeprefix("src/") not in names]
-    assert not missing
-    assert not [name for name in names if name.startswith(("tests/", "bench/")) or "__pycache__" in name]
+    package = {path.removeprefix("src/") for path in visible if path.startswith("src/floodwall/")}
+    assert len(package) > 100
+    assert not package - names
+    assert not [name for name in names if name.startswith("floodwall/") and name not in package]
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
 
 
-# what a base install (no extras) lacks: the extras' own distributions, made unimportable in the child
 def _extras_only() -> list[str]:
+    """The modules a base install (no extras) lacks: those of every distribution the extras bring, directly or
+    through their own requirements, that the base requirements do not."""
     import importlib.metadata
     import re
     import tomllib
 
     project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
-    base = {_name(spec) for spec in project["dependencies"]} | {"floodwall"}
-    extras = {_name(spec) for specs in project["optional-dependencies"].values() for spec in specs} - base
+    base = _closure(project["dependencies"])
+    extras = _closure([spec for specs in project["optional-dependencies"].values() for spec in specs])
+    lacking = extras - base - {"floodwall"}
     modules = [module for module, dists in importlib.metadata.packages_distributions().items()
-               if {_name(d) for d in dists} & extras and re.fullmatch(r"[A-Za-z_]\w*", module)]
-    assert {"httpx", "openai", "rich", "matplotlib", "aiohttp", "uvicorn", "pytest"} <= set(modules)
+               if {_canonical(d) for d in dists} & lacking and re.fullmatch(r"[A-Za-z_]\w*", module)]
+    assert {"httpx", "openai", "rich", "matplotlib", "aiohttp", "uvicorn", "pytest", "httpcore"} <= set(modules)
     return modules
 
 
-def _name(spec: str) -> str:
+def _closure(specs: list[str]) -> set[str]:
+    """The installed distributions these requirements bring, with their extras, transitively."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    seen: set[str] = set()
+    todo = [Requirement(spec) for spec in specs]
+    while todo:
+        requirement = todo.pop()
+        name = _canonical(requirement.name)
+        if name in seen and not requirement.extras:
+            continue
+        seen.add(name)
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        wanted = ["", *sorted(requirement.extras)]
+        for text in requires:
+            needed = Requirement(text)
+            applies = needed.marker is None or any(needed.marker.evaluate({"extra": e}) for e in wanted)
+            if applies and _canonical(needed.name) not in seen:
+                todo.append(needed)
+    return seen
+
+
+def _canonical(name: str) -> str:
     import re
 
-    return re.split(r"[\s\[<>=!~;]", spec, maxsplit=1)[0].lower().replace("_", "-")
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def base_install(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -139,7 +176,7 @@ def base_install(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     code = ("import sys; sys.modules.update(dict.fromkeys(sys.argv[1].split(','))); "
             "from floodwall.cli import main; sys.exit(main(sys.argv[2:]))")
     return subprocess.run([sys.executable, "-c", code, ",".join(_extras_only()), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=100)
 
 
 def test_every_command_answers_help_without_the_extras(tmp_path: Path) -> None:
@@ -161,3 +198,71 @@ def test_attack_without_its_extra_says_how_to_install_it(tmp_path: Path) -> None
     assert result.stdout == ""
     (line,) = result.stderr.splitlines()
     assert line.startswith("floodwall attack needs ") and line.endswith("pip install 'floodwall[attack]'")
+
+
+def test_a_port_in_use_stops_serve_and_model_with_one_line(tmp_path: Path) -> None:
+    """granian shares a port it finds taken (SO_REUSEPORT): a second serve must say so, not split the traffic."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for command in (["serve", "--port", port], ["model", "--port", port]):
+            result = floodwall(*command, cwd=tmp_path)
+            assert result.returncode == 2
+            (line,) = result.stderr.splitlines()
+            assert f"cannot listen on 127.0.0.1:{port}" in line and "--port" in line
+    assert not (tmp_path / "floodwall.db").exists()  # stopped before the database was touched
+
+
+def test_a_database_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
+    unreachable = "postgresql://postgres@127.0.0.1:1/nothing"
+    for command in (["db", "upgrade", "--database", unreachable], ["serve", "--port", str(free_port()),
+                                                                   "--database", unreachable]):
+        result = floodwall(*command, cwd=tmp_path)
+        assert result.returncode == 2
+        (line,) = result.stderr.strip().splitlines()[-1:]
+        assert "cannot open the database postgresql://postgres@127.0.0.1:1/nothing" in line
+        assert "Traceback" not in result.stderr
+
+
+def test_operator_commands_say_what_is_wrong_in_one_line(tmp_path: Path) -> None:
+    env = {"FLOODWALL_ADMIN_TOKEN": "x" * 32}
+    for url, expected in (("not-a-url", "--url must be"), ("ftp://127.0.0.1/", "--url must be"),
+                          (f"http://127.0.0.1:{free_port()}", "cannot reach floodwall")):
+        result = floodwall("level", "--url", url, cwd=tmp_path, env=env)
+        assert result.returncode == 1
+        (line,) = result.stderr.splitlines()
+        assert expected in line
+
+
+def test_no_process_outlives_a_killed_serve(tmp_path: Path) -> None:
+    """SIGKILL gives serve no chance to stop its children: its workers and the simulated model (with its own
+    worker) must notice and go, not keep answering on the port."""
+    import signal
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "floodwall", "serve", "--port", str(port)], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/healthz", process=process, timeout=60)
+        family = _descendants(process.pid)
+        assert len(family) >= 3  # serve's worker, the model server and its worker
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in family) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in family if _alive(pid)]
+    result = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}/healthz"],
+                            capture_output=True, text=True, timeout=10)
+    assert result.stdout == "000"
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for child in _children(pid):
+        found += [child, *_descendants(child)]
+    return found

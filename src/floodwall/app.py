@@ -19,7 +19,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from floodwall import config as config_module
-from floodwall import errors, logs
+from floodwall import errors, logs, server
 from floodwall.accounts import routes as account_routes
 from floodwall.accounts import two_factor_routes
 from floodwall.accounts.alerts import Alerts
@@ -211,4 +211,5 @@ def app_from_env() -> Gate:
     text = os.environ.get(config_module.SETTINGS_ENV)
     settings = Settings.from_json(text) if text else config_module.load()
     logs.setup(settings.log.level, settings.log.format, settings.log.audit_file)
+    server.exit_with_parent()
     return build_app(settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -14,6 +15,10 @@ from floodwall.config import ConfigError, Settings, load
 from floodwall.edge.policy import REGISTRATION_MODES
 
 log = logging.getLogger("floodwall")
+
+
+class CommandError(Exception):
+    """What stops a command, said in one line (exit 2): a port in use, a database that cannot be opened."""
 
 
 def _overrides(args: argparse.Namespace, mapping: dict[str, tuple[str, str]]) -> dict[str, dict[str, Any]]:
@@ -49,12 +54,12 @@ def _settings(args: argparse.Namespace, flags: dict[str, tuple[str, str]]) -> Se
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from floodwall.accounts.database import upgrade
     from floodwall.edge.policy import Policy
 
     settings = _settings(args, SERVE_FLAGS)
     Policy.load(settings.edge.policy or None)  # a bad policy stops start-up here, with its message
-    upgrade(settings.database.url)
+    _check_port(settings.server.host, settings.server.port)
+    _upgrade(settings.database.url)
     logs.event(log, "database_ready", url=_redact(settings.database.url))
     if settings.upstream.url:
         logs.event(log, "upstream", url=settings.upstream.url)
@@ -70,6 +75,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_port(host: str, port: int) -> None:
+    try:
+        server.check_port_free(host, port)
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (is another server running "
+                           "there? choose another port with --port)") from None
+
+
+def _upgrade(url: str) -> None:
+    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+    from floodwall.accounts.database import upgrade
+
+    try:
+        upgrade(url)
+    except (SQLAlchemyError, OSError) as exc:
+        reason = exc.orig if isinstance(exc, DBAPIError) else exc
+        raise CommandError(f"cannot open the database {_redact(url)}: {reason}".splitlines()[0]) from None
+
+
 def _serve(settings: Settings) -> None:
     s = settings.server
     logs.event(log, "serving", url=f"http://{s.host}:{s.port}/", workers=s.workers)
@@ -79,6 +104,7 @@ def _serve(settings: Settings) -> None:
 def cmd_model(args: argparse.Namespace) -> int:
     settings = _settings(args, MODEL_FLAGS)
     m = settings.model
+    _check_port(m.host, m.port)
     log.warning("SIMULATED MODEL SERVER (not a language model): %d slots at %g tokens/s each, queue of %d, on "
                 "http://%s:%d/v1", m.slots, m.tokens_per_second, m.queue_size, m.host, m.port)
     server.run(server.MODEL_FACTORY, settings, m.host, m.port, 1)
@@ -86,10 +112,8 @@ def cmd_model(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from floodwall.accounts.database import upgrade
-
     settings = _settings(args, {"database": ("database", "url")})
-    upgrade(settings.database.url)
+    _upgrade(settings.database.url)
     print(f"database at {_redact(settings.database.url)} is up to date")
     return 0
 
@@ -255,5 +279,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"floodwall: configuration error: {exc}", file=sys.stderr)
         return 2
+    except CommandError as exc:
+        print(f"floodwall {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # the reader went away (`floodwall audit | head`): stop quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         return 130

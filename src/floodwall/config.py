@@ -1,6 +1,6 @@
 """One Settings object: defaults, then a TOML file, then FLOODWALL_<SECTION>_<KEY> variables, then flags.
 
-Every key the README documents lives here, with its type; nothing else in floodwall reads the
+Every key docs/configuration.md documents lives here, with its type; nothing else in floodwall reads the
 environment or a config file.
 """
 
@@ -131,7 +131,7 @@ class DefenseSettings:
 
 @dataclasses.dataclass
 class EdgeSettings:
-    # a TOML file of [[rule]] tables; empty = the built-in default_policy.toml (the README shows it)
+    # a TOML file of [[rule]] tables; empty = the built-in default_policy.toml (docs/edge.md shows it)
     policy: str = ""
     ipv4_prefix: int = 24
     ipv6_prefix: int = 64

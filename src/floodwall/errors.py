@@ -160,7 +160,7 @@ def _page(error: ApiError) -> str:
 
 
 _HTTP_CODES = {
-    404: ("Unknown route. The API lives under /v1; see the README for the routes.", "not_found"),
+    404: ("Unknown route. The API lives under /v1; /openapi.json describes every route.", "not_found"),
     405: ("This route does not accept that method.", "method_not_allowed"),
 }
 

@@ -1,4 +1,4 @@
-"""Running ASGI apps on granian (chosen by bench/server.py: see the README's figures), and the
+"""Running ASGI apps on granian (chosen by bench/server.py: see docs/benchmarks.md), and the
 simulated model as a child process that serve starts when no upstream is configured.
 """
 
@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -59,6 +60,28 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def check_port_free(host: str, port: int) -> None:
+    """granian listens with SO_REUSEPORT, so a second server on a port in use would silently share it (and
+    its traffic, with another database): bind once without it first. OSError if anything listens there."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+
+
+def exit_with_parent() -> None:
+    """In a server worker: end when the process that started it is gone, so that a SIGKILL of serve (or of
+    the model server) leaves no orphan worker answering on its port."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _die_with_parent() -> None:

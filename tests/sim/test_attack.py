@@ -28,7 +28,7 @@ def test_a_short_mixed_attack_is_reported(tmp_path: Path) -> None:
                    "--admin-token", "test-admin-token", "--report", str(report_path), "--plot", str(plot_path)]
         if CORPORA.is_dir():
             command += ["--corpora", str(CORPORA)]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=ROOT)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=100, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "established users, attack" in done.stdout
     report = json.loads(report_path.read_text())

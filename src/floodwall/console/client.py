@@ -20,6 +20,9 @@ class AdminError(Exception):
 
 def base_url(settings: Settings, url: str | None) -> str:
     if url:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise AdminError(f"--url must be floodwall's http:// or https:// address, not {url!r}")
         return url.rstrip("/")
     host = settings.server.host
     host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
@@ -39,6 +42,8 @@ def call(settings: Settings, args: argparse.Namespace, method: str, path: str,
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
+    except ValueError:
+        raise AdminError(f"{base_url(settings, args.url)} did not answer as floodwall's admin API does") from None
     except urllib.error.HTTPError as exc:
         try:
             message = json.loads(exc.read())["error"]["message"]

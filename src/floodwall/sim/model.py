@@ -279,9 +279,10 @@ def app_from_env() -> Starlette:
     """The ASGI factory `floodwall model` serves (settings from the environment, as serve hands them)."""
     import os
 
-    from floodwall import config, logs
+    from floodwall import config, logs, server
 
     text = os.environ.get(config.SETTINGS_ENV)
     settings = config.Settings.from_json(text) if text else config.load()
     logs.setup(settings.log.level, settings.log.format, settings.log.audit_file)
+    server.exit_with_parent()
     return SimulatedModel(settings.model).app()

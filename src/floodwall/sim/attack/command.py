@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
 import sys
@@ -50,19 +51,26 @@ def run_command(args: argparse.Namespace) -> int:
         return 2
     from floodwall.sim.attack.traffic import TargetError
 
+    try:
+        keys = read_keys(args.keys)
+        # a report that cannot be written fails now, not after the run
+        report_file = open(args.report, "w", encoding="utf-8") if args.report else None  # noqa: SIM115
+    except OSError as exc:
+        print(f"floodwall attack: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
     plan = Plan(args.scenario, args.target, duration=args.duration, calm=args.calm, recovery=args.recovery,
-                sources=args.sources, rate=args.rate, users=args.users, keys=read_keys(args.keys),
+                sources=args.sources, rate=args.rate, users=args.users, keys=keys,
                 admin_token=admin_token(args.admin_token), forwarded_for=args.forwarded_for,
                 corpora=args.corpora, model=args.model)
-    try:
-        report = asyncio.run(_run(plan, live=not args.quiet and sys.stdout.isatty(), progress=not args.quiet,
-                                  plot=args.plot))
-    except (TargetError, ValueError) as exc:
-        print(f"floodwall attack: {exc}", file=sys.stderr)
-        return 2
-    if args.report:
-        with open(args.report, "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=2)
+    with report_file or contextlib.nullcontext():
+        try:
+            report = asyncio.run(_run(plan, live=not args.quiet and sys.stdout.isatty(), progress=not args.quiet,
+                                      plot=args.plot))
+        except (TargetError, ValueError, OSError) as exc:
+            print(f"floodwall attack: {exc}", file=sys.stderr)
+            return 2
+        if report_file is not None:
+            json.dump(report, report_file, indent=2)
     print(summary(report))
     return 0
 
