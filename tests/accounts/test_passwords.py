@@ -53,3 +53,18 @@ def test_known_devices_get_the_next_hashing_slot_first() -> None:
         return served
 
     assert asyncio.run(scenario()) == ["owner", "wave0", "wave1", "wave2"]
+
+
+async def test_a_wait_cancelled_just_before_a_release_leaves_quietly() -> None:
+    """A sign-in whose wait runs out (or whose client goes) in the same moment a slot is given back: the
+    release drops the cancelled waiter before it wakes; it must still end cancelled, not with an error (seen
+    under a stuffing wave as a 500 on /auth/login), and the slot must not be lost."""
+    slots = Slots(1)
+    await slots.acquire()
+    waiting = asyncio.create_task(slots.acquire())
+    await asyncio.sleep(0)
+    waiting.cancel()
+    slots.release()  # before the cancelled waiter runs again
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await asyncio.wait_for(slots.acquire(), 1)  # the slot came back

@@ -42,3 +42,15 @@ async def test_cancelled_waiter_frees_its_place() -> None:
     assert slots.queued == 0
     slots.release()
     assert slots.active == 0
+
+
+async def test_a_waiter_cancelled_just_before_a_release_leaves_quietly() -> None:
+    slots = Slots(1, 1)
+    await slots.acquire()
+    task = asyncio.create_task(slots.acquire())
+    await asyncio.sleep(0)
+    task.cancel()
+    slots.release()  # before the cancelled waiter runs again: it is dropped from the queue here
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert slots.queued == 0 and slots.active == 0

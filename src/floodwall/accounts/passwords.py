@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable
@@ -51,7 +52,9 @@ class Slots:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # handed a slot just as its wait ran out: pass it on
             else:
-                queue.remove(waiter)
+                # a release between the cancel and this line has already dropped it from the queue
+                with contextlib.suppress(ValueError):
+                    queue.remove(waiter)
             raise
 
     def release(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 
 
 class QueueFull(Exception):
@@ -36,7 +37,9 @@ class Slots:
                 # the slot was handed over just as this waiter was cancelled: pass it on
                 self.release()
             else:
-                self._waiting.remove(waiter)
+                # a release between the cancel and this line has already dropped it from the queue
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(waiter)
             raise
 
     def release(self) -> None:
