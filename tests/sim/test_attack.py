@@ -49,6 +49,7 @@ def test_a_short_mixed_attack_is_reported(tmp_path: Path) -> None:
     # the victims' owners, from their own devices, keep signing in through the wave
     assert attackers["owner_logins"] > 0 and attackers["owner_logins_ok"] == attackers["owner_logins"]
     assert attackers["probe_server_errors"] == 0
+    assert report["server_failures"] == {}, report["server_failures"]  # no population saw a failure
     assert report["populations"]["probe"]["statuses"].get("500") is None
     # registration is limited per address and network (5 per 30 minutes): the bots make few accounts
     assert attackers["bot_accounts_created"] <= attackers["bot_signup_attempts"]

@@ -132,6 +132,9 @@ def summary(report: dict[str, Any]) -> str:
     not_sent = sum(v for k, v in counters.items() if k.endswith(".not_sent"))
     lines.append(f"  no HTTP answer (refused, reset or timed out): {no_answer}; held back by the simulator's own "
                  f"bound on requests in flight: {not_sent}")
+    failures = report["server_failures"]
+    lines.append("  answers that failed (a 500, or a 5xx without a reason): "
+                 + (", ".join(f"{name} {n}" for name, n in sorted(failures.items())) or "none"))
     levels = ", ".join(f"{at:.0f}s {level}" for at, level in report["service"]["levels"]) or "not followed"
     lines.append(f"  defense level: {levels}")
     windows = report["service"]["registration_limited_s"]

@@ -25,6 +25,9 @@ from floodwall.sim.attack import corpus
 from floodwall.sim.attack.recorder import Recorder, percentile
 from floodwall.sim.attack.traffic import Client, Reply, Sources, Target, sign_up
 
+# the counter of answers that failed rather than refused: a 500, or another 5xx without a reason code
+SERVER_FAILURE = "server_failure"
+
 CHAT = "/v1/chat/completions"
 MODEL = "floodwall-simulated-chat"
 
@@ -114,6 +117,9 @@ class Population:
     def record(self, reply: Reply, *, reached_model: bool = False) -> None:
         if reply.status == 0:  # no HTTP answer: say how it failed
             self.ctx.recorder.counters[f"{self.name}.no_answer.{reply.error}"] += 1
+        elif reply.status == 500 or (reply.status > 500 and not reply.code):
+            # a failure, not a refusal: a deliberate 502-504 says why in an OpenAI-shaped error
+            self.ctx.recorder.counters[f"{self.name}.{SERVER_FAILURE}"] += 1
         self.ctx.recorder.add(self.name, 200 <= reply.status < 300, reply.status, reply.latency,
                               reached_model=reached_model)
 
@@ -366,7 +372,6 @@ class Probe(Attacker):
 
     def __init__(self, ctx: Context, rate: float = 50.0, sources: int = 200) -> None:
         super().__init__(ctx, rate, sources)
-        self.server_errors = 0
 
     async def one(self) -> None:
         client = self.kept(next(self.turn))
@@ -389,13 +394,10 @@ class Probe(Attacker):
         else:
             path = rng.choice(("/admin/api/level", "/.env", "/wp-login.php", "/v1/../../etc/passwd", "/api/v1/users"))
             reply = await client.call("GET", path)
-        if reply.status >= 500 and (reply.status == 500 or not reply.code):
-            # a failure, not a refusal: a deliberate 502-504 says why in an OpenAI-shaped error
-            self.server_errors += 1
         self.record(reply, reached_model=reply.status == 200 and shape == 2)
 
     def outcomes(self) -> dict[str, Any]:
-        return {"probe_server_errors": self.server_errors}
+        return {"probe_server_errors": self.ctx.recorder.counters[f"{self.name}.{SERVER_FAILURE}"]}
 
 
 class Jailbreak(Attacker):

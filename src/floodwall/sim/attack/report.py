@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from floodwall.sim.attack.populations import SERVER_FAILURE
 from floodwall.sim.attack.recorder import summarize
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ def build(run: Run) -> dict[str, Any]:
             "registration_limited_s": run.ctx.registration_limited(run.end + 60),
         },
         "simulator": dict(recorder.counters),
+        "server_failures": {key.rsplit(".", 1)[0]: n for key, n in recorder.counters.items()
+                            if key.endswith(f".{SERVER_FAILURE}")},
         # per second of the run, for plots: success rate, p95 latency (ms) and requests, per population
         "series": {name: recorder.series(name, math.ceil(run.end)) for name in recorder.populations()},
     }
