@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -121,6 +122,7 @@ def test_the_wheel_ships_every_file_of_the_package(tmp_path: Path) -> None:
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
 
 
+@functools.cache
 def _extras_only() -> list[str]:
     """The modules a base install (no extras) lacks: those of every distribution the extras bring, directly or
     through their own requirements, that the base requirements do not."""
