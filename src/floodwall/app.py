@@ -44,7 +44,7 @@ from floodwall.defense.prompts import Campaigns, Screen, load_rules
 from floodwall.defense.watch import Watch
 from floodwall.edge.control import Control
 from floodwall.edge.gate import Gate
-from floodwall.edge.identity import TrustedProxies
+from floodwall.edge.identity import Networks, TrustedProxies
 from floodwall.edge.policy import Policy
 from floodwall.inference import routes as inference_routes
 from floodwall.inference.admission import Admission
@@ -75,6 +75,7 @@ def build_app(settings: Settings) -> Gate:
     mailer = Mailer(settings.mail)
     store = open_store(settings.state.url)
     signer = Signer()
+    networks = Networks(settings.edge.ipv4_prefix, settings.edge.ipv6_prefix, settings.edge.ipv6_subscriber_prefix)
     db = sessionmaker(engine)
     two_factor = TwoFactor(db, signer, store)
     accounts = AccountService(
@@ -87,16 +88,16 @@ def build_app(settings: Settings) -> Gate:
             disposable=settings.accounts.refuse_disposable_emails, passwords=settings.accounts.refuse_common_passwords,
             disposable_file=settings.accounts.disposable_domains_file,
             passwords_file=settings.accounts.common_passwords_file),
-        alerts=Alerts(mailer),
+        alerts=Alerts(mailer, networks),
         two_factor=two_factor,
     )
-    trusted = TrustedProxies(settings.server.trusted_proxies)
+    trusted = TrustedProxies(settings.server.trusted_proxies, settings.server.forwarded_header)
     audit = Audit(db)
     control = Control(store, settings.defense.level, settings.edge.refresh_interval, audit)
     policy = Policy.load(settings.edge.policy or None)
     incidents = Incidents(db)
     templates = pages.templates()
-    traffic = Traffic(NewSources(ipv4_prefix=settings.edge.ipv4_prefix, ipv6_prefix=settings.edge.ipv6_prefix))
+    traffic = Traffic(NewSources(networks=networks))
     admission = Admission(policy.admission, store, lambda: control.level, traffic)
     services = Services(
         settings=settings,
@@ -105,15 +106,15 @@ def build_app(settings: Settings) -> Gate:
         usage=UsageRecorder(accounts),
         templates=templates,
         trusted_proxies=trusted,
+        networks=networks,
         store=store,
         control=control,
         policy=policy,
         admission=admission,
         signer=signer,
-        guard=LoginGuard(policy, store, lambda: control.level, signer, settings.edge.ipv4_prefix,
-                         settings.edge.ipv6_prefix, traffic),
-        waiting_room=WaitingRoom(store, signer, policy.queue),
-        challenges=Challenges(store, signer),
+        guard=LoginGuard(policy, store, lambda: control.level, signer, networks, traffic),
+        waiting_room=WaitingRoom(store, signer, policy.queue, networks=networks),
+        challenges=Challenges(store, signer, networks=networks),
         mailer=mailer,
         verification=EmailVerification(accounts.db, signer, mailer, settings.accounts.verify_email),
         password_reset=PasswordReset(accounts.db, signer, mailer, accounts),
@@ -197,8 +198,8 @@ def build_app(settings: Settings) -> Gate:
     )
     app.state.services = services
     gate = Gate(app, policy=policy, store=store, control=control, accounts=accounts, trusted_proxies=trusted,
-                new_account_age=settings.defense.new_account_age, ipv4_prefix=settings.edge.ipv4_prefix,
-                ipv6_prefix=settings.edge.ipv6_prefix, traffic=traffic)
+                new_account_age=settings.defense.new_account_age, networks=services.networks, traffic=traffic,
+                known_device=services.guard.known_device)
     # the gate is the outermost app (it passes lifespan through); tools reach the services through it, and
     # the admin API's explain reaches the gate through the app
     gate.state = app.state

@@ -81,6 +81,9 @@ class ServerSettings:
     workers: int = 1
     # CIDRs whose X-Forwarded-For / Forwarded headers are believed (a TLS terminator, a load balancer)
     trusted_proxies: list[str] = dataclasses.field(default_factory=list)
+    # the one header those proxies write the client's address in: x-forwarded-for (nginx, HAProxy, most load
+    # balancers) or forwarded (RFC 7239); the other is a client's own claim and is never read
+    forwarded_header: str = "x-forwarded-for"
     max_body_size: Size = Size(4 * 2**20)
     # a client has this long to send its request's headers (slowloris), and then its body: cut off, 408
     header_timeout: Duration = Duration(10.0)
@@ -135,6 +138,8 @@ class EdgeSettings:
     policy: str = ""
     ipv4_prefix: int = 24
     ipv6_prefix: int = 64
+    # an IPv6 client is its /64 (one subscriber's): per-address limits, probe counts and bans key on it
+    ipv6_subscriber_prefix: int = 64
     # how often each process re-reads the level, bans and lists from the state store
     refresh_interval: Duration = Duration(1.0)
 
@@ -353,6 +358,11 @@ def _check(settings: Settings) -> None:
         raise ConfigError("model.slots must be >= 1 and model.tokens_per_second > 0")
     if not 8 <= settings.edge.ipv4_prefix <= 32 or not 16 <= settings.edge.ipv6_prefix <= 128:
         raise ConfigError("edge.ipv4_prefix must be 8-32 and edge.ipv6_prefix 16-128")
+    if not settings.edge.ipv6_prefix <= settings.edge.ipv6_subscriber_prefix <= 128:
+        raise ConfigError("edge.ipv6_subscriber_prefix must be between edge.ipv6_prefix and 128")
+    if settings.server.forwarded_header not in ("x-forwarded-for", "forwarded"):
+        raise ConfigError("server.forwarded_header must be x-forwarded-for or forwarded, not "
+                          f"{settings.server.forwarded_header!r}")
     url = settings.upstream.url
     if url and not url.startswith(("http://", "https://")):
         raise ConfigError(f"upstream.url must be an http(s) URL ending in /v1, not {url!r}")

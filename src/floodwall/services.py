@@ -22,7 +22,7 @@ from floodwall.config import Settings
 from floodwall.defense.prompts import Campaigns, Screen
 from floodwall.defense.watch import Watch
 from floodwall.edge.control import Control
-from floodwall.edge.identity import TrustedProxies, client_address, is_https
+from floodwall.edge.identity import Networks, TrustedProxies, client_address, is_https
 from floodwall.edge.policy import Policy
 from floodwall.inference.admission import Admission
 from floodwall.inference.upstream import Upstream
@@ -42,6 +42,7 @@ class Services:
     usage: UsageRecorder
     templates: Jinja2Templates
     trusted_proxies: TrustedProxies
+    networks: Networks
     store: Store
     control: Control
     policy: Policy

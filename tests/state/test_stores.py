@@ -192,3 +192,17 @@ async def test_a_bad_stored_entry_does_not_stop_bans_and_lists_from_applying(sto
     control = Control(store)
     await control.refresh()
     assert control.healthy and control.banned(ipaddress.ip_address("192.0.2.7")) is not None
+
+
+async def test_strikes_are_forgotten_after_a_day_in_memory() -> None:
+    from floodwall.state.memory import STRIKE_MEMORY
+    from tests.conftest import Clock
+
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    for n in range(100):
+        await store.ban(f"198.51.100.{n}", "probe", 60)
+    clock.now += STRIKE_MEMORY + 1
+    await store.bans()
+    assert not store._strikes  # a wave of one-time offenders is not kept for ever
+    assert (await store.ban("198.51.100.1", "probe", 60)).strikes == 1

@@ -10,7 +10,6 @@ message goes out in the background.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession as DbSession
@@ -18,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession as DbSession
 from floodwall.accounts.activity import Client, record_activity
 from floodwall.accounts.mail import Mailer
 from floodwall.accounts.models import ActivityEvent, utcnow
+from floodwall.edge.identity import Networks
 
 FAILED_BURST = 5  # wrong passwords within FAILED_WINDOW that make an alert (one per window)
 FAILED_WINDOW = dt.timedelta(minutes=15)
@@ -25,18 +25,10 @@ HISTORY = 50  # earlier sign-ins whose networks count as the account's own
 RECENT = dt.timedelta(days=7)
 
 
-def network_of(ip: str) -> str:
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return ip
-    prefix = 24 if address.version == 4 else 64
-    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
-
-
 class Alerts:
-    def __init__(self, mailer: Mailer) -> None:
+    def __init__(self, mailer: Mailer, networks: Networks | None = None) -> None:
         self.mailer = mailer
+        self.networks = networks or Networks()
         self.sent = 0
 
     def _mail(self, email: str, subject: str, what: str, client: Client) -> None:
@@ -56,7 +48,7 @@ class Alerts:
             select(ActivityEvent.ip).where(ActivityEvent.user_id == user_id,
                                            ActivityEvent.kind.in_(("login", "account_created")))
             .order_by(ActivityEvent.at.desc()).limit(HISTORY))).scalars().all()
-        if network_of(client.ip) in {network_of(ip) for ip in seen}:
+        if self.networks.text_keys(client.ip)[1] in {self.networks.text_keys(ip)[1] for ip in seen}:
             return False
         self._mail(email, "New sign-in to your account", "Your account was signed in to from a device and a "
                    "network it has not used before.", client)

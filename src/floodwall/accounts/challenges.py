@@ -17,6 +17,7 @@ import altcha
 
 from floodwall.accounts.activity import Client
 from floodwall.accounts.waiting_room import client_binding
+from floodwall.edge.identity import Networks
 from floodwall.signing import Signer
 from floodwall.state.store import Store, use_once
 
@@ -25,7 +26,8 @@ FIELD = "altcha"  # the widget's hidden input, and the JSON field an API client 
 
 
 class Challenges:
-    def __init__(self, store: Store, signer: Signer, ttl: float = 600.0) -> None:
+    def __init__(self, store: Store, signer: Signer, ttl: float = 600.0, networks: Networks | None = None) -> None:
+        self.networks = networks or Networks()
         self.store = store
         self.signer = signer
         self.ttl = ttl
@@ -42,7 +44,7 @@ class Challenges:
         """A new challenge for this client, as the widget fetches it."""
         challenge = altcha.create_challenge(
             ALGORITHM, 1, counter=secrets.randbelow(max(1, difficulty)), expires_at=int(time.time() + self.ttl),
-            data={"b": client_binding(self.signer, client)}, hmac_secret=self._secret,
+            data={"b": client_binding(self.signer, client, self.networks)}, hmac_secret=self._secret,
             hmac_key_secret=self._key_secret)
         found: dict[str, Any] = challenge.to_dict()
         return found
@@ -66,7 +68,7 @@ class Challenges:
             return "invalid", ""
         parameters = parsed.challenge.parameters
         data = parameters.data if isinstance(parameters.data, dict) else {}
-        if data.get("b") != client_binding(self.signer, client):
+        if data.get("b") != client_binding(self.signer, client, self.networks):
             return "other-client", ""
         return "", parameters.nonce
 

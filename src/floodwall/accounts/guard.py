@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from floodwall.accounts.service import normalise_email
-from floodwall.edge.identity import address_keys
+from floodwall.edge.gate import first_refusal
+from floodwall.edge.identity import Networks
 from floodwall.edge.policy import Caller, Policy
 from floodwall.errors import ApiError
 from floodwall.signing import Signer
@@ -47,12 +48,12 @@ class Attempt:
 
 class LoginGuard:
     def __init__(self, policy: Policy, store: Store, level: Callable[[], str], signer: Signer,
-                 ipv4_prefix: int = 24, ipv6_prefix: int = 64, traffic: Traffic | None = None) -> None:
+                 networks: Networks | None = None, traffic: Traffic | None = None) -> None:
         self.policy = policy
         self.store = store
         self.level = level
         self.signer = signer
-        self.prefixes = (ipv4_prefix, ipv6_prefix)
+        self.networks = networks or Networks()
         self.traffic = traffic or Traffic()
         # rules counting every address against one account: their refusal says how the owner gets in
         self._account_wide = {rule.name for rule in policy.rules if rule.key == "login"}
@@ -67,12 +68,26 @@ class LoginGuard:
             return Device(payload["d"][:32], tuple(str(a) for a in payload["a"][:DEVICE_ACCOUNTS]))
         return Device(secrets.token_urlsafe(12))
 
-    async def begin(self, email: str, address: str, cookie: str | None) -> Attempt:
-        """Count the attempt as a failure in advance; refuse it, before any database or hash, when a limit stands."""
+    def known_device(self, cookie: str) -> str | None:
+        """The device's id when the cookie is ours and has signed in to an account (the gate's question)."""
+        device = self.device(cookie)
+        return device.id if device.logins else None
+
+    async def begin(self, email: str, address: str, cookie: str | None, gate_tier: str = "unknown-device") -> Attempt:
+        """Count the attempt as a failure in advance; refuse it, before any database or hash, when a limit stands.
+        An attempt the gate let through on its device's allowance (`gate_tier` known-device) for an account the
+        device has not signed in to is charged to the gate's unknown-device rules now, as it would have been."""
         login = self.login_ident(email)
         device = self.device(cookie)
         known = login in device.logins
-        ip, network = address_keys(address, *self.prefixes)
+        ip, network = self.networks.text_keys(address)
+        if gate_tier == "known-device" and not known:
+            gate_buckets = self.policy.buckets("auth-login", self.level(), Caller(ip, network, "unknown-device",
+                                                                                   None, None))
+            if gate_buckets:
+                refusal = first_refusal("auth-login", gate_buckets, await self.store.hit(gate_buckets))
+                if refusal is not None:
+                    raise refusal
         caller = Caller(ip, network, "known-device" if known else "unknown-device", None, None, login, device.id)
         buckets = tuple(self.policy.buckets("login-failure", self.level(), caller))
         if buckets:

@@ -24,6 +24,7 @@ from floodwall.accounts.guard import DEVICE_COOKIE
 from floodwall.accounts.models import ApiKey, Session
 from floodwall.accounts.service import Principal
 from floodwall.accounts.signup import challenge, queue, register, resend_verification, verify
+from floodwall.edge.gate import edge_info
 from floodwall.errors import ApiError, wants_html
 from floodwall.services import services
 from floodwall.state.store import use_once
@@ -38,7 +39,9 @@ async def login(request: Request) -> Response:
     config = services(request)
     client = config.client(request)
     # counted before the account is looked up or the password hashed: a flood of guesses costs counters only
-    attempt = await config.guard.begin(email, client.ip, request.cookies.get(DEVICE_COOKIE))
+    edge = edge_info(request)
+    attempt = await config.guard.begin(email, client.ip, request.cookies.get(DEVICE_COOKIE),
+                                       edge.tier if edge is not None else "unknown-device")
     try:
         user = await config.accounts.authenticate(email, password, client, new_device=not attempt.known,
                                                   second_factor=code)

@@ -9,11 +9,11 @@ import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
-import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
 
+import re2
 from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession as DbSession
@@ -35,7 +35,7 @@ VISIBLE_PREFIX_LENGTH = len(KEY_PREFIX) + 8
 MAX_PASSWORD_LENGTH = 1024
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 # a local part, and a domain of two or more DNS labels: what can receive mail, not all RFC 5322 allows
-_EMAIL = re.compile(rf"^[^@\s]{{1,64}}@{_LABEL}(?:\.{_LABEL})+$")
+_EMAIL = re2.compile(rf"^[^@\s]{{1,64}}@{_LABEL}(?:\.{_LABEL})+$")
 
 
 def token_hash(secret: str) -> str:
@@ -105,7 +105,7 @@ class AccountService:
 
     async def register(self, email: str, password: str, client: Client) -> User:
         email = normalise_email(email)
-        if len(email) > 254 or not _EMAIL.match(email):
+        if len(email) > 254 or not email.isprintable() or not _EMAIL.match(email):  # no controls, no surrogates
             raise ApiError(400, "That does not look like an e-mail address.", "invalid_email", param="email")
         if self.blocklists.is_disposable(email):
             raise ApiError(400, "Sign-ups from disposable e-mail addresses are not accepted. Please use an address "

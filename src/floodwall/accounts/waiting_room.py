@@ -13,7 +13,7 @@ import dataclasses
 import math
 
 from floodwall.accounts.activity import Client
-from floodwall.edge.identity import address_keys
+from floodwall.edge.identity import Networks
 from floodwall.edge.policy import Limit
 from floodwall.signing import Signer
 from floodwall.state.store import Store, once, use_once
@@ -38,17 +38,18 @@ class Place:
         return {"ticket": self.ticket, "position": self.position, "eta_seconds": self.eta_seconds}
 
 
-def client_binding(signer: Signer, client: Client) -> str:
+def client_binding(signer: Signer, client: Client, networks: Networks) -> str:
     """What ties a ticket or a challenge to the client it was given to: its network (a phone moving between
     addresses of one carrier keeps it) and its browser."""
-    _, network = address_keys(client.ip)
+    _, network = networks.text_keys(client.ip)
     return signer.mac("client-binding", f"{network}|{client.user_agent}")[:16]
 
 
 class WaitingRoom:
     def __init__(self, store: Store, signer: Signer, pace: Limit, use_within: float = 600.0,
-                 lifetime: float = 6 * 3600.0) -> None:
+                 lifetime: float = 6 * 3600.0, networks: Networks | None = None) -> None:
         self.store = store
+        self.networks = networks or Networks()
         self.signer = signer
         self.rate = pace.count / pace.period
         self.burst = float(pace.burst)
@@ -59,7 +60,7 @@ class WaitingRoom:
         """The client's place in the queue: its ticket's when the ticket is good, else (with `join`) a new number
         at the back."""
         payload = self.signer.loads("ticket", ticket or "", max_age=int(self.lifetime))
-        binding = client_binding(self.signer, client)
+        binding = client_binding(self.signer, client, self.networks)
         if isinstance(payload, dict) and payload.get("b") == binding and isinstance(payload.get("n"), int):
             number = payload["n"]
             _, frontier = await self.store.queue(QUEUE, self.rate, self.burst, join=False)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -116,7 +115,7 @@ def prompt_text(body: Mapping[str, Any]) -> str:
 
 SHINGLES = 200  # a campaign's prompts are alike from their start: the first 200 word pairs decide
 SIGNED = 2048  # characters read for them
-_WORD = re.compile(r"\w+")
+_WORD = re2.compile(r"[\pL\pN_]+")  # Python's \w: letters, numbers, underscore
 # what \w+ finds in ASCII text, five times faster: the rest of ASCII made spaces, then split
 _ASCII_WORDS = str.maketrans({c: " " for c in map(chr, range(128)) if not (c.isalnum() or c == "_")})
 HASHES = 8  # a signature's values: the word pairs' smallest hashes

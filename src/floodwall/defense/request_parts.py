@@ -9,31 +9,37 @@ import base64
 import binascii
 import dataclasses
 import html
+import itertools
 import json
-import re
+import math
+import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
-from urllib.parse import parse_qsl, unquote, unquote_to_bytes, urlsplit
+from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 import re2
 
 from floodwall.bodies import whole_number
 
+# Attacker bytes are matched by RE2 (no backtracking: time linear in the value) or by plain string methods,
+# on values cut to the caps below first; Python's `re` is not used on the request path (ruff bans it). The
+# RE2 binding spends some 10 µs of Python per match found, so a pattern that can match many times in one
+# value is searched once (is there one?) or iterated a bounded number of times, never findall'd whole.
 _XML_VALUES = re2.compile(r'="([^"]*)"|>([^<]+)<')
-_BAD_PERCENT = re.compile(r"%(?![0-9a-fA-F]{2})")
-_FULL_WIDTH = re.compile(r"%u[fF]{2}[0-9a-fA-F]{2}")
-_CHARSET = re.compile(r"charset\s*=\s*[\"']?([^\"';,\s]+)", re.IGNORECASE)
-_EVASION = re.compile(r"(?<=\w)(?:''|\"\"|['\"\\^])+(?=\w)|^['\"]+")
-_SURROGATE = re.compile("[\ud800-\udfff]")
-_JS_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})|\\x([0-9a-fA-F]{2})")
-_BASE64 = re.compile(r"[A-Za-z0-9+/]{12,4096}={0,2}")
-_ENTITY = re.compile(r"&[a-zA-Z]{2,10};")
-_RANGE = re.compile(r"(\d*)\s*-\s*(\d*)")
+_BAD_PERCENT = re2.compile(r"%(?:$|[^0-9a-fA-F]|[0-9a-fA-F](?:$|[^0-9a-fA-F]))")  # % not before 2 hex digits
+_FULL_WIDTH = re2.compile(r"%u[fF]{2}[0-9a-fA-F]{2}")
+_CHARSET = re2.compile(r"(?i)charset\s*=\s*[\"']?([^\"';,\s]+)")
+_BASE64 = re2.compile(r"[A-Za-z0-9+/]+={0,2}")
+_ENTITY = re2.compile(r"&[a-zA-Z]{2,10};")
+_HEX = frozenset("0123456789abcdefABCDEF")
+_SHELL_QUOTES = str.maketrans({"'": "\0", '"': "\0", "\\": "\0", "^": "\0"})
+MAX_CHARSETS = 4  # charset parameters read from one header
 MAX_VALUE = 4096  # characters of one value read
 MAX_VALUES = 256  # values read from one request part
 MAX_BODY = 64 * 1024
 MAX_RANGES = 5
+MAX_RANGE_DIGITS = 18  # a byte offset past 10**18 is no file's: the range is odd, not a number to convert
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -50,9 +56,13 @@ class Described:
 def whole(value: str) -> str:
     """Surrogates (from \\ud83d escapes or JSON) paired into the characters they make, lone ones replaced:
     RE2 reads UTF-8, which has no room for them."""
-    if value.isascii() or not _SURROGATE.search(value):
+    if value.isascii():
         return value
-    return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    try:
+        value.encode("utf-8")  # linear, in C: raises on the first surrogate
+    except UnicodeEncodeError:
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
 
 
 def _decoded(value: str) -> str:
@@ -60,15 +70,33 @@ def _decoded(value: str) -> str:
     for _ in range(2):  # double encoding is the oldest evasion
         if "%" not in value:
             break
-        value = unquote(value)  # not unquote_plus: arguments come form-decoded, and %2B stays a plus
+        value = unquoted(value)  # not unquote_plus: arguments come form-decoded, and %2B stays a plus
     if "&" in value:
         value = html.unescape(value)
     if "\\u" in value or "\\x" in value:  # JavaScript's escapes (c\u006fnsole, \x3cscript)
-        value = _JS_ESCAPE.sub(lambda m: chr(int(m.group(1) or m.group(2), 16)), value)
-        value = whole(value)
+        value = whole(_js_unescaped(value))
     if not value.isascii():  # full-width and compatibility forms read as what they look like
         value = unicodedata.normalize("NFKC", value)
     return value.replace("\x00", "")
+
+
+def _js_unescaped(value: str) -> str:
+    """\\uXXXX and \\xXX made the characters they name (what `\\\\u([0-9a-fA-F]{4})|\\\\x([0-9a-fA-F]{2})` replaced),
+    by splitting at backslashes: linear, and cheap per escape."""
+    pieces = value.split("\\")
+    out = [pieces[0]]
+    for piece in pieces[1:]:
+        width = 4 if piece[:1] == "u" else 2 if piece[:1] == "x" else 0
+        digits = piece[1:1 + width]
+        if width and len(digits) == width and all(c in _HEX for c in digits):
+            out.append(chr(int(digits, 16)) + piece[1 + width:])
+        else:
+            out.append("\\" + piece)
+    return "".join(out)
+
+
+def _charsets(text: str) -> list[str]:
+    return [m.group(1) for m in itertools.islice(_CHARSET.finditer(text[:MAX_VALUE]), MAX_CHARSETS)]
 
 
 def _leaves(value: Any, names: list[str], depth: int = 0) -> Iterator[str]:
@@ -103,7 +131,7 @@ def _multipart(body: str, content_type: str, anomalies: set[str]) -> Iterator[tu
             name = name.strip().lower()
             if colon and name not in ("content-disposition", "content-type"):
                 anomalies.add("multipart-part-header")  # Content-Transfer-Encoding and the like
-            elif name == "content-type" and any(c.lower() not in _CHARSETS for c in _CHARSET.findall(line)):
+            elif name == "content-type" and any(c.lower() not in _CHARSETS for c in _charsets(line)):
                 anomalies.add("multipart-charset")  # utf-7 and the like: markup a filter reads as text
         for field in ("name", "filename"):
             marker = f'{field}="'
@@ -126,12 +154,12 @@ def _anomalies(request: Described, headers: dict[str, str], found: set[str]) -> 
     raw = request.path + "?" + request.query
     if "%00" in raw or "\x00" in raw or any("%00" in v or "\x00" in v for v in headers.values()):
         found.add("null-byte")
-    if _BAD_PERCENT.search(raw):
+    if "%" in raw and _BAD_PERCENT.search(raw):
         found.add("invalid-percent-encoding")
     if _FULL_WIDTH.search(raw):
         found.add("full-width-unicode")
     try:
-        unquote_to_bytes(request.query.replace("+", " ")).decode("utf-8")
+        unquoted_bytes(request.query).decode("utf-8")
     except UnicodeDecodeError:
         found.add("invalid-utf8")
     method = request.method.upper()
@@ -153,17 +181,61 @@ def _anomalies(request: Described, headers: dict[str, str], found: set[str]) -> 
         found.add("referer-elsewhere")
         found.add("referer-offsite")
     for name in ("range", "request-range"):
-        if name in headers:
-            spans = _RANGE.findall(headers[name])
-            if len(spans) > MAX_RANGES or any(a and b and int(a) > int(b) for a, b in spans):
-                found.add("bad-range")
+        if name in headers and _odd_range(headers[name]):
+            found.add("bad-range")
 
 
-def parts(request: Described, wanted_headers: frozenset[str] = frozenset()) -> dict[str, list[str]]:
-    """Each target's decoded values; `header:NAME` for each of `wanted_headers` the request carries."""
+def _pairs(text: str, deadline: float) -> list[tuple[str, str]]:
+    """The first MAX_VALUES name=value pairs, decoded as parse_qsl(keep_blank_values=True) would, each cut to
+    MAX_VALUE first, until the deadline (parse_qsl reads them all before any slice, at Python's pace)."""
+    found = []
+    clock = time.thread_time
+    for pair in text.split("&", MAX_VALUES)[:MAX_VALUES]:
+        if not pair:
+            continue
+        if clock() > deadline:
+            break
+        name, _, value = pair.partition("=")
+        found.append((unquoted(name[:MAX_VALUE].replace("+", " ")), unquoted(value[:MAX_VALUE].replace("+", " "))))
+    return found
+
+
+def unquoted(text: str) -> str:
+    """%XX escapes decoded as urllib's unquote does (UTF-8, errors replaced). In C when the text is ASCII with
+    no stray %: binascii's quoted-printable decoder, told % for = (urllib's loop costs 0.4 µs an escape, so
+    64 KiB of escapes took 9 ms a pass); otherwise urllib's, on the first MAX_VALUE characters."""
+    if "%" not in text:
+        return text
+    if text.isascii() and not _BAD_PERCENT.search(text):
+        return binascii.a2b_qp(text.encode().replace(b"=", b"=3D").replace(b"%", b"=")).decode("utf-8", "replace")
+    return unquote(text[:MAX_VALUE])
+
+
+def unquoted_bytes(text: str) -> bytes:
+    """The bytes the escapes of `text` stand for (urllib's unquote_to_bytes), as fast as `unquoted`."""
+    if text.isascii() and not _BAD_PERCENT.search(text):
+        return binascii.a2b_qp(text.encode().replace(b"=", b"=3D").replace(b"%", b"="))
+    return unquote_to_bytes(text[:MAX_VALUE])
+
+
+def _each(transform: Callable[[str], str], values: Iterable[str], deadline: float) -> list[str]:
+    """`transform` of each value (at most MAX_VALUES) until the deadline: past it, the rest are not read."""
+    found = []
+    clock = time.thread_time
+    for value in itertools.islice(values, MAX_VALUES):
+        if clock() > deadline:
+            break
+        found.append(transform(value))
+    return found
+
+
+def parts(request: Described, wanted_headers: frozenset[str] = frozenset(),
+          deadline: float = math.inf) -> dict[str, list[str]]:
+    """Each target's decoded values; `header:NAME` for each of `wanted_headers` the request carries. Values
+    are decoded until `deadline` (time.thread_time(): this thread's CPU); the caller tells a cut by the clock."""
     names: list[str] = []
     args: list[str] = []
-    for key, value in parse_qsl(request.query, keep_blank_values=True)[:MAX_VALUES]:
+    for key, value in _pairs(request.query, deadline):
         names.append(key)
         args.append(value)
     headers = {name.lower(): value for name, value in request.headers}
@@ -181,9 +253,10 @@ def parts(request: Described, wanted_headers: frozenset[str] = frozenset()) -> d
                 names.append(name)
                 args.append(value)
         elif "xml" in content_type or body.lstrip()[:1] == "<":
-            args.extend(a or b for a, b in _XML_VALUES.findall(body)[:MAX_VALUES])  # attribute values, text
+            args.extend(m.group(1) or m.group(2)  # attribute values, text
+                        for m in itertools.islice(_XML_VALUES.finditer(body), MAX_VALUES))
         elif "x-www-form-urlencoded" in content_type or not content_type:
-            for key, value in parse_qsl(body, keep_blank_values=True)[:MAX_VALUES]:
+            for key, value in _pairs(body, deadline):
                 names.append(key)
                 args.append(value)
         else:  # text/plain and the like: the body is one value
@@ -196,23 +269,25 @@ def parts(request: Described, wanted_headers: frozenset[str] = frozenset()) -> d
         cookies.append(value)
     found = {
         "method": [request.method.lower()],
-        "path": [unquote(request.path)],
-        "args": (decoded_args := [_decoded(v) for v in args[:MAX_VALUES]]),
+        "path": [unquoted(request.path[:MAX_VALUE])],
+        "args": (decoded_args := _each(_decoded, args, deadline)),
         # shells drop quotes, backslashes and carets inside a word (ti''me, c\\at, w^ho^ami): the values as a
         # shell reads them, only where that changes them (CRS's t:cmdLine, in part)
-        "commands": [c for v in decoded_args if (c := _EVASION.sub("", v)) != v],
+        "commands": [c for v, c in zip(decoded_args, _each(shell_words, decoded_args, deadline), strict=False)
+                     if c != v],
         # values sent as base64 that decode to text (CRS's t:base64Decode): code hidden from the other rules
-        "base64": [text for v in decoded_args if (text := _base64_text(v))],
-        "names": [_decoded(v) for v in names[:MAX_VALUES]],
-        "cookies": [_decoded(v) for v in cookies],
-        "cookie-names": [_decoded(v) for v in cookie_names],
-        "headers": [_decoded(v) for k, v in request.headers if k.lower() not in ("cookie", "user-agent")],
+        "base64": [text for text in _each(_base64_text, decoded_args, deadline) if text],
+        "names": _each(_decoded, names, deadline),
+        "cookies": _each(_decoded, cookies, deadline),
+        "cookie-names": _each(_decoded, cookie_names, deadline),
+        "headers": _each(_decoded, (v for k, v in request.headers if k.lower() not in ("cookie", "user-agent")),
+                         deadline),
         "agent": [_decoded(headers.get("user-agent", ""))],
         "referer": [_decoded(headers.get("referer", ""))] if "referer" in headers else [],
         "body": [body] if body else [],
         "header-names": list(headers),
         "extension": [_extension(request.path)],
-        "charset": _CHARSET.findall(headers.get("content-type", "")),
+        "charset": _charsets(headers.get("content-type", "")),
     }
     found["path"].append(_decoded(request.path))
     for name in wanted_headers:
@@ -223,9 +298,61 @@ def parts(request: Described, wanted_headers: frozenset[str] = frozenset()) -> d
     return found
 
 
+def shell_words(value: str) -> str:
+    """The value with the quotes, backslashes and carets a shell drops inside a word removed (a run of them
+    between two word characters), and its leading quotes: what `(?<=\\w)['"\\\\^]+(?=\\w)|^['"]+` would remove,
+    found by one RE2 scan for the runs and a look at the character on each side."""
+    if not any(c in value for c in "'\"\\^"):
+        return value
+    rest = value.lstrip("'\"")
+    if "\0" in rest:  # NUL marks the quotes below (decoded values have none)
+        rest = rest.replace("\0", "")
+    # the text between the quote characters: a run of k of them leaves k - 1 empty pieces
+    pieces = rest.translate(_SHELL_QUOTES).split("\0")
+    out = [pieces[0]]
+    at = len(pieces[0])  # where, in `rest`, the run being read starts
+    i, last = 1, len(pieces) - 1
+    while i <= last:
+        j = i
+        while j < last and not pieces[j]:
+            j += 1
+        run, before, after = j - i + 1, pieces[i - 1], pieces[j]
+        if not (before and after and _word(before[-1]) and _word(after[0])):
+            out.append(rest[at:at + run])  # not inside a word: kept as sent
+        out.append(after)
+        at += run + len(after)
+        i = j + 1
+    return "".join(out)
+
+
+def _word(char: str) -> bool:
+    return char.isalnum() or char == "_"  # what Python's \\w matches
+
+
+def _odd_range(value: str) -> bool:
+    """A Range header longer than a value, with more than MAX_RANGES ranges, a range that ends before it
+    starts, or an offset too long to be one: read with string methods, at most MAX_RANGES + 1 pieces."""
+    if len(value) > MAX_VALUE:
+        return True
+    ranges = value.rpartition("=")[2]
+    if ranges.count("-") > MAX_RANGES:
+        return True
+    pieces = ranges.split(",", MAX_RANGES)
+    for piece in pieces:
+        first, dash, last = piece.partition("-")
+        first, last = first.strip(), last.strip()
+        if not dash:
+            continue
+        if len(first) > MAX_RANGE_DIGITS or len(last) > MAX_RANGE_DIGITS:
+            return True
+        if first.isdigit() and last.isdigit() and first.isascii() and last.isascii() and int(first) > int(last):
+            return True
+    return False
+
+
 def _base64_text(value: str) -> str:
     """The text a base64 value stands for, decoded as the other values are ('' if it is not text)."""
-    if not _BASE64.fullmatch(value):
+    if not 12 <= len(value.rstrip("=")) <= MAX_VALUE or not _BASE64.fullmatch(value):
         return ""
     try:
         text = base64.b64decode(value + "=" * (-len(value) % 4)).decode()
@@ -236,7 +363,7 @@ def _base64_text(value: str) -> str:
 
 def _extension(path: str) -> str:
     """The last path segment's extension, lower case, with its dot ("" when it has none)."""
-    name = unquote(path).rsplit("/", 1)[-1]
+    name = unquoted(path[:MAX_VALUE]).rsplit("/", 1)[-1]
     return "." + name.rsplit(".", 1)[1].lower() if "." in name[1:] else ""
 
 

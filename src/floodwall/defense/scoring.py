@@ -11,13 +11,15 @@ cookies; the body is left to the routes, and a model route's messages to prompt 
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import re2
 
-from floodwall.config import ConfigError, read_toml
+from floodwall.config import ConfigError, parse_duration, read_toml
 from floodwall.defense.levels import LEVELS
 from floodwall.defense.request_parts import Described as Described
 from floodwall.defense.request_parts import parts as parts
@@ -26,6 +28,7 @@ DEFAULT_RULES = Path(__file__).with_name("request_rules.toml")
 _HEADER = re2.compile(r"header:[A-Za-z0-9-]+")
 CACHED, CACHED_LENGTH = 50_000, 256  # answers kept, and the longest value whose answer is kept
 EVIDENCE = 120  # characters of a matched value kept as evidence
+BUDGET_ANOMALY = "scoring-budget"  # the anomaly of a request whose reading ran past the budget
 # what a rule may read (request_parts.py says how each is decoded); also "header:NAME", one header's value
 TARGETS = ("method", "path", "args", "commands", "base64", "names", "cookies", "cookie-names", "headers", "agent",
            "referer", "body", "header-names", "extension", "charset", "anomalies")
@@ -44,13 +47,15 @@ class ScoringPolicy:
     paranoia: int = 1
     threshold: int = 5
     rules: str = ""
+    # time one request's scoring may take: past it, the values not yet read are not scored (`scoring/budget`)
+    budget: float = 0.001
     actions: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict.fromkeys(LEVELS, "flag"))
 
     @classmethod
     def from_data(cls, data: Any, where: str) -> ScoringPolicy:
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: must be a table")
-        unknown = set(data) - {"paranoia", "threshold", "rules", *LEVELS}
+        unknown = set(data) - {"paranoia", "threshold", "rules", "budget", *LEVELS}
         if unknown:
             raise ConfigError(f"{where}: unknown fields {', '.join(sorted(unknown))}")
         paranoia, threshold = data.get("paranoia", cls.paranoia), data.get("threshold", cls.threshold)
@@ -61,11 +66,17 @@ class ScoringPolicy:
         rules = data.get("rules", "")
         if not isinstance(rules, str):
             raise ConfigError(f"{where} rules: must be the path of a rules file")
+        try:
+            budget = float(parse_duration(data.get("budget", "1ms")))
+        except (ConfigError, ValueError, TypeError):
+            raise ConfigError(f"{where} budget: must be a duration like '1ms'") from None
+        if not 0 < budget <= 1:
+            raise ConfigError(f"{where} budget: must be above 0 and at most 1s")
         actions = {**cls().actions, **{level: data[level] for level in LEVELS if level in data}}
         for level, action in actions.items():
             if action not in ACTIONS:
                 raise ConfigError(f"{where} {level}: must be one of {', '.join(ACTIONS)}, not {action!r}")
-        return cls(paranoia, threshold, rules, actions)
+        return cls(paranoia, threshold, rules, budget, actions)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -90,6 +101,8 @@ class Score:
     # what each rule matched ("target: value", cut short), in the rules' order: the same odd cookie sent
     # with every page is one piece of evidence, a scanner's payloads are many
     evidence: tuple[str, ...] = ()
+    # False when the time budget ran out before every value was read: what was read is scored
+    complete: bool = True
 
 
 def load_rules(path: str | Path | None = None) -> tuple[RequestRule, ...]:
@@ -119,8 +132,9 @@ def load_rules(path: str | Path | None = None) -> tuple[RequestRule, ...]:
 
 
 class Scorer:
-    def __init__(self, rules: Iterable[RequestRule], paranoia: int = 1) -> None:
+    def __init__(self, rules: Iterable[RequestRule], paranoia: int = 1, budget: float = 0.001) -> None:
         self.paranoia = paranoia
+        self.budget = budget
         self.rules = [rule for rule in rules if rule.paranoia <= paranoia]
         options = re2.Options()
         options.case_sensitive = False
@@ -139,6 +153,13 @@ class Scorer:
                                                               number))
         self.headers = frozenset(target[len("header:"):] for target in targets if target.startswith("header:"))
         self._cache: dict[tuple[int, str], frozenset[int]] = {}
+        # RE2 builds each set's automaton as values are read: the first requests would pay for it against
+        # their budget. A browser's request and a scanner's build the common states now.
+        budget, self.budget = self.budget, math.inf
+        for warm_up in _WARM_UP:
+            self.score(warm_up)
+        self.budget = budget
+        self._cache.clear()
 
     def __len__(self) -> int:
         """Answers kept (at most CACHED)."""
@@ -150,37 +171,67 @@ class Scorer:
         cache = self._cache
         if len(cache) > CACHED:
             cache.clear()
-        sets = self._sets
-        found_parts = parts(request, self.headers)
+        # the budget is this thread's CPU time: a busy machine that preempts the worker does not cut scoring
+        deadline = time.thread_time() + self.budget
+        found_parts = parts(request, self.headers, deadline)
+        complete = time.thread_time() <= deadline
         for target, values in found_parts.items():
-            for found, patterned, negate, ident in sets.get(target, ()):
-                for value in values:
-                    if not value:
-                        continue
-                    # a browser sends the same headers, names and methods again and again: a short value's
-                    # answer is kept (a set's match costs about 2 µs from Python, a lookup 0.1 µs)
-                    key = (ident, value)
-                    hits = cache.get(key)
-                    if hits is None:
-                        hits = frozenset(found.Match(value) or ())
-                        if len(value) <= CACHED_LENGTH:
-                            cache[key] = hits
-                    if negate:
-                        if len(hits) < len(patterned):
-                            for i, rule in enumerate(patterned):
-                                if i not in hits:
-                                    matched[rule.name] = rule
-                                    seen.setdefault(rule.name, f"{target}: {value[:EVIDENCE]}")
-                    else:
-                        for i in hits:
-                            matched[patterned[i].name] = patterned[i]
-                            seen.setdefault(patterned[i].name, f"{target}: {value[:EVIDENCE]}")
+            complete = self._read(target, values, matched, seen, deadline, complete)
         anomalies = found_parts["anomalies"]
+        if not complete:  # a request that costs more than the budget to read is itself odd (CRS's 920380)
+            anomalies.append(BUDGET_ANOMALY)
+            self._read("anomalies", [BUDGET_ANOMALY], matched, seen, math.inf, True)
         ordered = sorted((rule for rule in matched.values() if not rule.requires or rule.requires in anomalies),
                          key=lambda rule: -rule.score)
         return Score(sum(rule.score for rule in ordered), tuple(rule.name for rule in ordered),
                      tuple(sorted({rule.category for rule in ordered})),
-                     tuple(seen.get(rule.name, f"anomalies: {rule.requires}") for rule in ordered))
+                     tuple(seen.get(rule.name, f"anomalies: {rule.requires}") for rule in ordered), complete)
+
+
+    def _read(self, target: str, values: list[str], matched: dict[str, RequestRule], seen: dict[str, str],
+              deadline: float, complete: bool) -> bool:
+        """Match one target's values; past the deadline only answers already known are used. Whether the
+        budget still holds."""
+        cache = self._cache
+        for found, patterned, negate, ident in self._sets.get(target, ()):
+            for value in values:
+                if not value:
+                    continue
+                # a browser sends the same headers, names and methods again and again: a short value's
+                # answer is kept (a set's match costs about 2 µs from Python, a lookup 0.1 µs)
+                key = (ident, value)
+                hits = cache.get(key)
+                if hits is None:
+                    if complete and time.thread_time() > deadline:
+                        complete = False
+                    if not complete:
+                        continue  # past the budget, only answers already known
+                    hits = frozenset(found.Match(value) or ())
+                    if len(value) <= CACHED_LENGTH:
+                        cache[key] = hits
+                if negate:
+                    if len(hits) < len(patterned):
+                        for i, rule in enumerate(patterned):
+                            if i not in hits:
+                                matched[rule.name] = rule
+                                seen.setdefault(rule.name, f"{target}: {value[:EVIDENCE]}")
+                else:
+                    for i in hits:
+                        matched[patterned[i].name] = patterned[i]
+                        seen.setdefault(patterned[i].name, f"{target}: {value[:EVIDENCE]}")
+        return complete
+
+
+_BROWSER = (("host", "example.com"), ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0"),
+            ("accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"), ("accept-language", "en-GB,en;q=0.5"),
+            ("cookie", "fw_session=abc; theme=dark"), ("referer", "https://example.com/chat"))
+_WARM_UP = (
+    Described("GET", "/chat", "page=2&q=hello+world", _BROWSER),
+    Described("POST", "/v1/chat/completions", "", (("host", "api.example.com"), ("authorization", "Bearer x"),
+                                                  ("content-type", "application/json"))),
+    Described("GET", "/index.php", "id=1%27+or+1%3D1--&file=../../etc/passwd&x=%3Cscript%3Ealert(1)%3C/script%3E",
+              (("host", "example.com"), ("user-agent", "sqlmap/1.7"))),
+)
 
 
 def _compiled(rules: list[RequestRule], options: Any) -> Any:

@@ -24,32 +24,51 @@ log = logging.getLogger("floodwall.edge")
 MODES = ("auto", *LEVELS)
 
 
-class Networks:
-    """A set of addresses and networks with a fast exact-address path."""
+class AddressSet:
+    """Addresses and networks, each found in one dict lookup per prefix length in use (not a scan of every
+    entry: a wave of banned /64s must not make each request slower). Entries take the clients' one form:
+    an IPv4-mapped entry is its IPv4 network."""
 
     def __init__(self, entries: Iterable[tuple[str, object]]) -> None:
         self.hosts: dict[IPAddress, object] = {}
-        self.networks: list[tuple[IPNetwork, object]] = []
+        # (version, prefix length) -> {network address as an int: value}, most specific first
+        by_length: dict[tuple[int, int], dict[int, object]] = {}
         for cidr, value in entries:
             try:
-                network = ipaddress.ip_network(cidr, strict=False)
+                network = _one_form(ipaddress.ip_network(cidr, strict=False))
             except ValueError:  # one bad stored entry must not stop every ban and list from applying
                 logs.event(log, "bad_network_entry_skipped", logging.WARNING, entry=repr(cidr)[:100])
                 continue
             if network.num_addresses == 1:
-                self.hosts[network.network_address] = value
+                self.hosts.setdefault(network.network_address, value)
             else:
-                self.networks.append((network, value))
+                by_length.setdefault((network.version, network.prefixlen), {}).setdefault(
+                    int(network.network_address), value)
+        bits = {4: 32, 6: 128}
+        self.networks = [(version, ((1 << length) - 1) << (bits[version] - length), table)
+                         for (version, length), table in sorted(by_length.items(), key=lambda item: -item[0][1])]
 
     def match(self, address: IPAddress) -> object | None:
         if self.hosts:
             found = self.hosts.get(address)
             if found is not None:
                 return found
-        for network, value in self.networks:
-            if address.version == network.version and address in network:
-                return value
+        if self.networks:
+            value, version = int(address), address.version
+            for family, mask, table in self.networks:
+                if family == version:
+                    found = table.get(value & mask)
+                    if found is not None:
+                        return found
         return None
+
+
+def _one_form(network: IPNetwork) -> IPNetwork:
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:
+            return ipaddress.IPv4Network(f"{mapped}/{network.prefixlen - 96}")
+    return network
 
 
 class Control:
@@ -65,9 +84,9 @@ class Control:
         # the operator's sign-up mode ("auto": the policy's column for the level), kept in the level record
         # so that it is shared by every replica and each change is in the same history
         self.registration = "auto"
-        self.bans = Networks([])
-        self.allow = Networks([])
-        self.deny = Networks([])
+        self.bans = AddressSet([])
+        self.allow = AddressSet([])
+        self.deny = AddressSet([])
         self.healthy = True
         # bumped at every refresh: decisions remembered under an older generation are not reused
         self.generation = 0
@@ -101,9 +120,9 @@ class Control:
             self.level = str(record.get("level", "normal"))
             self.registration = str(record.get("registration", "auto"))
         self.generation += 1
-        self.bans = Networks((b.target, b) for b in bans)
-        self.allow = Networks((e["cidr"], e) for e in entries if e["list"] == "allow")
-        self.deny = Networks((e["cidr"], e) for e in entries if e["list"] == "deny")
+        self.bans = AddressSet((b.target, b) for b in bans)
+        self.allow = AddressSet((e["cidr"], e) for e in entries if e["list"] == "allow")
+        self.deny = AddressSet((e["cidr"], e) for e in entries if e["list"] == "deny")
 
     def banned(self, address: IPAddress) -> Ban | None:
         found = self.bans.match(address)

@@ -11,6 +11,7 @@ from typing import Any
 
 from floodwall.defense.prompts import Screen
 from floodwall.edge.gate import Gate, credential, described, first_refusal
+from floodwall.edge.identity import normalised
 from floodwall.edge.policy import classify
 from floodwall.errors import ApiError
 
@@ -31,22 +32,25 @@ async def explain_request(gate: Gate, method: str, path: str, headers: Mapping[s
     scoring."""
     klass = classify(method.upper(), path)
     level = gate.control.level
-    parsed = ipaddress.ip_address(address)
-    facts: dict[str, Any] = {"class": klass, "level": level, "address": address}
+    parsed = normalised(ipaddress.ip_address(address))
+    facts: dict[str, Any] = {"class": klass, "level": level, "address": str(parsed)}
     if gate.control.allow.match(parsed) is not None:
         return _decision("pass", "allow-list", tier="allow-listed", **facts)
     blocked = gate.blocked(parsed)
     if blocked is not None:
         return _refusal(blocked, tier="anonymous", **facts)
     scope = {"headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
-             "method": method.upper(), "raw_path": path.encode("utf-8"), "query_string": query.encode("utf-8")}
+             "method": method.upper(), "path": path, "raw_path": path.encode("utf-8"),
+             "query_string": query.encode("utf-8")}
     secret, is_key = credential(scope)
     principal = None
     if secret is not None and klass != "admin":
         principal = await gate.lookup(secret, is_key)
-    tier = gate.tier(principal)
+    tier, device = gate.tier(principal), None
+    if klass == "auth-login":
+        tier, device = gate.sign_in_tier(scope)
     facts["tier"] = tier
-    buckets = gate.buckets(klass, level, parsed, tier, principal)
+    buckets = gate.buckets(klass, level, parsed, tier, principal, device)
     if klass == "auth-register":
         refused = gate.registration(level, buckets)
         if refused is not None:

@@ -26,7 +26,7 @@ from floodwall.defense.probing import Probes
 from floodwall.defense.scoring import Described, Scorer, load_rules
 from floodwall.edge.control import Control
 from floodwall.edge.headers import ratelimit, with_headers
-from floodwall.edge.identity import TrustedProxies, client_address
+from floodwall.edge.identity import Networks, TrustedProxies, client_address
 from floodwall.edge.policy import Caller, Policy, classify
 from floodwall.edge.refusals import RefusalLog
 from floodwall.errors import ApiError, send_error
@@ -36,6 +36,7 @@ from floodwall.telemetry.traffic import Traffic
 log = logging.getLogger("floodwall.edge")
 
 SESSION_COOKIE = b"fw_session="
+DEVICE_COOKIE = b"fw_device="
 REGISTRATION_CLOSED_MESSAGE = ("Registration is closed for now because of an ongoing attack or very high demand. "
                                "Please try again later. Registered users can log in normally.")
 REGISTRATION_BUSY = ("Registration is busy because of high demand or an ongoing attack. Please wait and try "
@@ -76,16 +77,18 @@ class Gate:
         accounts: AccountService,
         trusted_proxies: TrustedProxies,
         new_account_age: float,
-        ipv4_prefix: int = 24,
-        ipv6_prefix: int = 64,
+        networks: Networks | None = None,
         traffic: Traffic | None = None,
+        known_device: Callable[[str], str | None] | None = None,
     ) -> None:
         self.app = app
         self.traffic = traffic or Traffic()
         self.probes = Probes(policy.probing) if policy.probing else None
         scoring = policy.scoring
-        self.scorer = Scorer(load_rules(scoring.rules or None), scoring.paranoia) if scoring else None
+        self.scorer = Scorer(load_rules(scoring.rules or None), scoring.paranoia, scoring.budget) if scoring else None
         self.flagged = RefusalLog(event="flagged")
+        self.scoring_log = RefusalLog(event="scoring")  # budgets run out and scoring errors, without a flood
+        self._trace_logged = -math.inf
         self._banning: set[asyncio.Task[None]] = set()
         self.policy = policy
         self.store = store
@@ -97,8 +100,9 @@ class Gate:
         self.refusals = RefusalLog()
         self._addresses: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
         self._refused: dict[tuple[str, str], tuple[float, int, ApiError]] = {}
-        self.v4_mask = ((1 << ipv4_prefix) - 1) << (32 - ipv4_prefix)
-        self.v6_mask = ((1 << ipv6_prefix) - 1) << (128 - ipv6_prefix)
+        self.networks = networks or Networks()
+        # a device cookie's id when it is ours and has signed in to an account (the login guard reads it)
+        self.known_device = known_device
 
     def held(self) -> dict[str, int]:
         """Entries in the gate's own bounded memories, for /metrics."""
@@ -140,8 +144,11 @@ class Gate:
         if refusal is None and klass != "admin":
             principal, refusal = await self._principal_or_refusal(scope, address, level)
             tier = self.tier(principal)
+        device = None
+        if klass == "auth-login":  # sign-in attempts are told apart by the device, not by the account
+            tier, device = self.sign_in_tier(scope)
         if refusal is None:
-            buckets = self.buckets(klass, level, address, tier, principal)
+            buckets = self.buckets(klass, level, address, tier, principal, device)
             if klass == "auth-register":
                 refusal = self.registration(level, buckets)
         if refusal is None:
@@ -151,7 +158,15 @@ class Gate:
             refusal = first_refusal(klass, buckets, verdicts)
         # established accounts are not scored: their own app's odd requests are not an attack on it
         if refusal is None and self.scorer is not None and tier != "established":
-            refusal = self.scored(scope, klass, text, tier, level)
+            try:
+                refusal = self.scored(scope, klass, text, tier, level)
+            except Exception:  # scoring is a filter, not the service: a request it cannot read goes on
+                self.traffic.event("scoring.error")
+                self.scoring_log.record("scoring/error", text, None, klass, level, tier, scope["method"],
+                                        scope["path"])
+                if time.monotonic() > self._trace_logged + 10:  # a traceback every 10 s at most: a flood of them
+                    self._trace_logged = time.monotonic()       # would cost more than the requests
+                    log.exception("scoring failed; the request goes on unscored")
         if refusal is not None:
             if principal is None and refusal.retry_after and credential(scope)[0] is None:
                 self._remember(klass, text, refusal, _wait(buckets, verdicts, refusal))
@@ -162,20 +177,21 @@ class Gate:
             return
         self._enter(scope, klass, text, tier, level, principal)
         # established accounts are not counted as scanners: their own app's 404s are not a scan
-        watch = self._probe_watch(text, scope) if self.probes is not None and tier != "established" else None
+        watch = self._probe_watch(self.networks.subscriber(text), scope) \
+            if self.probes is not None and tier != "established" else None
         send = _observed(send, traffic, klass, watch)
         if verdicts and klass.startswith("api"):
             send = _with_ratelimit_headers(send, buckets, verdicts)
         await self.app(scope, receive, send)
 
-    def _probe_watch(self, address: str, scope: Scope) -> Callable[[int], None]:
+    def _probe_watch(self, subscriber: str, scope: Scope) -> Callable[[int], None]:
         probes = self.probes
         assert probes is not None
         path = scope["path"]
 
         def watch(status: int) -> None:
-            if probes.counts(status, path) and probes.answered(address, probe_key(scope)):
-                self._start_ban(address, probes.policy.ban)
+            if probes.counts(status, path) and probes.answered(subscriber, probe_key(scope)):
+                self._start_ban(subscriber, probes.policy.ban)
 
         return watch
 
@@ -189,6 +205,9 @@ class Gate:
             return None
         request = described(scope)
         found = scorer.score(request)
+        if not found.complete:
+            self.traffic.event("scoring.budget")
+            self.scoring_log.record("scoring/budget", address, None, klass, level, tier, request.method, request.path)
         if found.score < policy.threshold:
             return None
         reason = f"probe/{found.rules[0]}"
@@ -197,27 +216,29 @@ class Gate:
             self.flagged.record(reason, address, None, klass, level, tier, request.method, request.path)
         # keyed by what matched: a scanner's payloads are many steps, while an odd cookie or header a browser
         # sends with every page (or the same odd link followed twice) is one
+        subscriber = self.networks.subscriber(address)
         if action != "log" and self.probes is not None and \
-                self.probes.answered(address, "scored|" + "|".join(found.evidence)):
-            self._start_ban(address, self.probes.policy.ban)
+                self.probes.answered(subscriber, "scored|" + "|".join(found.evidence)):
+            self._start_ban(subscriber, self.probes.policy.ban)
         if action == "refuse":
             return ApiError(403, "This request looks like an attack on the service and was not accepted.",
                             "request_blocked", reason=reason)
         return None
 
-    def _start_ban(self, address: str, duration: float) -> None:
-        task = asyncio.get_running_loop().create_task(self._ban_prober(address, duration))
+    def _start_ban(self, subscriber: str, duration: float) -> None:
+        task = asyncio.get_running_loop().create_task(self._ban_prober(subscriber, duration))
         self._banning.add(task)
         task.add_done_callback(self._banning.discard)
 
     async def _ban_prober(self, address: str, duration: float) -> None:
-        """An address that asked for too many distinct missing paths: banned (escalating), at once here and
-        within a refresh on every replica."""
+        """An address (for IPv6, its /64) that asked for too many distinct missing paths: banned (escalating),
+        at once here and within a refresh on every replica."""
         try:
-            ipaddress.ip_address(address)
-            ban = await self.store.ban(address, "http-probing", duration, escalate=True)
+            ipaddress.ip_network(address)
         except ValueError:
             return  # no address to ban (a unix socket)
+        try:
+            ban = await self.store.ban(address, "http-probing", duration, escalate=True)
         except Exception as exc:  # the Store is away: the limits still stand
             logs.event(log, "ban_failed", logging.WARNING, address=address, reason="http-probing", error=repr(exc))
             return
@@ -309,28 +330,44 @@ class Gate:
         return await self.accounts.session_principal(secret)
 
     def buckets(self, klass: str, level: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address,
-                 tier: str, principal: Principal | None) -> list[Bucket]:
-        ip = int(address)
-        network = ip & (self.v4_mask if address.version == 4 else self.v6_mask)
+                 tier: str, principal: Principal | None, device: str | None = None) -> list[Bucket]:
+        ip, network = self.networks.keys(address)
         caller = Caller(ip, network, tier, principal.user_id if principal else None,
-                        principal.key_id if principal else None)
+                        principal.key_id if principal else None, None, device)
         return self.policy.buckets(klass, level, caller)
+
+    def sign_in_tier(self, scope: Scope) -> tuple[str, str | None]:
+        """A sign-in from a browser that has signed in here before (its signed device cookie) is
+        `known-device`, with the device's own allowance: people behind one shared address (a carrier's NAT,
+        an office) are not one budget. The login guard checks that the account tried is one the device
+        knows; for any other, the attempt is charged as `unknown-device` (a stolen cookie buys nothing)."""
+        if self.known_device is None or scope["path"] != "/auth/login":
+            return "unknown-device", None
+        cookie = cookie_value(scope, DEVICE_COOKIE)
+        device = self.known_device(cookie) if cookie else None
+        return ("known-device", device) if device else ("unknown-device", None)
 
 
 def credential(scope: Scope) -> tuple[str | None, bool]:
     """The API key (Bearer) or the session cookie the request carries, if any."""
-    cookie = None
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, secret = value.partition(b" ")
             if scheme.lower() == b"bearer" and secret.strip():
                 return secret.strip().decode("latin-1"), True
-        elif name == b"cookie" and SESSION_COOKIE in value:
+    return cookie_value(scope, SESSION_COOKIE), False
+
+
+def cookie_value(scope: Scope, name: bytes) -> str | None:
+    """One cookie's value (the last one sent), read from the raw headers, at most 4 KiB of it."""
+    found = None
+    for header, value in scope["headers"]:
+        if header == b"cookie" and name in value:
             for part in value.split(b";"):
                 part = part.strip()
-                if part.startswith(SESSION_COOKIE):
-                    cookie = part[len(SESSION_COOKIE):].decode("latin-1")
-    return cookie, False
+                if part.startswith(name):
+                    found = part[len(name):][:4096].decode("latin-1")
+    return found
 
 
 def probe_key(scope: Scope) -> str:

@@ -131,6 +131,8 @@ class MemoryStore:
     async def bans(self) -> list[Ban]:
         now = self.clock()
         self._bans = {t: b for t, b in self._bans.items() if b.until > now}
+        if self._strikes:  # a strike is forgotten after STRIKE_MEMORY (Redis expires its keys the same way)
+            self._strikes = {t: s for t, s in self._strikes.items() if now - s[1] <= STRIKE_MEMORY}
         return sorted(self._bans.values(), key=lambda b: b.until)
 
     async def list_entries(self) -> list[dict[str, str]]:

@@ -11,19 +11,21 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+from floodwall.edge.identity import Networks
+
 
 class NewSources:
     """Remembers addresses and networks for `memory` to `2 * memory` seconds in two generations of sets (the
     older is dropped whole), at most `limit` of each per generation: a flood of unique addresses can make
     the sets turn over sooner, never grow without bound."""
 
-    def __init__(self, memory: float = 600.0, limit: int = 250_000, ipv4_prefix: int = 24, ipv6_prefix: int = 64,
+    def __init__(self, memory: float = 600.0, limit: int = 250_000, networks: Networks | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.memory = memory
         self.limit = limit
         self.clock = clock
-        self.v4_mask = ((1 << ipv4_prefix) - 1) << (32 - ipv4_prefix)
-        self.v6_mask = ((1 << ipv6_prefix) - 1) << (128 - ipv6_prefix)
+        networks = networks or Networks()
+        self.v4_mask, self.v6_mask = networks.v4_mask, networks.v6_mask
         self.addresses: set[str] = set()
         self.older_addresses: set[str] = set()
         self.networks: set[int] = set()
@@ -57,7 +59,7 @@ class NewSources:
         except OSError:
             pass
         try:
-            return int.from_bytes(socket.inet_pton(socket.AF_INET6, address)) & self.v6_mask | 1 << 128
+            return (int.from_bytes(socket.inet_pton(socket.AF_INET6, address)) | 1 << 128) & self.v6_mask
         except OSError:
             return -1
 
