@@ -32,6 +32,7 @@ from floodwall.accounts.mail import Mailer
 from floodwall.accounts.passwords import Passwords
 from floodwall.accounts.reset import PasswordReset
 from floodwall.accounts.service import AccountService
+from floodwall.accounts.sign_in_codes import SignInCodes
 from floodwall.accounts.two_factor import TwoFactor
 from floodwall.accounts.verification import EmailVerification
 from floodwall.accounts.waiting_room import WaitingRoom
@@ -113,6 +114,7 @@ def build_app(settings: Settings) -> Gate:
         admission=admission,
         signer=signer,
         guard=LoginGuard(policy, store, lambda: control.level, signer, networks, traffic),
+        sign_in_codes=SignInCodes(signer, mailer, store),
         waiting_room=WaitingRoom(store, signer, policy.queue, networks=networks),
         challenges=Challenges(store, signer, networks=networks),
         mailer=mailer,

@@ -15,6 +15,7 @@ from floodwall.accounts.guard import LoginGuard
 from floodwall.accounts.mail import Mailer
 from floodwall.accounts.reset import PasswordReset
 from floodwall.accounts.service import AccountService
+from floodwall.accounts.sign_in_codes import SignInCodes
 from floodwall.accounts.two_factor import TwoFactor
 from floodwall.accounts.verification import EmailVerification
 from floodwall.accounts.waiting_room import WaitingRoom
@@ -49,6 +50,7 @@ class Services:
     admission: Admission
     signer: Signer
     guard: LoginGuard
+    sign_in_codes: SignInCodes
     waiting_room: WaitingRoom
     challenges: Challenges
     mailer: Mailer

@@ -164,9 +164,12 @@ def test_known_devices_behind_a_shared_network_keep_signing_in(edge_url: str, un
                               headers={"x-forwarded-for": f"{network}.250"})
         assert stranger.status_code == 429 and stranger.headers["x-floodwall-reason"] == "login/network"
         for email, device in owners:
-            for _ in range(3):
+            for address in (f"{network}.251", f"{network}.1"):  # .1: the very address the wave was refused at
+                refused = proxy.post("/auth/login", headers={"x-forwarded-for": address},
+                                     json={"email": "someone@example.com", "password": "guess"})
+                assert refused.status_code == 429
                 again = proxy.post("/auth/login", json={"email": email, "password": PASSWORD},
-                                   headers={"x-forwarded-for": f"{network}.251", "cookie": f"fw_device={device}"})
+                                   headers={"x-forwarded-for": address, "cookie": f"fw_device={device}"})
                 assert again.status_code == 200, again.text
                 proxy.cookies.clear()
         # the cookie holds for the accounts it has signed in to, and for no other

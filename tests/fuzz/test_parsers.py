@@ -247,6 +247,18 @@ def test_scoring_at_the_caps_keeps_its_budget(unit: str, where: str) -> None:
     assert found.complete or "protocol/scoring-budget" in found.rules
 
 
+@pytest.mark.parametrize("request_", [
+    Described("GET", "/", "q=a" + "%27" * 34 + "!"),  # issue 19's first input (1.26 s then; 50 quotes: hours)
+    Described("GET", "/", "q=a" + "%27" * 400 + "!"),
+    Described("GET", "/", "", (("range", "bytes=" + "1" * 12_000 + "-"),)),  # its second (1.75 s; a 500 past
+    Described("GET", "/", "", (("request-range", "bytes=1-" + "9" * 4400),)),  # 4,300 digits)
+])
+def test_the_reported_inputs_are_read_in_bounded_time(request_: Described) -> None:
+    started = time.thread_time()
+    SCORER.score(request_)
+    assert time.thread_time() - started < 0.05
+
+
 @given(any_text, st.integers(1, 50))
 def test_any_prompt_is_screened(text: str, account: int) -> None:
     verdict = SCREEN.score(text)

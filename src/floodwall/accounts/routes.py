@@ -4,6 +4,7 @@ a form gets its page back with the error, JSON gets OpenAI-shaped errors. Sign-u
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from starlette.requests import Request
@@ -36,22 +37,28 @@ async def login(request: Request) -> Response:
     fields = await read_fields(request)
     email, password = await credentials(request, fields)
     code = text_field(fields, "totp", required=False)
+    email_code = text_field(fields, "email_code", required=False)
     config = services(request)
     client = config.client(request)
     # counted before the account is looked up or the password hashed: a flood of guesses costs counters only
     edge = edge_info(request)
     attempt = await config.guard.begin(email, client.ip, request.cookies.get(DEVICE_COOKIE),
                                        edge.tier if edge is not None else "unknown-device")
+    confirm = None
+    if not attempt.known and config.policy.new_device[config.control.level] == "confirm":
+        confirm = functools.partial(config.sign_in_codes.require, given=email_code, client=client)
     try:
         user = await config.accounts.authenticate(email, password, client, new_device=not attempt.known,
-                                                  second_factor=code)
+                                                  second_factor=code, confirm_device=confirm)
     except ApiError as error:
-        if error.code in ("invalid_credentials", "invalid_totp"):
+        if error.code in ("invalid_credentials", "invalid_totp", "invalid_email_code"):
             config.guard.failed()  # a wrong code counts as a wrong password: its guesses are limited alike
         else:
             await config.guard.release(attempt)
         if error.code in ("totp_required", "invalid_totp"):
             request.state.form_context = {"totp_needed": True}  # the form again, with the code's field
+        elif error.code in ("email_code_required", "invalid_email_code"):
+            request.state.form_context = {"email_code_needed": True}
         raise
     device = await config.guard.succeeded(attempt)
     secret = await config.accounts.create_session(user, client)

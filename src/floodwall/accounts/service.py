@@ -124,9 +124,11 @@ class AccountService:
         return user
 
     async def authenticate(self, email: str, password: str, client: Client, new_device: bool = False,
-                           second_factor: str = "") -> User:
+                           second_factor: str = "",
+                           confirm_device: Callable[[int, str], Awaitable[None]] | None = None) -> User:
         """The account if the password (and, where two-factor sign-in is on, the code) is right; the same
-        refusal, at the same cost, for an unknown e-mail."""
+        refusal, at the same cost, for an unknown e-mail. `confirm_device(user id, e-mail)`, for an account
+        without two-factor sign-in, raises unless the device is confirmed (sign_in_codes.py)."""
         async with self.db() as db:
             user = await db.scalar(select(User).where(User.email == normalise_email(email)))
         password = password[:MAX_PASSWORD_LENGTH]
@@ -149,6 +151,14 @@ class AccountService:
                     await db.commit()
                     raise ApiError(401, "That code is not right, or it was used already.", "invalid_totp",
                                    param="totp")
+            elif confirm_device is not None:
+                try:
+                    await confirm_device(user.id, user.email)
+                except ApiError as refusal:
+                    if refusal.code == "invalid_email_code":
+                        record_activity(db, user.id, "login_failed", client, {"why": "wrong_email_code"})
+                        await db.commit()
+                    raise
             if self.passwords.needs_rehash(user.password_hash):
                 user.password_hash = await self.passwords.hash(password)
                 await db.execute(update(User).where(User.id == user.id).values(password_hash=user.password_hash))

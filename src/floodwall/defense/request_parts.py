@@ -188,12 +188,12 @@ def _anomalies(request: Described, headers: dict[str, str], found: set[str]) -> 
 def _pairs(text: str, deadline: float) -> list[tuple[str, str]]:
     """The first MAX_VALUES name=value pairs, decoded as parse_qsl(keep_blank_values=True) would, each cut to
     MAX_VALUE first, until the deadline (parse_qsl reads them all before any slice, at Python's pace)."""
-    found = []
+    found: list[tuple[str, str]] = []
     clock = time.thread_time
     for pair in text.split("&", MAX_VALUES)[:MAX_VALUES]:
         if not pair:
             continue
-        if clock() > deadline:
+        if clock_due(len(found), len(pair)) and clock() > deadline:
             break
         name, _, value = pair.partition("=")
         found.append((unquoted(name[:MAX_VALUE].replace("+", " ")), unquoted(value[:MAX_VALUE].replace("+", " "))))
@@ -220,13 +220,19 @@ def unquoted_bytes(text: str) -> bytes:
 
 def _each(transform: Callable[[str], str], values: Iterable[str], deadline: float) -> list[str]:
     """`transform` of each value (at most MAX_VALUES) until the deadline: past it, the rest are not read."""
-    found = []
+    found: list[str] = []
     clock = time.thread_time
     for value in itertools.islice(values, MAX_VALUES):
-        if clock() > deadline:
+        if clock_due(len(found), len(value)) and clock() > deadline:
             break
         found.append(transform(value))
     return found
+
+
+def clock_due(count: int, length: int) -> bool:
+    """Whether to look at the clock before this value: a CPU clock read costs about 2 µs (a system call), so
+    every 8th short value, and before each long one."""
+    return not count & 7 or length > 512
 
 
 def parts(request: Described, wanted_headers: frozenset[str] = frozenset(),

@@ -22,6 +22,7 @@ import re2
 from floodwall.config import ConfigError, parse_duration, read_toml
 from floodwall.defense.levels import LEVELS
 from floodwall.defense.request_parts import Described as Described
+from floodwall.defense.request_parts import clock_due
 from floodwall.defense.request_parts import parts as parts
 
 DEFAULT_RULES = Path(__file__).with_name("request_rules.toml")
@@ -193,6 +194,7 @@ class Scorer:
         """Match one target's values; past the deadline only answers already known are used. Whether the
         budget still holds."""
         cache = self._cache
+        read = 0
         for found, patterned, negate, ident in self._sets.get(target, ()):
             for value in values:
                 if not value:
@@ -202,7 +204,8 @@ class Scorer:
                 key = (ident, value)
                 hits = cache.get(key)
                 if hits is None:
-                    if complete and time.thread_time() > deadline:
+                    read += 1
+                    if complete and clock_due(read, len(value)) and time.thread_time() > deadline:
                         complete = False
                     if not complete:
                         continue  # past the budget, only answers already known

@@ -119,7 +119,8 @@ class Gate:
         traffic.arrived(text)
         remembered = self._refused.get((klass, text))
         if remembered is not None and remembered[0] > time.monotonic() and \
-                remembered[1] == self.control.generation and credential(scope)[0] is None:
+                remembered[1] == self.control.generation and credential(scope)[0] is None and \
+                not (klass == "auth-login" and cookie_value(scope, DEVICE_COOKIE)):
             # refused a moment ago and nothing has changed since: the same answer, without deciding again
             again = remembered[2]
             traffic.refused(klass)
@@ -168,7 +169,10 @@ class Gate:
                     self._trace_logged = time.monotonic()       # would cost more than the requests
                     log.exception("scoring failed; the request goes on unscored")
         if refusal is not None:
-            if principal is None and refusal.retry_after and credential(scope)[0] is None:
+            # what an address was refused is its answer for a moment, but not a device's: the owners behind a
+            # carrier's NAT share the address with whoever spent its budget
+            if principal is None and refusal.retry_after and credential(scope)[0] is None and \
+                    tier != "known-device":
                 self._remember(klass, text, refusal, _wait(buckets, verdicts, refusal))
             traffic.refused(klass)
             self.refusals.record(refusal.reason, text, refusal.status, klass, level, tier, scope["method"],

@@ -125,8 +125,12 @@ class Policy:
                  registration: Mapping[str, str] | None = None, trickle: Limit | None = None,
                  queue: Limit | None = None, challenge: Mapping[str, int] | None = None,
                  detector: DetectorPolicy | None = None, prompts: PromptPolicy | None = None,
-                 probing: ProbingPolicy | None = None, scoring: ScoringPolicy | None = None) -> None:
+                 probing: ProbingPolicy | None = None, scoring: ScoringPolicy | None = None,
+                 new_device: Mapping[str, str] | None = None) -> None:
         self.rules = tuple(rules)
+        # per level: a right password from a device new to the account signs in (allow), or also needs a
+        # code sent to the account's e-mail (confirm)
+        self.new_device = {level: (new_device or {}).get(level, "allow") for level in LEVELS}
         self.probing = probing  # None: no behavioural probe detection
         self.scoring = scoring  # None: requests are not scored
         self.detector = detector or DetectorPolicy()
@@ -160,7 +164,8 @@ class Policy:
             raise ConfigError(f"cannot read the edge policy {source}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: {exc}") from None
-        unknown = set(data) - {"rule", "admission", "registration", "detector", "prompts", "probing", "scoring"}
+        unknown = set(data) - {"rule", "admission", "registration", "detector", "prompts", "probing", "scoring",
+                               "sign_in"}
         if unknown:
             raise ConfigError(f"{source}: unknown tables {', '.join(sorted(unknown))}")
         rules = [_rule(entry, f"{source} rule {i + 1}") for i, entry in enumerate(data.get("rule", []))]
@@ -170,7 +175,8 @@ class Policy:
         probing = ProbingPolicy.from_data(data["probing"], f"{source} [probing]") if "probing" in data else None
         scoring = ScoringPolicy.from_data(data["scoring"], f"{source} [scoring]") if "scoring" in data else None
         return cls(rules, AdmissionPolicy.from_data(data.get("admission", {}), f"{source} [admission]"), modes,
-                   trickle, queue, challenge, detector, prompts, probing, scoring)
+                   trickle, queue, challenge, detector, prompts, probing, scoring,
+                   _new_device(data.get("sign_in", {}), f"{source} [sign_in]"))
 
     def registration_mode(self, level: str, pinned: str = "auto") -> str:
         """The sign-up mode in force: the operator's pin, else the level's column."""
@@ -220,6 +226,16 @@ def _registration(data: Any, where: str) -> tuple[dict[str, str], Limit | None, 
     trickle = parse_limit(data["trickle"], f"{where} trickle") if "trickle" in data else None
     queue = parse_limit(data["queue"], f"{where} queue") if "queue" in data else None
     return modes, trickle, queue, _challenge(data.get("challenge", {}), f"{where} challenge")
+
+
+def _new_device(data: Any, where: str) -> dict[str, str]:
+    if not isinstance(data, dict) or set(data) - {"new_device"}:
+        raise ConfigError(f"{where}: must be a table with new_device")
+    modes = data.get("new_device", {})
+    if not isinstance(modes, dict) or set(modes) - set(LEVELS) or \
+            any(mode not in ("allow", "confirm") for mode in modes.values()):
+        raise ConfigError(f"{where} new_device: must be a table of {', '.join(LEVELS)}, each allow or confirm")
+    return dict(modes)
 
 
 def _challenge(data: Any, where: str) -> dict[str, int]:

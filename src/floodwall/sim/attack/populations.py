@@ -16,7 +16,7 @@ import itertools
 import random
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -39,6 +39,7 @@ class Context:
     sources: Sources
     corpora: corpus.Corpora
     forwarded_for: bool = False
+    admin_token: str = ""  # with it, set-up can make what existed before the attack at the normal level
     rate: float = 1000.0  # the flood's requests per second
     flood_sources: int = 5000
     model: str = MODEL
@@ -75,6 +76,23 @@ class Context:
                 else:
                     windows.append([second, second + 1])
         return windows
+
+
+@contextlib.asynccontextmanager
+async def at_normal_level(ctx: Context) -> AsyncIterator[None]:
+    """With the operator's token: the level set to normal while set-up makes what existed before the attack
+    (accounts, and the devices their owners have used), then the operator's mode again."""
+    if not ctx.admin_token:
+        yield
+        return
+    async with httpx.AsyncClient(base_url=ctx.target.url, timeout=30,
+                                 headers={"authorization": f"Bearer {ctx.admin_token}"}) as admin:
+        before = (await admin.get("/admin/api/level")).json().get("mode", "auto")
+        await admin.put("/admin/api/level", json={"level": "normal", "reason": "simulator set-up"})
+        try:
+            yield
+        finally:
+            await admin.put("/admin/api/level", json={"level": before, "reason": "simulator set-up done"})
 
 
 async def make_account(ctx: Context, source: str, email: str, password: str) -> str | None:
@@ -285,37 +303,45 @@ class Flood(Attacker):
 
 
 class Stuffing(Attacker):
-    """Credential stuffing: a leaked list of e-mail and password pairs, a few of them right."""
+    """Credential stuffing: a leaked list of e-mail and password pairs, the right password of every victim
+    among many wrong ones. Some victims' owners sign in now and then from the browsers they signed up with:
+    `own` each on a network of their own, `shared` behind one /24 (a carrier's NAT, an office); the rest
+    (`dormant`) are not around."""
 
     name = "stuffing"
 
-    def __init__(self, ctx: Context, rate: float = 50.0, victims: int = 5, leaked: int = 2,
+    def __init__(self, ctx: Context, rate: float = 50.0, own: int = 5, shared: int = 25, dormant: int = 100,
                  sources: int = 2000) -> None:
         super().__init__(ctx, rate, sources)
-        self.victims = victims
-        self.leaked = leaked
-        self.owner_sources = ctx.sources.take(victims, own_networks=True)
+        self.owner_sources = ctx.sources.take(own, own_networks=True) + ctx.sources.take_network(shared)
+        self.shared = set(self.owner_sources[own:])
+        self.dormant_sources = ctx.sources.take(dormant, own_networks=True)
         self.pairs: Iterator[tuple[str, str, bool]] = iter(())  # email, password, right
+        self.leaked = 0
         self.attempts = 0
         self.takeovers = 0
         self.wrong_password_logins = 0
-        self.owners: list[tuple[str, str, httpx.AsyncClient]] = []
+        self.owners: list[tuple[str, str, httpx.AsyncClient, str]] = []
         self.owner_every = 5.0
-        self.owner_logins = 0
-        self.owner_logins_ok = 0
+        self.owner_logins: collections.Counter[str] = collections.Counter()
+        self.owner_logins_ok: collections.Counter[str] = collections.Counter()
         self.owner_latencies: list[float] = []
 
     async def setup(self) -> None:
-        accounts = [(f"victim{i}.{secrets.token_hex(3)}@example.com", secrets.token_urlsafe(12))
-                    for i in range(self.victims)]
-        for (email, password), source in zip(accounts, self.owner_sources, strict=True):
-            # each owner keeps the browser they signed up with (and its device cookie) for the whole run
-            web = self.ctx.web(source)
-            with contextlib.suppress(httpx.HTTPError, ValueError):
-                await sign_up(web, email, password)
-            self.owners.append((email, password, web))
+        async with at_normal_level(self.ctx):  # the accounts, and the owners' devices, predate the attack
+            made = await asyncio.gather(*(self._victim(i, source) for i, source in
+                                          enumerate(self.owner_sources + self.dormant_sources)))
+        accounts = [(email, password) for email, password, web, source in made if web is not None]
+        for email, password, web, source in made:
+            if web is None:
+                continue
+            if source in self.dormant_sources:
+                await web.aclose()
+            else:
+                self.owners.append((email, password, web, "shared" if source in self.shared else "own"))
         rng = self.ctx.rng
-        pairs = [(email, password, True) for email, password in accounts[:self.leaked]]
+        pairs = [(email, password, True) for email, password in accounts]
+        self.leaked = len(pairs)
         pairs += [(email, rng.choice(self.ctx.corpora.common_passwords), False) for email, _ in accounts
                   for _ in range(20)]
         pairs += [(f"{secrets.token_hex(4)}@example.com", rng.choice(self.ctx.corpora.common_passwords), False)
@@ -323,10 +349,22 @@ class Stuffing(Attacker):
         rng.shuffle(pairs)
         self.pairs = itertools.cycle(pairs)
 
+    async def _victim(self, i: int, source: str) -> tuple[str, str, httpx.AsyncClient | None, str]:
+        """One account, signed up from its owner's browser (which keeps its device cookie for the run)."""
+        email, password = f"victim{i}.{secrets.token_hex(3)}@example.com", secrets.token_urlsafe(12)
+        web = self.ctx.web(source)
+        try:
+            if await sign_up(web, email, password) == 201:
+                return email, password, web, source
+        except (httpx.HTTPError, ValueError):
+            pass
+        await web.aclose()
+        return email, password, None, source
+
     async def run(self, until: float) -> None:
         await asyncio.gather(super().run(until), *(self._owner(*owner, until) for owner in self.owners))
 
-    async def _owner(self, email: str, password: str, web: httpx.AsyncClient, until: float) -> None:
+    async def _owner(self, email: str, password: str, web: httpx.AsyncClient, group: str, until: float) -> None:
         """The account's owner signs in now and then from their own device, as the wave goes on."""
         try:
             await asyncio.sleep(self.ctx.rng.uniform(0, self.owner_every))
@@ -336,8 +374,8 @@ class Stuffing(Attacker):
                     status = (await web.post("/auth/login", json={"email": email, "password": password})).status_code
                 except httpx.HTTPError:
                     status = 0
-                self.owner_logins += 1
-                self.owner_logins_ok += status == 200
+                self.owner_logins[group] += 1
+                self.owner_logins_ok[group] += status == 200
                 self.owner_latencies.append(time.monotonic() - started)
                 await asyncio.sleep(self.owner_every)
         finally:
@@ -361,7 +399,10 @@ class Stuffing(Attacker):
         return {"stuffing_attempts": self.attempts, "stuffing_leaked_pairs": self.leaked,
                 "takeovers_with_leaked_password": self.takeovers,
                 "logins_with_wrong_password": self.wrong_password_logins,
-                "owner_logins": self.owner_logins, "owner_logins_ok": self.owner_logins_ok,
+                "owner_logins": sum(self.owner_logins.values()), "owner_logins_ok": sum(self.owner_logins_ok.values()),
+                # by where the owners are: each on a network of their own, or many behind one /24
+                "owner_logins_by_network": {group: {"tried": self.owner_logins[group],
+                                                    "ok": self.owner_logins_ok[group]} for group in ("own", "shared")},
                 "owner_login_p95_ms": round(p95 * 1000, 1) if p95 is not None else None}
 
 

@@ -35,7 +35,8 @@ class Run:
         self.recorder = Recorder()
         self.target = Target.parse(plan.target)
         self.ctx = Context(self.target, self.recorder, Sources(), corpus.Corpora.load(plan.corpora),
-                           forwarded_for=plan.forwarded_for, rate=plan.rate, flood_sources=plan.sources,
+                           forwarded_for=plan.forwarded_for, admin_token=plan.admin_token, rate=plan.rate,
+                           flood_sources=plan.sources,
                            model=plan.model)
         self.users = Established(self.ctx, plan.keys, plan.users)
         self.attackers = [make(self.ctx) for make in ATTACKERS[plan.scenario]]

@@ -67,6 +67,15 @@ class Sources:
         # 127.64.0.0/10: clear of 127.0.0.1, which the operator's own tools use
         return [str(ipaddress.IPv4Address((127 << 24) | (64 << 16) | n)) for n in range(first, self._next, step)]
 
+    def take_network(self, count: int) -> list[str]:
+        """`count` new addresses (at most 254) in one /24 of their own: people behind one shared address
+        range, a carrier's NAT or an office."""
+        if not 0 <= count <= 254:
+            raise ValueError("a /24 holds at most 254 people here")
+        first = self.take(1, own_networks=True)[0]  # the next take starts on the /24 after this one
+        base = int(ipaddress.IPv4Address(first))
+        return [str(ipaddress.IPv4Address(base + n)) for n in range(count)]
+
 
 def raise_open_files_limit(wanted: int) -> int:
     """Thousands of sources hold thousands of sockets: raise the soft limit as far as the hard one allows."""

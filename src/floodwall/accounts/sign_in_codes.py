@@ -1,0 +1,54 @@
+"""Confirming a sign-in from a new device by a code sent to the account's e-mail, at the levels the policy's
+`[sign_in] new_device` says (by default only under attack), after Mastodon's sign-in tokens: a stuffing
+wave holding a leaked password still cannot sign in, while owners on the devices they have used sign in as
+before.
+
+The code is derived, not stored: an HMAC of the account and a ten-minute window, good for the window it was
+made in and the next. At most one message per account per window, whoever asks: a wave cannot flood the
+owner's inbox. Wrong codes are failed sign-ins (the login guard's limits), so guessing is hopeless.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+
+from floodwall.accounts.activity import Client
+from floodwall.accounts.mail import Mailer
+from floodwall.errors import ApiError
+from floodwall.signing import Signer
+from floodwall.state.store import Store, use_once
+
+WINDOW = 600  # seconds a code is made for; it is also accepted in the next window
+DIGITS = 6
+MODES = ("allow", "confirm")
+
+
+class SignInCodes:
+    def __init__(self, signer: Signer, mailer: Mailer, store: Store) -> None:
+        self.signer = signer
+        self.mailer = mailer
+        self.store = store
+
+    def code(self, user_id: int, window: int) -> str:
+        digest = self.signer.mac("sign-in-code", f"{user_id}|{window}")
+        return str(int(digest[:15], 16) % 10**DIGITS).zfill(DIGITS)
+
+    async def require(self, user_id: int, email: str, given: str, client: Client) -> None:
+        """Return if `given` is this account's code; else mail one (once a window) and refuse."""
+        window = int(time.time()) // WINDOW
+        given = given.strip()[:32]
+        if given:
+            if any(hmac.compare_digest(given, self.code(user_id, w)) for w in (window, window - 1)):
+                return
+            raise ApiError(401, "That code is not right, or it has expired. Sign in again to get a new one.",
+                           "invalid_email_code", param="email_code")
+        if await use_once(self.store, "sign-in-code/mail", f"{user_id}|{window}", WINDOW):
+            self.mailer.send_later(email, "Your sign-in code", (
+                f"Someone, hopefully you, entered your password on a device this account has not been used on "
+                f"(address {client.ip}). The service is under attack, so new devices confirm by e-mail.\n\n"
+                f"Your code: {self.code(user_id, window)}\n\nIt works for about ten minutes. If it was not you, "
+                "your password is known to someone else: change it now, and turn on two-factor sign-in.\n"))
+        raise ApiError(401, "This device has not signed in to your account before, and the service is under "
+                       "attack: we sent a code to your e-mail address. Enter it to sign in.",
+                       "email_code_required", param="email_code")
