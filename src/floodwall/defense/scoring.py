@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,8 @@ import re2
 
 from floodwall.config import ConfigError, parse_duration, read_toml
 from floodwall.defense.levels import LEVELS
+from floodwall.defense.request_parts import Budget, clock_due
 from floodwall.defense.request_parts import Described as Described
-from floodwall.defense.request_parts import clock_due
 from floodwall.defense.request_parts import parts as parts
 
 DEFAULT_RULES = Path(__file__).with_name("request_rules.toml")
@@ -173,15 +172,15 @@ class Scorer:
         if len(cache) > CACHED:
             cache.clear()
         # the budget is this thread's CPU time: a busy machine that preempts the worker does not cut scoring
-        deadline = time.thread_time() + self.budget
-        found_parts = parts(request, self.headers, deadline)
-        complete = time.thread_time() <= deadline
+        budget = Budget(self.budget)
+        found_parts = parts(request, self.headers, budget)
+        complete = not budget.spent()
         for target, values in found_parts.items():
-            complete = self._read(target, values, matched, seen, deadline, complete)
+            complete = self._read(target, values, matched, seen, budget, complete)
         anomalies = found_parts["anomalies"]
         if not complete:  # a request that costs more than the budget to read is itself odd (CRS's 920380)
             anomalies.append(BUDGET_ANOMALY)
-            self._read("anomalies", [BUDGET_ANOMALY], matched, seen, math.inf, True)
+            self._read("anomalies", [BUDGET_ANOMALY], matched, seen, Budget(), True)
         ordered = sorted((rule for rule in matched.values() if not rule.requires or rule.requires in anomalies),
                          key=lambda rule: -rule.score)
         return Score(sum(rule.score for rule in ordered), tuple(rule.name for rule in ordered),
@@ -190,7 +189,7 @@ class Scorer:
 
 
     def _read(self, target: str, values: list[str], matched: dict[str, RequestRule], seen: dict[str, str],
-              deadline: float, complete: bool) -> bool:
+              budget: Budget, complete: bool) -> bool:
         """Match one target's values; past the deadline only answers already known are used. Whether the
         budget still holds."""
         cache = self._cache
@@ -205,7 +204,7 @@ class Scorer:
                 hits = cache.get(key)
                 if hits is None:
                     read += 1
-                    if complete and clock_due(read, len(value)) and time.thread_time() > deadline:
+                    if complete and clock_due(read, len(value)) and budget.spent():
                         complete = False
                     if not complete:
                         continue  # past the budget, only answers already known

@@ -328,8 +328,9 @@ class Stuffing(Attacker):
         self.owner_latencies: list[float] = []
 
     async def setup(self) -> None:
+        room = asyncio.Semaphore(4)  # people sign up over time, not 130 hashes at once (that is 503 auth_busy)
         async with at_normal_level(self.ctx):  # the accounts, and the owners' devices, predate the attack
-            made = await asyncio.gather(*(self._victim(i, source) for i, source in
+            made = await asyncio.gather(*(self._victim(i, source, room) for i, source in
                                           enumerate(self.owner_sources + self.dormant_sources)))
         accounts = [(email, password) for email, password, web, source in made if web is not None]
         for email, password, web, source in made:
@@ -349,13 +350,20 @@ class Stuffing(Attacker):
         rng.shuffle(pairs)
         self.pairs = itertools.cycle(pairs)
 
-    async def _victim(self, i: int, source: str) -> tuple[str, str, httpx.AsyncClient | None, str]:
+    async def _victim(self, i: int, source: str,
+                      room: asyncio.Semaphore) -> tuple[str, str, httpx.AsyncClient | None, str]:
         """One account, signed up from its owner's browser (which keeps its device cookie for the run)."""
         email, password = f"victim{i}.{secrets.token_hex(3)}@example.com", secrets.token_urlsafe(12)
         web = self.ctx.web(source)
         try:
-            if await sign_up(web, email, password) == 201:
-                return email, password, web, source
+            async with room:
+                for _ in range(3):
+                    status = await sign_up(web, email, password)
+                    if status == 201:
+                        return email, password, web, source
+                    if status != 503:
+                        break
+                    await asyncio.sleep(2)
         except (httpx.HTTPError, ValueError):
             pass
         await web.aclose()
