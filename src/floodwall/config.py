@@ -137,7 +137,7 @@ class EdgeSettings:
     # a TOML file of [[rule]] tables; empty = the built-in default_policy.toml (docs/edge.md shows it)
     policy: str = ""
     ipv4_prefix: int = 24
-    ipv6_prefix: int = 64
+    ipv6_prefix: int = 48  # a site: some 256 customers of a provider that hands out /56s, as an IPv4 /24
     # an IPv6 client is its /64 (one subscriber's): per-address limits, probe counts and bans key on it
     ipv6_subscriber_prefix: int = 64
     # how often each process re-reads the level, bans and lists from the state store

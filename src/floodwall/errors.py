@@ -171,9 +171,11 @@ def log_refusal(request: Request, error: ApiError) -> None:
 
 
 def log_scope_refusal(scope: Scope, error: ApiError) -> None:
+    """`address` is the client as the gate read it (behind a proxy, the forwarded one); `peer` the socket's."""
     client = scope.get("client")
+    edge = scope.get("state", {}).get("edge")  # the gate's EdgeInfo (not imported: the gate imports this)
     logs.event(log, "refused", status=error.status, reason=error.reason, method=scope.get("method"),
-               path=scope.get("path"), peer=client[0] if client else None)
+               path=scope.get("path"), address=getattr(edge, "address", None), peer=client[0] if client else None)
 
 
 async def on_api_error(request: Request, exc: Exception) -> Response:

@@ -81,3 +81,23 @@ def test_new_devices_confirm_by_mail_under_attack(codes_url: str, inbox: tuple[I
             set_level(codes_url, "normal")
         with browser(codes_url, 6) as calm:
             assert sign_in(calm, email).status_code == 200  # at normal a new device signs in
+
+
+def test_any_code_with_a_right_password_tells_the_owner(codes_url: str, inbox: tuple[Inbox, int]) -> None:
+    """A wave that always sends a code learns which passwords are right (as with GitHub's and Mastodon's
+    device checks): the owner is mailed all the same. Codes typed in full width, or not digits, are read."""
+    email = f"owner-{secrets.token_hex(4)}@example.com"
+    with browser(codes_url, 7) as own, browser(codes_url, 8) as thief:
+        assert own.post("/auth/register", json={"email": email, "password": PASSWORD}).status_code == 201
+        set_level(codes_url, "under_attack")
+        try:
+            for guess in ("000000", "１２３４５６", "é"):  # wrong codes are failed sign-ins: 3 at most here
+                answer = sign_in(thief, email, email_code=guess)
+                assert answer.status_code == 401 and answer.json()["error"]["code"] == "invalid_email_code", guess
+            code = code_in(inbox[0], email)  # the first wrong code already mailed the owner
+            full_width = "".join(chr(0xFF10 + int(d)) for d in code)
+            assert sign_in(own, email).status_code == 200  # the owner's own browser needs no code
+            with browser(codes_url, 9) as phone:
+                assert sign_in(phone, email, email_code=full_width).status_code == 200
+        finally:
+            set_level(codes_url, "normal")

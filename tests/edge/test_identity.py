@@ -108,3 +108,9 @@ def test_networks_follow_the_prefixes_and_keep_families_apart() -> None:
     assert networks.subscriber("2001:db8:1:2::1") == "2001:db8:1:2::/64"
     assert networks.subscriber("198.51.100.7") == "198.51.100.7"
     assert Networks(ipv6_subscriber_prefix=128).subscriber("2001:db8::1") == "2001:db8::1"
+
+
+def test_translated_ipv4_clients_and_mapped_proxies_take_the_ipv4_form() -> None:
+    assert client_address(scope("64:ff9b::203.0.113.7"), TrustedProxies([])) == "203.0.113.7"  # RFC 6052
+    mapped = TrustedProxies(["::ffff:10.0.0.0/104"])  # a proxy listed as a dual-stack socket shows it
+    assert client_address(scope("::ffff:10.0.0.9", ("X-Forwarded-For", "203.0.113.5")), mapped) == "203.0.113.5"

@@ -125,6 +125,36 @@ def test_failed_sign_ins_from_one_ipv6_64_are_counted_together(edge_url: str) ->
     assert statuses[20] == 429 and codes[20].headers["x-floodwall-reason"] == "login-failures/ip"
 
 
+def test_sign_ins_from_many_64s_of_one_48_meet_the_network_limit(edge_url: str, under_attack: None) -> None:
+    prefix = f"2001:db8:{next(_numbers) + 100:x}"
+    with client_from(edge_url, PROXY) as proxy:
+        codes = [proxy.post("/auth/login", headers={"x-forwarded-for": f"{prefix}:{n:x}::1"},
+                            json={"email": f"nobody-{n}@example.com", "password": "wrong password"})
+                 for n in range(70)]
+    refused = [r for r in codes if r.status_code == 429]
+    assert refused and refused[0].headers["x-floodwall-reason"] == "login/network"
+
+
+@pytest.mark.parametrize("headers", [
+    {"referer": "http://["},  # urllib cannot split it: scoring once raised, and the request went on unscored
+    {"x-pad": "a" * 5000},
+])
+def test_a_payload_is_not_hidden_by_what_the_scorer_cannot_read(edge_url: str, headers: dict[str, str]) -> None:
+    payloads = [f"{n}' union select password from users--" for n in range(15)]
+    with client_from(edge_url, own_address()) as c:
+        statuses = [c.get("/", params={"q": payload}, headers=headers).status_code for payload in payloads]
+    assert statuses[-1] == 403  # the address is banned for probing, as without the header
+
+
+@pytest.mark.parametrize("padding", ["&" * 300, "a=1&" * 300, "a=" + "%20" * 1400 + "&"])
+def test_padding_does_not_hide_payloads(edge_url: str, padding: str) -> None:
+    """Past the caps (256 values, 4,096 characters) the rest is not read: that is flagged, named by what was
+    not read, so a scanner's padded payloads still add up to a ban."""
+    with client_from(edge_url, own_address()) as c:
+        statuses = [c.get(f"/?{padding}q={n}'+union+select+password+from+users--").status_code for n in range(15)]
+    assert statuses[-1] == 403
+
+
 def test_probing_from_one_ipv6_64_bans_the_64(edge_url: str) -> None:
     prefix = f"2001:db8:{next(_numbers):x}:2"
     with client_from(edge_url, PROXY) as proxy:

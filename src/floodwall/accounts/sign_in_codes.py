@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import time
+import unicodedata
 
 from floodwall.accounts.activity import Client
 from floodwall.accounts.mail import Mailer
@@ -35,20 +36,24 @@ class SignInCodes:
         return str(int(digest[:15], 16) % 10**DIGITS).zfill(DIGITS)
 
     async def require(self, user_id: int, email: str, given: str, client: Client) -> None:
-        """Return if `given` is this account's code; else mail one (once a window) and refuse."""
+        """Return if `given` is this account's code; else mail one (once a window) and refuse. The owner is
+        mailed whatever code came with the right password: the answer tells a right password from a wrong
+        one (as GitHub's and Mastodon's do), so the owner must always hear of it."""
         window = int(time.time()) // WINDOW
-        given = given.strip()[:32]
-        if given:
-            if any(hmac.compare_digest(given, self.code(user_id, w)) for w in (window, window - 1)):
-                return
-            raise ApiError(401, "That code is not right, or it has expired. Sign in again to get a new one.",
-                           "invalid_email_code", param="email_code")
+        # digits as a phone's keyboard may type them (full width): NFKC makes them ASCII
+        given = unicodedata.normalize("NFKC", given[:32]).strip()
+        if given.isascii() and given.isdigit() and \
+                any(hmac.compare_digest(given, self.code(user_id, w)) for w in (window, window - 1)):
+            return
         if await use_once(self.store, "sign-in-code/mail", f"{user_id}|{window}", WINDOW):
             self.mailer.send_later(email, "Your sign-in code", (
                 f"Someone, hopefully you, entered your password on a device this account has not been used on "
                 f"(address {client.ip}). The service is under attack, so new devices confirm by e-mail.\n\n"
                 f"Your code: {self.code(user_id, window)}\n\nIt works for about ten minutes. If it was not you, "
                 "your password is known to someone else: change it now, and turn on two-factor sign-in.\n"))
+        if given:
+            raise ApiError(401, "That code is not right, or it has expired. Enter the code from the latest "
+                           "message we sent to your e-mail address.", "invalid_email_code", param="email_code")
         raise ApiError(401, "This device has not signed in to your account before, and the service is under "
                        "attack: we sent a code to your e-mail address. Enter it to sign in.",
                        "email_code_required", param="email_code")

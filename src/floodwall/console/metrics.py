@@ -72,7 +72,7 @@ class ServiceCollector(Collector):
         yield CounterMetricFamily(f"{PREFIX}_arrivals", "Requests arrived at the gate", value=totals["arrivals"])
         yield CounterMetricFamily(f"{PREFIX}_new_addresses", "Client addresses not seen in the last 10 to 20 "
                                   "minutes", value=totals["new_addresses"])
-        yield CounterMetricFamily(f"{PREFIX}_new_networks", "Client networks (/24, /64) not seen in the last 10 "
+        yield CounterMetricFamily(f"{PREFIX}_new_networks", "Client networks (/24, /48) not seen in the last 10 "
                                   "to 20 minutes", value=totals["new_networks"])
         yield GaugeMetricFamily(f"{PREFIX}_tracked_addresses", "Addresses remembered to tell new ones",
                                 value=traffic.sources.tracked)

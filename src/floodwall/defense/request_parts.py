@@ -14,6 +14,7 @@ import json
 import math
 import time
 import unicodedata
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
@@ -180,12 +181,38 @@ def _anomalies(request: Described, headers: dict[str, str], found: set[str]) -> 
     if referer is None:
         found.add("referer-elsewhere")  # none, or another site's: a link someone was sent
         found.add("no-referer")
-    elif urlsplit(referer).netloc.lower() != headers.get("host", "").lower():
+    elif _netloc(referer) != headers.get("host", "").lower():
         found.add("referer-elsewhere")
         found.add("referer-offsite")
     for name in ("range", "request-range"):
         if name in headers and _odd_range(headers[name]):
             found.add("bad-range")
+
+
+def _netloc(url: str) -> str | None:
+    """A URL's host and port, lower case (None when it is not a URL urllib can split, like "http://[")."""
+    try:
+        return urlsplit(url[:MAX_VALUE]).netloc.lower()
+    except ValueError:
+        return None
+
+
+def cut(kind: str, text: str) -> str:
+    """An anomaly for what was not read, named with a digest of it: the same big cookie sent with every page
+    is one piece of evidence to the probe watch, a scanner's padded payloads are many."""
+    return f"{kind}:{zlib.crc32(text.encode('utf-8', 'surrogatepass')):08x}"
+
+
+def _capped(values: list[str], kind: str, anomalies: set[str]) -> list[str]:
+    """The first MAX_VALUES of `values`; more, or one longer than MAX_VALUE, is an anomaly (CRS's 920380 and
+    920370: too many arguments, an argument too long), so padding cannot hide a payload unflagged."""
+    if len(values) > MAX_VALUES:
+        anomalies.add(cut("too-many-values", kind + "".join(values[MAX_VALUES:])[:MAX_BODY]))
+        values = values[:MAX_VALUES]
+    for value in values:
+        if len(value) > MAX_VALUE:
+            anomalies.add(cut("value-too-long", value[:MAX_BODY]))
+    return values
 
 
 class Budget:
@@ -205,13 +232,11 @@ class Budget:
         return time.perf_counter() - self.wall > self.seconds and time.thread_time() - self.cpu > self.seconds
 
 
-def _pairs(text: str, budget: Budget) -> list[tuple[str, str]]:
+def _pairs(text: str, budget: Budget, anomalies: set[str]) -> list[tuple[str, str]]:
     """The first MAX_VALUES name=value pairs, decoded as parse_qsl(keep_blank_values=True) would, each cut to
     MAX_VALUE first, while the budget lasts (parse_qsl reads them all before any slice, at Python's pace)."""
     found: list[tuple[str, str]] = []
-    for pair in text.split("&", MAX_VALUES)[:MAX_VALUES]:
-        if not pair:
-            continue
+    for pair in _capped([pair for pair in text.split("&") if pair], "args", anomalies):
         if clock_due(len(found), len(pair)) and budget.spent():
             break
         name, _, value = pair.partition("=")
@@ -261,11 +286,13 @@ def parts(request: Described, wanted_headers: frozenset[str] = frozenset(),
     budget = budget or Budget()
     names: list[str] = []
     args: list[str] = []
-    for key, value in _pairs(request.query, budget):
+    anomalies: set[str] = set()
+    for key, value in _pairs(request.query, budget, anomalies):
         names.append(key)
         args.append(value)
     headers = {name.lower(): value for name, value in request.headers}
-    anomalies: set[str] = set()
+    _capped([value for name, value in request.headers], "headers", anomalies)
+    _capped([request.path], "path", anomalies)
     content_type = headers.get("content-type", "").lower()
     body = whole(request.body[:MAX_BODY])
     if body:
@@ -282,14 +309,14 @@ def parts(request: Described, wanted_headers: frozenset[str] = frozenset(),
             args.extend(m.group(1) or m.group(2)  # attribute values, text
                         for m in itertools.islice(_XML_VALUES.finditer(body), MAX_VALUES))
         elif "x-www-form-urlencoded" in content_type or not content_type:
-            for key, value in _pairs(body, budget):
+            for key, value in _pairs(body, budget, anomalies):
                 names.append(key)
                 args.append(value)
         else:  # text/plain and the like: the body is one value
             args.append(body)
     cookies: list[str] = []
     cookie_names: list[str] = []
-    for part in headers.get("cookie", "").split(";")[:MAX_VALUES]:
+    for part in _capped(headers.get("cookie", "").split(";"), "cookies", anomalies):
         key, _, value = part.strip().partition("=")
         cookie_names.append(key)
         cookies.append(value)

@@ -20,7 +20,7 @@ import re2
 
 from floodwall.config import ConfigError, parse_duration, read_toml
 from floodwall.defense.levels import LEVELS
-from floodwall.defense.request_parts import Budget, clock_due
+from floodwall.defense.request_parts import Budget, clock_due, cut
 from floodwall.defense.request_parts import Described as Described
 from floodwall.defense.request_parts import parts as parts
 
@@ -179,8 +179,9 @@ class Scorer:
             complete = self._read(target, values, matched, seen, budget, complete)
         anomalies = found_parts["anomalies"]
         if not complete:  # a request that costs more than the budget to read is itself odd (CRS's 920380)
-            anomalies.append(BUDGET_ANOMALY)
-            self._read("anomalies", [BUDGET_ANOMALY], matched, seen, Budget(), True)
+            anomaly = cut(BUDGET_ANOMALY, request.path + "?" + request.query)
+            anomalies.append(anomaly)
+            self._read("anomalies", [anomaly], matched, seen, Budget(), True)
         ordered = sorted((rule for rule in matched.values() if not rule.requires or rule.requires in anomalies),
                          key=lambda rule: -rule.score)
         return Score(sum(rule.score for rule in ordered), tuple(rule.name for rule in ordered),

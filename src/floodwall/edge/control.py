@@ -16,7 +16,7 @@ from floodwall import logs
 from floodwall.audit import Audit
 from floodwall.background import cancel
 from floodwall.defense.levels import LEVELS
-from floodwall.edge.identity import IPAddress, IPNetwork
+from floodwall.edge.identity import IPAddress, normalised_network
 from floodwall.edge.policy import REGISTRATION_MODES
 from floodwall.state.store import Ban, Store
 
@@ -35,7 +35,7 @@ class AddressSet:
         by_length: dict[tuple[int, int], dict[int, object]] = {}
         for cidr, value in entries:
             try:
-                network = _one_form(ipaddress.ip_network(cidr, strict=False))
+                network = normalised_network(ipaddress.ip_network(cidr, strict=False))
             except ValueError:  # one bad stored entry must not stop every ban and list from applying
                 logs.event(log, "bad_network_entry_skipped", logging.WARNING, entry=repr(cidr)[:100])
                 continue
@@ -62,13 +62,6 @@ class AddressSet:
                         return found
         return None
 
-
-def _one_form(network: IPNetwork) -> IPNetwork:
-    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
-        mapped = network.network_address.ipv4_mapped
-        if mapped is not None:
-            return ipaddress.IPv4Network(f"{mapped}/{network.prefixlen - 96}")
-    return network
 
 
 class Control:

@@ -161,10 +161,14 @@ class Gate:
         if refusal is None and self.scorer is not None and tier != "established":
             try:
                 refusal = self.scored(scope, klass, text, tier, level)
-            except Exception:  # scoring is a filter, not the service: a request it cannot read goes on
+            except Exception:  # scoring is a filter, not the service: a request it cannot read goes on, but
+                # as a step toward a probing ban, so that a way to break it is not a way around it
                 self.traffic.event("scoring.error")
                 self.scoring_log.record("scoring/error", text, None, klass, level, tier, scope["method"],
                                         scope["path"])
+                subscriber = self.networks.subscriber(text)
+                if self.probes is not None and self.probes.answered(subscriber, "error|" + probe_key(scope)):
+                    self._start_ban(subscriber, self.probes.policy.ban)
                 if time.monotonic() > self._trace_logged + 10:  # a traceback every 10 s at most: a flood of them
                     self._trace_logged = time.monotonic()       # would cost more than the requests
                     log.exception("scoring failed; the request goes on unscored")

@@ -27,23 +27,41 @@ class TrustedProxies:
     def __init__(self, cidrs: Iterable[str], header: str = "x-forwarded-for") -> None:
         if header not in FORWARDED_HEADERS:
             raise ValueError(f"the forwarding header must be one of {', '.join(FORWARDED_HEADERS)}")
-        self.networks: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+        self.networks: tuple[IPNetwork, ...] = tuple(normalised_network(ipaddress.ip_network(c, strict=False))
+                                                     for c in cidrs)
         self.header = header.encode()
 
     def __contains__(self, address: IPAddress | None) -> bool:
         return address is not None and any(address in net for net in self.networks)
 
 
+_NAT64 = int(ipaddress.IPv6Address("64:ff9b::")) >> 32  # RFC 6052's well-known prefix, 64:ff9b::/96
+
+
 def normalised(address: IPAddress) -> IPAddress:
     """One address, one form: ::ffff:a.b.c.d is the IPv4 client a.b.c.d (a dual-stack socket's view of it),
-    and fe80::1%eth0 is fe80::1 (the scope is this machine's, not the client's)."""
+    so is 64:ff9b::a.b.c.d (an IPv4 client translated to reach an IPv6-only server, RFC 6052), and
+    fe80::1%eth0 is fe80::1 (the scope is this machine's, not the client's)."""
     if address.version == 6:
         mapped = address.ipv4_mapped
         if mapped is not None:
             return mapped
+        value = int(address)
+        if value >> 32 == _NAT64:
+            return ipaddress.IPv4Address(value & 0xFFFFFFFF)
         if address.scope_id is not None:
-            return ipaddress.IPv6Address(int(address))
+            return ipaddress.IPv6Address(value)
     return address
+
+
+def normalised_network(network: IPNetwork) -> IPNetwork:
+    """A list entry, ban or trusted proxy in the clients' one form: an IPv4-mapped (or RFC 6052) network is
+    its IPv4 network."""
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
+        address = normalised(network.network_address)
+        if address.version == 4:
+            return ipaddress.IPv4Network(f"{address}/{network.prefixlen - 96}")
+    return network
 
 
 def parse_address(text: str) -> IPAddress | None:
@@ -152,7 +170,7 @@ class Networks:
     waiting room, telemetry, bans), so the operator's prefixes hold everywhere. IPv6 keys are set apart from
     IPv4 ones by a bit above 128, so ::a.b.c.d and a.b.c.d are never one key."""
 
-    def __init__(self, ipv4_prefix: int = 24, ipv6_prefix: int = 64, ipv6_subscriber_prefix: int = 64) -> None:
+    def __init__(self, ipv4_prefix: int = 24, ipv6_prefix: int = 48, ipv6_subscriber_prefix: int = 64) -> None:
         self.prefixes = {4: ipv4_prefix, 6: ipv6_prefix}
         self.subscriber_prefix = ipv6_subscriber_prefix
         v6 = 1 << 128
