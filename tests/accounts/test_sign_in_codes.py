@@ -91,7 +91,7 @@ def test_any_code_with_a_right_password_tells_the_owner(codes_url: str, inbox: t
         assert own.post("/auth/register", json={"email": email, "password": PASSWORD}).status_code == 201
         set_level(codes_url, "under_attack")
         try:
-            for guess in ("000000", "１２３４５６", "é"):  # wrong codes are failed sign-ins: 3 at most here
+            for guess in ("000000", "\uff11\uff12\uff13\uff14\uff15\uff16", "\u00e9"):  # 3 wrong: the limit
                 answer = sign_in(thief, email, email_code=guess)
                 assert answer.status_code == 401 and answer.json()["error"]["code"] == "invalid_email_code", guess
             code = code_in(inbox[0], email)  # the first wrong code already mailed the owner
