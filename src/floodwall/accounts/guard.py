@@ -32,10 +32,14 @@ DEVICE_ACCOUNTS = 5
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Device:
-    """What a browser's device cookie says: its id, and the accounts it has signed in to."""
+    """What a browser's device cookie says: its id, and the accounts it has signed in to, each as
+    "LOGIN:STAMP", the stamp naming the password it signed in with (see LoginGuard.stamp)."""
 
     id: str
     logins: tuple[str, ...] = ()
+
+    def knows(self, login: str) -> bool:
+        return any(entry.partition(":")[0] == login for entry in self.logins)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -55,8 +59,9 @@ class LoginGuard:
         self.signer = signer
         self.networks = networks or Networks()
         self.traffic = traffic or Traffic()
-        # rules counting every address against one account: their refusal says how the owner gets in
-        self._account_wide = {rule.name for rule in policy.rules if rule.key == "login"}
+        # rules counting every unknown device against one account: their refusal says how the owner gets in
+        self._account_wide = {rule.name for rule in policy.rules
+                              if rule.key == "login" and "known-device" not in rule.tiers}
 
     def login_ident(self, email: str) -> str:
         """The key an e-mail is counted under: keyed, so the store never holds an address or a guessable hash."""
@@ -79,7 +84,7 @@ class LoginGuard:
         device has not signed in to is charged to the gate's unknown-device rules now, as it would have been."""
         login = self.login_ident(email)
         device = self.device(cookie)
-        known = login in device.logins
+        known = device.knows(login)
         ip, network = self.networks.text_keys(address)
         if gate_tier == "known-device" and not known:
             gate_buckets = self.policy.buckets("auth-login", self.level(), Caller(ip, network, "unknown-device",
@@ -99,11 +104,21 @@ class LoginGuard:
                 raise _locked(rule, wait) if rule in self._account_wide else _throttled(rule, wait)
         return Attempt(login, device, known, buckets)
 
-    async def succeeded(self, attempt: Attempt) -> str:
+    async def succeeded(self, attempt: Attempt, password_hash: str) -> str:
         """Give back what the attempt spent; the device cookie to set, now knowing this account."""
         self.traffic.event("login.succeeded")
         await self.release(attempt)
-        return self.remember(attempt.device, attempt.login)
+        return self.remember(attempt.device, attempt.login, password_hash)
+
+    def stamp(self, password_hash: str) -> str:
+        """A tag of the account's password (of its hash, salt and all: nothing quick to guess from): a device
+        that signed in before the password changed is known for counting, but not trusted to skip a
+        confirmation (sign_in_codes.py), until it signs in with the new one."""
+        return self.signer.mac("device-stamp", password_hash)[:12]
+
+    def current(self, device: Device, login: str, password_hash: str) -> bool:
+        """The device signed in to this account with its present password."""
+        return f"{login}:{self.stamp(password_hash)}" in device.logins
 
     def failed(self) -> None:
         self.traffic.event("login.failed")
@@ -113,9 +128,10 @@ class LoginGuard:
         if attempt.buckets:
             await self.store.charge([b._replace(cost=-b.cost) for b in attempt.buckets])
 
-    def remember(self, device: Device, login: str) -> str:
+    def remember(self, device: Device, login: str, password_hash: str) -> str:
         """The device cookie's new value: this device knows this account (most recent first)."""
-        logins = (login, *[known for known in device.logins if known != login])[:DEVICE_ACCOUNTS]
+        entry = f"{login}:{self.stamp(password_hash)}"
+        logins = (entry, *[known for known in device.logins if known.partition(":")[0] != login])[:DEVICE_ACCOUNTS]
         return self.signer.dumps("device", {"d": device.id, "a": list(logins)})
 
     def figures(self) -> dict[str, Any]:

@@ -4,7 +4,6 @@ a form gets its page back with the error, JSON gets OpenAI-shaped errors. Sign-u
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from starlette.requests import Request
@@ -22,7 +21,7 @@ from floodwall.accounts.auth import (
 )
 from floodwall.accounts.forms import credentials, form_page, is_form, read_fields, text_field, user_json
 from floodwall.accounts.guard import DEVICE_COOKIE
-from floodwall.accounts.models import ApiKey, Session
+from floodwall.accounts.models import ApiKey, Session, User
 from floodwall.accounts.service import Principal
 from floodwall.accounts.signup import challenge, queue, register, resend_verification, verify
 from floodwall.edge.gate import edge_info
@@ -45,8 +44,11 @@ async def login(request: Request) -> Response:
     attempt = await config.guard.begin(email, client.ip, request.cookies.get(DEVICE_COOKIE),
                                        edge.tier if edge is not None else "unknown-device")
     confirm = None
-    if not attempt.known and config.policy.new_device[config.control.level] == "confirm":
-        confirm = functools.partial(config.sign_in_codes.require, given=email_code, client=client)
+    if config.policy.new_device[config.control.level] == "confirm":
+        async def confirm(user: User) -> None:
+            # a device is trusted to skip the code if it signed in with the present password
+            if not (attempt.known and config.guard.current(attempt.device, attempt.login, user.password_hash)):
+                await config.sign_in_codes.require(user.id, user.email, email_code, client)
     try:
         user = await config.accounts.authenticate(email, password, client, new_device=not attempt.known,
                                                   second_factor=code, confirm_device=confirm)
@@ -60,7 +62,7 @@ async def login(request: Request) -> Response:
         elif error.code in ("email_code_required", "invalid_email_code"):
             request.state.form_context = {"email_code_needed": True}
         raise
-    device = await config.guard.succeeded(attempt)
+    device = await config.guard.succeeded(attempt, user.password_hash)
     secret = await config.accounts.create_session(user, client)
     response: Response
     if is_form(request):
@@ -176,11 +178,15 @@ async def change_password(request: Request) -> Response:
     principal = await require_session(request)
     fields = await read_fields(request)
     config = services(request)
-    await config.accounts.change_password(principal, text_field(fields, "current_password"),
-                                          text_field(fields, "new_password"), config.client(request))
-    if is_form(request):
-        return await render(request, "password.html", {"done": True})
-    return JSONResponse({"ok": True})
+    new_hash = await config.accounts.change_password(principal, text_field(fields, "current_password"),
+                                                     text_field(fields, "new_password"), config.client(request))
+    response = await render(request, "password.html", {"done": True}) if is_form(request) \
+        else JSONResponse({"ok": True})
+    # this browser stays a device of the account's; those that signed in with the old password confirm anew
+    guard = config.guard
+    set_device_cookie(request, response, guard.remember(guard.device(request.cookies.get(DEVICE_COOKIE)),
+                                                        guard.login_ident(principal.email), new_hash))
+    return response
 
 
 @form_page("forgot.html")

@@ -125,10 +125,10 @@ class AccountService:
 
     async def authenticate(self, email: str, password: str, client: Client, new_device: bool = False,
                            second_factor: str = "",
-                           confirm_device: Callable[[int, str], Awaitable[None]] | None = None) -> User:
+                           confirm_device: Callable[[User], Awaitable[None]] | None = None) -> User:
         """The account if the password (and, where two-factor sign-in is on, the code) is right; the same
-        refusal, at the same cost, for an unknown e-mail. `confirm_device(user id, e-mail)`, for an account
-        without two-factor sign-in, raises unless the device is confirmed (sign_in_codes.py)."""
+        refusal, at the same cost, for an unknown e-mail. `confirm_device(user)`, for an account without
+        two-factor sign-in, raises unless the device is confirmed (sign_in_codes.py)."""
         async with self.db() as db:
             user = await db.scalar(select(User).where(User.email == normalise_email(email)))
         password = password[:MAX_PASSWORD_LENGTH]
@@ -153,7 +153,7 @@ class AccountService:
                                    param="totp")
             elif confirm_device is not None:
                 try:
-                    await confirm_device(user.id, user.email)
+                    await confirm_device(user)
                 except ApiError as refusal:
                     if refusal.code == "invalid_email_code":
                         record_activity(db, user.id, "login_failed", client, {"why": "wrong_email_code"})
@@ -168,9 +168,11 @@ class AccountService:
             await db.commit()
         return user
 
-    async def change_password(self, principal: Principal, current: str, new: str, client: Client) -> None:
+    async def change_password(self, principal: Principal, current: str, new: str, client: Client) -> str:
+        """The new password's hash, once set."""
         await self.check_password(principal, current)
-        await self.set_password(principal.user_id, new, client, "password_changed", keep_session=principal.session_id)
+        return await self.set_password(principal.user_id, new, client, "password_changed",
+                                       keep_session=principal.session_id)
 
     async def check_password(self, principal: Principal, current: str, param: str = "current_password") -> None:
         """The signed-in owner proves it is them again before a change that matters."""
@@ -180,8 +182,8 @@ class AccountService:
             raise ApiError(400, "The current password is not right.", "invalid_current_password", param=param)
 
     async def set_password(self, user_id: int, new: str, client: Client, kind: str,
-                           keep_session: int | None = None) -> None:
-        """A new password (recorded as `kind`); every session but `keep_session` is signed out."""
+                           keep_session: int | None = None) -> str:
+        """A new password (recorded as `kind`); every session but `keep_session` is signed out. Its hash."""
         self.check_password_rules(new, "new_password")
         new_hash = await self.passwords.hash(new)
         async with self.db() as db:
@@ -195,6 +197,7 @@ class AccountService:
             record_activity(db, user_id, kind, client)
             await db.commit()
         self.sessions.clear()
+        return new_hash
 
     # sessions
 

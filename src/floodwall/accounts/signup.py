@@ -160,7 +160,7 @@ async def _register(request: Request) -> Response:
     # the device that made the account is one its owner uses
     guard = config.guard
     set_device_cookie(request, response, guard.remember(guard.device(request.cookies.get(DEVICE_COOKIE)),
-                                                        guard.login_ident(user.email)))
+                                                        guard.login_ident(user.email), user.password_hash))
     return response
 
 
