@@ -102,7 +102,7 @@ async def receive_json_object(scope: Scope, receive: Receive, limit: int) -> dic
 # tokens a request); the counts include brackets and commas inside strings, so they leave room for a
 # prompt that quotes code or data.
 MAX_JSON_CONTAINERS = 65_536
-MAX_JSON_VALUES = 524_288
+MAX_JSON_VALUES = 131_072
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import re
 import string
 import time
 from typing import Any
-from urllib.parse import unquote, unquote_to_bytes
+from urllib.parse import parse_qsl, unquote, unquote_to_bytes
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -24,15 +24,7 @@ from floodwall.accounts.waiting_room import WaitingRoom
 from floodwall.bodies import parse_json_object, whole_number
 from floodwall.config import ConfigError, load
 from floodwall.defense.prompts import DEFAULT_RULES, Campaigns, Screen, load_rules, prompt_text, signature
-from floodwall.defense.request_parts import (
-    MAX_VALUE,
-    _js_unescaped,
-    _odd_range,
-    parts,
-    shell_words,
-    unquoted,
-    unquoted_bytes,
-)
+from floodwall.defense.request_parts import _js_unescaped, _odd_range, parts, shell_words
 from floodwall.defense.scoring import Described, Scorer
 from floodwall.defense.scoring import load_rules as load_request_rules
 from floodwall.edge.gate import SESSION_COOKIE, credential
@@ -40,6 +32,7 @@ from floodwall.edge.identity import Networks, TrustedProxies, client, client_add
 from floodwall.edge.policy import Limit
 from floodwall.errors import ApiError
 from floodwall.inference.sse import EventSplitter, event_data
+from floodwall.percent import form_pairs, unquoted, unquoted_bytes
 from floodwall.signing import Signer
 from floodwall.state.memory import MemoryStore
 
@@ -213,11 +206,13 @@ def test_js_escapes_decode_as_the_old_pattern_did(value: str) -> None:
     assert _js_unescaped(value) == OLD_JS_ESCAPE.sub(lambda m: chr(int(m.group(1) or m.group(2), 16)), value)
 
 
-@given(st.text(st.sampled_from(list("%25aFg=\r\n \t+é_")), max_size=24))
+@given(st.text(st.sampled_from(list("%25aFcC3A9g=\r\n \t+é_&\ud800")), max_size=24))
 @example("%%41%4")
+@example("%C3é%A9")
 def test_unquoting_is_urllibs(value: str) -> None:
-    assert unquoted(value) == unquote(value[:MAX_VALUE])
-    assert unquoted_bytes(value) == unquote_to_bytes(value[:MAX_VALUE])
+    assert unquoted(value) == unquote(value)
+    assert unquoted_bytes(value) == unquote_to_bytes(value.encode("utf-8", "surrogatepass"))
+    assert form_pairs(value, 50) == parse_qsl(value, keep_blank_values=True)
 
 
 @given(st.text(st.sampled_from(list("bytes=0123456789-, ٣")), max_size=40))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -14,10 +13,12 @@ from starlette.responses import Response
 from floodwall.accounts.auth import check_same_origin
 from floodwall.bodies import check_json_content_type, parse_json_object, read_body
 from floodwall.errors import REASON_HEADER, ApiError, log_refusal
+from floodwall.percent import form_pairs
 from floodwall.web.pages import render
 
 FORM = "application/x-www-form-urlencoded"
 MAX_FORM_BODY = 64 * 1024
+MAX_FIELDS = 50
 
 
 def is_form(request: Request) -> bool:
@@ -38,9 +39,12 @@ async def read_fields(request: Request, allow_empty: bool = False) -> dict[str, 
         return {}
     if request.state.form:
         try:
-            return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=50))
-        except (UnicodeDecodeError, ValueError):
-            raise ApiError(400, "The form could not be read.", "invalid_form") from None
+            pairs = form_pairs(raw.decode("utf-8"), MAX_FIELDS)
+        except UnicodeDecodeError:
+            pairs = None
+        if pairs is None:
+            raise ApiError(400, "The form could not be read.", "invalid_form")
+        return dict(pairs)
     check_json_content_type(request.scope)
     return parse_json_object(raw)
 
