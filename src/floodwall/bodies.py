@@ -97,12 +97,11 @@ async def receive_json_object(scope: Scope, receive: Receive, limit: int) -> dic
 
 
 # Objects and arrays, and values, in one body: counted in C before parsing, because building a million
-# small Python objects held the event loop for 0.6 s within the byte limit. At these caps a body costs tens
-# of milliseconds at worst, and OpenAI's own bounds are far below them (2,048 embedding inputs, 300,000
-# tokens a request); the counts include brackets and commas inside strings, so they leave room for a
-# prompt that quotes code or data.
+# small Python objects held the event loop for 0.6 s within the byte limit. At these caps a body costs some
+# 6 ms at worst (bench/adversarial.py); the counts include brackets and commas inside strings, so they leave
+# room for a prompt that quotes code or data, and for 2,048 embedding inputs (OpenAI's bound).
 MAX_JSON_CONTAINERS = 65_536
-MAX_JSON_VALUES = 131_072
+MAX_JSON_VALUES = 65_536
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:

@@ -148,7 +148,7 @@ def test_a_payload_is_not_hidden_by_what_the_scorer_cannot_read(edge_url: str, h
 
 @pytest.mark.parametrize("padding", ["&" * 300, "a=1&" * 300, "a=" + "%20" * 1400 + "&"])
 def test_padding_does_not_hide_payloads(edge_url: str, padding: str) -> None:
-    """Past the caps (256 values, 1,024 characters) the rest is not read: that is flagged, named by what was
+    """Past the caps (256 values, 512 characters) the rest is not read: that is flagged, named by what was
     not read, so a scanner's padded payloads still add up to a ban."""
     with client_from(edge_url, own_address()) as c:
         statuses = [c.get(f"/?{padding}q={n}'+union+select+password+from+users--").status_code for n in range(15)]

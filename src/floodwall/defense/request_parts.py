@@ -38,9 +38,9 @@ _BASE64_ALPHABET = str.maketrans("", "", "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijkl
 _SHELL_QUOTES = str.maketrans({"'": "\0", '"': "\0", "\\": "\0", "^": "\0"})
 MAX_CHARSETS = 4  # charset parameters read from one header
 # characters of one value read: scoring's sets match a value whole, and a value crafted to make RE2 build new
-# states costs up to 5 µs a character (bench/adversarial.py); longer values are flagged (value-too-long), and
-# the CRS regression tests and payload lists are detected alike at 1,024 and 4,096 (bench/probes.py)
-MAX_VALUE = 1024
+# states costs up to 5 µs a character (bench/adversarial.py); longer values are flagged (value-too-long). The
+# CRS regression tests (paranoia 1) and the payload lists are detected alike at 512 and 4,096 (bench/probes.py)
+MAX_VALUE = 512
 MAX_VALUES = 256  # values read from one request part
 MAX_BODY = 64 * 1024
 MAX_RANGES = 5
