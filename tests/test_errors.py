@@ -126,6 +126,18 @@ def test_a_body_of_too_many_json_values_is_refused_before_it_is_built(http: http
     assert "too many JSON values" in error["message"]
 
 
+@pytest.mark.parametrize("body", [
+    {"model": CHAT, "prompt": list(range(70_000))},  # a long prompt as token ids
+    {"model": CHAT, "input": [list(range(64))] * 2048},  # OpenAI's 2,048 inputs, as token ids
+    {"model": CHAT, "messages": [{"role": "user", "content": "a,b,c\n" * 55_000}]},  # a CSV quoted
+])
+def test_large_ordinary_bodies_are_not_refused_as_too_many_values(http: httpx.Client, auth: dict[str, str],
+                                                                  body: dict[str, object]) -> None:
+    path = "/v1/embeddings" if "input" in body else "/v1/completions" if "prompt" in body else "/v1/chat/completions"
+    response = http.post(path, json=body, headers=auth)
+    assert "too many JSON values" not in response.text, response.text[:200]
+
+
 def test_odd_headers(http: httpx.Client, auth: dict[str, str]) -> None:
     body = {"model": CHAT, "messages": [{"role": "user", "content": "x"}]}
     _error(http.post("/v1/chat/completions", json=body, headers={**auth, "content-type": "application/xml"}), 415,

@@ -96,12 +96,14 @@ async def receive_json_object(scope: Scope, receive: Receive, limit: int) -> dic
     return parse_json_object(await receive_body(scope, receive, limit))
 
 
-# Objects and arrays, and values, in one body: counted in C before parsing, because building a million
-# small Python objects held the event loop for 0.6 s within the byte limit. At these caps a body costs some
-# 6 ms at worst (bench/adversarial.py); the counts include brackets and commas inside strings, so they leave
-# room for a prompt that quotes code or data, and for 2,048 embedding inputs (OpenAI's bound).
+# Objects and arrays, their members, and values, in one body: counted in C before parsing, because building
+# a million small Python objects held the event loop for 0.6 s within the byte limit. Containers and members
+# cost the most to build; plain values (token ids, strings) some 0.05 µs each. The counts include brackets,
+# colons and commas inside strings, so they leave room for a prompt that quotes code or data, and the values
+# for some 260,000 token ids (OpenAI takes 300,000 tokens an embeddings request).
 MAX_JSON_CONTAINERS = 65_536
-MAX_JSON_VALUES = 65_536
+MAX_JSON_MEMBERS = 65_536
+MAX_JSON_VALUES = 262_144
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -109,9 +111,10 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise ApiError(400, "The request body is empty; expected a JSON object.", "invalid_json")
     # an overestimate (brackets and commas inside strings count too): a body near the limits that is not
     # one of these shapes is a very long text, which a client can send as one string
-    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_CONTAINERS or raw.count(b",") >= MAX_JSON_VALUES:
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_CONTAINERS or raw.count(b":") > MAX_JSON_MEMBERS or \
+            raw.count(b",") >= MAX_JSON_VALUES:
         raise ApiError(400, f"The request body holds too many JSON values (at most {MAX_JSON_CONTAINERS:,} objects "
-                       f"and arrays, {MAX_JSON_VALUES:,} values).", "invalid_json")
+                       f"and arrays, {MAX_JSON_MEMBERS:,} members, {MAX_JSON_VALUES:,} values).", "invalid_json")
     try:
         # orjson: the /v1 hot path parses every body; it also refuses NaN and nesting beyond 1024 levels
         value = orjson.loads(raw)

@@ -80,6 +80,10 @@ def exit_with_parent() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
         os.kill(os.getpid(), signal.SIGTERM)
+        # a granian worker may ignore SIGTERM (its main process handles signals): seen alive 45 minutes
+        # after its serve was gone, holding two threads and its port
+        time.sleep(10.0)
+        os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 

@@ -197,3 +197,11 @@ def test_under_attack_a_flagged_request_is_refused_and_explained(refusing: str) 
         admin.put("/admin/api/level", json={"level": "normal", "reason": "test"})
         for c in (admin, caller, member):
             c.close()
+
+
+def test_a_header_sent_twice_is_read_whole(scorer: Scorer) -> None:
+    """A second Cookie or User-Agent line cannot hide the first from the rules."""
+    for name in ("Cookie", "User-Agent"):
+        payload = "a=1' union select password from users--" if name == "Cookie" else "<script>alert(1)</script>"
+        found = scorer.score(Described("GET", "/", "", (("Host", "x"), (name, payload), (name, "theme=dark"))))
+        assert found.score >= 5, name

@@ -111,6 +111,7 @@ def test_networks_follow_the_prefixes_and_keep_families_apart() -> None:
 
 
 def test_translated_ipv4_clients_and_mapped_proxies_take_the_ipv4_form() -> None:
-    assert client_address(scope("64:ff9b::203.0.113.7"), TrustedProxies([])) == "203.0.113.7"  # RFC 6052
+    assert client_address(scope("64:ff9b::8.8.4.4"), TrustedProxies([])) == "8.8.4.4"  # RFC 6052
+    assert client_address(scope("64:ff9b::7f00:1"), TrustedProxies([])) == "64:ff9b::7f00:1"  # not loopback
     mapped = TrustedProxies(["::ffff:10.0.0.0/104"])  # a proxy listed as a dual-stack socket shows it
     assert client_address(scope("::ffff:10.0.0.9", ("X-Forwarded-For", "203.0.113.5")), mapped) == "203.0.113.5"

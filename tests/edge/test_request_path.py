@@ -155,6 +155,41 @@ def test_padding_does_not_hide_payloads(edge_url: str, padding: str) -> None:
     assert statuses[-1] == 403
 
 
+def test_a_fixed_decoy_does_not_make_payloads_one_step(edge_url: str) -> None:
+    """A scanner that sends the same flagged value first with every request (a long header) still adds a
+    step a payload: the probe watch counts everything that matched, not each rule's first match."""
+    decoy = {"x-p102": "a" * 600}  # value-too-long: it sorted first and stood for the whole request
+    with client_from(edge_url, own_address()) as c:
+        statuses = [c.get(f"/?q={n}'+union+select+password+from+users--", headers=decoy).status_code
+                    for n in range(15)]
+    assert statuses[-1] == 403
+
+
+@pytest.mark.parametrize("where", ["header", "cookie"])
+def test_padding_in_a_named_value_does_not_make_payloads_one_step(edge_url: str, where: str) -> None:
+    with client_from(edge_url, own_address()) as c:
+        statuses = []
+        for n in range(15):
+            padded = "a" * 520 + f"{n}' union select password from users--"
+            headers = {"x-api": padded} if where == "header" else {"cookie": f"sid={padded}"}
+            statuses.append(c.get("/login", headers=headers).status_code)
+    assert statuses[-1] == 403
+
+
+def test_a_session_the_gate_did_not_read_signs_nobody_in(edge_url: str) -> None:
+    """Routes see the account the gate found and limited by, not one a second reading of the cookie finds."""
+    email = f"hidden-{secrets.token_hex(4)}@example.com"
+    with client_from(edge_url, own_address()) as c:
+        assert c.post("/auth/register", json={"email": email, "password": PASSWORD}).status_code == 201
+        signed_in = c.post("/auth/login", json={"email": email, "password": PASSWORD})
+        token = signed_in.cookies["fw_session"]
+        c.cookies.clear()
+        assert c.get("/account/keys", headers={"cookie": f"fw_session={token}"}).status_code == 200
+        for hidden in (f'fw_session ="{token}"', f"fw_session={token}; " + "; ".join(
+                f"x{n}=afw_session=1" for n in range(17))):
+            assert c.get("/account/keys", headers={"cookie": hidden}).status_code == 401, hidden
+
+
 def test_probing_from_one_ipv6_64_bans_the_64(edge_url: str) -> None:
     prefix = f"2001:db8:{next(_numbers):x}:2"
     with client_from(edge_url, PROXY) as proxy:

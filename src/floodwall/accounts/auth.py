@@ -44,12 +44,14 @@ async def key_principal(scope: Scope, accounts: AccountService) -> Principal:
 
 
 async def session_principal(request: Request) -> Principal | None:
+    """The signed-in account. Behind the gate, the one the gate found and limited by, and no other: a cookie
+    the gate did not read as a session (`fw_session ="..."`, a second Cookie header) signs nobody in."""
+    edge = edge_info(request)
+    if edge is not None:
+        return edge.principal if edge.principal is not None and edge.principal.session_id is not None else None
     secret = request.cookies.get(SESSION_COOKIE)
     if not secret:
         return None
-    edge = edge_info(request)
-    if edge is not None and edge.principal is not None and edge.principal.session_id is not None:
-        return edge.principal
     return await services(request).accounts.session_principal(secret)
 
 

@@ -48,6 +48,7 @@ class Attempt:
     device: Device
     known: bool  # this device has signed in to this account before
     buckets: tuple[Bucket, ...]
+    caller: Caller
 
 
 class LoginGuard:
@@ -102,7 +103,7 @@ class LoginGuard:
                 self.traffic.event("login.throttled")
                 wait, rule = max(refused)
                 raise _locked(rule, wait) if rule in self._account_wide else _throttled(rule, wait)
-        return Attempt(login, device, known, buckets)
+        return Attempt(login, device, known, buckets, caller)
 
     async def succeeded(self, attempt: Attempt, password_hash: str) -> str:
         """Give back what the attempt spent; the device cookie to set, now knowing this account."""
@@ -115,6 +116,16 @@ class LoginGuard:
         that signed in before the password changed is known for counting, but not trusted to skip a
         confirmation (sign_in_codes.py), until it signs in with the new one."""
         return self.signer.mac("device-stamp", password_hash)[:12]
+
+    async def failed_stale(self, attempt: Attempt, password_hash: str | None) -> None:
+        """A wrong password from a device known to the account only by an old password (or by none the
+        account has): its failure moves from the known-device rules to the unknown-device ones, so that
+        devices minted while a thief knew the password cannot spend the owner's own devices' allowance."""
+        if not attempt.known or (password_hash is not None and
+                                 self.current(attempt.device, attempt.login, password_hash)):
+            return
+        unknown = self.policy.buckets("login-failure", self.level(), attempt.caller._replace(tier="unknown-device"))
+        await self.store.charge([*(b._replace(cost=-b.cost) for b in attempt.buckets), *unknown])
 
     def current(self, device: Device, login: str, password_hash: str) -> bool:
         """The device signed in to this account with its present password."""

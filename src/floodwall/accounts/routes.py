@@ -55,6 +55,8 @@ async def login(request: Request) -> Response:
     except ApiError as error:
         if error.code in ("invalid_credentials", "invalid_totp", "invalid_email_code"):
             config.guard.failed()  # a wrong code counts as a wrong password: its guesses are limited alike
+            if error.code == "invalid_credentials" and attempt.known:
+                await config.guard.failed_stale(attempt, await config.accounts.password_hash(email))
         else:
             await config.guard.release(attempt)
         if error.code in ("totp_required", "invalid_totp"):
@@ -178,15 +180,13 @@ async def change_password(request: Request) -> Response:
     principal = await require_session(request)
     fields = await read_fields(request)
     config = services(request)
-    new_hash = await config.accounts.change_password(principal, text_field(fields, "current_password"),
-                                                     text_field(fields, "new_password"), config.client(request))
-    response = await render(request, "password.html", {"done": True}) if is_form(request) \
-        else JSONResponse({"ok": True})
-    # this browser stays a device of the account's; those that signed in with the old password confirm anew
-    guard = config.guard
-    set_device_cookie(request, response, guard.remember(guard.device(request.cookies.get(DEVICE_COOKIE)),
-                                                        guard.login_ident(principal.email), new_hash))
-    return response
+    # devices that signed in with the old password (this one too: its cookie is kept for /auth) confirm anew
+    # where the level asks new devices to; their next sign-in with the new password stamps them again
+    await config.accounts.change_password(principal, text_field(fields, "current_password"),
+                                          text_field(fields, "new_password"), config.client(request))
+    if is_form(request):
+        return await render(request, "password.html", {"done": True})
+    return JSONResponse({"ok": True})
 
 
 @form_page("forgot.html")

@@ -169,6 +169,12 @@ class AccountService:
             await db.commit()
         return user
 
+    async def password_hash(self, email: str) -> str | None:
+        """The account's password hash (None: no account has this address)."""
+        async with self.db() as db:
+            found: str | None = await db.scalar(select(User.password_hash).where(User.email == normalise_email(email)))
+            return found
+
     async def change_password(self, principal: Principal, current: str, new: str, client: Client) -> str:
         """The new password's hash, once set."""
         await self.check_password(principal, current)

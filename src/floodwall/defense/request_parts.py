@@ -206,17 +206,17 @@ def cut(kind: str, text: str) -> str:
     return f"{kind}:{zlib.crc32(text.encode('utf-8', 'surrogatepass')):08x}"
 
 
-def _capped(values: list[str], kind: str, anomalies: set[str], named: bool = False) -> list[str]:
+def _capped(values: list[str], kind: str, anomalies: set[str]) -> list[str]:
     """The first MAX_VALUES of `values`; more, or one longer than MAX_VALUE, is an anomaly (CRS's 920380 and
-    920370: too many arguments, an argument too long), so padding cannot hide a payload unflagged. Named
-    values (cookies, headers: "name=value") are told apart by their name, not their value: a site's big
-    cookie that changes with every answer is one piece of evidence, not a step toward a ban on each page."""
+    920370: too many arguments, an argument too long), named by a digest of all of it, so padding cannot hide
+    a payload unflagged, nor make different payloads one piece of evidence. (floodwall's own values are far
+    shorter: its device cookie is at most some 300 characters.)"""
     if len(values) > MAX_VALUES:
         anomalies.add(cut("too-many-values", kind + "".join(values[MAX_VALUES:])[:MAX_BODY]))
         values = values[:MAX_VALUES]
     for value in values:
         if len(value) > MAX_VALUE:
-            anomalies.add(cut("value-too-long", kind + (value.partition("=")[0] if named else value)[:MAX_BODY]))
+            anomalies.add(cut("value-too-long", kind + value[:MAX_BODY]))
     return values
 
 
@@ -276,10 +276,15 @@ def parts(request: Described, wanted_headers: frozenset[str] = frozenset(),
     for key, value in _pairs(request.query, budget, anomalies):
         names.append(key)
         args.append(value)
-    headers = {name.lower(): value for name, value in request.headers}
+    # a header sent twice is read whole: the cookie headers joined as HTTP/2 splits them, others as RFC 9110
+    # combines them, so a second Cookie or User-Agent line cannot hide the first from the rules
+    headers: dict[str, str] = {}
+    for name, value in request.headers:
+        key = name.lower()
+        headers[key] = f"{headers[key]}{'; ' if key == 'cookie' else ', '}{value}" if key in headers else value
     if len(request.headers) > MAX_VALUES or any(len(value) > MAX_VALUE for _, value in request.headers):
         _capped([f"{name.lower()}={value}" for name, value in request.headers if name.lower() != "cookie"],
-                "headers", anomalies, named=True)
+                "headers", anomalies)
     if len(request.path) > MAX_VALUE:
         _capped([request.path], "path", anomalies)
     content_type = headers.get("content-type", "").lower()
@@ -305,7 +310,7 @@ def parts(request: Described, wanted_headers: frozenset[str] = frozenset(),
             args.append(body)
     cookies: list[str] = []
     cookie_names: list[str] = []
-    for part in _capped(headers.get("cookie", "").split(";"), "cookies", anomalies, named=True):
+    for part in _capped(headers.get("cookie", "").split(";"), "cookies", anomalies):
         key, _, value = part.strip().partition("=")
         cookie_names.append(key)
         cookies.append(value)

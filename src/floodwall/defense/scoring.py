@@ -103,6 +103,9 @@ class Score:
     evidence: tuple[str, ...] = ()
     # False when the time budget ran out before every value was read: what was read is scored
     complete: bool = True
+    # a digest of every value any rule matched (not only each rule's first): what the probe watch counts as
+    # one step, so that a fixed decoy sent first cannot make different payloads one piece of evidence
+    fingerprint: str = ""
 
 
 def load_rules(path: str | Path | None = None) -> tuple[RequestRule, ...]:
@@ -168,6 +171,7 @@ class Scorer:
     def score(self, request: Described) -> Score:
         matched: dict[str, RequestRule] = {}
         seen: dict[str, str] = {}
+        hit: set[str] = set()
         cache = self._cache
         if len(cache) > CACHED:
             cache.clear()
@@ -176,21 +180,23 @@ class Scorer:
         found_parts = parts(request, self.headers, budget)
         complete = not budget.spent()
         for target, values in found_parts.items():
-            complete = self._read(target, values, matched, seen, budget, complete)
+            complete = self._read(target, values, matched, seen, hit, budget, complete)
         anomalies = found_parts["anomalies"]
         if not complete:  # a request that costs more than the budget to read is itself odd (CRS's 920380)
-            anomaly = cut(BUDGET_ANOMALY, request.path + "?" + request.query)
+            anomaly = cut(BUDGET_ANOMALY, "\n".join((request.path, request.query,
+                                                     *(f"{name}: {value}" for name, value in request.headers))))
             anomalies.append(anomaly)
-            self._read("anomalies", [anomaly], matched, seen, Budget(), True)
+            self._read("anomalies", [anomaly], matched, seen, hit, Budget(), True)
         ordered = sorted((rule for rule in matched.values() if not rule.requires or rule.requires in anomalies),
                          key=lambda rule: -rule.score)
         return Score(sum(rule.score for rule in ordered), tuple(rule.name for rule in ordered),
                      tuple(sorted({rule.category for rule in ordered})),
-                     tuple(seen.get(rule.name, f"anomalies: {rule.requires}") for rule in ordered), complete)
+                     tuple(seen.get(rule.name, f"anomalies: {rule.requires}") for rule in ordered), complete,
+                     cut("hits", "\n".join(sorted(hit))) if ordered else "")
 
 
     def _read(self, target: str, values: list[str], matched: dict[str, RequestRule], seen: dict[str, str],
-              budget: Budget, complete: bool) -> bool:
+              hit: set[str], budget: Budget, complete: bool) -> bool:
         """Match one target's values; past the deadline only answers already known are used. Whether the
         budget still holds."""
         cache = self._cache
@@ -218,10 +224,12 @@ class Scorer:
                             if i not in hits:
                                 matched[rule.name] = rule
                                 seen.setdefault(rule.name, f"{target}: {value[:EVIDENCE]}")
+                                hit.add(f"{target}: {value}")
                 else:
                     for i in hits:
                         matched[patterned[i].name] = patterned[i]
                         seen.setdefault(patterned[i].name, f"{target}: {value[:EVIDENCE]}")
+                        hit.add(f"{target}: {value}")
         return complete
 
 

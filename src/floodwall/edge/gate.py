@@ -226,7 +226,7 @@ class Gate:
         # sends with every page (or the same odd link followed twice) is one
         subscriber = self.networks.subscriber(address)
         if action != "log" and self.probes is not None and \
-                self.probes.answered(subscriber, "scored|" + "|".join(found.evidence)):
+                self.probes.answered(subscriber, "scored|" + found.fingerprint):
             self._start_ban(subscriber, self.probes.policy.ban)
         if action == "refuse":
             return ApiError(403, "This request looks like an attack on the service and was not accepted.",

@@ -40,27 +40,30 @@ _NAT64 = int(ipaddress.IPv6Address("64:ff9b::")) >> 32  # RFC 6052's well-known 
 
 def normalised(address: IPAddress) -> IPAddress:
     """One address, one form: ::ffff:a.b.c.d is the IPv4 client a.b.c.d (a dual-stack socket's view of it),
-    so is 64:ff9b::a.b.c.d (an IPv4 client translated to reach an IPv6-only server, RFC 6052), and
-    fe80::1%eth0 is fe80::1 (the scope is this machine's, not the client's)."""
+    so is 64:ff9b::a.b.c.d for a global a.b.c.d (an IPv4 client translated to reach an IPv6-only server; RFC
+    6052 forbids the prefix for private and loopback addresses, which would otherwise open what is kept for
+    this machine), and fe80::1%eth0 is fe80::1 (the scope is this machine's, not the client's)."""
     if address.version == 6:
         mapped = address.ipv4_mapped
         if mapped is not None:
             return mapped
         value = int(address)
         if value >> 32 == _NAT64:
-            return ipaddress.IPv4Address(value & 0xFFFFFFFF)
+            translated = ipaddress.IPv4Address(value & 0xFFFFFFFF)
+            if translated.is_global:
+                return translated
         if address.scope_id is not None:
             return ipaddress.IPv6Address(value)
     return address
 
 
 def normalised_network(network: IPNetwork) -> IPNetwork:
-    """A list entry, ban or trusted proxy in the clients' one form: an IPv4-mapped (or RFC 6052) network is
-    its IPv4 network."""
+    """A list entry, ban or trusted proxy in the clients' one form: an IPv4-mapped network is its IPv4
+    network (RFC 6052 networks stay as written: a /96 of them would otherwise be every IPv4 address)."""
     if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
-        address = normalised(network.network_address)
-        if address.version == 4:
-            return ipaddress.IPv4Network(f"{address}/{network.prefixlen - 96}")
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:
+            return ipaddress.IPv4Network(f"{mapped}/{network.prefixlen - 96}")
     return network
 
 
