@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 
 from defense import ADMIN_TOKEN, OUT, attack, established_keys, serving
-from floodwall.defense.levels import rank
+from floodwall.levels import rank
 
 SCENARIOS = ("flood", "flash-crowd", "signup-bots", "stuffing")
 

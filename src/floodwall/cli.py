@@ -13,6 +13,7 @@ from typing import Any
 from floodwall import __version__, logs, server
 from floodwall.config import ConfigError, Settings, load
 from floodwall.edge.policy import REGISTRATION_MODES
+from floodwall.levels import LEVELS
 
 log = logging.getLogger("floodwall")
 
@@ -170,7 +171,7 @@ def parser() -> argparse.ArgumentParser:
     model.set_defaults(func=cmd_model)
 
     level = commands.add_parser("level", help="show the defense level, or set it")
-    level.add_argument("level", nargs="?", choices=["normal", "elevated", "under_attack", "auto"])
+    level.add_argument("level", nargs="?", choices=[*LEVELS, "auto"])
     level.add_argument("--reason", default="set from the command line")
     _admin_flags(level)
     level.set_defaults(func=_admin("level"))

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from floodwall.levels import MODES
+
 ENV_PREFIX = "FLOODWALL_"
 # serve hands the resolved settings to its worker processes through this variable
 SETTINGS_ENV = "FLOODWALL_SETTINGS_JSON"
@@ -245,7 +247,7 @@ class Settings:
 
 
 _CHOICES = {
-    ("defense", "level"): {"auto", "normal", "elevated", "under_attack"},
+    ("defense", "level"): set(MODES),
     ("log", "format"): {"auto", "json", "text"},
     ("log", "level"): {"debug", "info", "warning", "error"},
     ("accounts", "password_hash_profile"): {"", "owasp", "rfc9106-low-memory", "fast"},

@@ -11,8 +11,10 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from floodwall import __version__
+from floodwall import __version__, cookies
 from floodwall.accounts.challenges import FIELD
+from floodwall.edge.policy import REGISTRATION_MODES
+from floodwall.levels import MODES
 
 Schema = dict[str, Any]
 
@@ -153,12 +155,10 @@ def _paths() -> dict[str, dict[str, Schema]]:
         # operators
         "/admin/api/level": {"get": operation("The defense level, its mode and history", admin, ADMIN),
                              "put": operation("Pin the level, or give it back to the detector", admin, ADMIN,
-                                              obj(("level",), level={"enum": ["auto", "normal", "elevated",
-                                                                              "under_attack"]}, reason=SHORT))},
+                                              obj(("level",), level={"enum": list(MODES)}, reason=SHORT))},
         "/admin/api/registration": {"get": operation("The sign-up mode and the waiting room", admin, ADMIN),
                                     "put": operation("Pin the sign-up mode", admin, ADMIN,
-                                                     obj(("mode",), mode={"enum": ["auto", "open", "queued",
-                                                                                   "limited", "closed"]},
+                                                     obj(("mode",), mode={"enum": ["auto", *REGISTRATION_MODES]},
                                                          reason=SHORT))},
         "/admin/api/bans": {"get": operation("Bans in force", admin, ADMIN),
                             "post": operation("Ban an address or a network", admin, ADMIN,
@@ -222,7 +222,7 @@ def document() -> Schema:
                                 "with its reason in X-Floodwall-Reason."},
         "components": {"securitySchemes": {
             "api_key": {"type": "http", "scheme": "bearer", "description": "an API key from /account/keys"},
-            "session": {"type": "apiKey", "in": "cookie", "name": "fw_session",
+            "session": {"type": "apiKey", "in": "cookie", "name": cookies.SESSION,
                         "description": "the session cookie /auth/login sets"},
             "admin_token": {"type": "http", "scheme": "bearer", "description": "FLOODWALL_ADMIN_TOKEN"}}},
         "paths": paths,

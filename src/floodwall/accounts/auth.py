@@ -8,14 +8,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
-from floodwall import bodies
+from floodwall import bodies, cookies
 from floodwall.accounts.guard import DEVICE_COOKIE, DEVICE_LIFETIME
 from floodwall.accounts.service import AccountService, Principal
 from floodwall.edge.gate import edge_info, scope_edge_info
 from floodwall.errors import ApiError
 from floodwall.services import services
 
-SESSION_COOKIE = "fw_session"
+SESSION_COOKIE = cookies.SESSION
 
 
 async def api_principal(request: Request) -> Principal:

@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+from floodwall import cookies
 from floodwall.accounts.service import normalise_email
 from floodwall.edge.gate import first_refusal
 from floodwall.edge.identity import Networks
@@ -24,7 +25,7 @@ from floodwall.signing import Signer
 from floodwall.state.store import Bucket, Store
 from floodwall.telemetry.traffic import Traffic, event_key
 
-DEVICE_COOKIE = "fw_device"
+DEVICE_COOKIE = cookies.DEVICE
 DEVICE_LIFETIME = dt.timedelta(days=365)
 # accounts one browser is remembered for (a shared family computer)
 DEVICE_ACCOUNTS = 5

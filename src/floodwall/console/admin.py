@@ -12,19 +12,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from floodwall import cookies
 from floodwall.bodies import read_json_object
 from floodwall.config import ConfigError, parse_duration
-from floodwall.edge.control import MODES
 from floodwall.edge.explain import explain_prompt, explain_request
 from floodwall.edge.policy import REGISTRATION_MODES
 from floodwall.errors import ApiError
+from floodwall.levels import MODES
 from floodwall.services import services
 from floodwall.state.store import Ban
 
 MAX_BODY = 64 * 1024
 
 
-CONSOLE_COOKIE = "fw_console"
+CONSOLE_COOKIE = cookies.CONSOLE
 CONSOLE_HEADER = "x-floodwall-console"
 CONSOLE_LIFETIME = 12 * 3600
 

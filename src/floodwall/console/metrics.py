@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from floodwall.console.admin import require_admin
-from floodwall.defense.levels import LEVELS
+from floodwall.levels import LEVELS
 from floodwall.services import Services, services
 from floodwall.state.memory import MemoryStore
 

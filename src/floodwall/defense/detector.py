@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from floodwall.config import ConfigError, parse_duration
-from floodwall.defense.levels import LEVELS, rank
 from floodwall.defense.signals import SIGNALS
+from floodwall.levels import LEVELS, rank
 
 _CONDITION = re.compile(r"^\s*([a-z_]+)\s*([<>])\s*([0-9]*\.?[0-9]+)\s*(x\s*baseline)?\s*$")
 

@@ -20,6 +20,7 @@ import re2
 
 from floodwall.config import ConfigError, read_toml
 from floodwall.defense.request_parts import whole
+from floodwall.levels import ACTIONS
 
 DEFAULT_RULES = Path(__file__).with_name("prompt_rules.toml")
 MAX_SCANNED = 16 * 1024
@@ -186,7 +187,6 @@ class Campaigns:
         return len(senders)
 
 
-ACTIONS = ("off", "log", "flag", "refuse")
 
 
 @dataclasses.dataclass(frozen=True)

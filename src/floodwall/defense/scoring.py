@@ -19,10 +19,10 @@ from typing import Any
 import re2
 
 from floodwall.config import ConfigError, parse_duration, read_toml
-from floodwall.defense.levels import LEVELS
 from floodwall.defense.request_parts import Budget, clock_due, cut
 from floodwall.defense.request_parts import Described as Described
 from floodwall.defense.request_parts import parts as parts
+from floodwall.levels import ACTIONS, LEVELS
 
 DEFAULT_RULES = Path(__file__).with_name("request_rules.toml")
 _HEADER = re2.compile(r"header:[A-Za-z0-9-]+")
@@ -33,8 +33,6 @@ BUDGET_ANOMALY = "scoring-budget"  # the anomaly of a request whose reading ran 
 TARGETS = ("method", "path", "args", "commands", "base64", "names", "cookies", "cookie-names", "headers", "agent",
            "referer", "body", "header-names", "extension", "charset", "anomalies")
 
-
-ACTIONS = ("off", "log", "flag", "refuse")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,13 +15,12 @@ from collections.abc import Iterable
 from floodwall import logs
 from floodwall.audit import Audit
 from floodwall.background import cancel
-from floodwall.defense.levels import LEVELS
 from floodwall.edge.identity import IPAddress, normalised_network
 from floodwall.edge.policy import REGISTRATION_MODES
+from floodwall.levels import LEVELS, MODES
 from floodwall.state.store import Ban, Store
 
 log = logging.getLogger("floodwall.edge")
-MODES = ("auto", *LEVELS)
 
 
 class AddressSet:

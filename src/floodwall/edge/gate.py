@@ -20,7 +20,7 @@ from typing import Any
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from floodwall import logs
+from floodwall import cookies, logs
 from floodwall.accounts.service import AccountService, Principal
 from floodwall.defense.probing import Probes
 from floodwall.defense.scoring import Described, Scorer, load_rules
@@ -35,8 +35,8 @@ from floodwall.telemetry.traffic import Traffic
 
 log = logging.getLogger("floodwall.edge")
 
-SESSION_COOKIE = b"fw_session="
-DEVICE_COOKIE = b"fw_device="
+SESSION_COOKIE = cookies.prefix(cookies.SESSION)
+DEVICE_COOKIE = cookies.prefix(cookies.DEVICE)
 REGISTRATION_CLOSED_MESSAGE = ("Registration is closed for now because of an ongoing attack or very high demand. "
                                "Please try again later. Registered users can log in normally.")
 REGISTRATION_BUSY = ("Registration is busy because of high demand or an ongoing attack. Please wait and try "

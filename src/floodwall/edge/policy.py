@@ -15,11 +15,11 @@ from typing import Any, NamedTuple
 
 from floodwall.config import ConfigError, parse_duration
 from floodwall.defense.detector import DetectorPolicy
-from floodwall.defense.levels import LEVELS
 from floodwall.defense.probing import ProbingPolicy
 from floodwall.defense.prompts import PromptPolicy
 from floodwall.defense.scoring import ScoringPolicy
 from floodwall.inference.admission import AdmissionPolicy
+from floodwall.levels import LEVELS
 from floodwall.state.store import Bucket
 
 DEFAULT_POLICY = Path(__file__).with_name("default_policy.toml")

@@ -22,11 +22,11 @@ from floodwall.background import cancel
 from floodwall.config import ConfigError, parse_duration
 from floodwall.edge.headers import ratelimit
 from floodwall.errors import ApiError
+from floodwall.levels import LEVELS
 from floodwall.state.store import Bucket, Store
 from floodwall.telemetry.traffic import Traffic
 
 TIER_ORDER = ("established", "new", "anonymous")
-LEVELS = ("normal", "elevated", "under_attack")
 
 
 @dataclasses.dataclass(frozen=True)
