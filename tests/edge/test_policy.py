@@ -73,6 +73,9 @@ def test_rules_apply_to_their_tiers_only() -> None:
         ('[[rule]]\nclasses = ["page"]\nkey = "ip"\n', "needs a name"),
         ('[[rule]]\nname = "x"\nclasses = ["page"]\nkey = "ip"\ntiers = ["vip"]\n', "tiers must be"),
         ('[[rule]]\nname = "x"\nclasses = ["page"]\nkey = "ip"\nlimit = 3\n', "unknown fields limit"),
+        ('[sign_in]\nnew_device = { normal = "maybe" }\n', r"\[sign_in\] new_device: .* allow, confirm"),
+        ('[sign_in]\nconfirm = true\n', r"\[sign_in\]: must be a table with new_device"),
+        ('[scoring]\nbudget = "soon"\n', "budget: must be a duration"),
     ],
 )
 def test_bad_rules_are_named(tmp_path: Path, text: str, message: str) -> None:

@@ -22,7 +22,6 @@ from floodwall.state.store import Store, use_once
 
 WINDOW = 600  # seconds a code is made for; it is also accepted in the next window
 DIGITS = 6
-MODES = ("allow", "confirm")
 
 
 class SignInCodes:

@@ -185,21 +185,24 @@ class Gate:
             return
         self._enter(scope, klass, text, tier, level, principal)
         # established accounts are not counted as scanners: their own app's 404s are not a scan
-        watch = self._probe_watch(self.networks.subscriber(text), scope) \
-            if self.probes is not None and tier != "established" else None
+        watch = self._probe_watch(text, scope) if self.probes is not None and tier != "established" else None
         send = _observed(send, traffic, klass, watch)
         if verdicts and klass.startswith("api"):
             send = _with_ratelimit_headers(send, buckets, verdicts)
         await self.app(scope, receive, send)
 
-    def _probe_watch(self, subscriber: str, scope: Scope) -> Callable[[int], None]:
+    def _probe_watch(self, address: str, scope: Scope) -> Callable[[int], None]:
         probes = self.probes
         assert probes is not None
         path = scope["path"]
 
         def watch(status: int) -> None:
-            if probes.counts(status, path) and probes.answered(subscriber, probe_key(scope)):
-                self._start_ban(subscriber, probes.policy.ban)
+            # the subscriber (an IPv6 address's /64) is worked out only for an answer that counts: parsing
+            # the address again on every request would cost the flood path a microsecond
+            if probes.counts(status, path):
+                subscriber = self.networks.subscriber(address)
+                if probes.answered(subscriber, probe_key(scope)):
+                    self._start_ban(subscriber, probes.policy.ban)
 
         return watch
 

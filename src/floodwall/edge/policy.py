@@ -118,6 +118,8 @@ class Caller(NamedTuple):
 # sign-up modes: open (the register/* rules), queued (those, behind the waiting room), limited (those and
 # one trickle shared by everyone), closed
 REGISTRATION_MODES = ("open", "queued", "limited", "closed")
+# what a right password from a device new to the account needs, per level (accounts/sign_in_codes.py)
+NEW_DEVICE_MODES = ("allow", "confirm")
 
 
 class Policy:
@@ -233,8 +235,9 @@ def _new_device(data: Any, where: str) -> dict[str, str]:
         raise ConfigError(f"{where}: must be a table with new_device")
     modes = data.get("new_device", {})
     if not isinstance(modes, dict) or set(modes) - set(LEVELS) or \
-            any(mode not in ("allow", "confirm") for mode in modes.values()):
-        raise ConfigError(f"{where} new_device: must be a table of {', '.join(LEVELS)}, each allow or confirm")
+            any(mode not in NEW_DEVICE_MODES for mode in modes.values()):
+        raise ConfigError(f"{where} new_device: must be a table of {', '.join(LEVELS)}, each one of "
+                          f"{', '.join(NEW_DEVICE_MODES)}")
     return dict(modes)
 
 
