@@ -54,15 +54,15 @@ from floodwall import bodies, percent
 from floodwall.accounts import forms, service
 from floodwall.accounts.guard import LoginGuard
 from floodwall.config import load
+from floodwall.db.signing import Signer
 from floodwall.defense import prompts, scoring
 from floodwall.defense import request_parts as rp
+from floodwall.edge import credentials, identity
 from floodwall.edge import gate as gates
-from floodwall.edge import identity
-from floodwall.edge.policy import Policy
 from floodwall.errors import ApiError
 from floodwall.inference import admission, validation
+from floodwall.policy import PolicyFile
 from floodwall.server import free_port
-from floodwall.signing import Signer
 from floodwall.state import open_store
 
 OUT = Path(__file__).with_name("out")
@@ -286,7 +286,7 @@ def parsers(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, s
     with_bodies = {**heads, "multipart: thousands of parts": rp.Described("POST", "/u", "", (
         ("content-type", boundary),), multipart)}
     trusted, forwarded = identity.TrustedProxies([TRUSTED]), identity.TrustedProxies([TRUSTED], "forwarded")
-    guard = LoginGuard(Policy.load(None), open_store("memory://"), lambda: "normal", Signer("k" * 48))
+    guard = LoginGuard(PolicyFile.load(None).edge, open_store("memory://"), lambda: "normal", Signer("k" * 48))
     raw_json = json_bodies(BODY_CAP)
     parsed = {}
     for name, body in raw_json.items():
@@ -305,7 +305,7 @@ def parsers(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, s
                                             proxies)
 
     def cookie(name: bytes) -> Callable[[str], Any]:
-        return lambda text: gates.cookie_value({"headers": [(b"cookie", text.encode())]}, name)
+        return lambda text: credentials.cookie_value({"headers": [(b"cookie", text.encode())]}, name)
 
     # (parser, function, inputs, on the live request path at this size)
     cases: list[tuple[str, Callable[[Any], Any], dict[str, Any], bool]] = [
@@ -426,7 +426,7 @@ async def ok(scope: Any, receive: Any, send: Any) -> None:
 
 
 def gate_settings(tmp: Path) -> Any:
-    from floodwall.accounts.database import upgrade
+    from floodwall.db.engine import upgrade
 
     settings = load(environ={}, overrides={
         "database": {"url": f"sqlite:///{tmp / 'gate.db'}"}, "state": {"url": "memory://"}, "edge": {"policy": ""},
@@ -446,7 +446,7 @@ async def gate_phase(settings: Any, make: Callable[[str], list[Req]], reps: int)
                                       outbox.put))
     await outbox.get()
     inner, gate.app = gate.app, ok
-    assert gate.scorer is not None
+    assert isinstance(gate.scoring, scoring.Scoring)
     samples: dict[str, list[tuple[float, float, int]]] = collections.defaultdict(list)
     events: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     family, counted = "", gate.traffic.event
@@ -465,7 +465,7 @@ async def gate_phase(settings: Any, make: Callable[[str], list[Req]], reps: int)
                 sent.extend([message["status"]] if message["type"] == "http.response.start" else [])
 
             scope, n = scope_of(spec, source(100_000 + n)), n + 1
-            gate.scorer._cache.clear()
+            gate.scoring.scorer._cache.clear()
             wall, cpu = time.perf_counter(), time.thread_time()
             await gate(scope, receive, send)
             samples[spec.family].append((1000 * (time.perf_counter() - wall), 1000 * (time.thread_time() - cpu),

@@ -82,7 +82,7 @@ def model_command(port: int) -> tuple[list[str], dict[str, str]]:
 
 
 def floodwall_env(tmp: Path, upstream: str) -> dict[str, str]:
-    from floodwall.accounts.database import upgrade
+    from floodwall.db.engine import upgrade
     from floodwall.edge.policy import DEFAULT_POLICY
 
     # the default policy, told what an operator knows of their model server: how many calls it runs at once

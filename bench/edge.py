@@ -40,7 +40,9 @@ import aiohttp
 
 from _common import account_key, process, write_lua, wrk
 from floodwall.config import SETTINGS_ENV, load
-from floodwall.edge.policy import DEFAULT_POLICY, Caller, Policy
+from floodwall.edge.policy import DEFAULT_POLICY
+from floodwall.limits import Caller
+from floodwall.policy import PolicyFile
 from floodwall.server import free_port
 from floodwall.state.memory import MemoryStore
 
@@ -63,7 +65,7 @@ def settings_env(tmp: Path, **sections: dict[str, Any]) -> dict[str, str]:
             "defense": {"level": "normal", "new_account_age": 0}}
     for name, values in sections.items():
         base[name] = {**base.get(name, {}), **values}
-    from floodwall.accounts.database import upgrade
+    from floodwall.db.engine import upgrade
 
     settings = load(environ={}, overrides=base)
     upgrade(settings.database.url)
@@ -134,7 +136,7 @@ def _rss_mb() -> float:
 
 
 def memory(tmp: Path, args: argparse.Namespace, script: Path) -> dict[str, Any]:
-    policy = Policy.load()
+    policy = PolicyFile.load().edge
     figures = {}
     for count, max_keys in ((1_000_000, 4_000_000), (4_000_000, 2_000_000)):
         gc.collect()

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from floodwall.defense.scoring import Described, Scorer, load_rules
+from floodwall.defense.scoring import Scorer, load_rules
+from floodwall.inspection import Described
 
 CORPORA = Path(__file__).resolve().parent.parent.parent / "shared" / "corpora" / "web_attacks"
 OUT = Path(__file__).with_name("out")

@@ -49,7 +49,7 @@ def main() -> int:
     settings = load(environ={}, overrides={"upstream": {"url": model_url + "/v1"}, "database": {"url": database},
                                            "log": {"level": "warning", "format": "json"},
                                            "edge": {"policy": str(tmp / "no-limits.toml")}})
-    from floodwall.accounts.database import upgrade
+    from floodwall.db.engine import upgrade
 
     upgrade(database)
     engines = {

@@ -33,8 +33,8 @@ import httpx
 
 from _common import account_key, process
 from defense import ADMIN_TOKEN, OUT, model_command
-from floodwall.accounts.database import upgrade
 from floodwall.config import SETTINGS_ENV, load
+from floodwall.db.engine import upgrade
 from floodwall.edge.policy import DEFAULT_POLICY
 from floodwall.server import free_port
 from hostile import SERVE

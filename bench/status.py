@@ -26,8 +26,8 @@ import httpx
 
 from _common import process, write_lua, wrk
 from defense import GRANIAN, model_command
-from floodwall.accounts.database import upgrade
 from floodwall.config import SETTINGS_ENV, load
+from floodwall.db.engine import upgrade
 from floodwall.server import free_port
 
 OUT = Path(__file__).with_name("out")

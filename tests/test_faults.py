@@ -22,7 +22,7 @@ import httpx
 import pytest
 import sqlalchemy
 
-from floodwall.accounts.database import create_engine
+from floodwall.db.engine import create_engine
 from floodwall.server import free_port, wait_until_up
 from tests.conftest import NO_LIMITS, PASSWORD, eventually, postgres_database
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -20,12 +21,9 @@ from starlette.staticfiles import StaticFiles
 
 from floodwall import config as config_module
 from floodwall import errors, logs, server
-from floodwall.accounts import routes as account_routes
-from floodwall.accounts import two_factor_routes
 from floodwall.accounts.alerts import Alerts
 from floodwall.accounts.blocklists import Blocklists
 from floodwall.accounts.challenges import Challenges
-from floodwall.accounts.database import create_engine, on_database_error, sessionmaker
 from floodwall.accounts.directory import Directory
 from floodwall.accounts.guard import LoginGuard
 from floodwall.accounts.mail import Mailer
@@ -36,33 +34,39 @@ from floodwall.accounts.sign_in_codes import SignInCodes
 from floodwall.accounts.two_factor import TwoFactor
 from floodwall.accounts.verification import EmailVerification
 from floodwall.accounts.waiting_room import WaitingRoom
-from floodwall.audit import Audit
 from floodwall.config import Settings
 from floodwall.console import admin, metrics, operations
 from floodwall.console import pages as console_pages
+from floodwall.db.audit import Audit
+from floodwall.db.engine import create_engine, on_database_error, sessionmaker
+from floodwall.db.signing import Signer
 from floodwall.defense.detector import Detector
+from floodwall.defense.probing import Probes
 from floodwall.defense.prompts import Campaigns, Screen, load_rules
+from floodwall.defense.scoring import Scoring
+from floodwall.defense.screening import PromptGuard
 from floodwall.defense.watch import Watch
 from floodwall.edge.control import Control
 from floodwall.edge.gate import Gate
-from floodwall.edge.identity import Networks, TrustedProxies
-from floodwall.edge.policy import Policy
-from floodwall.inference import routes as inference_routes
+from floodwall.identity import Networks, TrustedProxies
 from floodwall.inference.admission import Admission
 from floodwall.inference.upstream import Upstream
 from floodwall.inference.usage import UsageRecorder
-from floodwall.openapi import openapi
-from floodwall.services import Services
-from floodwall.signing import Signer
+from floodwall.policy import PolicyFile
 from floodwall.state import open_store
-from floodwall.status import routes as status_routes
 from floodwall.status.automation import AutoIncidents
 from floodwall.status.board import StatusBoard
 from floodwall.status.incidents import Incidents
 from floodwall.telemetry.sources import NewSources
 from floodwall.telemetry.traffic import Traffic
+from floodwall.web import accounts as account_routes
+from floodwall.web import api as inference_routes
 from floodwall.web import pages
 from floodwall.web import routes as web_routes
+from floodwall.web import status as status_routes
+from floodwall.web import two_factor as two_factor_routes
+from floodwall.web.openapi import openapi
+from floodwall.web.services import Services
 
 _log = logging.getLogger("floodwall")
 
@@ -95,22 +99,23 @@ def build_app(settings: Settings) -> Gate:
     trusted = TrustedProxies(settings.server.trusted_proxies, settings.server.forwarded_header)
     audit = Audit(db)
     control = Control(store, settings.defense.level, settings.edge.refresh_interval, audit)
-    policy = Policy.load(settings.edge.policy or None)
+    policies = PolicyFile.load(settings.edge.policy or None)
+    policy = policies.edge
     incidents = Incidents(db)
     templates = pages.templates()
     traffic = Traffic(NewSources(networks=networks))
-    admission = Admission(policy.admission, store, lambda: control.level, traffic)
+    admission = Admission(policies.admission, store, lambda: control.level, traffic)
     services = Services(
         settings=settings,
         accounts=accounts,
         upstream=Upstream(settings.upstream),
-        usage=UsageRecorder(accounts),
+        usage=UsageRecorder(accounts.record_usage),
         templates=templates,
         trusted_proxies=trusted,
         networks=networks,
         store=store,
         control=control,
-        policy=policy,
+        policy=policies,
         admission=admission,
         signer=signer,
         guard=LoginGuard(policy, store, lambda: control.level, signer, networks, traffic),
@@ -122,9 +127,9 @@ def build_app(settings: Settings) -> Gate:
         password_reset=PasswordReset(accounts.db, signer, mailer, accounts),
         two_factor=two_factor,
         traffic=traffic,
-        watch=Watch(traffic, store, control, Detector(policy.detector), gauges=admission.gauges),
-        prompt_screen=Screen(load_rules()),
-        campaigns=Campaigns(),
+        watch=Watch(traffic, store, control, Detector(policies.detector), gauges=admission.gauges),
+        prompt_guard=PromptGuard(policies.prompts, Screen(load_rules()), Campaigns(), store,
+                                 functools.partial(policy.buckets, "prompt-strike"), traffic),
         incidents=incidents,
         directory=Directory(accounts),
         status=StatusBoard(
@@ -199,9 +204,11 @@ def build_app(settings: Settings) -> Gate:
         },
     )
     app.state.services = services
-    gate = Gate(app, policy=policy, store=store, control=control, accounts=accounts, trusted_proxies=trusted,
+    gate = Gate(app, policy=policy, store=store, control=control, principals=accounts, trusted_proxies=trusted,
                 new_account_age=settings.defense.new_account_age, networks=services.networks, traffic=traffic,
-                known_device=services.guard.known_device)
+                known_device=services.guard.known_device,
+                scoring=Scoring(policies.scoring) if policies.scoring is not None else None,
+                probes=Probes(policies.probing) if policies.probing is not None else None)
     # the gate is the outermost app (it passes lifespan through); tools reach the services through it, and
     # the admin API's explain reaches the gate through the app
     gate.state = app.state

@@ -55,10 +55,10 @@ def _settings(args: argparse.Namespace, flags: dict[str, tuple[str, str]]) -> Se
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from floodwall.edge.policy import Policy
+    from floodwall.policy import PolicyFile
 
     settings = _settings(args, SERVE_FLAGS)
-    Policy.load(settings.edge.policy or None)  # a bad policy stops start-up here, with its message
+    PolicyFile.load(settings.edge.policy or None)  # a bad policy stops start-up here, with its message
     _check_port(settings.server.host, settings.server.port)
     _upgrade(settings.database.url)
     logs.event(log, "database_ready", url=_redact(settings.database.url))
@@ -87,7 +87,7 @@ def _check_port(host: str, port: int) -> None:
 def _upgrade(url: str) -> None:
     from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-    from floodwall.accounts.database import upgrade
+    from floodwall.db.engine import upgrade
 
     try:
         upgrade(url)

@@ -61,7 +61,7 @@ def setup(level: str = "info", fmt: str = "auto", audit_file: str = "") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    audit = logging.getLogger("floodwall.audit")
+    audit = logging.getLogger("floodwall.db.audit")
     for old in [h for h in audit.handlers if isinstance(h, logging.FileHandler)]:
         audit.removeHandler(old)
         old.close()

@@ -18,8 +18,8 @@ import pytest
 
 from floodwall.accounts.activity import Client
 from floodwall.accounts.challenges import Challenges
+from floodwall.db.signing import Signer
 from floodwall.edge.policy import DEFAULT_POLICY
-from floodwall.signing import Signer
 from floodwall.state.memory import MemoryStore
 from tests.conftest import PASSWORD, default_policy_process, solve, solved_challenge
 

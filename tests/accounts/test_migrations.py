@@ -10,9 +10,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
-from floodwall.accounts.database import create_engine, upgrade
-from floodwall.accounts.models import Base
-from floodwall.status import models as _status_models  # noqa: F401  (their tables join Base.metadata)
+from floodwall.accounts import models as _account_models  # noqa: F401  (their tables join Base.metadata)
+from floodwall.db import tables as _shared_tables  # noqa: F401
+from floodwall.db.base import Base
+from floodwall.db.engine import create_engine, upgrade
+from floodwall.status import models as _status_models  # noqa: F401
 from tests.conftest import postgres_database
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 from sqlalchemy import event
 
 from floodwall.accounts.activity import Client
-from floodwall.accounts.database import create_engine, sessionmaker, upgrade
 from floodwall.accounts.passwords import Passwords
-from floodwall.accounts.service import AccountService, Principal
+from floodwall.accounts.service import AccountService
+from floodwall.db.engine import create_engine, sessionmaker, upgrade
+from floodwall.principal import Principal
 
 
 async def test_concurrent_misses_share_one_query(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from floodwall.config import ConfigError
 from floodwall.defense.detector import Detector, DetectorPolicy
-from floodwall.edge.policy import Policy
+from floodwall.policy import PolicyFile
 
 CALM = {"requests": 6.0, "error_share": 0.02, "new_networks": 0.1, "new_addresses": 0.2, "signups": 0.05,
         "login_failures": 0.05, "logins": 0.3}
@@ -21,7 +21,7 @@ class Run:
     """The detector as the watch drives it: each second its move, if any, becomes the level."""
 
     def __init__(self, policy: DetectorPolicy | None = None) -> None:
-        self.detector = Detector(policy or Policy.load().detector)
+        self.detector = Detector(policy or PolicyFile.load().detector)
         self.level = "normal"
         self.second = 0
         self.moves: list[tuple[int, str, str]] = []
@@ -110,7 +110,7 @@ def test_nothing_moves_while_the_detector_warms_up() -> None:
 
 
 def test_an_operators_level_is_left_alone_while_nothing_holds_it_up() -> None:
-    detector = Detector(Policy.load().detector)
+    detector = Detector(PolicyFile.load().detector)
     for _ in range(60):
         assert detector.observe(CALM, "normal") is None
     moves = [detector.observe(CALM, "under_attack") for _ in range(20)]

@@ -16,8 +16,9 @@ import pytest
 
 from floodwall.config import ConfigError
 from floodwall.defense.request_parts import parts
-from floodwall.defense.scoring import Described, Scorer, ScoringPolicy, load_rules
+from floodwall.defense.scoring import Scorer, ScoringPolicy, load_rules
 from floodwall.edge.policy import DEFAULT_POLICY
+from floodwall.inspection import Described
 from tests.conftest import PASSWORD, default_policy_process
 
 TOKEN = "admin-" + secrets.token_hex(8)

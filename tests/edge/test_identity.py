@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from floodwall.edge.identity import Networks, TrustedProxies, client, client_address, is_https
+from floodwall.identity import Networks, TrustedProxies, client, client_address, is_https
 
 
 def scope(peer: str, *headers: tuple[str, str], scheme: str = "http") -> dict[str, Any]:

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from floodwall.config import ConfigError
-from floodwall.edge.policy import Caller, Policy, classify, parse_limit
+from floodwall.edge.policy import classify
+from floodwall.limits import Caller, parse_limit
+from floodwall.policy import PolicyFile
 
 
 @pytest.mark.parametrize(
@@ -45,7 +47,7 @@ def test_limits() -> None:
 
 
 def test_default_policy_loads_and_keeps_established_users_whole() -> None:
-    policy = Policy.load()
+    policy = PolicyFile.load().edge
     established = Caller(ip=1, network=1, tier="established", account=7, key=3)
     for level in ("normal", "elevated", "under_attack"):
         names = {b.rule for b in policy.buckets("api-inference", level, established)}
@@ -55,7 +57,7 @@ def test_default_policy_loads_and_keeps_established_users_whole() -> None:
 
 
 def test_rules_apply_to_their_tiers_only() -> None:
-    policy = Policy.load()
+    policy = PolicyFile.load().edge
     anonymous = Caller(ip=5, network=4, tier="anonymous", account=None, key=None)
     assert {b.rule for b in policy.buckets("page", "normal", anonymous)} == {"anonymous/ip", "anonymous/network"}
     assert {b.ident for b in policy.buckets("page", "normal", anonymous)} == {5, 4}
@@ -82,4 +84,4 @@ def test_bad_rules_are_named(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "policy.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
-        Policy.load(path)
+        PolicyFile.load(path)

@@ -18,7 +18,7 @@ from starlette.routing import Mount, Route
 
 from floodwall.app import build_app
 from floodwall.config import load
-from floodwall.openapi import document
+from floodwall.web.openapi import document
 from tests.conftest import PASSWORD, floodwall_process
 
 TOKEN = "admin-token-for-the-fuzzing-run"

@@ -23,17 +23,18 @@ from floodwall.accounts.challenges import Challenges
 from floodwall.accounts.waiting_room import WaitingRoom
 from floodwall.bodies import parse_json_object, whole_number
 from floodwall.config import ConfigError, load
+from floodwall.db.signing import Signer
 from floodwall.defense.prompts import DEFAULT_RULES, Campaigns, Screen, load_rules, prompt_text, signature
 from floodwall.defense.request_parts import _js_unescaped, _odd_range, parts, shell_words
-from floodwall.defense.scoring import Described, Scorer
+from floodwall.defense.scoring import Scorer
 from floodwall.defense.scoring import load_rules as load_request_rules
-from floodwall.edge.gate import SESSION_COOKIE, credential
-from floodwall.edge.identity import Networks, TrustedProxies, client, client_address, normalised
-from floodwall.edge.policy import Limit
+from floodwall.edge.credentials import SESSION_COOKIE, credential
 from floodwall.errors import ApiError
+from floodwall.identity import Networks, TrustedProxies, client, client_address, normalised
 from floodwall.inference.sse import EventSplitter, event_data
+from floodwall.inspection import Described
+from floodwall.limits import Limit
 from floodwall.percent import form_pairs, unquoted, unquoted_bytes
-from floodwall.signing import Signer
 from floodwall.state.memory import MemoryStore
 
 # text as headers carry it (latin-1), and text as anything else might (any code point, lone surrogates too)

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from floodwall.accounts.service import Principal
 from floodwall.errors import ApiError
 from floodwall.inference.admission import Admission, AdmissionPolicy, GradientLimit, estimate_cost
+from floodwall.principal import Principal
 from floodwall.state.memory import MemoryStore
 
 NOW = dt.datetime.now(dt.UTC)

@@ -12,11 +12,13 @@ import pytest
 from sqlalchemy import select
 
 from floodwall.accounts.activity import Client
-from floodwall.accounts.database import create_engine, sessionmaker, upgrade
-from floodwall.accounts.models import Usage, utcnow
 from floodwall.accounts.passwords import Passwords
-from floodwall.accounts.service import AccountService, Principal
+from floodwall.accounts.service import AccountService
+from floodwall.db.base import utcnow
+from floodwall.db.engine import create_engine, sessionmaker, upgrade
+from floodwall.db.tables import Usage
 from floodwall.inference.usage import Record, UsageRecorder
+from floodwall.principal import Principal
 
 CLIENT = Client("127.0.0.1", "test")
 
@@ -38,7 +40,7 @@ async def test_calls_of_a_moment_share_a_row(database_url: str) -> None:
     engine = create_engine(database_url)
     accounts = AccountService(sessionmaker(engine), Passwords("fast"), session_lifetime=3600)
     principal, key_id = await signed_up(accounts)
-    recorder = UsageRecorder(accounts, chunk=2)  # two transactions for the three rows
+    recorder = UsageRecorder(accounts.record_usage, chunk=2)  # two transactions for the three rows
     for prompt, completion in ((10, 5), (20, 6), (30, 7)):
         recorder.add(call(principal, key_id, prompt, completion))
     recorder.add(call(principal, None, 4, 2))  # the web chat: no key
@@ -66,7 +68,8 @@ async def test_what_the_database_refuses_is_written_when_it_is_back(tmp_path: Pa
     principal, key_id = await signed_up(accounts)
     # a PostgreSQL server nobody listens for: the database is away
     away_engine = create_engine("postgresql://floodwall@127.0.0.1:9/none")
-    recorder = UsageRecorder(AccountService(sessionmaker(away_engine), Passwords("fast"), session_lifetime=3600))
+    away = AccountService(sessionmaker(away_engine), Passwords("fast"), session_lifetime=3600)
+    recorder = UsageRecorder(away.record_usage)
     recorder.MAX_PENDING = 2
     recorder.add(call(principal, key_id, 10, 5))
     recorder.add(call(principal, None, 3, 1))
@@ -74,7 +77,7 @@ async def test_what_the_database_refuses_is_written_when_it_is_back(tmp_path: Pa
         assert not await recorder.flush()
         recorder.add(call(principal, key_id, 20, 5))  # joins a kept row
         recorder.add(call(principal, key_id, 1, 1, status="cancelled"))  # a third group: beyond the bound
-        recorder.accounts = accounts  # the database is back
+        recorder.record = accounts.record_usage  # the database is back
         assert await recorder.flush()
     assert await accounts.usage_totals(principal) == {"requests": 3, "prompt_tokens": 33, "completion_tokens": 11}
     events = [record.getMessage() for record in caplog.records]

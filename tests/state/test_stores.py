@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from floodwall.limits import Bucket
 from floodwall.state.memory import MemoryStore
 from floodwall.state.redis import RedisStore
-from floodwall.state.store import Bucket, Store
+from floodwall.state.store import Store
 
 REDIS = os.environ.get("FLOODWALL_TEST_REDIS", "redis://127.0.0.1:6379/0")
 

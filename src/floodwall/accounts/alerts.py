@@ -16,8 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession as DbSession
 
 from floodwall.accounts.activity import Client, record_activity
 from floodwall.accounts.mail import Mailer
-from floodwall.accounts.models import ActivityEvent, utcnow
-from floodwall.edge.identity import Networks
+from floodwall.accounts.models import ActivityEvent
+from floodwall.db.base import utcnow
+from floodwall.identity import Networks
 
 FAILED_BURST = 5  # wrong passwords within FAILED_WINDOW that make an alert (one per window)
 FAILED_WINDOW = dt.timedelta(minutes=15)

@@ -17,8 +17,8 @@ import altcha
 
 from floodwall.accounts.activity import Client
 from floodwall.accounts.waiting_room import client_binding
-from floodwall.edge.identity import Networks
-from floodwall.signing import Signer
+from floodwall.db.signing import Signer
+from floodwall.identity import Networks
 from floodwall.state.store import Store, use_once
 
 ALGORITHM = "SHA-256"

@@ -9,8 +9,9 @@ from typing import Any
 from sqlalchemy import func, select, update
 
 from floodwall.accounts.activity import Client, record_activity
-from floodwall.accounts.models import ApiKey, Session, User, utcnow
+from floodwall.accounts.models import ApiKey, Session, User
 from floodwall.accounts.service import AccountService
+from floodwall.db.base import utcnow
 from floodwall.errors import ApiError
 
 OPERATOR = "operator"

@@ -17,12 +17,11 @@ from typing import Any
 
 from floodwall import cookies
 from floodwall.accounts.service import normalise_email
-from floodwall.edge.gate import first_refusal
-from floodwall.edge.identity import Networks
-from floodwall.edge.policy import Caller, Policy
+from floodwall.db.signing import Signer
 from floodwall.errors import ApiError
-from floodwall.signing import Signer
-from floodwall.state.store import Bucket, Store
+from floodwall.identity import Networks
+from floodwall.limits import Bucket, Caller, LimitRules, first_refusal
+from floodwall.state.store import Store
 from floodwall.telemetry.traffic import Traffic, event_key
 
 DEVICE_COOKIE = cookies.DEVICE
@@ -53,7 +52,7 @@ class Attempt:
 
 
 class LoginGuard:
-    def __init__(self, policy: Policy, store: Store, level: Callable[[], str], signer: Signer,
+    def __init__(self, policy: LimitRules, store: Store, level: Callable[[], str], signer: Signer,
                  networks: Networks | None = None, traffic: Traffic | None = None) -> None:
         self.policy = policy
         self.store = store
@@ -62,8 +61,7 @@ class LoginGuard:
         self.networks = networks or Networks()
         self.traffic = traffic or Traffic()
         # rules counting every unknown device against one account: their refusal says how the owner gets in
-        self._account_wide = {rule.name for rule in policy.rules
-                              if rule.key == "login" and "known-device" not in rule.tiers}
+        self._account_wide = policy.rule_names("login", excluding_tier="known-device")
 
     def login_ident(self, email: str) -> str:
         """The key an e-mail is counted under: keyed, so the store never holds an address or a guessable hash."""

@@ -1,38 +1,14 @@
-"""The account tables. Alembic migrations in migrations/versions create them; keep both in step."""
+"""The account tables. Alembic migrations in db/migrations/versions create them; keep both in step."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
 
-
-class UTCDateTime(TypeDecorator[dt.datetime]):
-    """Timezone-aware UTC datetimes on every backend (SQLite forgets the zone otherwise)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: dt.datetime | None, dialect: object) -> dt.datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("naive datetime")
-        return value.astimezone(dt.UTC) if value is not None else None
-
-    def process_result_value(self, value: dt.datetime | None, dialect: object) -> dt.datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=dt.UTC)
-        return value
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-class Base(DeclarativeBase):
-    pass
+from floodwall.db.base import Base, UTCDateTime, utcnow
 
 
 class User(Base):
@@ -107,32 +83,3 @@ class ActivityEvent(Base):
         value = json.loads(self.detail) if self.detail else {}
         return value if isinstance(value, dict) else {"detail": value}
 
-
-class Usage(Base):
-    """The token usage of `requests` inference calls by one principal to one endpoint and model with one
-    outcome, as the model server reported it: the calls of a moment (inference/usage.py) share a row."""
-
-    __tablename__ = "usage"
-    __table_args__ = (Index("ix_usage_user_at", "user_id", "at"), Index("ix_usage_key", "key_id"))
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    # null for the web chat (session), otherwise the API key used
-    key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), nullable=True)
-    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-    endpoint: Mapped[str] = mapped_column(String(40))
-    model: Mapped[str] = mapped_column(String(200))
-    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    status: Mapped[str] = mapped_column(String(20), default="ok")
-    requests: Mapped[int] = mapped_column(BigInteger, default=1, server_default="1")
-
-
-class ServerSecret(Base):
-    """Keys the server makes for itself (the signing key): shared by every process using the database."""
-
-    __tablename__ = "server_secrets"
-
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[str] = mapped_column(String(255))
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

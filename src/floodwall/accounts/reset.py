@@ -17,8 +17,8 @@ from floodwall.accounts.activity import Client
 from floodwall.accounts.mail import Mailer
 from floodwall.accounts.models import User
 from floodwall.accounts.service import AccountService, normalise_email
+from floodwall.db.signing import Signer
 from floodwall.errors import ApiError
-from floodwall.signing import Signer
 
 PURPOSE = "password-reset"
 LIFETIME = 3600

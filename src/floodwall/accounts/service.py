@@ -6,7 +6,6 @@ Routes call these methods and never touch the tables themselves.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import hashlib
 import secrets
@@ -22,12 +21,15 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from floodwall.accounts.activity import Client, record_activity
 from floodwall.accounts.alerts import Alerts
 from floodwall.accounts.blocklists import Blocklists
-from floodwall.accounts.database import unavailable, unreachable
-from floodwall.accounts.models import ActivityEvent, ApiKey, Session, Usage, User, utcnow
+from floodwall.accounts.models import ActivityEvent, ApiKey, Session, User
 from floodwall.accounts.passwords import Passwords
 from floodwall.accounts.two_factor import TwoFactor, code_required
 from floodwall.cache import Missing, TTLCache
+from floodwall.db.base import utcnow
+from floodwall.db.engine import unavailable, unreachable
+from floodwall.db.tables import Usage
 from floodwall.errors import ApiError
+from floodwall.principal import Principal
 
 KEY_PREFIX = "fw_"
 # the visible part of a key in listings: "fw_" and the first 8 characters of the secret
@@ -41,19 +43,6 @@ _EMAIL = re2.compile(rf"^[^@\s]{{1,64}}@{_LABEL}(?:\.{_LABEL})+$")
 
 def token_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Principal:
-    """The authenticated caller: an account, and the API key it used (None for a browser session)."""
-
-    user_id: int
-    email: str
-    created_at: dt.datetime
-    is_admin: bool
-    key_id: int | None = None
-    session_id: int | None = None
-    email_verified: bool = False
 
 
 def _principal(user: User, key_id: int | None = None, session_id: int | None = None) -> Principal:

@@ -20,9 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncSession as DbSession
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from floodwall.accounts.activity import Client, record_activity
-from floodwall.accounts.models import RecoveryCode, User, utcnow
+from floodwall.accounts.models import RecoveryCode, User
+from floodwall.db.base import utcnow
+from floodwall.db.signing import Signer
 from floodwall.errors import ApiError
-from floodwall.signing import Signer
 from floodwall.state.store import Store, use_once
 
 SETUP_PURPOSE = "totp-setup"

@@ -11,8 +11,9 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from floodwall.accounts.activity import Client, record_activity
 from floodwall.accounts.mail import Mailer
-from floodwall.accounts.models import User, utcnow
-from floodwall.signing import Signer
+from floodwall.accounts.models import User
+from floodwall.db.base import utcnow
+from floodwall.db.signing import Signer
 
 PURPOSE = "verify-email"
 LIFETIME = 2 * 86400

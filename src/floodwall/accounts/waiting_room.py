@@ -13,9 +13,9 @@ import dataclasses
 import math
 
 from floodwall.accounts.activity import Client
-from floodwall.edge.identity import Networks
-from floodwall.edge.policy import Limit
-from floodwall.signing import Signer
+from floodwall.db.signing import Signer
+from floodwall.identity import Networks
+from floodwall.limits import Limit
 from floodwall.state.store import Store, once, use_once
 
 TICKET_COOKIE = "fw_ticket"

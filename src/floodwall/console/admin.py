@@ -15,12 +15,12 @@ from starlette.routing import Route
 from floodwall import cookies
 from floodwall.bodies import read_json_object
 from floodwall.config import ConfigError, parse_duration
-from floodwall.edge.explain import explain_prompt, explain_request
+from floodwall.edge.explain import explain_request
 from floodwall.edge.policy import REGISTRATION_MODES
 from floodwall.errors import ApiError
 from floodwall.levels import MODES
-from floodwall.services import services
 from floodwall.state.store import Ban
+from floodwall.web.services import services
 
 MAX_BODY = 64 * 1024
 
@@ -67,7 +67,7 @@ async def get_level(request: Request) -> Response:
     control = config.control
     return JSONResponse({**control.record, "level": control.level,
                          "history": await config.store.level_history(20),
-                         "limits": config.policy.limits_for(control.level)})
+                         "limits": config.policy.edge.limits_for(control.level)})
 
 
 async def put_level(request: Request) -> Response:
@@ -87,8 +87,8 @@ def _registration_state(request: Request) -> dict[str, Any]:
     config = services(request)
     control = config.control
     return {"mode": config.registration_mode(), "pinned": control.registration, "level": control.level,
-            "by_level": config.policy.registration, "challenge": config.challenge_difficulty(),
-            "challenge_by_level": config.policy.challenge,
+            "by_level": config.policy.edge.registration, "challenge": config.challenge_difficulty(),
+            "challenge_by_level": config.policy.edge.challenge,
             "reason": control.record.get("reason"), "by": control.record.get("by")}
 
 
@@ -247,10 +247,7 @@ async def explain(request: Request) -> Response:
     config = services(request)
     body = await read_json_object(request, MAX_BODY)
     if isinstance(body.get("prompt"), str):
-        level = config.control.level
-        prompts = config.policy.prompts
-        return JSONResponse(explain_prompt(config.prompt_screen, prompts.threshold, prompts.actions.get(level, "off"),
-                                           body["prompt"], level))
+        return JSONResponse(config.prompt_guard.explain(body["prompt"], config.control.level))
     described = body.get("request")
     if not isinstance(described, dict):
         raise ApiError(400, "Send {'request': {'method', 'path', 'query', 'headers', 'address'}} or {'prompt': '...'}.",

@@ -21,8 +21,8 @@ from starlette.routing import Route
 
 from floodwall.console.admin import require_admin
 from floodwall.levels import LEVELS
-from floodwall.services import Services, services
 from floodwall.state.memory import MemoryStore
+from floodwall.web.services import Services, services
 
 PREFIX = "floodwall"
 
@@ -43,7 +43,7 @@ class ServiceCollector(Collector):
         one that kept growing past it would be a leak."""
         config = self.config
         parts = {"api_keys": len(config.accounts.keys), "sessions": len(config.accounts.sessions),
-                 "campaign_signatures": len(config.campaigns), "usage_rows_pending": len(config.usage),
+                 "campaign_signatures": len(config.prompt_guard.campaigns), "usage_rows_pending": len(config.usage),
                  **(self.held() if self.held is not None else {})}
         if isinstance(config.store, MemoryStore):
             parts["limit_buckets"] = len(config.store)

@@ -12,8 +12,8 @@ from starlette.routing import Route
 from floodwall.bodies import read_json_object, whole_number
 from floodwall.console.admin import MAX_BODY, require_admin, who
 from floodwall.errors import ApiError
-from floodwall.services import services
 from floodwall.status.incidents import Record, checked
+from floodwall.web.services import services
 
 
 def _incident(record: Record) -> dict[str, Any]:

@@ -9,10 +9,10 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from floodwall.accounts.auth import check_same_origin
-from floodwall.accounts.forms import read_fields, text_field
 from floodwall.console.admin import CONSOLE_COOKIE, CONSOLE_HEADER, CONSOLE_LIFETIME, console_session, token_tag, who
-from floodwall.services import services
+from floodwall.web.auth import check_same_origin
+from floodwall.web.forms import read_fields, text_field
+from floodwall.web.services import services
 
 
 def _login_page(request: Request, error: str = "", status: int = 200) -> Response:

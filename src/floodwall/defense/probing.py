@@ -70,6 +70,10 @@ class Probes:
         self.clock = clock
         self._buckets: dict[str, _Bucket] = {}
 
+    @property
+    def ban(self) -> float:
+        return self.policy.ban
+
     def counts(self, status: int, path: str) -> bool:
         """Whether an answer is the kind a scan collects."""
         return status in self.policy.statuses and not path.lower().endswith(self.policy.ignore)

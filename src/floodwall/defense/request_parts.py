@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import html
 import itertools
 import json
@@ -22,6 +21,7 @@ from urllib.parse import urlsplit
 import re2
 
 from floodwall.bodies import whole_number
+from floodwall.inspection import Described
 from floodwall.percent import bad_percent, unquoted, unquoted_bytes
 
 # Attacker bytes are matched by RE2 (no backtracking: time linear in the value) or by plain string methods,
@@ -45,17 +45,6 @@ MAX_VALUES = 256  # values read from one request part
 MAX_BODY = 64 * 1024
 MAX_RANGES = 5
 MAX_RANGE_DIGITS = 18  # a byte offset past 10**18 is no file's: the range is odd, not a number to convert
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Described:
-    """The parts of a request that are scored."""
-
-    method: str
-    path: str
-    query: str = ""
-    headers: tuple[tuple[str, str], ...] = ()
-    body: str = ""
 
 
 def whole(value: str) -> str:

@@ -19,9 +19,8 @@ from typing import Any
 import re2
 
 from floodwall.config import ConfigError, parse_duration, read_toml
-from floodwall.defense.request_parts import Budget, clock_due, cut
-from floodwall.defense.request_parts import Described as Described
-from floodwall.defense.request_parts import parts as parts
+from floodwall.defense.request_parts import Budget, clock_due, cut, parts
+from floodwall.inspection import Described, Score
 from floodwall.levels import ACTIONS, LEVELS
 
 DEFAULT_RULES = Path(__file__).with_name("request_rules.toml")
@@ -89,21 +88,6 @@ class RequestRule:
     negate: bool = False
     # counts only when the request also has this anomaly (CRS's chained rules: a second condition)
     requires: str = ""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Score:
-    score: int
-    rules: tuple[str, ...]
-    categories: tuple[str, ...]
-    # what each rule matched ("target: value", cut short), in the rules' order: the same odd cookie sent
-    # with every page is one piece of evidence, a scanner's payloads are many
-    evidence: tuple[str, ...] = ()
-    # False when the time budget ran out before every value was read: what was read is scored
-    complete: bool = True
-    # a digest of every value any rule matched (not only each rule's first): what the probe watch counts as
-    # one step, so that a fixed decoy sent first cannot make different payloads one piece of evidence
-    fingerprint: str = ""
 
 
 def load_rules(path: str | Path | None = None) -> tuple[RequestRule, ...]:
@@ -229,6 +213,25 @@ class Scorer:
                         seen.setdefault(patterned[i].name, f"{target}: {value[:EVIDENCE]}")
                         hit.add(f"{target}: {value}")
         return complete
+
+
+class Scoring:
+    """Request scoring as the policy's [scoring] table sets it: the rules at its paranoia, its threshold and
+    the action per level (what the gate holds, as inspection.RequestScoring)."""
+
+    def __init__(self, policy: ScoringPolicy) -> None:
+        self.policy = policy
+        self.threshold = policy.threshold
+        self.scorer = Scorer(load_rules(policy.rules or None), policy.paranoia, policy.budget)
+
+    def action(self, level: str) -> str:
+        return self.policy.actions[level]
+
+    def score(self, request: Described) -> Score:
+        return self.scorer.score(request)
+
+    def __len__(self) -> int:
+        return len(self.scorer)
 
 
 _BROWSER = (("host", "example.com"), ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0"),

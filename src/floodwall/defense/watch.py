@@ -17,7 +17,7 @@ from floodwall import logs
 from floodwall.background import cancel
 from floodwall.defense.detector import Detector
 from floodwall.defense.signals import figures
-from floodwall.edge.control import Control
+from floodwall.levels import LevelControl
 from floodwall.state.store import Store
 from floodwall.telemetry.traffic import Traffic
 
@@ -28,7 +28,7 @@ LEASE = 5.0
 
 
 class Watch:
-    def __init__(self, traffic: Traffic, store: Store, control: Control, detector: Detector,
+    def __init__(self, traffic: Traffic, store: Store, control: LevelControl, detector: Detector,
                  gauges: Callable[[], dict[str, float]] = dict) -> None:
         self.traffic = traffic
         self.store = store

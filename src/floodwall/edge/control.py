@@ -13,10 +13,10 @@ import time
 from collections.abc import Iterable
 
 from floodwall import logs
-from floodwall.audit import Audit
 from floodwall.background import cancel
-from floodwall.edge.identity import IPAddress, normalised_network
+from floodwall.db.audit import Audit
 from floodwall.edge.policy import REGISTRATION_MODES
+from floodwall.identity import IPAddress, normalised_network
 from floodwall.levels import LEVELS, MODES
 from floodwall.state.store import Ban, Store
 

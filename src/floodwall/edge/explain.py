@@ -1,7 +1,6 @@
-"""What the gate, and prompt screening, would decide right now for a request or a prompt an operator
-describes, and why, without spending anything: limits are peeked, not hit; no campaign is filed, no
-strike spent. Behind POST /admin/api/explain.
-"""
+"""What the gate would decide right now for a request an operator describes, and why, without spending
+anything: the gate's own decision function, peeking instead of spending (limits peeked, not hit; no ban,
+no count, no log). Behind POST /admin/api/explain; prompts are explained by defense/screening.py."""
 
 from __future__ import annotations
 
@@ -9,78 +8,61 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
-from floodwall.defense.prompts import Screen
-from floodwall.edge.gate import Gate, credential, described, first_refusal
-from floodwall.edge.identity import normalised
+from floodwall.edge.gate import Decision, Gate
 from floodwall.edge.policy import classify
 from floodwall.errors import ApiError
+from floodwall.identity import normalised
 
 
-def _decision(decision: str, reason: str, **more: Any) -> dict[str, Any]:
+def decision_json(decision: str, reason: str, **more: Any) -> dict[str, Any]:
+    """The contract's shape: {"decision", "reason", "rules", "score", ...the facts}."""
     return {"decision": decision, "reason": reason, "rules": more.pop("rules", [reason] if reason else []),
             "score": more.pop("score", 0), **more}
 
 
-def _refusal(error: ApiError, **more: Any) -> dict[str, Any]:
-    return _decision("refuse", error.reason or error.code, status=error.status, code=error.code,
-                     message=error.message, retry_after=error.retry_after, **more)
+def described_scope(method: str, path: str, headers: Mapping[str, str], query: str = "") -> dict[str, Any]:
+    """An ASGI scope for a request as an operator describes it (the parts the gate reads)."""
+    return {"type": "http", "method": method.upper(), "path": path, "raw_path": path.encode("utf-8"),
+            "query_string": query.encode("utf-8"),
+            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]}
 
 
 async def explain_request(gate: Gate, method: str, path: str, headers: Mapping[str, str],
                           address: str, query: str = "") -> dict[str, Any]:
-    """The gate's steps for this request, in its order: allow list, deny list, bans, caller, limits,
-    scoring."""
-    klass = classify(method.upper(), path)
-    level = gate.control.level
-    parsed = normalised(ipaddress.ip_address(address))
-    facts: dict[str, Any] = {"class": klass, "level": level, "address": str(parsed)}
-    if gate.control.allow.match(parsed) is not None:
-        return _decision("pass", "allow-list", tier="allow-listed", **facts)
-    blocked = gate.blocked(parsed)
-    if blocked is not None:
-        return _refusal(blocked, tier="anonymous", **facts)
-    scope = {"headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
-             "method": method.upper(), "path": path, "raw_path": path.encode("utf-8"),
-             "query_string": query.encode("utf-8")}
-    secret, is_key = credential(scope)
-    principal = None
-    if secret is not None and klass != "admin":
-        principal = await gate.lookup(secret, is_key)
-    tier, device = gate.tier(principal), None
-    if klass == "auth-login":
-        tier, device = gate.sign_in_tier(scope)
-    facts["tier"] = tier
-    buckets = gate.buckets(klass, level, parsed, tier, principal, device)
-    if klass == "auth-register":
-        refused = gate.registration(level, buckets)
-        if refused is not None:
-            return _refusal(refused, **facts)
-    verdicts = await gate.store.peek(buckets) if buckets else []
-    refused = first_refusal(klass, buckets, verdicts)
-    if refused is not None:
-        return _refusal(refused, **facts)
-    scoring = gate.policy.scoring
-    if gate.scorer is not None and scoring is not None and tier != "established":
-        found = gate.scorer.score(described(scope))
-        action = scoring.actions[level]
-        facts["scoring"] = {"score": found.score, "threshold": scoring.threshold, "rules": list(found.rules),
-                            "categories": list(found.categories), "evidence": list(found.evidence), "action": action}
-        if found.score >= scoring.threshold and action == "refuse":
-            return _decision("refuse", f"probe/{found.rules[0]}", status=403, code="request_blocked",
-                             rules=list(found.rules), score=found.score, **facts)
-    rules = [bucket.rule for bucket in buckets]
-    mode = gate.policy.registration_mode(level, gate.control.registration)
-    if klass == "auth-register" and mode == "queued":
-        return _decision("queue", "registration/queued", rules=rules, **facts)
-    return _decision("pass", "within every limit" if buckets else "no limit applies", rules=rules,
-                     remaining={bucket.rule: verdict.remaining for bucket, verdict in zip(buckets, verdicts,
-                                                                                           strict=True)}, **facts)
+    """The gate's decision for this request from this address, as JSON."""
+    text = str(normalised(ipaddress.ip_address(address)))
+    scope = described_scope(method, path, headers, query)
+    return explained(gate, await gate.decide(scope, classify(method.upper(), path), text, spend=False))
 
 
-def explain_prompt(screen: Screen, threshold: int, action: str, text: str, level: str) -> dict[str, Any]:
-    """Prompt screening's verdict for this prompt at this level (campaigns aside: they need many senders)."""
-    verdict = screen.score(text)
-    flagged = verdict.score >= threshold
-    decision = "pass" if not flagged or action in ("off", "log") else ("refuse" if action == "refuse" else "flag")
-    return _decision(decision, verdict.reason if flagged else "below the threshold", rules=list(verdict.rules),
-                     score=verdict.score, threshold=threshold, action=action, level=level)
+def explained(gate: Gate, found: Decision) -> dict[str, Any]:
+    facts: dict[str, Any] = {"class": found.klass, "level": found.level, "address": found.address,
+                             "tier": "allow-listed" if found.allow_listed else found.tier}
+    if found.remembered:
+        facts["remembered"] = True
+    if found.score is not None:
+        score = found.score
+        facts["scoring"] = {"score": score.score, "rules": list(score.rules), "categories": list(score.categories),
+                            "evidence": list(score.evidence), "complete": score.complete}
+        if gate.scoring is not None:
+            facts["scoring"] |= {"threshold": gate.scoring.threshold, "action": gate.scoring.action(found.level)}
+    if found.strikes:
+        facts["prompt_strikes"] = {b.rule: v.remaining for b, v in found.strikes}
+    rules = [bucket.rule for bucket in found.buckets]
+    refusal = found.refusal
+    if refusal is not None:
+        more = _refusal_facts(refusal)
+        if found.score is not None and refusal.code == "request_blocked":
+            more |= {"rules": list(found.score.rules), "score": found.score.score}
+        return decision_json("refuse", found.reason, **more, **facts)
+    reason = found.reason or ("within every limit" if found.buckets else "no limit applies")
+    points = found.score.score if found.score is not None else 0
+    if found.decision == "flag" and found.score is not None:
+        rules = [*found.score.rules, *rules]
+    return decision_json(found.decision, reason, rules=rules, score=points,
+                         remaining={b.rule: v.remaining for b, v in zip(found.buckets, found.verdicts, strict=True)},
+                         **facts)
+
+
+def _refusal_facts(error: ApiError) -> dict[str, Any]:
+    return {"status": error.status, "code": error.code, "message": error.message, "retry_after": error.retry_after}

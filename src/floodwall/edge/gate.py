@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import ipaddress
 import logging
 import math
@@ -20,27 +19,24 @@ from typing import Any
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from floodwall import cookies, logs
-from floodwall.accounts.service import AccountService, Principal
-from floodwall.defense.probing import Probes
-from floodwall.defense.scoring import Described, Scorer, load_rules
+from floodwall import logs
 from floodwall.edge.control import Control
-from floodwall.edge.headers import ratelimit, with_headers
-from floodwall.edge.identity import Networks, TrustedProxies, client_address
-from floodwall.edge.policy import Caller, Policy, classify
+from floodwall.edge.credentials import DEVICE_COOKIE, cookie_value, credential
+from floodwall.edge.policy import Policy, classify
 from floodwall.edge.refusals import RefusalLog
 from floodwall.errors import ApiError, send_error
-from floodwall.state.store import Bucket, Store, Verdict
+from floodwall.headers import ratelimit, with_headers
+from floodwall.identity import Networks, TrustedProxies, client_address
+from floodwall.inspection import Described, ProbeWatch, RequestScoring, Score
+from floodwall.limits import Bucket, Caller, Verdict, first_refusal
+from floodwall.principal import Principal, Principals
+from floodwall.state.store import Store
 from floodwall.telemetry.traffic import Traffic
 
 log = logging.getLogger("floodwall.edge")
 
-SESSION_COOKIE = cookies.prefix(cookies.SESSION)
-DEVICE_COOKIE = cookies.prefix(cookies.DEVICE)
 REGISTRATION_CLOSED_MESSAGE = ("Registration is closed for now because of an ongoing attack or very high demand. "
                                "Please try again later. Registered users can log in normally.")
-REGISTRATION_BUSY = ("Registration is busy because of high demand or an ongoing attack. Please wait and try "
-                     "again. Registered users can log in normally.")
 REGISTRATION_CLOSED = ApiError(503, REGISTRATION_CLOSED_MESSAGE, "registration_busy", retry_after=300,
                                reason="registration/closed")
 
@@ -54,6 +50,7 @@ class EdgeInfo:
     tier: str
     level: str
     principal: Principal | None
+    strikes: list[tuple[Bucket, Verdict]] = dataclasses.field(default_factory=list)
 
 
 def edge_info(request: HTTPConnection) -> EdgeInfo | None:
@@ -66,6 +63,29 @@ def scope_edge_info(scope: Scope) -> EdgeInfo | None:
     return found if isinstance(found, EdgeInfo) else None
 
 
+@dataclasses.dataclass(slots=True)
+class Decision:
+    """What the gate decides for one request, and the facts it rests on: the same for the request it lets
+    in or refuses and for /admin/api/explain's answer about it."""
+
+    decision: str  # pass | flag | challenge | queue | refuse
+    klass: str
+    address: str
+    level: str
+    tier: str = "anonymous"
+    principal: Principal | None = None
+    refusal: ApiError | None = None
+    reason: str = ""
+    buckets: list[Bucket] = dataclasses.field(default_factory=list)
+    verdicts: list[Verdict] = dataclasses.field(default_factory=list)
+    # for a model call: the account's prompt-strike limits, looked at in the same round trip (prompt screening
+    # reads them instead of asking the Store again)
+    strikes: list[tuple[Bucket, Verdict]] = dataclasses.field(default_factory=list)
+    score: Score | None = None
+    remembered: bool = False  # the answer given a moment ago to this address, not decided again
+    allow_listed: bool = False
+
+
 class Gate:
     def __init__(
         self,
@@ -74,18 +94,19 @@ class Gate:
         policy: Policy,
         store: Store,
         control: Control,
-        accounts: AccountService,
+        principals: Principals,
         trusted_proxies: TrustedProxies,
         new_account_age: float,
         networks: Networks | None = None,
         traffic: Traffic | None = None,
         known_device: Callable[[str], str | None] | None = None,
+        scoring: RequestScoring | None = None,
+        probes: ProbeWatch | None = None,
     ) -> None:
         self.app = app
         self.traffic = traffic or Traffic()
-        self.probes = Probes(policy.probing) if policy.probing else None
-        scoring = policy.scoring
-        self.scorer = Scorer(load_rules(scoring.rules or None), scoring.paranoia, scoring.budget) if scoring else None
+        self.probes = probes
+        self.scoring = scoring
         self.flagged = RefusalLog(event="flagged")
         self.scoring_log = RefusalLog(event="scoring")  # budgets run out and scoring errors, without a flood
         self._trace_logged = -math.inf
@@ -93,7 +114,7 @@ class Gate:
         self.policy = policy
         self.store = store
         self.control = control
-        self.accounts = accounts
+        self.principals = principals
         self.trusted = trusted_proxies
         self.new_account_age = new_account_age
         self.state: Any = None
@@ -107,7 +128,7 @@ class Gate:
     def held(self) -> dict[str, int]:
         """Entries in the gate's own bounded memories, for /metrics."""
         return {"parsed_addresses": len(self._addresses), "recent_refusals": len(self._refused),
-                "scoring_answers": len(self.scorer) if self.scorer is not None else 0}
+                "scoring_answers": len(self.scoring) if self.scoring is not None else 0}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -117,79 +138,112 @@ class Gate:
         text = client_address(scope, self.trusted)
         traffic = self.traffic
         traffic.arrived(text)
+        found = await self.decide(scope, klass, text)
+        refusal = found.refusal
+        if refusal is not None:
+            # what an address was refused is its answer for a moment, but not a device's: the owners behind a
+            # carrier's NAT share the address with whoever spent its budget
+            if not found.remembered and found.principal is None and refusal.retry_after and \
+                    credential(scope)[0] is None and found.tier != "known-device":
+                self._remember(klass, text, refusal, _wait(found.verdicts, refusal))
+            traffic.refused(klass)
+            self.refusals.record(refusal.reason, text, refusal.status, klass, found.level, found.tier,
+                                 scope["method"], scope["path"])
+            await send_error(scope, send, refusal)
+            return
+        scope.setdefault("state", {})["edge"] = EdgeInfo(klass, text, found.tier, found.level, found.principal,
+                                                          found.strikes)
+        if found.allow_listed:  # never limited, never banned
+            await self.app(scope, receive, _observed(send, traffic, klass))
+            return
+        # established accounts are not counted as scanners: their own app's 404s are not a scan
+        watch = self._probe_watch(text, scope) if self.probes is not None and found.tier != "established" else None
+        send = _observed(send, traffic, klass, watch)
+        if found.verdicts and klass.startswith("api"):
+            send = _with_ratelimit_headers(send, found.buckets, found.verdicts)
+        await self.app(scope, receive, send)
+
+    async def decide(self, scope: Scope, klass: str, text: str, spend: bool = True) -> Decision:
+        """The gate's decision for a request, in its fixed order: a refusal remembered a moment ago, the
+        allow list, the deny list and bans, who is calling (rationing lookups of credentials not seen lately),
+        the limits for (class, level, tier) with the registration mode, then scoring. Spending (the gate) hits
+        the limits, counts, logs and bans; peeking (explain) only looks, and answers the same."""
+        level = self.control.level
         remembered = self._refused.get((klass, text))
         if remembered is not None and remembered[0] > time.monotonic() and \
                 remembered[1] == self.control.generation and credential(scope)[0] is None and \
                 not (klass == "auth-login" and cookie_value(scope, DEVICE_COOKIE)):
             # refused a moment ago and nothing has changed since: the same answer, without deciding again
             again = remembered[2]
-            traffic.refused(klass)
-            self.refusals.record(again.reason, text, again.status, klass, self.control.level, "anonymous",
-                                 scope["method"], scope["path"])
-            await send_error(scope, send, again)
-            return
+            return Decision("refuse", klass, text, level, refusal=again, reason=again.reason, remembered=True)
         address = self._addresses.get(text)
         if address is None:
             address = self._parse(text)
-        level = self.control.level
-        if self.control.allow.match(address) is not None:  # allow-listed: never limited, never banned
+        if self.control.allow.match(address) is not None:
             principal = await self._principal(scope)
-            self._enter(scope, klass, text, self.tier(principal), level, principal)
-            await self.app(scope, receive, _observed(send, traffic, klass))
-            return
-        principal, tier = None, "anonymous"
-        buckets: list[Bucket] = []
-        verdicts: list[Verdict] = []
+            return Decision("pass", klass, text, level, self.tier(principal), principal, reason="allow-list",
+                            allow_listed=True)
+        found = Decision("pass", klass, text, level)
         refusal = self.blocked(address)
         # admin routes take the admin token, not an account's key: it is never looked up as one
         if refusal is None and klass != "admin":
-            principal, refusal = await self._principal_or_refusal(scope, address, level)
-            tier = self.tier(principal)
+            found.principal, refusal = await self._principal_or_refusal(scope, address, level, spend)
+            found.tier = self.tier(found.principal)
         device = None
         if klass == "auth-login":  # sign-in attempts are told apart by the device, not by the account
-            tier, device = self.sign_in_tier(scope)
+            found.tier, device = self.sign_in_tier(scope)
         if refusal is None:
-            buckets = self.buckets(klass, level, address, tier, principal, device)
+            found.buckets = self.buckets(klass, level, address, found.tier, found.principal, device)
             if klass == "auth-register":
-                refusal = self.registration(level, buckets)
+                refusal = self.registration(found, scope["path"])
         if refusal is None:
-            if buckets:
-                # the memory store decides without I/O: no coroutine to build and await on the flood path
-                verdicts = self.store.decide_now(buckets) or await self.store.hit(buckets)
-            refusal = first_refusal(klass, buckets, verdicts)
+            strikes = self.strike_buckets(found) if klass == "api-inference" else []
+            if found.buckets or strikes:
+                verdicts = await self._limits(found.buckets, strikes, spend)
+                found.verdicts = verdicts[:len(found.buckets)]
+                found.strikes = list(zip(strikes, verdicts[len(found.buckets):], strict=True))
+            refusal = first_refusal(klass, found.buckets, found.verdicts)
         # established accounts are not scored: their own app's odd requests are not an attack on it
-        if refusal is None and self.scorer is not None and tier != "established":
-            try:
-                refusal = self.scored(scope, klass, text, tier, level)
-            except Exception:  # scoring is a filter, not the service: a request it cannot read goes on, but
-                # as a step toward a probing ban, so that a way to break it is not a way around it
-                self.traffic.event("scoring.error")
-                self.scoring_log.record("scoring/error", text, None, klass, level, tier, scope["method"],
-                                        scope["path"])
-                subscriber = self.networks.subscriber(text)
-                if self.probes is not None and self.probes.answered(subscriber, "error|" + probe_key(scope)):
-                    self._start_ban(subscriber, self.probes.policy.ban)
-                if time.monotonic() > self._trace_logged + 10:  # a traceback every 10 s at most: a flood of them
-                    self._trace_logged = time.monotonic()       # would cost more than the requests
-                    log.exception("scoring failed; the request goes on unscored")
+        if refusal is None and self.scoring is not None and found.tier != "established":
+            refusal = self._scored_or_error(scope, found, spend)
         if refusal is not None:
-            # what an address was refused is its answer for a moment, but not a device's: the owners behind a
-            # carrier's NAT share the address with whoever spent its budget
-            if principal is None and refusal.retry_after and credential(scope)[0] is None and \
-                    tier != "known-device":
-                self._remember(klass, text, refusal, _wait(buckets, verdicts, refusal))
-            traffic.refused(klass)
-            self.refusals.record(refusal.reason, text, refusal.status, klass, level, tier, scope["method"],
-                                 scope["path"])
-            await send_error(scope, send, refusal)
-            return
-        self._enter(scope, klass, text, tier, level, principal)
-        # established accounts are not counted as scanners: their own app's 404s are not a scan
-        watch = self._probe_watch(text, scope) if self.probes is not None and tier != "established" else None
-        send = _observed(send, traffic, klass, watch)
-        if verdicts and klass.startswith("api"):
-            send = _with_ratelimit_headers(send, buckets, verdicts)
-        await self.app(scope, receive, send)
+            found.decision, found.refusal, found.reason = "refuse", refusal, refusal.reason or refusal.code
+        return found
+
+    async def _limits(self, buckets: list[Bucket], strikes: list[Bucket], spend: bool) -> list[Verdict]:
+        if not spend:
+            return await self.store.peek([*buckets, *strikes])
+        # the memory store decides without I/O: no coroutine to build and await on the flood path
+        verdicts = self.store.decide_now(buckets, strikes)
+        return verdicts if verdicts is not None else await self.store.hit(buckets, strikes)
+
+    def strike_buckets(self, found: Decision) -> list[Bucket]:
+        """A model call's prompt-strike limits (an account's flagged prompts), looked at with its limits."""
+        principal = found.principal
+        if principal is None:
+            return []
+        caller = Caller(0, 0, found.tier, principal.user_id, principal.key_id)
+        return self.policy.buckets("prompt-strike", found.level, caller)
+
+    def _scored_or_error(self, scope: Scope, found: Decision, spend: bool) -> ApiError | None:
+        try:
+            return self.scored(scope, found, spend)
+        except Exception:  # scoring is a filter, not the service: a request it cannot read goes on, but
+            # as a step toward a probing ban, so that a way to break it is not a way around it
+            found.reason = "scoring/error"
+            if not spend:
+                return None
+            text, klass = found.address, found.klass
+            self.traffic.event("scoring.error")
+            self.scoring_log.record("scoring/error", text, None, klass, found.level, found.tier, scope["method"],
+                                    scope["path"])
+            subscriber = self.networks.subscriber(text)
+            if self.probes is not None and self.probes.answered(subscriber, "error|" + probe_key(scope)):
+                self._start_ban(subscriber, self.probes.ban)
+            if time.monotonic() > self._trace_logged + 10:  # a traceback every 10 s at most: a flood of them
+                self._trace_logged = time.monotonic()       # would cost more than the requests
+                log.exception("scoring failed; the request goes on unscored")
+            return None
 
     def _probe_watch(self, address: str, scope: Scope) -> Callable[[int], None]:
         probes = self.probes
@@ -202,40 +256,41 @@ class Gate:
             if probes.counts(status, path):
                 subscriber = self.networks.subscriber(address)
                 if probes.answered(subscriber, probe_key(scope)):
-                    self._start_ban(subscriber, probes.policy.ban)
+                    self._start_ban(subscriber, probes.ban)
 
         return watch
 
-    def scored(self, scope: Scope, klass: str, address: str, tier: str, level: str) -> ApiError | None:
+    def scored(self, scope: Scope, found: Decision, spend: bool = True) -> ApiError | None:
         """Score the request's path, query, headers and cookies; one scoring the threshold is logged, and
         as the level's action says, counted toward the address's http-probing ban or refused."""
-        policy, scorer = self.policy.scoring, self.scorer
-        assert policy is not None and scorer is not None
-        action = policy.actions[level]
+        scoring = self.scoring
+        assert scoring is not None
+        action = scoring.action(found.level)
         if action == "off":
             return None
         request = described(scope)
-        found = scorer.score(request)
-        if not found.complete:
+        found.score = score = scoring.score(request)
+        address, klass, level, tier = found.address, found.klass, found.level, found.tier
+        if not score.complete and spend:
             self.traffic.event("scoring.budget")
             self.scoring_log.record("scoring/budget", address, None, klass, level, tier, request.method, request.path)
-        if found.score < policy.threshold:
+        if score.score < scoring.threshold:
             return None
-        reason = f"probe/{found.rules[0]}"
+        reason = f"probe/{score.rules[0]}"
+        if action == "flag":
+            found.decision, found.reason = "flag", reason
+        if not spend:
+            return _blocked(reason) if action == "refuse" else None
         self.traffic.event("probe.scored")
         if action != "refuse":
             self.flagged.record(reason, address, None, klass, level, tier, request.method, request.path)
         # keyed by what matched: a scanner's payloads are many steps, while an odd cookie or header a browser
         # sends with every page (or the same odd link followed twice) is one
         subscriber = self.networks.subscriber(address)
-        if action != "log" and self.probes is not None and \
-                self.probes.answered(subscriber, "scored|" + found.fingerprint):
-            self._start_ban(subscriber, self.probes.policy.ban)
-        if action == "refuse":
-            return ApiError(403, "This request looks like an attack on the service and was not accepted.",
-                            "request_blocked", reason=reason)
-        return None
-
+        probes = self.probes
+        if action != "log" and probes is not None and probes.answered(subscriber, "scored|" + score.fingerprint):
+            self._start_ban(subscriber, probes.ban)
+        return _blocked(reason) if action == "refuse" else None
     def _start_ban(self, subscriber: str, duration: float) -> None:
         task = asyncio.get_running_loop().create_task(self._ban_prober(subscriber, duration))
         self._banning.add(task)
@@ -260,14 +315,19 @@ class Gate:
                    seconds=round(ban.until - time.time()), strikes=ban.strikes)
         await self.control.refresh()
 
-    def registration(self, level: str, buckets: list[Bucket]) -> ApiError | None:
+    def registration(self, found: Decision, path: str) -> ApiError | None:
         """Sign-ups as the registration mode says: closed refuses them all; limited adds one trickle that
-        every sign-up shares, whatever its address."""
-        mode = self.policy.registration_mode(level, self.control.registration)
+        every sign-up shares, whatever its address; queued sends a sign-up through the waiting room, and a
+        level with a challenge difficulty asks it for proof of work (the sign-up route does both)."""
+        mode = self.policy.registration_mode(found.level, self.control.registration)
         if mode == "closed":
             return REGISTRATION_CLOSED
         if mode == "limited":
-            buckets.append(self.policy.trickle)
+            found.buckets.append(self.policy.trickle)
+        if mode == "queued":
+            found.decision, found.reason = "queue", "registration/queued"
+        elif path == "/auth/register" and self.policy.challenge[found.level]:
+            found.decision, found.reason = "challenge", "registration/challenge"
         return None
 
     def _remember(self, klass: str, address: str, refusal: ApiError, wait: float) -> None:
@@ -288,10 +348,6 @@ class Gate:
         self._addresses[text] = address
         return address
 
-    def _enter(self, scope: Scope, klass: str, address: str, tier: str, level: str,
-               principal: Principal | None) -> None:
-        scope.setdefault("state", {})["edge"] = EdgeInfo(klass, address, tier, level, principal)
-
     def blocked(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ApiError | None:
         entry = self.control.deny.match(address)
         if entry is not None:
@@ -309,17 +365,18 @@ class Gate:
         return "established" if age >= self.new_account_age else "new"
 
     async def _principal_or_refusal(self, scope: Scope, address: ipaddress.IPv4Address | ipaddress.IPv6Address,
-                                    level: str) -> tuple[Principal | None, ApiError | None]:
+                                    level: str, spend: bool = True) -> tuple[Principal | None, ApiError | None]:
         secret, is_key = credential(scope)
         if secret is None:
             return None, None
-        known, cached = self.accounts.cached_principal(secret, is_key)
+        known, cached = self.principals.cached_principal(secret, is_key)
         if known:
             return cached, None
         # a credential not seen lately costs a database query: the lookup rules ration them per address
         buckets = self.buckets("credential-lookup", level, address, "anonymous", None)
-        if buckets and not self.accounts.lookup_pending(secret):
-            refusal = first_refusal("credential-lookup", buckets, await self.store.hit(buckets))
+        if buckets and not self.principals.lookup_pending(secret):
+            verdicts = await (self.store.hit(buckets) if spend else self.store.peek(buckets))
+            refusal = first_refusal("credential-lookup", buckets, verdicts)
             if refusal is not None:
                 return None, refusal
         try:
@@ -337,8 +394,8 @@ class Gate:
 
     async def lookup(self, secret: str, is_key: bool) -> Principal | None:
         if is_key:
-            return await self.accounts.key_principal(secret)
-        return await self.accounts.session_principal(secret)
+            return await self.principals.key_principal(secret)
+        return await self.principals.session_principal(secret)
 
     def buckets(self, klass: str, level: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address,
                  tier: str, principal: Principal | None, device: str | None = None) -> list[Bucket]:
@@ -359,32 +416,6 @@ class Gate:
         return ("known-device", device) if device else ("unknown-device", None)
 
 
-def credential(scope: Scope) -> tuple[str | None, bool]:
-    """The API key (Bearer) or the session cookie the request carries, if any."""
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, secret = value.partition(b" ")
-            if scheme.lower() == b"bearer" and secret.strip():
-                return secret.strip().decode("latin-1"), True
-    return cookie_value(scope, SESSION_COOKIE), False
-
-
-def cookie_value(scope: Scope, name: bytes) -> str | None:
-    """One cookie's value (the last one sent), read from the raw headers, at most 4 KiB of it: found from the
-    right with rfind, not by splitting every pair (a Cookie header of 4,000 pairs cost 2 ms)."""
-    found = None
-    for header, value in scope["headers"]:
-        if header == b"cookie":
-            at, tries = value.rfind(name), 16
-            while at > 0 and value[at - 1:at] not in (b";", b" ", b"\t"):  # "xfw_session=" is not ours
-                tries -= 1
-                at = value.rfind(name, 0, at) if tries else -1  # 16 look-alikes: none is, for this header
-            if at >= 0:
-                end = value.find(b";", at)
-                found = value[at + len(name):end if end >= 0 else len(value)][:4096].strip().decode("latin-1")
-    return found
-
-
 def probe_key(scope: Scope) -> str:
     """What makes a request distinct to the probe watch: its path and query, as sent."""
     raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
@@ -400,35 +431,10 @@ def described(scope: Scope) -> Described:
                      tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]))
 
 
-def _wait(buckets: Sequence[Bucket], verdicts: Sequence[Verdict], refusal: ApiError) -> float:
+def _wait(verdicts: Sequence[Verdict], refusal: ApiError) -> float:
     """How long a refusal stands: until every refusing limit allows again (Retry-After is rounded up)."""
     waits = [v.retry_after for v in verdicts if not v.allowed]
     return max(waits) if waits else float(refusal.retry_after or 0)
-
-
-def first_refusal(klass: str, buckets: Sequence[Bucket], verdicts: Sequence[Verdict]) -> ApiError | None:
-    refused = [(v.retry_after, b.rule, b, v) for b, v in zip(buckets, verdicts, strict=True) if not v.allowed]
-    if not refused:
-        return None
-    # the longest wait is the one that matters: retrying sooner would be refused again
-    _, _, bucket, verdict = max(refused)
-    return _throttled(klass, bucket, verdict)
-
-
-def _throttled(klass: str, bucket: Bucket, verdict: Verdict) -> ApiError:
-    # a flood meets the same few refusals over and over: build each once
-    return _refusal(klass, bucket.rule, math.ceil(verdict.retry_after))
-
-
-@functools.lru_cache(maxsize=4096)
-def _refusal(klass: str, rule: str, wait: int) -> ApiError:
-    if klass == "auth-register":
-        return ApiError(429, REGISTRATION_BUSY, "registration_busy", retry_after=wait, reason=rule)
-    if klass == "auth-login":
-        return ApiError(429, "Too many sign-in attempts. Please wait and try again.", "login_throttled",
-                        retry_after=wait, reason=rule)
-    return ApiError(429, f"Rate limit reached ({rule}). Please try again in {max(1, wait)}s.",
-                    "rate_limit_exceeded", type="requests", retry_after=wait, reason=rule)
 
 
 def _observed(send: Send, traffic: Traffic, klass: str, watch: Callable[[int], None] | None = None) -> Send:
@@ -450,3 +456,8 @@ def _with_ratelimit_headers(send: Send, buckets: Sequence[Bucket], verdicts: Seq
     bucket, verdict = buckets[index], verdicts[index]
     return with_headers(send, ratelimit("requests", round(bucket.tolerance / bucket.interval), verdict.remaining,
                                         verdict.reset_after))
+
+
+def _blocked(reason: str) -> ApiError:
+    return ApiError(403, "This request looks like an attack on the service and was not accepted.", "request_blocked",
+                    reason=reason)

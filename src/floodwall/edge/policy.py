@@ -7,20 +7,13 @@ parses them once and turns a request's facts into the buckets to check. It has n
 from __future__ import annotations
 
 import dataclasses
-import re
-import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from floodwall.config import ConfigError, parse_duration
-from floodwall.defense.detector import DetectorPolicy
-from floodwall.defense.probing import ProbingPolicy
-from floodwall.defense.prompts import PromptPolicy
-from floodwall.defense.scoring import ScoringPolicy
-from floodwall.inference.admission import AdmissionPolicy
+from floodwall.config import ConfigError
 from floodwall.levels import LEVELS
-from floodwall.state.store import Bucket
+from floodwall.limits import Bucket, Caller, Limit, parse_limit
 
 DEFAULT_POLICY = Path(__file__).with_name("default_policy.toml")
 CLASSES = frozenset(
@@ -36,7 +29,7 @@ TIERS = frozenset({"anonymous", "new", "established", "known-device", "unknown-d
 # `login` is the e-mail address a sign-in names (hashed; counted whether or not an account has it),
 # `device` the device cookie's id; keys join with "+", like "login+ip"
 KEYS = frozenset({"ip", "network", "account", "key", "global", "login", "device"})
-_LIMIT = re.compile(r"^\s*(\d+)\s*/\s*([\w.]+)\s*(?:burst\s+(\d+))?\s*$")
+
 
 INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/app/chat"})
 PAGE_PATHS = frozenset({"/", "/register", "/login", "/forgot", "/chat", "/keys", "/activity", "/password",
@@ -63,38 +56,6 @@ def classify(method: str, path: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Limit:
-    count: int
-    period: float
-    burst: int
-
-    @property
-    def interval(self) -> float:
-        return self.period / self.count
-
-    @property
-    def tolerance(self) -> float:
-        return self.interval * self.burst
-
-    def __str__(self) -> str:
-        return f"{self.count}/{self.period:g}s burst {self.burst}"
-
-
-def parse_limit(text: str, where: str) -> Limit | None:
-    if text.strip().lower() in {"off", "none", ""}:
-        return None
-    match = _LIMIT.match(text)
-    if not match:
-        raise ConfigError(f"{where}: {text!r} is not a limit like '120/1m' or '5/30m burst 2'")
-    count = int(match.group(1))
-    period = float(parse_duration(match.group(2) if match.group(2)[0].isdigit() else "1" + match.group(2)))
-    burst = int(match.group(3)) if match.group(3) else count
-    if count < 1 or period <= 0 or burst < 1:
-        raise ConfigError(f"{where}: {text!r} needs a count, a period and a burst above zero")
-    return Limit(count, period, burst)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class Rule:
     name: str
     classes: frozenset[str]
@@ -103,41 +64,19 @@ class Rule:
     limits: Mapping[str, Limit | None]
 
 
-class Caller(NamedTuple):
-    """The facts about one request that rules key on."""
-
-    ip: int
-    network: int
-    tier: str
-    account: int | None
-    key: int | None
-    login: str | None = None
-    device: str | None = None
-
-
 # sign-up modes: open (the register/* rules), queued (those, behind the waiting room), limited (those and
 # one trickle shared by everyone), closed
 REGISTRATION_MODES = ("open", "queued", "limited", "closed")
-# what a right password from a device new to the account needs, per level (accounts/sign_in_codes.py)
-NEW_DEVICE_MODES = ("allow", "confirm")
 
 
 class Policy:
-    def __init__(self, rules: Iterable[Rule], admission: AdmissionPolicy | None = None,
-                 registration: Mapping[str, str] | None = None, trickle: Limit | None = None,
-                 queue: Limit | None = None, challenge: Mapping[str, int] | None = None,
-                 detector: DetectorPolicy | None = None, prompts: PromptPolicy | None = None,
-                 probing: ProbingPolicy | None = None, scoring: ScoringPolicy | None = None,
-                 new_device: Mapping[str, str] | None = None) -> None:
+    """The edge's tables of the policy file: the limit rules ([[rule]]) and the sign-up modes
+    ([registration])."""
+
+    def __init__(self, rules: Iterable[Rule], registration: Mapping[str, str] | None = None,
+                 trickle: Limit | None = None, queue: Limit | None = None,
+                 challenge: Mapping[str, int] | None = None) -> None:
         self.rules = tuple(rules)
-        # per level: a right password from a device new to the account signs in (allow), or also needs a
-        # code sent to the account's e-mail (confirm)
-        self.new_device = {level: (new_device or {}).get(level, "allow") for level in LEVELS}
-        self.probing = probing  # None: no behavioural probe detection
-        self.scoring = scoring  # None: requests are not scored
-        self.detector = detector or DetectorPolicy()
-        self.prompts = prompts or PromptPolicy()
-        self.admission = admission or AdmissionPolicy()
         self.registration = {level: (registration or {}).get(level, "open") for level in LEVELS}
         pace = trickle or Limit(60, 60.0, 10)
         # one global bucket: while sign-ups are limited, this many a period get through, from anyone
@@ -158,27 +97,13 @@ class Policy:
                     )
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> Policy:
-        source = Path(path) if path else DEFAULT_POLICY
-        try:
-            data = tomllib.loads(source.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read the edge policy {source}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
-        unknown = set(data) - {"rule", "admission", "registration", "detector", "prompts", "probing", "scoring",
-                               "sign_in"}
-        if unknown:
-            raise ConfigError(f"{source}: unknown tables {', '.join(sorted(unknown))}")
-        rules = [_rule(entry, f"{source} rule {i + 1}") for i, entry in enumerate(data.get("rule", []))]
-        modes, trickle, queue, challenge = _registration(data.get("registration", {}), f"{source} [registration]")
-        detector = DetectorPolicy.from_data(data.get("detector", {}), f"{source} [detector]")
-        prompts = PromptPolicy.from_data(data.get("prompts", {}), f"{source} [prompts]", LEVELS)
-        probing = ProbingPolicy.from_data(data["probing"], f"{source} [probing]") if "probing" in data else None
-        scoring = ScoringPolicy.from_data(data["scoring"], f"{source} [scoring]") if "scoring" in data else None
-        return cls(rules, AdmissionPolicy.from_data(data.get("admission", {}), f"{source} [admission]"), modes,
-                   trickle, queue, challenge, detector, prompts, probing, scoring,
-                   _new_device(data.get("sign_in", {}), f"{source} [sign_in]"))
+    def from_data(cls, rules: Any, registration: Any, where: str) -> Policy:
+        """From the policy file's [[rule]] list and [registration] table."""
+        if not isinstance(rules, list):
+            raise ConfigError(f"{where} rule: must be a list of tables ([[rule]])")
+        found = [_rule(entry, f"{where} rule {i + 1}") for i, entry in enumerate(rules)]
+        modes, trickle, queue, challenge = _registration(registration, f"{where} [registration]")
+        return cls(found, modes, trickle, queue, challenge)
 
     def registration_mode(self, level: str, pinned: str = "auto") -> str:
         """The sign-up mode in force: the operator's pin, else the level's column."""
@@ -191,6 +116,10 @@ class Policy:
             if ident is not None:
                 found.append(Bucket(rule.name, ident, limit.interval, limit.tolerance))
         return found
+
+    def rule_names(self, key: str, excluding_tier: str) -> frozenset[str]:
+        """The rules keyed by `key` that do not apply to `excluding_tier` (the login guard's account-wide ones)."""
+        return frozenset(rule.name for rule in self.rules if rule.key == key and excluding_tier not in rule.tiers)
 
     def limits_for(self, level: str) -> dict[str, str]:
         return {rule.name: str(rule.limits.get(level) or "off") for rule in self.rules}
@@ -228,17 +157,6 @@ def _registration(data: Any, where: str) -> tuple[dict[str, str], Limit | None, 
     trickle = parse_limit(data["trickle"], f"{where} trickle") if "trickle" in data else None
     queue = parse_limit(data["queue"], f"{where} queue") if "queue" in data else None
     return modes, trickle, queue, _challenge(data.get("challenge", {}), f"{where} challenge")
-
-
-def _new_device(data: Any, where: str) -> dict[str, str]:
-    if not isinstance(data, dict) or set(data) - {"new_device"}:
-        raise ConfigError(f"{where}: must be a table with new_device")
-    modes = data.get("new_device", {})
-    if not isinstance(modes, dict) or set(modes) - set(LEVELS) or \
-            any(mode not in NEW_DEVICE_MODES for mode in modes.values()):
-        raise ConfigError(f"{where} new_device: must be a table of {', '.join(LEVELS)}, each one of "
-                          f"{', '.join(NEW_DEVICE_MODES)}")
-    return dict(modes)
 
 
 def _challenge(data: Any, where: str) -> dict[str, int]:

@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from floodwall.accounts.service import Principal
 from floodwall.background import cancel
 from floodwall.config import ConfigError, parse_duration
-from floodwall.edge.headers import ratelimit
 from floodwall.errors import ApiError
+from floodwall.headers import ratelimit
 from floodwall.levels import LEVELS
-from floodwall.state.store import Bucket, Store
+from floodwall.limits import Bucket
+from floodwall.principal import Principal
+from floodwall.state.store import Store
 from floodwall.telemetry.traffic import Traffic
 
 TIER_ORDER = ("established", "new", "anonymous")
@@ -289,7 +290,7 @@ class Admission:
 
     async def _refund(self, buckets: list[Bucket]) -> None:
         if buckets:
-            await self.store.charge([b._replace(cost=-b.cost) for b in buckets])
+            self.store.charge_later([b._replace(cost=-b.cost) for b in buckets])
 
     def _may_start(self, tier: str, terms: LevelTerms) -> bool:
         limit = self.limiter.limit
@@ -380,7 +381,7 @@ class Admission:
     async def reconcile(self, ticket: Ticket, used: int) -> None:
         """Charge the token budgets what the call really used instead of the estimate."""
         if ticket.buckets and used != ticket.estimate:
-            await self.store.charge([b._replace(cost=used - ticket.estimate) for b in ticket.buckets])
+            self.store.charge_later([b._replace(cost=used - ticket.estimate) for b in ticket.buckets])
 
 
 def _busy(tier: str) -> ApiError:

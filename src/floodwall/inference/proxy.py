@@ -15,15 +15,15 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from floodwall import logs
-from floodwall.accounts.models import utcnow
-from floodwall.accounts.service import Principal
-from floodwall.edge.headers import with_headers
+from floodwall.db.base import utcnow
 from floodwall.errors import ApiError, send_error
+from floodwall.headers import with_headers
 from floodwall.inference import sse
 from floodwall.inference.admission import Admission, Ticket
 from floodwall.inference.http1 import ConnectionClosed, Response
 from floodwall.inference.upstream import Upstream, read_with_timeout, response_headers
 from floodwall.inference.usage import UsageRecorder
+from floodwall.principal import Principal
 
 log = logging.getLogger("floodwall.inference")
 

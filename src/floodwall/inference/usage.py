@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 
 from floodwall import logs
-from floodwall.accounts.service import AccountService
 from floodwall.background import cancel
 
 # one call's usage: user_id, key_id, at, endpoint, model, prompt_tokens, completion_tokens, status
@@ -29,8 +29,9 @@ class UsageRecorder:
     # groups kept for a retry while the database is unreachable; beyond this new ones are dropped and logged
     MAX_PENDING = 100_000
 
-    def __init__(self, accounts: AccountService, interval: float = 0.2, chunk: int = 100) -> None:
-        self.accounts = accounts
+    def __init__(self, record: Callable[[Sequence[dict[str, object]]], Awaitable[None]], interval: float = 0.2,
+                 chunk: int = 100) -> None:
+        self.record = record  # writes rows of the usage table (accounts/service.py's record_usage)
         self.interval = interval
         self.chunk = chunk
         self._pending: dict[_Group, Record] = {}
@@ -73,7 +74,7 @@ class UsageRecorder:
         for start in range(0, len(rows), self.chunk):
             chunk = rows[start:start + self.chunk]
             try:
-                await self.accounts.record_usage(chunk)
+                await self.record(chunk)
             except Exception as exc:  # the database may be briefly away: keep serving, keep the rows, say so
                 logs.event(log, "usage_write_failed", logging.ERROR, rows=len(rows) - start, error=repr(exc))
                 for row in rows[start:]:

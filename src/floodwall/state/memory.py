@@ -6,7 +6,8 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from floodwall.state.store import TRAFFIC_MEMORY, Ban, Bucket, Verdict, advance, charged, gcra
+from floodwall.limits import Bucket, Verdict
+from floodwall.state.store import TRAFFIC_MEMORY, Ban, advance, charged, gcra
 
 STRIKE_MEMORY = 86400.0
 
@@ -83,17 +84,21 @@ class MemoryStore:
     def __len__(self) -> int:
         return sum(len(table) for table in self._tat.values())
 
-    async def hit(self, buckets: Sequence[Bucket]) -> list[Verdict]:
-        return self.decide(buckets)
+    async def hit(self, buckets: Sequence[Bucket], peek: Sequence[Bucket] = ()) -> list[Verdict]:
+        return self.decide_now(buckets, peek)
 
-    def decide_now(self, buckets: Sequence[Bucket]) -> list[Verdict] | None:
-        return self.decide(buckets)
+    def decide_now(self, buckets: Sequence[Bucket], peek: Sequence[Bucket] = ()) -> list[Verdict]:
+        found = self.decide(buckets)
+        return found + self.decide(peek, spend=False) if peek else found
 
     async def peek(self, buckets: Sequence[Bucket]) -> list[Verdict]:
         return self.decide(buckets, spend=False)
 
     async def charge(self, buckets: Sequence[Bucket]) -> None:
         self.force(buckets)
+
+    def charge_later(self, buckets: Sequence[Bucket]) -> None:
+        self.force(buckets)  # no I/O to save: now
 
     def force(self, buckets: Sequence[Bucket]) -> None:
         now = self.clock()

@@ -8,6 +8,7 @@ Every fallback is counted and logged (the first one, and the recovery).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -18,12 +19,18 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from floodwall import logs
+from floodwall.limits import Bucket, Verdict
 from floodwall.state.memory import STRIKE_MEMORY, MemoryStore
-from floodwall.state.store import TRAFFIC_MEMORY, Ban, Bucket, Verdict
+from floodwall.state.store import TRAFFIC_MEMORY, Ban
 
 log = logging.getLogger("floodwall.state")
+# charges made without asking (a call's tokens reconciled, a prompt strike) wait this long, merged per bucket,
+# and go to Redis together: a model call's own round trips are its decisions only
+CHARGE_DELAY = 0.05
+MAX_PENDING_CHARGES = 10_000
 
-# KEYS: one per bucket. ARGV: for each bucket interval, tolerance, cost.
+# KEYS: one per bucket. ARGV: for each bucket interval, tolerance, cost; then the mode (0 peek, 1 hit, 2 force)
+# and how many of the buckets, from the first, the mode applies to (the rest are only peeked).
 # Returns, for each bucket: allowed (0/1), retry_after, remaining, reset_after (as strings: Lua numbers
 # would be truncated to integers on the way back).
 GCRA = """
@@ -32,6 +39,7 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local out = {}
 local new = {}
 local all = true
+local spending = tonumber(ARGV[#KEYS * 3 + 2])
 for i, key in ipairs(KEYS) do
   local interval = tonumber(ARGV[i * 3 - 2])
   local tolerance = tonumber(ARGV[i * 3 - 1])
@@ -41,7 +49,7 @@ for i, key in ipairs(KEYS) do
   local new_tat = start + interval * cost
   local over = new_tat - now - tolerance
   if over > 1e-9 then
-    all = false
+    if i <= spending then all = false end
     local remaining = math.floor((tolerance - (start - now)) / interval)
     out[#out + 1] = {0, tostring(over), math.max(0, remaining), tostring(start - now)}
   else
@@ -52,7 +60,8 @@ end
 local mode = ARGV[#KEYS * 3 + 1]
 if mode == '2' then
   -- a forced charge (or refund): never refused, never before now
-  for i, key in ipairs(KEYS) do
+  for i = 1, spending do
+    local key = KEYS[i]
     local tat = tonumber(redis.call('GET', key) or '0')
     new[i] = math.max(math.max(tat, now) + tonumber(ARGV[i * 3 - 2]) * tonumber(ARGV[i * 3]), now)
   end
@@ -60,7 +69,8 @@ if mode == '2' then
   mode = '1'
 end
 if all and mode == '1' then
-  for i, key in ipairs(KEYS) do
+  for i = 1, spending do
+    local key = KEYS[i]
     local ttl = math.ceil(new[i] - now) + 1
     redis.call('SET', key, tostring(new[i]), 'EX', ttl)
   end
@@ -134,6 +144,8 @@ class RedisStore:
         self.fallbacks = 0
         self.round_trips = 0
         self._failing = False
+        self._pending: dict[tuple[str, int | str, float, float], float] = {}
+        self._flushing: asyncio.Task[None] | None = None
 
     def _failed(self, exc: Exception) -> None:
         self.fallbacks += 1
@@ -147,14 +159,16 @@ class RedisStore:
             logs.event(log, "redis_recovered", logging.WARNING, url=self.url, fallbacks=self.fallbacks)
         self._failing = False
 
-    async def _decide(self, buckets: Sequence[Bucket], spend: bool, force: bool = False) -> list[Verdict]:
-        if not buckets:
+    async def _decide(self, buckets: Sequence[Bucket], spend: bool, force: bool = False,
+                      peek: Sequence[Bucket] = ()) -> list[Verdict]:
+        if not buckets and not peek:
             return []
-        keys = [f"{self.prefix}rl:{b.rule}:{b.ident}" for b in buckets]
+        every = [*buckets, *peek]
+        keys = [f"{self.prefix}rl:{b.rule}:{b.ident}" for b in every]
         args: list[str] = []
-        for b in buckets:
+        for b in every:
             args += [repr(b.interval), repr(b.tolerance), repr(b.cost)]
-        args.append("2" if force else "1" if spend else "0")
+        args += ["2" if force else "1" if spend else "0", str(len(buckets))]
         try:
             self.round_trips += 1
             rows = await self._gcra(keys=keys, args=args)
@@ -163,14 +177,14 @@ class RedisStore:
             if force:
                 self.local.force(buckets)
                 return []
-            return self.local.decide(buckets, spend)
+            return self.local.decide_now(buckets, peek) if spend else self.local.decide([*buckets, *peek], False)
         self._recovered()
         return [Verdict(bool(int(a)), float(r), int(rem), float(reset)) for a, r, rem, reset in rows]
 
-    async def hit(self, buckets: Sequence[Bucket]) -> list[Verdict]:
-        return await self._decide(buckets, True)
+    async def hit(self, buckets: Sequence[Bucket], peek: Sequence[Bucket] = ()) -> list[Verdict]:
+        return await self._decide(buckets, True, peek=peek)
 
-    def decide_now(self, buckets: Sequence[Bucket]) -> list[Verdict] | None:
+    def decide_now(self, buckets: Sequence[Bucket], peek: Sequence[Bucket] = ()) -> list[Verdict] | None:
         return None  # a decision is a round trip to Redis
 
     async def peek(self, buckets: Sequence[Bucket]) -> list[Verdict]:
@@ -178,6 +192,27 @@ class RedisStore:
 
     async def charge(self, buckets: Sequence[Bucket]) -> None:
         await self._decide(buckets, True, force=True)
+
+    def charge_later(self, buckets: Sequence[Bucket]) -> None:
+        pending = self._pending
+        for b in buckets:
+            key = (b.rule, b.ident, b.interval, b.tolerance)
+            pending[key] = pending.get(key, 0.0) + b.cost
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.get_running_loop().create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        if len(self._pending) < MAX_PENDING_CHARGES:
+            await asyncio.sleep(CHARGE_DELAY)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Send the charges waiting (one round trip for all of them)."""
+        pending, self._pending = self._pending, {}
+        buckets = [Bucket(rule, ident, interval, tolerance, cost)
+                   for (rule, ident, interval, tolerance), cost in pending.items() if cost]
+        if buckets:
+            await self._decide(buckets, True, force=True)
 
     async def queue(self, name: str, rate: float, burst: float, join: bool) -> tuple[int, float]:
         try:
@@ -257,6 +292,9 @@ class RedisStore:
         return bool(held)
 
     async def close(self) -> None:
+        if self._flushing is not None and not self._flushing.done():
+            self._flushing.cancel()
+        await self.flush()
         await self.client.aclose()
         await self.pool.disconnect()
 

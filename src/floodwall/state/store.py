@@ -9,29 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple, Protocol
+from typing import Protocol
+
+from floodwall.limits import Bucket, Verdict
 
 TRAFFIC_MEMORY = 300  # seconds of traffic counts a Store keeps
-
-
-class Bucket(NamedTuple):
-    """One limit (`rule`, e.g. "inference/ip") applied to one key (`ident`: an address as an int, an account id).
-    NamedTuples, not frozen dataclasses: the gate builds several per request, and these cost a third as much."""
-
-    rule: str
-    ident: int | str
-    interval: float  # seconds per unit: period / limit
-    tolerance: float  # seconds of burst: interval * burst
-    cost: float = 1.0
-
-
-class Verdict(NamedTuple):
-    """The answer for one bucket: allowed, how long to wait if not, what is left, when it is full again."""
-
-    allowed: bool
-    retry_after: float
-    remaining: int
-    reset_after: float
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -43,11 +25,12 @@ class Ban:
 
 
 class Store(Protocol):
-    async def hit(self, buckets: Sequence[Bucket]) -> list[Verdict]:
-        """Check every bucket; spend on all of them only if all allow."""
+    async def hit(self, buckets: Sequence[Bucket], peek: Sequence[Bucket] = ()) -> list[Verdict]:
+        """Check every bucket; spend on all of them only if all allow. The verdicts of `peek` follow, looked
+        at in the same round trip without spending and without a say in the others (prompt strikes)."""
         ...
 
-    def decide_now(self, buckets: Sequence[Bucket]) -> list[Verdict] | None:
+    def decide_now(self, buckets: Sequence[Bucket], peek: Sequence[Bucket] = ()) -> list[Verdict] | None:
         """hit() without waiting, where the store needs no I/O for it; None where it does (then await hit)."""
         ...
 
@@ -57,6 +40,11 @@ class Store(Protocol):
 
     async def charge(self, buckets: Sequence[Bucket]) -> None:
         """Spend (or, with a negative cost, give back) without asking: reconciling an estimate with the truth."""
+        ...
+
+    def charge_later(self, buckets: Sequence[Bucket]) -> None:
+        """charge(), sent when convenient (Redis: within CHARGE_DELAY, merged with others in one round trip),
+        for charges nobody waits on: a call's tokens reconciled, a strike, a refund."""
         ...
 
     async def queue(self, name: str, rate: float, burst: float, join: bool) -> tuple[int, float]:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from floodwall.audit import Audit
 from floodwall.config import StatusSettings
+from floodwall.db.audit import Audit
 from floodwall.status.incidents import Incidents, Record
 
 BY = "floodwall"

@@ -24,7 +24,7 @@ from jinja2 import Environment
 from floodwall import logs
 from floodwall.background import cancel
 from floodwall.config import StatusSettings
-from floodwall.edge.control import Control
+from floodwall.levels import LevelControl
 from floodwall.state.store import Store
 from floodwall.status import components as parts
 from floodwall.status.automation import AutoIncidents
@@ -44,7 +44,7 @@ def _iso(moment: dt.datetime | None) -> str | None:
 
 
 class StatusBoard:
-    def __init__(self, settings: StatusSettings, incidents: Incidents, control: Control, store: Store,
+    def __init__(self, settings: StatusSettings, incidents: Incidents, control: LevelControl, store: Store,
                  recent: Callable[[], dict[str, int]], registration: Callable[[], str], env: Environment,
                  automation: AutoIncidents | None) -> None:
         self.settings = settings

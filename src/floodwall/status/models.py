@@ -8,7 +8,7 @@ import json
 from sqlalchemy import Boolean, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from floodwall.accounts.models import Base, UTCDateTime, utcnow
+from floodwall.db.base import Base, UTCDateTime, utcnow
 
 
 class Incident(Base):
@@ -46,15 +46,3 @@ class IncidentUpdate(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     by: Mapped[str] = mapped_column(String(100), default="")
 
-
-class AuditEvent(Base):
-    """One operator or automatic action: a level change, a ban, an incident, a user disabled."""
-
-    __tablename__ = "audit"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
-    actor: Mapped[str] = mapped_column(String(100))
-    action: Mapped[str] = mapped_column(String(60))
-    target: Mapped[str] = mapped_column(String(200), default="")
-    detail: Mapped[str] = mapped_column(Text, default="{}")

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from floodwall.edge.identity import Networks
+from floodwall.identity import Networks
 
 
 class NewSources:

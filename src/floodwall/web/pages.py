@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
-from floodwall.services import services
+from floodwall.web.services import services
 
 TEMPLATES = Path(__file__).with_name("templates")
 STATIC = Path(__file__).with_name("static")
@@ -20,7 +20,7 @@ def templates() -> Jinja2Templates:
 
 
 async def render(request: Request, name: str, context: dict[str, Any] | None = None, status: int = 200) -> Response:
-    from floodwall.accounts.auth import session_principal  # deferred: auth needs services, pages are lower
+    from floodwall.web.auth import session_principal  # deferred: auth needs services, pages are lower
 
     config = services(request)
     principal = context.get("principal") if context and "principal" in context else await session_principal(request)

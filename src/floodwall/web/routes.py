@@ -7,16 +7,15 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from floodwall.accounts.alerts import RECENT
-from floodwall.accounts.auth import require_session, require_verified, session_principal
-from floodwall.accounts.models import utcnow
 from floodwall.bodies import read_json_object
+from floodwall.db.base import utcnow
 from floodwall.errors import ApiError
 from floodwall.inference import validation
 from floodwall.inference.proxy import InferenceCall
-from floodwall.inference.routes import call, tier_and_level
-from floodwall.inference.screening import screen
-from floodwall.services import services
+from floodwall.web.api import call, screen
+from floodwall.web.auth import require_session, require_verified, session_principal
 from floodwall.web.pages import render
+from floodwall.web.services import services
 
 
 async def home(request: Request) -> Response:
@@ -97,7 +96,7 @@ async def chat_send(request: Request) -> Response | InferenceCall:
     body = await read_json_object(request, config.settings.server.max_body_size)
     body["stream"] = True
     validation.chat_completion(body)
-    await screen(config, principal, body, *tier_and_level(request.scope))
+    await screen(request.scope, principal, body)
     return call(request.scope, principal, "chat/completions", body)
 
 

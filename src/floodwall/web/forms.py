@@ -10,10 +10,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from floodwall.accounts.auth import check_same_origin
 from floodwall.bodies import check_json_content_type, parse_json_object, read_body
 from floodwall.errors import REASON_HEADER, ApiError, log_refusal
 from floodwall.percent import form_pairs
+from floodwall.web.auth import check_same_origin
 from floodwall.web.pages import render
 
 FORM = "application/x-www-form-urlencoded"

@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from floodwall.services import services
+from floodwall.web.services import services
 
 # a CDN or browser may keep a view this long: during a flood most views never reach us
 CACHE = {"cache-control": "public, max-age=5", "vary": "accept-encoding"}

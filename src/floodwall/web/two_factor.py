@@ -7,11 +7,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from floodwall.accounts.auth import require_session
-from floodwall.accounts.forms import form_page, is_form, read_fields, text_field
 from floodwall.errors import ApiError
-from floodwall.services import services
+from floodwall.web.auth import require_session
+from floodwall.web.forms import form_page, is_form, read_fields, text_field
 from floodwall.web.pages import render
+from floodwall.web.services import services
 
 PAGE = "two_factor.html"
 

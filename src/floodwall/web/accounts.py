@@ -10,7 +10,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from floodwall.accounts.auth import (
+from floodwall.accounts.guard import DEVICE_COOKIE
+from floodwall.accounts.models import ApiKey, Session, User
+from floodwall.edge.gate import edge_info
+from floodwall.errors import ApiError, wants_html
+from floodwall.principal import Principal
+from floodwall.state.store import use_once
+from floodwall.web.auth import (
     check_same_origin,
     clear_session_cookie,
     require_session,
@@ -19,16 +25,10 @@ from floodwall.accounts.auth import (
     set_device_cookie,
     set_session_cookie,
 )
-from floodwall.accounts.forms import credentials, form_page, is_form, read_fields, text_field, user_json
-from floodwall.accounts.guard import DEVICE_COOKIE
-from floodwall.accounts.models import ApiKey, Session, User
-from floodwall.accounts.service import Principal
-from floodwall.accounts.signup import challenge, queue, register, resend_verification, verify
-from floodwall.edge.gate import edge_info
-from floodwall.errors import ApiError, wants_html
-from floodwall.services import services
-from floodwall.state.store import use_once
+from floodwall.web.forms import credentials, form_page, is_form, read_fields, text_field, user_json
 from floodwall.web.pages import render
+from floodwall.web.services import services
+from floodwall.web.signup import challenge, queue, register, resend_verification, verify
 
 
 @form_page("login.html")

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession as DbSession
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from floodwall.accounts.models import ServerSecret
+from floodwall.db.tables import ServerSecret
 
 SIGNING_KEY = "signing"
 

@@ -20,15 +20,15 @@ from floodwall.accounts.two_factor import TwoFactor
 from floodwall.accounts.verification import EmailVerification
 from floodwall.accounts.waiting_room import WaitingRoom
 from floodwall.config import Settings
-from floodwall.defense.prompts import Campaigns, Screen
+from floodwall.db.signing import Signer
+from floodwall.defense.screening import PromptGuard
 from floodwall.defense.watch import Watch
 from floodwall.edge.control import Control
-from floodwall.edge.identity import Networks, TrustedProxies, client_address, is_https
-from floodwall.edge.policy import Policy
+from floodwall.identity import Networks, TrustedProxies, client_address, is_https
 from floodwall.inference.admission import Admission
 from floodwall.inference.upstream import Upstream
 from floodwall.inference.usage import UsageRecorder
-from floodwall.signing import Signer
+from floodwall.policy import PolicyFile
 from floodwall.state.store import Store
 from floodwall.status.board import StatusBoard
 from floodwall.status.incidents import Incidents
@@ -46,7 +46,7 @@ class Services:
     networks: Networks
     store: Store
     control: Control
-    policy: Policy
+    policy: PolicyFile
     admission: Admission
     signer: Signer
     guard: LoginGuard
@@ -59,8 +59,7 @@ class Services:
     two_factor: TwoFactor
     traffic: Traffic
     watch: Watch
-    prompt_screen: Screen
-    campaigns: Campaigns
+    prompt_guard: PromptGuard
     incidents: Incidents
     directory: Directory
     status: StatusBoard
@@ -75,11 +74,11 @@ class Services:
 
     def registration_mode(self) -> str:
         """The sign-up mode in force: the operator's pin, else the level's."""
-        return self.policy.registration_mode(self.control.level, self.control.registration)
+        return self.policy.edge.registration_mode(self.control.level, self.control.registration)
 
     def challenge_difficulty(self) -> int:
         """How hard the proof-of-work on sign-up is at the current level (0: none asked)."""
-        return self.policy.challenge[self.control.level]
+        return self.policy.edge.challenge[self.control.level]
 
     def is_https(self, request: Request) -> bool:
         return is_https(request.scope, self.trusted_proxies)

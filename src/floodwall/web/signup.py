@@ -12,15 +12,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from floodwall.accounts.activity import Client
-from floodwall.accounts.auth import require_session, set_device_cookie, set_session_cookie
 from floodwall.accounts.challenges import FIELD
-from floodwall.accounts.forms import credentials, form_page, is_form, read_fields, user_json
 from floodwall.accounts.guard import DEVICE_COOKIE
 from floodwall.accounts.waiting_room import TICKET_COOKIE, Place
 from floodwall.errors import ApiError, wants_html
-from floodwall.services import services
 from floodwall.state.store import use_once
+from floodwall.web.auth import require_session, set_device_cookie, set_session_cookie
+from floodwall.web.forms import credentials, form_page, is_form, read_fields, user_json
 from floodwall.web.pages import render
+from floodwall.web.services import services
 
 
 def _queued(request: Request) -> bool:

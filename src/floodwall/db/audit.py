@@ -1,5 +1,5 @@
 """The audit log: every level change, ban, list entry, incident and operator action. Each is a JSON log line
-at once (logger `floodwall.audit`; `log.audit_file` copies them to a file of their own) and a row in the
+at once (logger `floodwall.db.audit`; `log.audit_file` copies them to a file of their own) and a row in the
 database, written in the background in batches, so that a slow or absent database never holds up a ban
 or a level change (the log line still has it)."""
 
@@ -16,9 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from floodwall import logs
 from floodwall.background import cancel
-from floodwall.status.models import AuditEvent
+from floodwall.db.tables import AuditEvent
 
-log = logging.getLogger("floodwall.audit")
+log = logging.getLogger("floodwall.db.audit")
 MAX_PENDING = 10_000  # rows waiting for the database; beyond, they are in the log only
 BATCH = 500
 

@@ -14,15 +14,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from floodwall.accounts.auth import api_principal, key_principal
-from floodwall.accounts.service import Principal
 from floodwall.bodies import receive_json_object
 from floodwall.edge.gate import scope_edge_info
 from floodwall.errors import ApiError, log_scope_refusal, send_error
 from floodwall.inference import validation
 from floodwall.inference.proxy import InferenceCall
-from floodwall.inference.screening import screen
-from floodwall.services import Services, services
+from floodwall.principal import Principal
+from floodwall.web.auth import api_principal, key_principal
+from floodwall.web.services import Services, services
 
 
 async def models(request: Request) -> Response:
@@ -46,7 +45,7 @@ class InferenceEndpoint:
             body = await receive_json_object(scope, receive, config.settings.server.max_body_size)
             self.check(body)
             if self.screened:
-                await screen(config, principal, body, *tier_and_level(scope))
+                await screen(scope, principal, body)
         except ClientDisconnect:
             return
         except ApiError as error:
@@ -61,6 +60,14 @@ def call(scope: Scope, principal: Principal, endpoint: str, body: dict[str, Any]
     config: Services = scope["app"].state.services
     tier, level = tier_and_level(scope)
     return InferenceCall(config.upstream, config.usage, config.admission, principal, endpoint, body, tier, level)
+
+
+async def screen(scope: Scope, principal: Principal, body: dict[str, Any]) -> None:
+    """Prompt screening for this call, with the prompt strikes the gate looked at in its round trip."""
+    config: Services = scope["app"].state.services
+    edge = scope_edge_info(scope)
+    strikes = edge.strikes if edge is not None and edge.klass == "api-inference" else None
+    await config.prompt_guard.check(principal, body, *tier_and_level(scope), strikes)
 
 
 def tier_and_level(scope: Scope) -> tuple[str, str]:

@@ -10,10 +10,11 @@ from starlette.types import Scope
 
 from floodwall import bodies, cookies
 from floodwall.accounts.guard import DEVICE_COOKIE, DEVICE_LIFETIME
-from floodwall.accounts.service import AccountService, Principal
+from floodwall.accounts.service import AccountService
 from floodwall.edge.gate import edge_info, scope_edge_info
 from floodwall.errors import ApiError
-from floodwall.services import services
+from floodwall.principal import Principal
+from floodwall.web.services import services
 
 SESSION_COOKIE = cookies.SESSION
 
