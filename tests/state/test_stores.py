@@ -207,3 +207,25 @@ async def test_strikes_are_forgotten_after_a_day_in_memory() -> None:
     await store.bans()
     assert not store._strikes  # a wave of one-time offenders is not kept for ever
     assert (await store.ban("198.51.100.1", "probe", 60)).strikes == 1
+
+
+async def test_buckets_peeked_with_a_hit_spend_nothing_and_refuse_nothing(store: Store) -> None:
+    limit, strikes = per_minute(60, burst=2, rule="limit"), per_minute(60, burst=1, rule="strikes")
+    await store.hit([strikes])  # the one strike spent: peeking it says "refused" from now on
+    for _ in range(2):
+        allowed, peeked = await store.hit([limit], peek=[strikes])
+        assert allowed.allowed and not peeked.allowed  # a full peeked bucket has no say in the hit
+    assert not (await store.hit([limit], peek=[strikes]))[0].allowed  # the hits were spent, the peeks not
+    assert (await store.peek([strikes]))[0].remaining == 0
+
+
+async def test_charges_made_later_arrive_merged(store: Store) -> None:
+    bucket = per_minute(60, burst=10)
+    for _ in range(4):
+        store.charge_later([bucket._replace(cost=2.0)])
+    store.charge_later([bucket._replace(cost=-3.0)])  # a refund among them: 5 units in all
+    if isinstance(store, RedisStore):
+        rounds = store.round_trips
+        await asyncio.sleep(0.2)
+        assert store.round_trips == rounds + 1  # one round trip for every charge waiting
+    assert (await store.peek([bucket]))[0].remaining == 4  # 10 - 5 spent, less the one a peek asks about
