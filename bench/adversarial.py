@@ -279,12 +279,6 @@ def parsers(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, s
     v = {name: make(rp.MAX_VALUE) for name, make in {**VALUES, **RAW}.items()}
     big = {name: make(HEAD) for name, make in {**VALUES, **RAW}.items()}
     heads = {r.family: gates.described(scope_of(r, "127.0.0.1")) for r in requests("0", {})}
-    boundary = "multipart/form-data; boundary=B"
-    part = ('--B\r\nContent-Disposition: form-data; name="a&amp;b"; filename="x"\r\n'
-            "Content-Type: text/plain; charset=utf-7\r\n\r\nv\r\n")
-    multipart = rep(part, rp.MAX_BODY)
-    with_bodies = {**heads, "multipart: thousands of parts": rp.Described("POST", "/u", "", (
-        ("content-type", boundary),), multipart)}
     trusted, forwarded = identity.TrustedProxies([TRUSTED]), identity.TrustedProxies([TRUSTED], "forwarded")
     guard = LoginGuard(PolicyFile.load(None).edge, open_store("memory://"), lambda: "normal", Signer("k" * 48))
     raw_json = json_bodies(BODY_CAP)
@@ -314,15 +308,13 @@ def parsers(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, s
          {k: t[:4 * rp.MAX_VALUE] for k, t in big.items()}, True),
         ("request_parts._decoded", rp._decoded, big, True),
         ("request_parts._js_unescaped", rp._js_unescaped, v, True),
-        ("request_parts.whole (body cap)", rp.whole, {k: rp._js_unescaped(m(rp.MAX_BODY)) for k, m in
-                                                      {**VALUES, **RAW}.items()}, True),
+        ("request_parts.whole (a value)", rp.whole, {k: rp._js_unescaped(m(rp.MAX_VALUE)) for k, m in
+                                                     {**VALUES, **RAW}.items()}, True),
         ("request_parts.shell_words (decoded values)", rp.shell_words, {k: rp._decoded(x) for k, x in v.items()}, True),
         ("request_parts._base64_text", rp._base64_text, v, True),
         ("request_parts._odd_range", rp._odd_range, {"60,000 digits": "bytes=" + "9" * HEAD + "-1",
                                                      "ranges": "bytes=" + rep("0-1,", HEAD), **big}, True),
-        ("request_parts._multipart (bodies: not scored live)", lambda b: list(rp._multipart(b, boundary, set())),
-         {"thousands of parts": multipart}, False),
-        ("Scorer.score, no budget (what the budget saves)", scored(free), with_bodies, False),
+        ("Scorer.score, no budget (what the budget saves)", scored(free), heads, False),
         ("Scorer.score, 1 ms budget (the gate's)", scored(budgeted), heads, True),
         ("identity.client (x-forwarded-for)", client(b"x-forwarded-for", trusted),
          {"100,000 hops": "127.0.0.1, " * 100_000, "100,000 junk hops": ",[" * 100_000}, True),
@@ -617,7 +609,7 @@ def main() -> int:
     print(f"# python3 bench/adversarial.py{' --quick' if args.quick else ''}: {datetime.date.today()}, commit "
           f"{git[0]}{' with uncommitted changes in src/' if git[1] else ''}, {os.cpu_count()} cores\n")
     caps = {"value (request_parts.MAX_VALUE, chars)": rp.MAX_VALUE, "values a part (MAX_VALUES)": rp.MAX_VALUES,
-            "body scored (MAX_BODY)": rp.MAX_BODY, "ranges (MAX_RANGES)": rp.MAX_RANGES,
+            "ranges (MAX_RANGES)": rp.MAX_RANGES,
             "range digits (MAX_RANGE_DIGITS)": rp.MAX_RANGE_DIGITS, "charsets (MAX_CHARSETS)": rp.MAX_CHARSETS,
             "scoring budget (CPU s, [scoring] budget)": scoring.ScoringPolicy().budget,
             "forwarding hops (identity.MAX_HOPS)": identity.MAX_HOPS, "a hop (MAX_ADDRESS)": identity.MAX_ADDRESS,

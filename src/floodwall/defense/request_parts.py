@@ -9,13 +9,11 @@ import base64
 import binascii
 import html
 import itertools
-import json
 import math
 import time
 import unicodedata
 import zlib
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 import re2
@@ -28,10 +26,8 @@ from floodwall.percent import bad_percent, unquoted, unquoted_bytes
 # on values cut to the caps below first; Python's `re` is not used on the request path (ruff bans it). The
 # RE2 binding spends some 10 µs of Python per match found, so a pattern that can match many times in one
 # value is searched once (is there one?) or iterated a bounded number of times, never findall'd whole.
-_XML_VALUES = re2.compile(r'="([^"]*)"|>([^<]+)<')
 _FULL_WIDTH = re2.compile(r"%u[fF]{2}[0-9a-fA-F]{2}")
 _CHARSET = re2.compile(r"(?i)charset\s*=\s*[\"']?([^\"';,\s]+)")
-_ENTITY = re2.compile(r"&[a-zA-Z]{2,10};")
 _HEX = frozenset("0123456789abcdefABCDEF")
 # deleting the base64 alphabet leaves nothing of a base64 value: one C pass instead of a pattern
 _BASE64_ALPHABET = str.maketrans("", "", "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
@@ -42,7 +38,7 @@ MAX_CHARSETS = 4  # charset parameters read from one header
 # CRS regression tests (paranoia 1) and the payload lists are detected alike at 512 and 4,096 (bench/probes.py)
 MAX_VALUE = 512
 MAX_VALUES = 256  # values read from one request part
-MAX_BODY = 64 * 1024
+MAX_DIGESTED = 64 * 1024  # of what a cap leaves unread, the part its digest covers
 MAX_RANGES = 5
 MAX_RANGE_DIGITS = 18  # a byte offset past 10**18 is no file's: the range is odd, not a number to convert
 
@@ -95,56 +91,6 @@ def _charsets(text: str) -> list[str]:
     return [m.group(1) for m in itertools.islice(_CHARSET.finditer(text[:MAX_VALUE]), MAX_CHARSETS)]
 
 
-def _leaves(value: Any, names: list[str], depth: int = 0) -> Iterator[str]:
-    """The strings in a JSON document, its keys going to `names`."""
-    if depth > 16:
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            names.append(str(key))
-            yield from _leaves(item, names, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _leaves(item, names, depth + 1)
-    elif isinstance(value, str):
-        yield whole(value)
-    elif value is not None and not isinstance(value, bool):
-        yield str(value)
-
-
-def _multipart(body: str, content_type: str, anomalies: set[str]) -> Iterator[tuple[str, str]]:
-    """Each part's field name (and file name) and value; odd part headers and names go to `anomalies`."""
-    at = content_type.lower().find("boundary=")
-    boundary = content_type[at + len("boundary="):] if at >= 0 else ""
-    boundary = boundary.split(";")[0].strip().strip('"')
-    if not boundary:
-        anomalies.add("multipart-no-boundary")
-        return
-    for part in body.split("--" + boundary)[:MAX_VALUES]:
-        head, _, value = part.replace("\r\n", "\n").partition("\n\n")
-        for line in head.strip("\n").split("\n"):
-            name, colon, _ = line.partition(":")
-            name = name.strip().lower()
-            if colon and name not in ("content-disposition", "content-type"):
-                anomalies.add("multipart-part-header")  # Content-Transfer-Encoding and the like
-            elif name == "content-type" and any(c.lower() not in _CHARSETS for c in _charsets(line)):
-                anomalies.add("multipart-charset")  # utf-7 and the like: markup a filter reads as text
-        for field in ("name", "filename"):
-            marker = f'{field}="'
-            at = head.find(marker)
-            if at >= 0 and (field != "name" or head[at - 4:at] != "file"):
-                found = head[at + len(marker):].split('"')[0]
-                if any(c in _ENTITY.sub("", found) for c in ";=\"'"):  # á is not an odd character
-                    anomalies.add("multipart-odd-name")
-                value = value.rstrip("\n-")
-                if field == "name" and found == "_charset_" and value.strip().lower() not in _CHARSETS:
-                    anomalies.add("multipart-charset")
-                yield found, value
-
-
-_CHARSETS = frozenset({"utf-8", "iso-8859-1", "iso-8859-15", "windows-1252", "us-ascii"})
-
-
 def _anomalies(request: Described, headers: dict[str, str], found: set[str]) -> None:
     """What is wrong with the request's form, by name: the `anomalies` target."""
     raw = request.path + "?" + request.query
@@ -160,10 +106,11 @@ def _anomalies(request: Described, headers: dict[str, str], found: set[str]) -> 
         found.add("invalid-utf8")
     method = request.method.upper()
     length = headers.get("content-length")
-    if method in ("GET", "HEAD") and ((whole_number(length) or 0) > 0 if length else request.body):
+    has_body = (whole_number(length) or 0) > 0 if length else "transfer-encoding" in headers
+    if method in ("GET", "HEAD") and has_body:
         found.add("body-on-get")
-    elif request.body and "content-type" not in headers and "content-length" in headers:
-        found.add("body-without-type")  # a body the filter does not parse, and the application may
+    elif has_body and "content-type" not in headers and length:
+        found.add("body-without-type")  # a body no parser reads as the client meant, and the application may
     for name in ("host", "accept", "user-agent"):
         if name not in headers:
             found.add(f"missing-{name}")
@@ -201,11 +148,11 @@ def _capped(values: list[str], kind: str, anomalies: set[str]) -> list[str]:
     a payload unflagged, nor make different payloads one piece of evidence. (floodwall's own values are far
     shorter: its device cookie is at most some 300 characters.)"""
     if len(values) > MAX_VALUES:
-        anomalies.add(cut("too-many-values", kind + "".join(values[MAX_VALUES:])[:MAX_BODY]))
+        anomalies.add(cut("too-many-values", kind + "".join(values[MAX_VALUES:])[:MAX_DIGESTED]))
         values = values[:MAX_VALUES]
     for value in values:
         if len(value) > MAX_VALUE:
-            anomalies.add(cut("value-too-long", kind + value[:MAX_BODY]))
+            anomalies.add(cut("value-too-long", kind + value[:MAX_DIGESTED]))
     return values
 
 
@@ -276,27 +223,6 @@ def parts(request: Described, wanted_headers: frozenset[str] = frozenset(),
                 "headers", anomalies)
     if len(request.path) > MAX_VALUE:
         _capped([request.path], "path", anomalies)
-    content_type = headers.get("content-type", "").lower()
-    body = whole(request.body[:MAX_BODY])
-    if body:
-        if "json" in content_type:
-            try:
-                args.extend(_leaves(json.loads(body), names))
-            except ValueError:
-                args.append(body)
-        elif "multipart/form-data" in content_type:
-            for name, value in _multipart(body, headers.get("content-type", ""), anomalies):  # boundary: as sent
-                names.append(name)
-                args.append(value)
-        elif "xml" in content_type or body.lstrip()[:1] == "<":
-            args.extend(m.group(1) or m.group(2)  # attribute values, text
-                        for m in itertools.islice(_XML_VALUES.finditer(body), MAX_VALUES))
-        elif "x-www-form-urlencoded" in content_type or not content_type:
-            for key, value in _pairs(body, budget, anomalies):
-                names.append(key)
-                args.append(value)
-        else:  # text/plain and the like: the body is one value
-            args.append(body)
     cookies: list[str] = []
     cookie_names: list[str] = []
     for part in _capped(headers.get("cookie", "").split(";"), "cookies", anomalies):
@@ -320,7 +246,6 @@ def parts(request: Described, wanted_headers: frozenset[str] = frozenset(),
                          budget),
         "agent": [_decoded(headers.get("user-agent", ""))],
         "referer": [_decoded(headers.get("referer", ""))] if "referer" in headers else [],
-        "body": [body] if body else [],
         "header-names": list(headers),
         "extension": [_extension(request.path)],
         "charset": _charsets(headers.get("content-type", "")),

@@ -30,7 +30,7 @@ EVIDENCE = 120  # characters of a matched value kept as evidence
 BUDGET_ANOMALY = "scoring-budget"  # the anomaly of a request whose reading ran past the budget
 # what a rule may read (request_parts.py says how each is decoded); also "header:NAME", one header's value
 TARGETS = ("method", "path", "args", "commands", "base64", "names", "cookies", "cookie-names", "headers", "agent",
-           "referer", "body", "header-names", "extension", "charset", "anomalies")
+           "referer", "header-names", "extension", "charset", "anomalies")
 
 
 
