@@ -61,3 +61,15 @@ def test_only_the_entry_points_import_the_simulators_and_lazily() -> None:
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("floodwall.sim"):
                 assert path.name in ("cli.py", "app.py"), path
                 assert id(node) not in top_level, f"{path.name} imports {node.module} at start-up"
+
+
+def test_the_architecture_page_matches_the_contract() -> None:
+    """docs/architecture.md lists the contract's layers as they are, and names every package."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    documented = [line.strip() for line in text.split("```layers\n", 1)[1].split("```", 1)[0].splitlines()]
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    (layers,) = [c["layers"] for c in contracts if c["type"] == "layers"]
+    assert [line for line in documented if line] == layers
+    source = ROOT / "src" / "floodwall"
+    packages = sorted(p.name for p in source.iterdir() if (p / "__init__.py").exists())
+    assert packages and not [name for name in packages if f"`{name}/`" not in text]

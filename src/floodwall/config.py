@@ -14,9 +14,13 @@ import tomllib
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from floodwall.levels import MODES
+import msgspec
+
+from floodwall.levels import LEVELS, MODES
+
+T = TypeVar("T")
 
 ENV_PREFIX = "FLOODWALL_"
 # serve hands the resolved settings to its worker processes through this variable
@@ -37,8 +41,63 @@ class Duration(float):
     """Seconds; configured as a number or as `500ms`, `30s`, `5m`, `24h`, `7d`."""
 
 
+class Seconds(Duration):
+    """A duration above zero (a policy's periods: a leak, a ban, a hold)."""
+
+
 class Size(int):
     """Bytes; configured as a number or as `64KiB`, `4MiB`, `1MB`."""
+
+
+def typed(kind: type[T], data: object, where: str) -> T:
+    """A policy table read into `kind` (a msgspec Struct): unknown fields, wrong types, values out of range
+    and bad durations are refused with the path of the field, as `[scoring] paranoia: Expected int <= 4`,
+    and a value not among a field's choices with the choices."""
+    try:
+        return msgspec.convert(data, kind, strict=True, dec_hook=_decoded)
+    except msgspec.ValidationError as exc:
+        message, _, path = str(exc).partition(" - at `")
+        key, _, path = path.rstrip("`").rpartition("` in `") if "` in `" in path else ("", "", path.rstrip("`"))
+        steps = path.removeprefix("$").replace("[...]", "[*]").replace("[", ".[").strip(".").split(".") if path else []
+        message = message.replace("`", "") + (" (a key)" if key else "")
+        choices = _choices(msgspec.inspect.type_info(kind), [s for s in steps if s], bool(key))
+        if choices and message.startswith("Invalid enum value"):
+            message += f": one of {', '.join(map(str, choices))}"
+        # "rule[0].when" is named "rule 1 when", as the policy's other messages count tables
+        named = " ".join(str(int(s[1:-1]) + 1) if s[1:-1].isdigit() else s for s in steps if s and s != "[*]")
+        raise ConfigError(f"{where} {named}: {message}" if named else f"{where}: {message}") from None
+
+
+def _choices(info: Any, steps: list[str], key: bool) -> tuple[Any, ...]:
+    """The literal values allowed where a path leads (a dict's keys when `key`)."""
+    for step in [*steps, ""]:
+        while isinstance(info, msgspec.inspect.UnionType):
+            info = next((t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)), info.types[0])
+        if isinstance(info, msgspec.inspect.StructType) and step and not step.startswith("["):
+            info = next((f.type for f in info.fields if f.name == step), None)
+        elif isinstance(info, msgspec.inspect.ListType) and step.startswith("["):
+            info = info.item_type
+        elif isinstance(info, msgspec.inspect.DictType):
+            info = info.key_type if key and not step else info.value_type if step else info.key_type
+        if info is None:
+            return ()
+    return tuple(info.values) if isinstance(info, msgspec.inspect.LiteralType) else ()
+
+
+def per_level(name: str, kind: Any, default: Any, *fields: tuple[Any, ...]) -> type[msgspec.Struct]:
+    """A table with one field per defense level (each `kind`, `default` when left out) beside `fields`."""
+    columns = [(level, kind, msgspec.field(default_factory=lambda: default) if isinstance(default, dict) else default)
+               for level in LEVELS]
+    return msgspec.defstruct(name, [*fields, *columns], forbid_unknown_fields=True, kw_only=True)
+
+
+def _decoded(kind: type, value: Any) -> Any:
+    if kind in (Duration, Seconds):
+        seconds = parse_duration(value)  # its ConfigError is a ValueError: msgspec names the field
+        if kind is Seconds and not 0 < seconds < float("inf"):
+            raise ValueError(f"must be above zero, not {value!r}")
+        return kind(seconds)
+    raise NotImplementedError(kind)
 
 
 def read_toml(path: Path, what: str) -> dict[str, Any]:

@@ -3,13 +3,15 @@ an operator may pin (a level, or `auto`: the detector's), and what a flagged req
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
-LEVELS = ("normal", "elevated", "under_attack")
+Level = Literal["normal", "elevated", "under_attack"]
+LEVELS: tuple[str, ...] = get_args(Level)
 MODES = ("auto", *LEVELS)
 # request scoring and prompt screening, per level: off, log (logged and counted), flag (also a strike or a
 # probing step), refuse (also refused)
-ACTIONS = ("off", "log", "flag", "refuse")
+Action = Literal["off", "log", "flag", "refuse"]
+ACTIONS: tuple[str, ...] = get_args(Action)
 
 
 class LevelControl(Protocol):

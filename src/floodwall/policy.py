@@ -17,7 +17,6 @@ from floodwall.defense.prompts import PromptPolicy
 from floodwall.defense.scoring import ScoringPolicy
 from floodwall.edge import policy as edge_policy
 from floodwall.inference.admission import AdmissionPolicy
-from floodwall.levels import LEVELS
 
 DEFAULT_POLICY = edge_policy.DEFAULT_POLICY
 TABLES = frozenset({"rule", "admission", "registration", "detector", "prompts", "probing", "scoring", "sign_in"})
@@ -55,7 +54,7 @@ class PolicyFile:
             edge=edge_policy.Policy.from_data(data.get("rule", []), data.get("registration", {}), source),
             admission=AdmissionPolicy.from_data(data.get("admission", {}), f"{source} [admission]"),
             detector=DetectorPolicy.from_data(data.get("detector", {}), f"{source} [detector]"),
-            prompts=PromptPolicy.from_data(data.get("prompts", {}), f"{source} [prompts]", LEVELS),
+            prompts=PromptPolicy.from_data(data.get("prompts", {}), f"{source} [prompts]"),
             probing=ProbingPolicy.from_data(data["probing"], f"{source} [probing]") if "probing" in data else None,
             scoring=ScoringPolicy.from_data(data["scoring"], f"{source} [scoring]") if "scoring" in data else None,
             new_device=new_device_modes(data.get("sign_in", {}), f"{source} [sign_in]"),

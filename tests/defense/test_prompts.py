@@ -94,7 +94,7 @@ def test_signatures_tell_near_duplicates_from_strangers() -> None:
 @pytest.mark.parametrize("data", [{"threshold": 0}, {"normal": "block"}, {"campaign": "5"}, {"bogus": 1}])
 def test_bad_prompt_policy_is_refused(data: dict[str, object]) -> None:
     with pytest.raises(ConfigError, match=r"\[prompts\]"):
-        PromptPolicy.from_data(data, "[prompts]", ("normal", "elevated", "under_attack"))
+        PromptPolicy.from_data(data, "[prompts]")
 
 
 def test_bad_rules_are_refused(tmp_path: Path) -> None:

@@ -70,17 +70,41 @@ def test_rules_apply_to_their_tiers_only() -> None:
     ("text", "message"),
     [
         ('[[rule]]\nname = "x"\nclasses = ["page"]\nkey = "ip"\nnormal = "fast"\n', "not a limit"),
-        ('[[rule]]\nname = "x"\nclasses = ["nope"]\nkey = "ip"\n', "classes must be"),
+        ('[[rule]]\nname = "x"\nclasses = ["nope"]\nkey = "ip"\n', "classes 1: .*'nope': one of admin"),
         ('[[rule]]\nname = "x"\nclasses = ["page"]\nkey = "cookie"\n', "key must be"),
-        ('[[rule]]\nclasses = ["page"]\nkey = "ip"\n', "needs a name"),
-        ('[[rule]]\nname = "x"\nclasses = ["page"]\nkey = "ip"\ntiers = ["vip"]\n', "tiers must be"),
-        ('[[rule]]\nname = "x"\nclasses = ["page"]\nkey = "ip"\nlimit = 3\n', "unknown fields limit"),
+        ('[[rule]]\nclasses = ["page"]\nkey = "ip"\n', "missing required field name"),
+        ('[[rule]]\nname = "x"\nclasses = ["page"]\nkey = "ip"\ntiers = ["vip"]\n', "tiers 1: .*'vip'"),
+        ('[[rule]]\nname = "x"\nclasses = ["page"]\nkey = "ip"\nlimit = 3\n', "unknown field limit"),
         ('[sign_in]\nnew_device = { normal = "maybe" }\n', r"\[sign_in\] new_device: .* allow, confirm"),
-        ('[sign_in]\nconfirm = true\n', r"\[sign_in\]: must be a table with new_device"),
-        ('[scoring]\nbudget = "soon"\n', "budget: must be a duration"),
+        ('[sign_in]\nconfirm = true\n', r"\[sign_in\]: .*unknown field confirm"),
+        ('[scoring]\nbudget = "soon"\n', "budget: not a duration"),
     ],
 )
 def test_bad_rules_are_named(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        PolicyFile.load(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[registration]\nnormal = "shut"\n', r"\[registration\] normal: .*'shut': one of closed, limited"),
+        ('[registration]\nchallenge = { normal = -1 }\n', r"\[registration\] challenge: Expected int >= 0"),
+        ('[admission]\nnormal = { share = { new = 2 } }\n', r"\[admission\] normal share: Expected float <= 1"),
+        ('[detector]\nrule = [{ name = "x", level = "elevated", when = ["requests > 1", 3] }]\n',
+         r"\[detector\] rule 1 when 2: Expected str, got int"),
+        ('[probing]\nleak = "0s"\n', r"\[probing\] leak: must be above zero"),
+        ('[prompts]\nunder_attack = "ban"\n', r"\[prompts\] under_attack: .*one of flag, log, off, refuse"),
+        ('[scoring]\nparanoia = 5\n', r"\[scoring\] paranoia: Expected int <= 4"),
+        ('[sign_in]\nnew_device = { weekend = "allow" }\n', r"new_device: .*'weekend' \(a key\): one of elevated"),
+        ('[[rule]]\nname = ""\nclasses = ["page"]\nkey = "ip"\n', r"rule 1 name: Expected str of length >= 1"),
+    ],
+)
+def test_every_table_names_the_path_of_a_bad_field(tmp_path: Path, text: str, message: str) -> None:
+    """Each area's table is read by msgspec into a typed struct: the error names the table, the field's path
+    and, for a choice, the choices."""
     path = tmp_path / "policy.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):

@@ -157,7 +157,7 @@ def test_bad_admission_policy_is_named() -> None:
 
     with pytest.raises(ConfigError, match="share"):
         AdmissionPolicy.from_data({"normal": {"share": {"new": 2}}}, "p")
-    with pytest.raises(ConfigError, match="tiers"):
+    with pytest.raises(ConfigError, match=r"normal in_flight: .*vip.*one of anonymous, established, new"):
         AdmissionPolicy.from_data({"normal": {"in_flight": {"vip": 2}}}, "p")
     with pytest.raises(ConfigError, match="initial_limit"):
         AdmissionPolicy.from_data({"initial_limit": 0}, "p")

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from floodwall.limits import Bucket
+from floodwall.state import redis as store_module
 from floodwall.state.memory import MemoryStore
 from floodwall.state.redis import RedisStore
 from floodwall.state.store import Store
@@ -226,6 +227,29 @@ async def test_charges_made_later_arrive_merged(store: Store) -> None:
     store.charge_later([bucket._replace(cost=-3.0)])  # a refund among them: 5 units in all
     if isinstance(store, RedisStore):
         rounds = store.round_trips
-        await asyncio.sleep(0.2)
-        assert store.round_trips == rounds + 1  # one round trip for every charge waiting
+        other = per_minute(60, rule="other")
+        assert (await store.hit([other]))[0].allowed  # the charges ride along with the next decision
+        assert store.round_trips == rounds + 1 and not store._pending
     assert (await store.peek([bucket]))[0].remaining == 4  # 10 - 5 spent, less the one a peek asks about
+
+
+async def test_charges_with_no_decision_to_ride_along_go_on_their_own() -> None:
+    store = redis_store()
+    try:
+        bucket = per_minute(60, burst=10)
+        store.charge_later([bucket._replace(cost=3.0)])
+        rounds = store.round_trips
+        await asyncio.sleep(store_module.CHARGE_DELAY + 0.3)
+        assert store.round_trips == rounds + 1
+        assert (await store.peek([bucket]))[0].remaining == 6
+        store.charge_later([bucket._replace(cost=-3.0)])
+    finally:
+        await store.close()  # what waits is sent before the connection closes
+    again = RedisStore(f"{REDIS}?prefix={store.prefix.split('=')[-1]}")
+    try:
+        assert (await again.peek([bucket]))[0].remaining == 9
+    finally:
+        keys = [k async for k in again.client.scan_iter(f"{again.prefix}*")]
+        if keys:
+            await again.client.delete(*keys)
+        await again.close()

@@ -13,33 +13,33 @@ from __future__ import annotations
 import hmac
 import time
 import unicodedata
-from typing import Any
+from typing import Any, Literal
+
+import msgspec
 
 from floodwall.accounts.activity import Client
 from floodwall.accounts.mail import Mailer
-from floodwall.config import ConfigError
+from floodwall.config import typed
 from floodwall.db.signing import Signer
 from floodwall.errors import ApiError
-from floodwall.levels import LEVELS
+from floodwall.levels import LEVELS, Level
 from floodwall.state.store import Store, use_once
 
 WINDOW = 600  # seconds a code is made for; it is also accepted in the next window
 DIGITS = 6
 
 # what a right password from a device new to the account needs, per level (the policy's [sign_in])
-NEW_DEVICE_MODES = ("allow", "confirm")
+NewDeviceMode = Literal["allow", "confirm"]
+
+
+class _SignInTable(msgspec.Struct, forbid_unknown_fields=True):
+    new_device: dict[Level, NewDeviceMode] = {}
 
 
 def new_device_modes(data: Any, where: str) -> dict[str, str]:
     """[sign_in] new_device: per level, allow or confirm (levels not named: allow)."""
-    if not isinstance(data, dict) or set(data) - {"new_device"}:
-        raise ConfigError(f"{where}: must be a table with new_device")
-    modes = data.get("new_device", {})
-    if not isinstance(modes, dict) or set(modes) - set(LEVELS) or \
-            any(mode not in NEW_DEVICE_MODES for mode in modes.values()):
-        raise ConfigError(f"{where} new_device: must be a table of {', '.join(LEVELS)}, each one of "
-                          f"{', '.join(NEW_DEVICE_MODES)}")
-    return {level: modes.get(level, "allow") for level in LEVELS}
+    modes = typed(_SignInTable, data, where).new_device
+    return {level: modes.get(level, "allow") for level in LEVELS}  # type: ignore[call-overload]
 
 
 

@@ -13,14 +13,15 @@ so an attack never teaches the detector that it is normal.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from floodwall.config import ConfigError, parse_duration
+import msgspec
+
+from floodwall.config import ConfigError, Seconds, typed
 from floodwall.defense.signals import SIGNALS
-from floodwall.levels import LEVELS, rank
+from floodwall.levels import LEVELS, Level, rank
 
 _CONDITION = re.compile(r"^\s*([a-z_]+)\s*([<>])\s*([0-9]*\.?[0-9]+)\s*(x\s*baseline)?\s*$")
 
@@ -89,21 +90,31 @@ class DetectorPolicy:
 
     @classmethod
     def from_data(cls, data: Any, where: str) -> DetectorPolicy:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where}: must be a table")
-        unknown = set(data) - {"rule", "hold", "cooldown", "release", "half_life", "warmup"}
-        if unknown:
-            raise ConfigError(f"{where}: unknown fields {', '.join(sorted(unknown))}")
-        rules = tuple(_rule(entry, f"{where} rule {i + 1}") for i, entry in enumerate(data.get("rule", [])))
-        hold = _seconds(data.get("hold", cls.hold), f"{where} hold")
-        cooldown = _seconds(data.get("cooldown", cls.cooldown), f"{where} cooldown")
-        half_life = _seconds(data.get("half_life", cls.half_life), f"{where} half_life")
-        warmup = _seconds(data.get("warmup", cls.warmup), f"{where} warmup")
-        release = data.get("release", cls.release)
-        if not isinstance(release, int | float) or isinstance(release, bool) or not 0 < release <= 1:
-            raise ConfigError(f"{where} release: must be a share above 0 and at most 1")
-        return cls(rules, max(1, round(hold)), max(1, round(cooldown)), float(release), max(1.0, half_life),
-                   max(1, round(warmup)))
+        table = typed(_DetectorTable, data, where)
+        if any(rule.level == LEVELS[0] for rule in table.rule):
+            raise ConfigError(f"{where} rule: a rule's level must be one of {', '.join(LEVELS[1:])}")
+        rules = tuple(DetectorRule(rule.name, rule.level, tuple(Condition.parse(text, f"{where} rule {i + 1} "
+                                                                              f"({rule.name})") for text in rule.when))
+                      for i, rule in enumerate(table.rule))
+        return cls(rules, max(1, round(table.hold)), max(1, round(table.cooldown)), table.release,
+                   max(1.0, table.half_life), max(1, round(table.warmup)))
+
+
+class _RuleTable(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+    level: Level  # one above the mildest: a rule raises the level
+    when: Annotated[list[str], msgspec.Meta(min_length=1)]  # conditions like 'requests > 200'
+
+
+class _DetectorTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """[detector] as written."""
+
+    rule: list[_RuleTable] = []
+    hold: Seconds = Seconds(DetectorPolicy.hold)
+    cooldown: Seconds = Seconds(DetectorPolicy.cooldown)
+    release: Annotated[float, msgspec.Meta(gt=0, le=1)] = DetectorPolicy.release
+    half_life: Seconds = Seconds(DetectorPolicy.half_life)
+    warmup: Seconds = Seconds(DetectorPolicy.warmup)
 
 
 class Baselines(dict[str, float]):
@@ -182,29 +193,6 @@ class Detector:
                 "quiet_seconds": self.quiet, "rules": [
                     {"name": rule.name, "level": rule.level, "when": [str(c) for c in rule.conditions],
                      "streak": self.streaks[rule.name]} for rule in self.policy.rules]}
-
-
-def _rule(entry: Any, where: str) -> DetectorRule:
-    if not isinstance(entry, dict) or set(entry) - {"name", "level", "when"}:
-        raise ConfigError(f"{where}: must be a table of name, level and when")
-    name, level, when = entry.get("name"), entry.get("level"), entry.get("when")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{where}: needs a name like 'flood'")
-    if level not in LEVELS[1:]:
-        raise ConfigError(f"{where} ({name}): level must be one of {', '.join(LEVELS[1:])}")
-    if not isinstance(when, list) or not when or not all(isinstance(text, str) for text in when):
-        raise ConfigError(f"{where} ({name}): when must be a list of conditions like 'requests > 200'")
-    return DetectorRule(name, level, tuple(Condition.parse(text, f"{where} ({name})") for text in when))
-
-
-def _seconds(value: Any, where: str) -> float:
-    try:
-        seconds = float(parse_duration(value))
-    except (ConfigError, TypeError, ValueError):
-        raise ConfigError(f"{where}: must be a duration like 20 or '20s'") from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ConfigError(f"{where}: must be above zero")
-    return seconds
 
 
 def _number(value: float) -> str:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
-from floodwall.config import ConfigError, parse_duration
+import msgspec
+
+from floodwall.config import Seconds, typed
 
 PATHS_KEPT = 64  # distinct paths remembered per address: enough to tell a scan from a retry
 
@@ -30,29 +32,20 @@ class ProbingPolicy:
 
     @classmethod
     def from_data(cls, data: Any, where: str) -> ProbingPolicy:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where}: must be a table")
-        unknown = set(data) - {"statuses", "capacity", "leak", "ban", "ignore"}
-        if unknown:
-            raise ConfigError(f"{where}: unknown fields {', '.join(sorted(unknown))}")
-        statuses = data.get("statuses", sorted(cls.statuses))
-        if not isinstance(statuses, list) or not all(isinstance(s, int) and 400 <= s <= 599 for s in statuses):
-            raise ConfigError(f"{where} statuses: must be a list of 4xx or 5xx status codes")
-        capacity = data.get("capacity", cls.capacity)
-        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
-            raise ConfigError(f"{where} capacity: must be a whole number above 0 (0 turns nothing off: leave the "
-                              "table out, or set a large capacity)")
-        ignore = data.get("ignore", list(cls.ignore))
-        if not isinstance(ignore, list) or not all(isinstance(suffix, str) for suffix in ignore):
-            raise ConfigError(f"{where} ignore: must be a list of path endings like '.js'")
-        try:
-            leak = float(parse_duration(data.get("leak", cls.leak)))
-            ban = float(parse_duration(data.get("ban", cls.ban)))
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        if leak <= 0 or ban <= 0:
-            raise ConfigError(f"{where}: leak and ban must be above zero")
-        return cls(frozenset(statuses), capacity, leak, ban, tuple(s.lower() for s in ignore))
+        table = typed(_ProbingTable, data, where)
+        return cls(frozenset(table.statuses), table.capacity, table.leak, table.ban,
+                   tuple(s.lower() for s in table.ignore))
+
+
+class _ProbingTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """[probing] as written (capacity 0 would turn nothing off: leave the table out, or set a large one)."""
+
+    statuses: list[Annotated[int, msgspec.Meta(ge=400, le=599)]] = msgspec.field(
+        default_factory=lambda: sorted(ProbingPolicy.statuses))
+    capacity: Annotated[int, msgspec.Meta(ge=1)] = ProbingPolicy.capacity
+    leak: Seconds = Seconds(ProbingPolicy.leak)
+    ban: Seconds = Seconds(ProbingPolicy.ban)
+    ignore: list[str] = msgspec.field(default_factory=lambda: list(ProbingPolicy.ignore))
 
 
 @dataclasses.dataclass(slots=True)

@@ -14,13 +14,14 @@ import itertools
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import re2
 
-from floodwall.config import ConfigError, read_toml
+from floodwall.config import ConfigError, per_level, read_toml, typed
 from floodwall.defense.request_parts import whole
-from floodwall.levels import ACTIONS
+from floodwall.levels import LEVELS, Action
 
 DEFAULT_RULES = Path(__file__).with_name("prompt_rules.toml")
 MAX_SCANNED = 16 * 1024
@@ -201,19 +202,13 @@ class PromptPolicy:
         default_factory=lambda: {"normal": "flag", "elevated": "flag", "under_attack": "refuse"})
 
     @classmethod
-    def from_data(cls, data: Any, where: str, levels: Iterable[str]) -> PromptPolicy:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where}: must be a table")
-        levels = tuple(levels)
-        unknown = set(data) - {"threshold", "campaign", *levels}
-        if unknown:
-            raise ConfigError(f"{where}: unknown fields {', '.join(sorted(unknown))}")
-        for field in ("threshold", "campaign"):
-            value = data.get(field, 1)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{where} {field}: must be a whole number above 0")
-        actions = {**cls().actions, **{level: data[level] for level in levels if level in data}}
-        for level, action in actions.items():
-            if action not in ACTIONS:
-                raise ConfigError(f"{where} {level}: must be one of {', '.join(ACTIONS)}, not {action!r}")
-        return cls(data.get("threshold", cls.threshold), data.get("campaign", cls.campaign), actions)
+    def from_data(cls, data: Any, where: str) -> PromptPolicy:
+        table = msgspec.structs.asdict(typed(_PROMPTS, data, where))
+        actions = {**cls().actions, **{level: table[level] for level in LEVELS if table[level] is not None}}
+        return cls(table["threshold"], table["campaign"], actions)
+
+
+# [prompts] as written: a level left out keeps its default action
+_PROMPTS = per_level("PromptsTable", Action | None, None,
+                     ("threshold", Annotated[int, msgspec.Meta(ge=1)], PromptPolicy.threshold),
+                     ("campaign", Annotated[int, msgspec.Meta(ge=1)], PromptPolicy.campaign))

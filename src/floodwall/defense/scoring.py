@@ -14,14 +14,15 @@ import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import re2
 
-from floodwall.config import ConfigError, parse_duration, read_toml
+from floodwall.config import ConfigError, Seconds, per_level, read_toml, typed
 from floodwall.defense.request_parts import Budget, clock_due, cut, parts
 from floodwall.inspection import Described, Score
-from floodwall.levels import ACTIONS, LEVELS
+from floodwall.levels import LEVELS, Action
 
 DEFAULT_RULES = Path(__file__).with_name("request_rules.toml")
 _HEADER = re2.compile(r"header:[A-Za-z0-9-]+")
@@ -33,6 +34,7 @@ TARGETS = ("method", "path", "args", "commands", "base64", "names", "cookies", "
            "referer", "header-names", "extension", "charset", "anomalies")
 
 
+DEFAULT_ACTION = "flag"  # what a flagged request brings at a level [scoring] does not name
 
 @dataclasses.dataclass(frozen=True)
 class ScoringPolicy:
@@ -46,34 +48,22 @@ class ScoringPolicy:
     rules: str = ""
     # time one request's scoring may take: past it, the values not yet read are not scored (`scoring/budget`)
     budget: float = 0.001
-    actions: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict.fromkeys(LEVELS, "flag"))
+    actions: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict.fromkeys(LEVELS, DEFAULT_ACTION))
 
     @classmethod
     def from_data(cls, data: Any, where: str) -> ScoringPolicy:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where}: must be a table")
-        unknown = set(data) - {"paranoia", "threshold", "rules", "budget", *LEVELS}
-        if unknown:
-            raise ConfigError(f"{where}: unknown fields {', '.join(sorted(unknown))}")
-        paranoia, threshold = data.get("paranoia", cls.paranoia), data.get("threshold", cls.threshold)
-        if not (isinstance(paranoia, int) and not isinstance(paranoia, bool) and 1 <= paranoia <= 4):
-            raise ConfigError(f"{where} paranoia: must be 1, 2, 3 or 4")
-        if not (isinstance(threshold, int) and not isinstance(threshold, bool) and threshold >= 1):
-            raise ConfigError(f"{where} threshold: must be a whole number above 0")
-        rules = data.get("rules", "")
-        if not isinstance(rules, str):
-            raise ConfigError(f"{where} rules: must be the path of a rules file")
-        try:
-            budget = float(parse_duration(data.get("budget", "1ms")))
-        except (ConfigError, ValueError, TypeError):
-            raise ConfigError(f"{where} budget: must be a duration like '1ms'") from None
-        if not 0 < budget <= 1:
-            raise ConfigError(f"{where} budget: must be above 0 and at most 1s")
-        actions = {**cls().actions, **{level: data[level] for level in LEVELS if level in data}}
-        for level, action in actions.items():
-            if action not in ACTIONS:
-                raise ConfigError(f"{where} {level}: must be one of {', '.join(ACTIONS)}, not {action!r}")
-        return cls(paranoia, threshold, rules, budget, actions)
+        table = msgspec.structs.asdict(typed(_SCORING, data, where))
+        if not table["budget"] <= 1:
+            raise ConfigError(f"{where} budget: must be at most 1s")
+        return cls(table["paranoia"], table["threshold"], table["rules"], float(table["budget"]),
+                   {level: table[level] for level in LEVELS})
+
+
+# [scoring] as written: a column per level of what a flagged request brings
+_SCORING = per_level("ScoringTable", Action, DEFAULT_ACTION,
+                     ("paranoia", Annotated[int, msgspec.Meta(ge=1, le=4)], ScoringPolicy.paranoia),
+                     ("threshold", Annotated[int, msgspec.Meta(ge=1)], ScoringPolicy.threshold),
+                     ("rules", str, ScoringPolicy.rules), ("budget", Seconds, Seconds(ScoringPolicy.budget)))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -9,23 +9,26 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
-from floodwall.config import ConfigError
-from floodwall.levels import LEVELS
+import msgspec
+
+from floodwall.config import ConfigError, per_level, typed
+from floodwall.levels import LEVELS, Level
 from floodwall.limits import Bucket, Caller, Limit, parse_limit
 
 DEFAULT_POLICY = Path(__file__).with_name("default_policy.toml")
-CLASSES = frozenset(
-    {"static", "page", "auth-register", "auth-login", "api-inference", "api-other", "status", "admin",
-     # not request classes: the gate checks credential-lookup before looking up a credential it has not
-     # seen lately; the login guard spends login-failure on each sign-in attempt and gives it back on success;
-     # prompt screening spends prompt-strike on each flagged prompt
-     "credential-lookup", "login-failure", "prompt-strike"}
-)
+RequestClass = Literal[
+    "static", "page", "auth-register", "auth-login", "api-inference", "api-other", "status", "admin",
+    # not request classes: the gate checks credential-lookup before looking up a credential it has not
+    # seen lately; the login guard spends login-failure on each sign-in attempt and gives it back on success;
+    # prompt screening spends prompt-strike on each flagged prompt
+    "credential-lookup", "login-failure", "prompt-strike"]
+CLASSES = frozenset(get_args(RequestClass))
 # callers' tiers; a sign-in attempt's tier says whether it comes from a device that signed in to that
 # account before (a signed device cookie)
-TIERS = frozenset({"anonymous", "new", "established", "known-device", "unknown-device"})
+Tier = Literal["anonymous", "new", "established", "known-device", "unknown-device"]
+TIERS = frozenset(get_args(Tier))
 # `login` is the e-mail address a sign-in names (hashed; counted whether or not an account has it),
 # `device` the device cookie's id; keys join with "+", like "login+ip"
 KEYS = frozenset({"ip", "network", "account", "key", "global", "login", "device"})
@@ -66,7 +69,8 @@ class Rule:
 
 # sign-up modes: open (the register/* rules), queued (those, behind the waiting room), limited (those and
 # one trickle shared by everyone), closed
-REGISTRATION_MODES = ("open", "queued", "limited", "closed")
+RegistrationMode = Literal["open", "queued", "limited", "closed"]
+REGISTRATION_MODES: tuple[str, ...] = get_args(RegistrationMode)
 
 
 class Policy:
@@ -101,9 +105,13 @@ class Policy:
         """From the policy file's [[rule]] list and [registration] table."""
         if not isinstance(rules, list):
             raise ConfigError(f"{where} rule: must be a list of tables ([[rule]])")
-        found = [_rule(entry, f"{where} rule {i + 1}") for i, entry in enumerate(rules)]
-        modes, trickle, queue, challenge = _registration(registration, f"{where} [registration]")
-        return cls(found, modes, trickle, queue, challenge)
+        found = [_rule(typed(_RULE, entry, f"{where} rule {i + 1}"), f"{where} rule {i + 1}")
+                 for i, entry in enumerate(rules)]
+        table = msgspec.structs.asdict(typed(_REGISTRATION, registration, f"{where} [registration]"))
+        limits = {name: parse_limit(table[name], f"{where} [registration] {name}") if table[name] else None
+                  for name in ("trickle", "queue")}
+        modes = {level: table[level] for level in LEVELS if table[level] is not None}
+        return cls(found, modes, limits["trickle"], limits["queue"], table["challenge"])
 
     def registration_mode(self, level: str, pinned: str = "auto") -> str:
         """The sign-up mode in force: the operator's pin, else the level's column."""
@@ -144,49 +152,21 @@ def _ident(key: str, caller: Caller) -> int | str | None:
     return 0  # global
 
 
-def _registration(data: Any, where: str) -> tuple[dict[str, str], Limit | None, Limit | None, dict[str, int]]:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: must be a table")
-    unknown = set(data) - {*LEVELS, "trickle", "queue", "challenge"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown fields {', '.join(sorted(unknown))}")
-    modes = {level: data[level] for level in LEVELS if level in data}
-    for level, mode in modes.items():
-        if mode not in REGISTRATION_MODES:
-            raise ConfigError(f"{where} {level}: must be one of {', '.join(REGISTRATION_MODES)}, not {mode!r}")
-    trickle = parse_limit(data["trickle"], f"{where} trickle") if "trickle" in data else None
-    queue = parse_limit(data["queue"], f"{where} queue") if "queue" in data else None
-    return modes, trickle, queue, _challenge(data.get("challenge", {}), f"{where} challenge")
-
-
-def _challenge(data: Any, where: str) -> dict[str, int]:
-    if not isinstance(data, dict) or set(data) - set(LEVELS):
-        raise ConfigError(f"{where}: must be a table of {', '.join(LEVELS)}")
-    for level, difficulty in data.items():
-        if not isinstance(difficulty, int) or isinstance(difficulty, bool) or not 0 <= difficulty <= 10**8:
-            raise ConfigError(f"{where} {level}: must be a whole number from 0 (no challenge) to 100000000")
-    return dict(data)
+# [registration] as written: a sign-up mode per level, the trickle and the queue's pace, the challenge
+_REGISTRATION = per_level("RegistrationTable", RegistrationMode | None, None,
+                          ("trickle", str | None, None), ("queue", str | None, None),
+                          ("challenge", dict[Level, Annotated[int, msgspec.Meta(ge=0, le=10**8)]], {}))
+# one [[rule]] as written: a limit (or "off") per level
+_RULE = per_level("RuleTable", str | None, None, ("name", Annotated[str, msgspec.Meta(min_length=1)]),
+                  ("classes", Annotated[list[RequestClass], msgspec.Meta(min_length=1)]), ("key", str),
+                  ("tiers", list[Tier], []))
 
 
 def _rule(entry: Any, where: str) -> Rule:
-    if not isinstance(entry, dict):
-        raise ConfigError(f"{where}: must be a table")
-    unknown = set(entry) - {"name", "classes", "key", "tiers", *LEVELS}
-    if unknown:
-        raise ConfigError(f"{where}: unknown fields {', '.join(sorted(unknown))}")
-    name = entry.get("name")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{where}: needs a name like 'login/ip'")
-    where = f"{where} ({name})"
-    classes = frozenset(entry.get("classes") or [])
-    if not classes or not classes <= CLASSES:
-        raise ConfigError(f"{where}: classes must be some of {', '.join(sorted(CLASSES))}")
-    key = entry.get("key")
-    if not isinstance(key, str) or not set(key.split("+")) <= KEYS or (len(key.split("+")) > 1 and "global" in key):
+    where = f"{where} ({entry.name})"
+    parts = entry.key.split("+")
+    if not set(parts) <= KEYS or (len(parts) > 1 and "global" in parts):
         raise ConfigError(f"{where}: key must be one of {', '.join(sorted(KEYS))}, or several joined with '+'")
-    tiers = frozenset(entry.get("tiers") or TIERS)
-    if not tiers <= TIERS:
-        raise ConfigError(f"{where}: tiers must be some of {', '.join(sorted(TIERS))}")
-    limits = {level: parse_limit(str(entry[level]), f"{where} {level}") if level in entry else None
-              for level in LEVELS}
-    return Rule(name, classes, key, tiers, limits)
+    limits = {level: parse_limit(value, f"{where} {level}") if (value := getattr(entry, level)) is not None
+              else None for level in LEVELS}
+    return Rule(entry.name, frozenset(entry.classes), entry.key, frozenset(entry.tiers or TIERS), limits)

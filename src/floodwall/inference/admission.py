@@ -15,10 +15,12 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
+
+import msgspec
 
 from floodwall.background import cancel
-from floodwall.config import ConfigError, parse_duration
+from floodwall.config import ConfigError, Seconds, per_level, typed
 from floodwall.errors import ApiError
 from floodwall.headers import ratelimit
 from floodwall.levels import LEVELS
@@ -27,7 +29,8 @@ from floodwall.principal import Principal
 from floodwall.state.store import Store
 from floodwall.telemetry.traffic import Traffic
 
-TIER_ORDER = ("established", "new", "anonymous")
+Tier = Literal["established", "new", "anonymous"]  # the callers admission tells apart, first served first
+TIER_ORDER: tuple[str, ...] = get_args(Tier)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,47 +60,33 @@ class AdmissionPolicy:
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any], where: str) -> AdmissionPolicy:
-        known = {"initial_limit", "min_limit", "max_limit", "queue_size", "default_max_tokens", "max_wait",
-                 "latency_slack", *LEVELS}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"{where}: unknown admission fields {', '.join(sorted(unknown))}")
-        numbers = {k: _positive_int(data[k], f"{where} {k}") for k in
-                   ("initial_limit", "min_limit", "max_limit", "queue_size", "default_max_tokens") if k in data}
-        waits = {tier: float(parse_duration(v)) for tier, v in _tiered(data.get("max_wait", {}), where).items()}
-        levels = {}
-        for level in LEVELS:
-            body = data.get(level, {})
-            extra = set(body) - {"share", "max_tokens", "tokens_per_minute", "in_flight"}
-            if extra:
-                raise ConfigError(f"{where} {level}: unknown fields {', '.join(sorted(extra))}")
-            share = {t: float(v) for t, v in _tiered(body.get("share", {}), where).items()}
-            if any(not 0 <= v <= 1 for v in share.values()):
-                raise ConfigError(f"{where} {level}: a share is a fraction from 0 to 1")
-            levels[level] = LevelTerms(
-                share=share,
-                max_tokens={t: _positive_int(v, where) for t, v in _tiered(body.get("max_tokens", {}), where).items()},
-                tokens_per_minute={t: _positive_int(v, where)
-                                   for t, v in _tiered(body.get("tokens_per_minute", {}), where).items()},
-                in_flight={t: _positive_int(v, where) for t, v in _tiered(body.get("in_flight", {}), where).items()},
-            )
-        slack = float(parse_duration(data.get("latency_slack", cls.latency_slack)))
-        policy = cls(**numbers, latency_slack=slack, max_wait={**cls().max_wait, **waits}, levels=levels)
+        table = msgspec.structs.asdict(typed(_ADMISSION, data, where))
+        levels = {level: LevelTerms(terms.share, terms.max_tokens, terms.tokens_per_minute, terms.in_flight)
+                  for level in LEVELS if (terms := table.pop(level)) is not None}
+        waits = {tier: float(seconds) for tier, seconds in table.pop("max_wait").items()}
+        policy = cls(**table, max_wait={**cls().max_wait, **waits}, levels=levels)
         if not policy.min_limit <= policy.initial_limit <= policy.max_limit:
             raise ConfigError(f"{where}: needs min_limit <= initial_limit <= max_limit")
         return policy
 
 
-def _tiered(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict) or not set(value) <= set(TIER_ORDER):
-        raise ConfigError(f"{where}: expected a table of tiers ({', '.join(TIER_ORDER)})")
-    return value
+Positive = Annotated[int, msgspec.Meta(ge=1)]
 
 
-def _positive_int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{where}: expected a positive integer, got {value!r}")
-    return value
+class _TermsTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One level's column of [admission]: per tier, a share of the model, caps and budgets."""
+
+    share: dict[Tier, Annotated[float, msgspec.Meta(ge=0, le=1)]] = {}
+    max_tokens: dict[Tier, Positive] = {}
+    tokens_per_minute: dict[Tier, Positive] = {}
+    in_flight: dict[Tier, Positive] = {}
+
+
+_ADMISSION = per_level("AdmissionTable", _TermsTable | None, None,
+                       *((name, Positive, getattr(AdmissionPolicy, name)) for name in
+                         ("initial_limit", "min_limit", "max_limit", "queue_size", "default_max_tokens")),
+                       ("latency_slack", Seconds, Seconds(AdmissionPolicy.latency_slack)),
+                       ("max_wait", dict[Tier, Seconds], {}))
 
 
 def estimate_cost(body: Mapping[str, Any], default_max_tokens: int) -> tuple[int, int]:

@@ -24,27 +24,32 @@ from floodwall.state.memory import STRIKE_MEMORY, MemoryStore
 from floodwall.state.store import TRAFFIC_MEMORY, Ban
 
 log = logging.getLogger("floodwall.state")
-# charges made without asking (a call's tokens reconciled, a prompt strike) wait this long, merged per bucket,
-# and go to Redis together: a model call's own round trips are its decisions only
-CHARGE_DELAY = 0.05
+# charges made without asking (a call's tokens reconciled, a prompt strike, a refund) wait, merged per
+# bucket, and ride along with the next decision's round trip (any caller's); with no decision for this long,
+# they go on their own. So a model call's round trips are its decisions only.
+CHARGE_DELAY = 1.0
 MAX_PENDING_CHARGES = 10_000
 
-# KEYS: one per bucket. ARGV: for each bucket interval, tolerance, cost; then the mode (0 peek, 1 hit, 2 force)
-# and how many of the buckets, from the first, the mode applies to (the rest are only peeked).
-# Returns, for each bucket: allowed (0/1), retry_after, remaining, reset_after (as strings: Lua numbers
-# would be truncated to integers on the way back).
+# KEYS: one per bucket. ARGV: for each bucket interval, tolerance, cost; then the mode (0 peek, 1 hit,
+# 2 force), how many buckets from the first the mode applies to, and how many after those are only peeked.
+# The keys after those are charges riding along: forced (never refused, never before now), whatever the
+# decision. Returns, for each bucket decided or peeked: allowed (0/1), retry_after, remaining, reset_after
+# (as strings: Lua numbers would be truncated to integers on the way back).
 GCRA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local n = #KEYS
+local mode = ARGV[n * 3 + 1]
+local spending = tonumber(ARGV[n * 3 + 2])
+local looked = spending + tonumber(ARGV[n * 3 + 3])
 local out = {}
-local new = {}
+local tats = {}
 local all = true
-local spending = tonumber(ARGV[#KEYS * 3 + 2])
-for i, key in ipairs(KEYS) do
+for i = 1, looked do
   local interval = tonumber(ARGV[i * 3 - 2])
   local tolerance = tonumber(ARGV[i * 3 - 1])
   local cost = tonumber(ARGV[i * 3])
-  local tat = tonumber(redis.call('GET', key) or '0')
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
   local start = math.max(tat, now)
   local new_tat = start + interval * cost
   local over = new_tat - now - tolerance
@@ -55,25 +60,23 @@ for i, key in ipairs(KEYS) do
   else
     out[#out + 1] = {1, '0', math.floor((tolerance - (new_tat - now)) / interval + 1e-9), tostring(new_tat - now)}
   end
-  new[i] = new_tat
+  tats[i] = tat
 end
-local mode = ARGV[#KEYS * 3 + 1]
+local function put(i, value)
+  redis.call('SET', KEYS[i], tostring(value), 'EX', math.ceil(value - now) + 1)
+end
+local function forced(i, tat)
+  return math.max(math.max(tat, now) + tonumber(ARGV[i * 3 - 2]) * tonumber(ARGV[i * 3]), now)
+end
 if mode == '2' then
-  -- a forced charge (or refund): never refused, never before now
+  for i = 1, spending do put(i, forced(i, tats[i])) end
+elseif mode == '1' and all then
   for i = 1, spending do
-    local key = KEYS[i]
-    local tat = tonumber(redis.call('GET', key) or '0')
-    new[i] = math.max(math.max(tat, now) + tonumber(ARGV[i * 3 - 2]) * tonumber(ARGV[i * 3]), now)
+    put(i, math.max(tats[i], now) + tonumber(ARGV[i * 3 - 2]) * tonumber(ARGV[i * 3]))
   end
-  all = true
-  mode = '1'
 end
-if all and mode == '1' then
-  for i = 1, spending do
-    local key = KEYS[i]
-    local ttl = math.ceil(new[i] - now) + 1
-    redis.call('SET', key, tostring(new[i]), 'EX', ttl)
-  end
+for i = looked + 1, n do
+  put(i, forced(i, tonumber(redis.call('GET', KEYS[i]) or '0')))
 end
 return out
 """
@@ -161,19 +164,21 @@ class RedisStore:
 
     async def _decide(self, buckets: Sequence[Bucket], spend: bool, force: bool = False,
                       peek: Sequence[Bucket] = ()) -> list[Verdict]:
-        if not buckets and not peek:
+        if not buckets and not peek and not self._pending:
             return []
-        every = [*buckets, *peek]
+        charges = self._pending_charges()  # riding along: no round trip of their own
+        every = [*buckets, *peek, *charges]
         keys = [f"{self.prefix}rl:{b.rule}:{b.ident}" for b in every]
         args: list[str] = []
         for b in every:
             args += [repr(b.interval), repr(b.tolerance), repr(b.cost)]
-        args += ["2" if force else "1" if spend else "0", str(len(buckets))]
+        args += ["2" if force else "1" if spend else "0", str(len(buckets)), str(len(peek))]
         try:
             self.round_trips += 1
             rows = await self._gcra(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             self._failed(exc)
+            self.local.force(charges)
             if force:
                 self.local.force(buckets)
                 return []
@@ -206,13 +211,15 @@ class RedisStore:
             await asyncio.sleep(CHARGE_DELAY)
         await self.flush()
 
-    async def flush(self) -> None:
-        """Send the charges waiting (one round trip for all of them)."""
+    def _pending_charges(self) -> list[Bucket]:
         pending, self._pending = self._pending, {}
-        buckets = [Bucket(rule, ident, interval, tolerance, cost)
-                   for (rule, ident, interval, tolerance), cost in pending.items() if cost]
-        if buckets:
-            await self._decide(buckets, True, force=True)
+        return [Bucket(rule, ident, interval, tolerance, cost)
+                for (rule, ident, interval, tolerance), cost in pending.items() if cost]
+
+    async def flush(self) -> None:
+        """Send the charges waiting that no decision took along (one round trip for all of them)."""
+        if self._pending:
+            await self._decide([], True, force=True)
 
     async def queue(self, name: str, rate: float, burst: float, join: bool) -> tuple[int, float]:
         try:
