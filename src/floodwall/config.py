@@ -61,7 +61,7 @@ def typed(kind: type[T], data: object, where: str) -> T:
         steps = path.removeprefix("$").replace("[...]", "[*]").replace("[", ".[").strip(".").split(".") if path else []
         message = message.replace("`", "") + (" (a key)" if key else "")
         choices = _choices(msgspec.inspect.type_info(kind), [s for s in steps if s], bool(key))
-        if choices and message.startswith("Invalid enum value"):
+        if choices:  # a choice's choices, whatever was wrong with the value sent
             message += f": one of {', '.join(map(str, choices))}"
         # "rule[0].when" is named "rule 1 when", as the policy's other messages count tables
         named = " ".join(str(int(s[1:-1]) + 1) if s[1:-1].isdigit() else s for s in steps if s and s != "[*]")
@@ -104,7 +104,7 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
     """A TOML file of rules or policy, or a ConfigError that names it."""
     try:
         return tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read the {what} {path}: {exc}") from None
 
 

@@ -35,6 +35,10 @@ class Limit:
         return f"{self.count}/{self.period:g}s burst {self.burst}"
 
 
+MAX_COUNT = 10**9  # a count or burst beyond is no limit, and Lua's numbers would lose it on the way back
+MAX_PERIOD = 366 * 86400.0
+
+
 def parse_limit(text: str, where: str) -> Limit | None:
     if text.strip().lower() in {"off", "none", ""}:
         return None
@@ -44,8 +48,9 @@ def parse_limit(text: str, where: str) -> Limit | None:
     count = int(match.group(1))
     period = float(parse_duration(match.group(2) if match.group(2)[0].isdigit() else "1" + match.group(2)))
     burst = int(match.group(3)) if match.group(3) else count
-    if count < 1 or period <= 0 or burst < 1:
-        raise ConfigError(f"{where}: {text!r} needs a count, a period and a burst above zero")
+    if not (1 <= count <= MAX_COUNT and 0 < period <= MAX_PERIOD and 1 <= burst <= MAX_COUNT):
+        raise ConfigError(f"{where}: {text!r} needs a count and a burst from 1 to {MAX_COUNT:,} and a period "
+                          "above zero, at most a year")
     return Limit(count, period, burst)
 
 

@@ -41,6 +41,8 @@ class PolicyFile:
             data = tomllib.loads(source.read_text())
         except OSError as exc:
             raise ConfigError(f"cannot read the edge policy {source}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{source}: not UTF-8 text") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: {exc}") from None
         return cls.from_data(data, str(source))

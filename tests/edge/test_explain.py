@@ -116,3 +116,10 @@ def test_registration_modes(operator: httpx.Client, url: str) -> None:
     said, done = explained_then_sent(operator, url, address(), "POST", "/auth/register", {"accept": "application/json"},
                                      json=body)
     assert said["decision"] == "challenge" and done.json()["error"]["code"] == "challenge_required", (said, done.text)
+
+
+def test_a_percent_encoded_path_is_classified_as_the_gate_classifies_it(operator: httpx.Client, url: str) -> None:
+    said, done = explained_then_sent(operator, url, address(), "POST", "/auth/%6Cogin",
+                                     {"accept": "application/json"}, json={"email": "a@example.com"})
+    assert said["class"] == "auth-login" and "login/ip" in said["rules"], said
+    assert done.status_code == 400  # the sign-in route, reached: its own refusal of the missing password

@@ -100,6 +100,11 @@ def test_bad_rules_are_named(tmp_path: Path, text: str, message: str) -> None:
         ('[scoring]\nparanoia = 5\n', r"\[scoring\] paranoia: Expected int <= 4"),
         ('[sign_in]\nnew_device = { weekend = "allow" }\n', r"new_device: .*'weekend' \(a key\): one of elevated"),
         ('[[rule]]\nname = ""\nclasses = ["page"]\nkey = "ip"\n', r"rule 1 name: Expected str of length >= 1"),
+        ('[[rule]]\nname = "a"\nclasses = ["page"]\nkey = "ip"\n' * 2, r"rule: each rule needs its own name; twice: a"),
+        ('[[rule]]\nname = "a"\nclasses = ["page"]\nkey = "ip"\nnormal = "99999999999999999999/1s"\n',
+         r"rule 1 \(a\) normal: .* needs a count and a burst from 1 to 1,000,000,000"),
+        ('[registration]\nnormal = 3\n', r"\[registration\] normal: Expected str \| null, got int: one of closed"),
+        ('[scoring]\nrules = "/nonexistent/rules.toml"\n', r"\[scoring\] rules: cannot read the request rules"),
     ],
 )
 def test_every_table_names_the_path_of_a_bad_field(tmp_path: Path, text: str, message: str) -> None:
@@ -108,4 +113,11 @@ def test_every_table_names_the_path_of_a_bad_field(tmp_path: Path, text: str, me
     path = tmp_path / "policy.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
+        PolicyFile.load(path)
+
+
+def test_a_policy_that_is_not_text_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_bytes(b"\xff\xfe[rule]")
+    with pytest.raises(ConfigError, match="not UTF-8"):
         PolicyFile.load(path)

@@ -5,6 +5,7 @@ The Redis tests talk to the real server at 127.0.0.1:6379 (FLOODWALL_TEST_REDIS)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -253,3 +254,35 @@ async def test_charges_with_no_decision_to_ride_along_go_on_their_own() -> None:
         if keys:
             await again.client.delete(*keys)
         await again.close()
+
+
+async def test_a_charge_made_later_is_seen_by_the_next_decision_of_its_bucket(store: Store) -> None:
+    """A refund or a strike is seen by the very next decision, in both homes (in Redis it rides along with that
+    decision and is applied before it)."""
+    budget, strikes = per_minute(60, burst=2, rule="tokens"), per_minute(60, burst=1, rule="strikes")
+    assert all(v.allowed for v in await store.hit([budget._replace(cost=2.0)]))
+    store.charge_later([budget._replace(cost=-2.0)])  # the call used nothing: refunded
+    assert (await store.hit([budget._replace(cost=2.0)]))[0].allowed
+    store.charge_later([strikes])  # a flagged prompt's strike
+    assert not (await store.hit([per_minute(60, rule="call")], peek=[strikes]))[1].allowed
+
+
+async def test_charges_taken_by_a_cancelled_decision_wait_again() -> None:
+    store = RedisStore(f"{REDIS}?prefix=fwtest-{secrets.token_hex(4)}:", max_connections=1)
+    try:
+        bucket = per_minute(60, burst=5)
+        store.charge_later([bucket._replace(cost=3.0)])
+        held = await store.pool.get_connection()  # the one connection busy: the decision waits for it
+        decision = asyncio.ensure_future(store.hit([per_minute(60, rule="other")]))
+        await asyncio.sleep(0.05)
+        decision.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await decision
+        await store.pool.release(held)
+        assert store._pending  # put back, not lost
+        assert (await store.peek([bucket]))[0].remaining == 1  # 5 - 3, less the one a peek asks about
+    finally:
+        keys = [k async for k in store.client.scan_iter(f"{store.prefix}*")]
+        if keys:
+            await store.client.delete(*keys)
+        await store.close()

@@ -199,7 +199,7 @@ class PromptPolicy:
     threshold: int = 3
     campaign: int = 5
     actions: Mapping[str, str] = dataclasses.field(
-        default_factory=lambda: {"normal": "flag", "elevated": "flag", "under_attack": "refuse"})
+        default_factory=lambda: dict(zip(LEVELS, ("flag", "flag", "refuse"), strict=True)))
 
     @classmethod
     def from_data(cls, data: Any, where: str) -> PromptPolicy:

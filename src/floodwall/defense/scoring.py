@@ -55,6 +55,11 @@ class ScoringPolicy:
         table = msgspec.structs.asdict(typed(_SCORING, data, where))
         if not table["budget"] <= 1:
             raise ConfigError(f"{where} budget: must be at most 1s")
+        if table["rules"]:  # a rules file that cannot be read stops start-up here, named
+            try:
+                load_rules(table["rules"])
+            except ConfigError as exc:
+                raise ConfigError(f"{where} rules: {exc}") from None
         return cls(table["paranoia"], table["threshold"], table["rules"], float(table["budget"]),
                    {level: table[level] for level in LEVELS})
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote
 
 from floodwall.edge.gate import Decision, Gate
 from floodwall.edge.policy import classify
@@ -22,7 +23,8 @@ def decision_json(decision: str, reason: str, **more: Any) -> dict[str, Any]:
 
 def described_scope(method: str, path: str, headers: Mapping[str, str], query: str = "") -> dict[str, Any]:
     """An ASGI scope for a request as an operator describes it (the parts the gate reads)."""
-    return {"type": "http", "method": method.upper(), "path": path, "raw_path": path.encode("utf-8"),
+    # as an ASGI server hands it over: the path percent-decoded (what classifies it), the raw one as sent
+    return {"type": "http", "method": method.upper(), "path": unquote(path), "raw_path": path.encode("utf-8"),
             "query_string": query.encode("utf-8"),
             "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]}
 
@@ -32,7 +34,7 @@ async def explain_request(gate: Gate, method: str, path: str, headers: Mapping[s
     """The gate's decision for this request from this address, as JSON."""
     text = str(normalised(ipaddress.ip_address(address)))
     scope = described_scope(method, path, headers, query)
-    return explained(gate, await gate.decide(scope, classify(method.upper(), path), text, spend=False))
+    return explained(gate, await gate.decide(scope, classify(scope["method"], scope["path"]), text, spend=False))
 
 
 def explained(gate: Gate, found: Decision) -> dict[str, Any]:

@@ -380,6 +380,8 @@ class Gate:
             if refusal is not None:
                 return None, refusal
         try:
+            if not spend:  # peeking: the answer, without filling the cache the gate's next look would use
+                return await self.principals.uncached_principal(secret, is_key), None
             return await self.lookup(secret, is_key), None
         except ApiError as refusal:  # the database away, and this credential not seen before
             return None, refusal

@@ -107,6 +107,10 @@ class Policy:
             raise ConfigError(f"{where} rule: must be a list of tables ([[rule]])")
         found = [_rule(typed(_RULE, entry, f"{where} rule {i + 1}"), f"{where} rule {i + 1}")
                  for i, entry in enumerate(rules)]
+        names = [rule.name for rule in found]
+        if len(set(names)) < len(names):  # a name is the rule's key in the Store: two would share one count
+            twice = sorted({name for name in names if names.count(name) > 1})
+            raise ConfigError(f"{where} rule: each rule needs its own name; twice: {', '.join(twice)}")
         table = msgspec.structs.asdict(typed(_REGISTRATION, registration, f"{where} [registration]"))
         limits = {name: parse_limit(table[name], f"{where} [registration] {name}") if table[name] else None
                   for name in ("trickle", "queue")}

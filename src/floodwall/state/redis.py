@@ -9,6 +9,8 @@ Every fallback is counted and logged (the first one, and the recovery).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import logging
 import time
@@ -28,13 +30,15 @@ log = logging.getLogger("floodwall.state")
 # bucket, and ride along with the next decision's round trip (any caller's); with no decision for this long,
 # they go on their own. So a model call's round trips are its decisions only.
 CHARGE_DELAY = 1.0
-MAX_PENDING_CHARGES = 10_000
+MAX_PENDING_CHARGES = 10_000  # buckets waiting: beyond, they go at once
+RIDE_ALONG = 64  # charges one decision takes along at most (its round trip stays short)
+FLUSH_BATCH = 1_000  # charges one flush sends in a round trip
 
 # KEYS: one per bucket. ARGV: for each bucket interval, tolerance, cost; then the mode (0 peek, 1 hit,
 # 2 force), how many buckets from the first the mode applies to, and how many after those are only peeked.
-# The keys after those are charges riding along: forced (never refused, never before now), whatever the
-# decision. Returns, for each bucket decided or peeked: allowed (0/1), retry_after, remaining, reset_after
-# (as strings: Lua numbers would be truncated to integers on the way back).
+# The keys after those are charges riding along: forced (never refused, never before now) before anything is
+# decided, whatever the decision. Returns, for each bucket decided or peeked: allowed (0/1), retry_after,
+# remaining, reset_after (as strings: Lua numbers would be truncated to integers on the way back).
 GCRA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -45,6 +49,16 @@ local looked = spending + tonumber(ARGV[n * 3 + 3])
 local out = {}
 local tats = {}
 local all = true
+local function put(i, value)
+  redis.call('SET', KEYS[i], string.format('%.17g', value), 'EX', math.ceil(value - now) + 1)
+end
+local function forced(i, tat)
+  return math.max(math.max(tat, now) + tonumber(ARGV[i * 3 - 2]) * tonumber(ARGV[i * 3]), now)
+end
+-- the charges riding along first: what is decided after them sees them (a refund, a strike)
+for i = looked + 1, n do
+  put(i, forced(i, tonumber(redis.call('GET', KEYS[i]) or '0')))
+end
 for i = 1, looked do
   local interval = tonumber(ARGV[i * 3 - 2])
   local tolerance = tonumber(ARGV[i * 3 - 1])
@@ -62,21 +76,12 @@ for i = 1, looked do
   end
   tats[i] = tat
 end
-local function put(i, value)
-  redis.call('SET', KEYS[i], tostring(value), 'EX', math.ceil(value - now) + 1)
-end
-local function forced(i, tat)
-  return math.max(math.max(tat, now) + tonumber(ARGV[i * 3 - 2]) * tonumber(ARGV[i * 3]), now)
-end
 if mode == '2' then
   for i = 1, spending do put(i, forced(i, tats[i])) end
 elseif mode == '1' and all then
   for i = 1, spending do
     put(i, math.max(tats[i], now) + tonumber(ARGV[i * 3 - 2]) * tonumber(ARGV[i * 3]))
   end
-end
-for i = looked + 1, n do
-  put(i, forced(i, tonumber(redis.call('GET', KEYS[i]) or '0')))
 end
 return out
 """
@@ -149,6 +154,7 @@ class RedisStore:
         self._failing = False
         self._pending: dict[tuple[str, int | str, float, float], float] = {}
         self._flushing: asyncio.Task[None] | None = None
+        self._waiting_since: float | None = None  # when the oldest charge waiting was made
 
     def _failed(self, exc: Exception) -> None:
         self.fallbacks += 1
@@ -166,7 +172,7 @@ class RedisStore:
                       peek: Sequence[Bucket] = ()) -> list[Verdict]:
         if not buckets and not peek and not self._pending:
             return []
-        charges = self._pending_charges()  # riding along: no round trip of their own
+        charges = self._pending_charges(RIDE_ALONG)  # riding along: no round trip of their own
         every = [*buckets, *peek, *charges]
         keys = [f"{self.prefix}rl:{b.rule}:{b.ident}" for b in every]
         args: list[str] = []
@@ -183,6 +189,9 @@ class RedisStore:
                 self.local.force(buckets)
                 return []
             return self.local.decide_now(buckets, peek) if spend else self.local.decide([*buckets, *peek], False)
+        except BaseException:  # cancelled on the way (a client gone, a shutdown): the charges wait again
+            self._merge(charges)
+            raise
         self._recovered()
         return [Verdict(bool(int(a)), float(r), int(rem), float(reset)) for a, r, rem, reset in rows]
 
@@ -199,27 +208,45 @@ class RedisStore:
         await self._decide(buckets, True, force=True)
 
     def charge_later(self, buckets: Sequence[Bucket]) -> None:
+        loop = asyncio.get_running_loop()  # before anything changes: no loop, no charge
+        self._merge(buckets)
+        if self._flushing is None or self._flushing.done():
+            self._flushing = loop.create_task(self._flush_later())
+
+    def _merge(self, buckets: Sequence[Bucket]) -> None:
         pending = self._pending
         for b in buckets:
             key = (b.rule, b.ident, b.interval, b.tolerance)
             pending[key] = pending.get(key, 0.0) + b.cost
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.get_running_loop().create_task(self._flush_later())
+        if pending and self._waiting_since is None:
+            self._waiting_since = time.monotonic()
 
     async def _flush_later(self) -> None:
-        if len(self._pending) < MAX_PENDING_CHARGES:
-            await asyncio.sleep(CHARGE_DELAY)
-        await self.flush()
+        # charges go on their own once the oldest has waited CHARGE_DELAY with no decision taking them, or
+        # at once when too many wait
+        while self._pending:
+            due = (self._waiting_since or 0.0) + CHARGE_DELAY
+            if len(self._pending) >= MAX_PENDING_CHARGES or time.monotonic() >= due:
+                await self.flush()
+                return
+            await asyncio.sleep(min(0.1, max(0.0, due - time.monotonic())))
 
-    def _pending_charges(self) -> list[Bucket]:
-        pending, self._pending = self._pending, {}
+    def _pending_charges(self, most: int) -> list[Bucket]:
+        """Up to `most` of the charges waiting, taken (the rest keep waiting)."""
+        taken = dict(itertools.islice(self._pending.items(), most))
+        for key in taken:
+            del self._pending[key]
+        if not self._pending:
+            self._waiting_since = None
         return [Bucket(rule, ident, interval, tolerance, cost)
-                for (rule, ident, interval, tolerance), cost in pending.items() if cost]
+                for (rule, ident, interval, tolerance), cost in taken.items() if cost]
 
     async def flush(self) -> None:
-        """Send the charges waiting that no decision took along (one round trip for all of them)."""
-        if self._pending:
-            await self._decide([], True, force=True)
+        """Send every charge waiting that no decision took along, FLUSH_BATCH to a round trip."""
+        while self._pending:
+            charges = self._pending_charges(FLUSH_BATCH)
+            if charges:
+                await self.charge(charges)
 
     async def queue(self, name: str, rate: float, burst: float, join: bool) -> tuple[int, float]:
         try:
@@ -299,8 +326,11 @@ class RedisStore:
         return bool(held)
 
     async def close(self) -> None:
-        if self._flushing is not None and not self._flushing.done():
-            self._flushing.cancel()
+        task = self._flushing
+        if task is not None and not task.done():
+            task.cancel()  # a round trip cancelled on its way puts its charges back: they go just below
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.flush()
         await self.client.aclose()
         await self.pool.disconnect()

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 from floodwall.config import StatusSettings
 from floodwall.db.audit import Audit
+from floodwall.levels import LEVELS
 from floodwall.status.incidents import Incidents, Record
 
 BY = "floodwall"
@@ -27,7 +28,7 @@ class AutoIncidents:
         """Move the automatic incident along for this level; True if anything was written."""
         settings = self.settings
         current = next((r for r in records if r.automatic and r.open), None)
-        if level == "under_attack":
+        if level == LEVELS[-1]:  # under attack
             self._calm_since = None
             if current is None:
                 opened = await self.incidents.open(settings.attack_title, settings.attack_message, BY,

@@ -9,6 +9,7 @@ import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 
+from floodwall.levels import LEVELS
 from floodwall.status.incidents import COMPONENT_STATUSES, COMPONENTS, KEPT_DAYS, Record
 
 RANK = {status: rank for rank, status in enumerate(COMPONENT_STATUSES)}
@@ -37,7 +38,7 @@ def live(level: str, registration: str, recent: Mapping[str, int]) -> dict[str, 
     """Each component's status and why, from what this process sees now."""
     found = {key: ("operational", "") for key in COMPONENTS}
     found["registration"] = _REGISTRATION.get(registration, ("operational", ""))
-    if level == "under_attack":
+    if level == LEVELS[-1]:  # under attack
         found["api"] = ("degraded_performance", "New and anonymous API clients are limited while we fend off an "
                                                 "attack. Established accounts are served first.")
     calls = sum(recent.get(f"req:api-inference:{outcome}", 0) for outcome in ("2xx", "3xx", "4xx", "5xx"))
