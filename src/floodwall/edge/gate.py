@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from floodwall import logs
 from floodwall.edge.control import Control
 from floodwall.edge.credentials import DEVICE_COOKIE, cookie_value, credential
+from floodwall.edge.fetch_metadata import CROSS_SITE, cross_site
 from floodwall.edge.policy import Policy, classify
 from floodwall.edge.refusals import RefusalLog
 from floodwall.errors import ApiError, send_error
@@ -37,6 +38,8 @@ log = logging.getLogger("floodwall.edge")
 
 REGISTRATION_CLOSED_MESSAGE = ("Registration is closed for now because of an ongoing attack or very high demand. "
                                "Please try again later. Registered users can log in normally.")
+# bans the probe watch gives (scanning from an address), as against an operator's
+BEHAVIOURAL_BANS = frozenset({"ban/http-probing"})
 REGISTRATION_CLOSED = ApiError(503, REGISTRATION_CLOSED_MESSAGE, "registration_busy", retry_after=300,
                                reason="registration/closed")
 
@@ -169,6 +172,8 @@ class Gate:
         the limits for (class, level, tier) with the registration mode, then scoring. Spending (the gate) hits
         the limits, counts, logs and bans; peeking (explain) only looks, and answers the same."""
         level = self.control.level
+        if cross_site(scope, klass):  # before anything is looked at or counted: never a step toward a ban
+            return Decision("refuse", klass, text, level, refusal=CROSS_SITE, reason=CROSS_SITE.reason or "")
         remembered = self._refused.get((klass, text))
         if remembered is not None and remembered[0] > time.monotonic() and \
                 remembered[1] == self.control.generation and credential(scope)[0] is None and \
@@ -185,10 +190,18 @@ class Gate:
                             allow_listed=True)
         found = Decision("pass", klass, text, level)
         refusal = self.blocked(address)
+        # a behavioural ban (earned by what came from the address) never refuses an established account's
+        # own session or key: the people behind a NAT with a scanner, or visitors of a hostile page, keep
+        # their service; an operator's ban and the deny list hold for everyone
+        forgivable = refusal is not None and refusal.reason in BEHAVIOURAL_BANS and credential(scope)[0] is not None
         # admin routes take the admin token, not an account's key: it is never looked up as one
-        if refusal is None and klass != "admin":
-            found.principal, refusal = await self._principal_or_refusal(scope, address, level, spend)
+        if (refusal is None or forgivable) and klass != "admin":
+            found.principal, looked_up = await self._principal_or_refusal(scope, address, level, spend)
             found.tier = self.tier(found.principal)
+            if refusal is None:
+                refusal = looked_up
+            elif found.tier == "established" and looked_up is None:
+                refusal = None
         device = None
         if klass == "auth-login":  # sign-in attempts are told apart by the device, not by the account
             found.tier, device = self.sign_in_tier(scope)

@@ -73,17 +73,31 @@ def require_verified(request: Request, principal: Principal) -> None:
                        "(or ask for a new one from the chat page).", "email_not_verified")
 
 
+CROSS_SITE_FORM = ApiError(403, "Cross-site request refused.", "cross_site_request")
+
+
 def check_same_origin(request: Request) -> None:
-    """A state-changing request carrying a cookie must come from our own pages (SameSite=Lax is the first
-    guard; this is the second, for old browsers and same-site subdomains)."""
+    """A state-changing browser request must come from our own pages. A browser says so with Fetch Metadata
+    (same-origin, or none: typed or bookmarked) and with Origin; `Origin: null` (a sandboxed frame, a
+    cross-origin redirect, a no-referrer page) is another site's. API clients send neither and pass (a key,
+    not a cookie, speaks for them). SameSite=Lax is the first guard; this is the second, for old browsers
+    and same-site subdomains."""
     if request.method in {"GET", "HEAD", "OPTIONS"}:
         return
-    origin = request.headers.get("origin") or request.headers.get("referer")
-    if not origin or origin == "null":
+    site = request.headers.get("sec-fetch-site")
+    origin = request.headers.get("origin")
+    if (site is not None and site not in ("same-origin", "none")) or origin == "null":
+        raise CROSS_SITE_FORM
+    origin = origin or request.headers.get("referer")
+    if not origin:
         return
     host = request.headers.get("host", "")
-    if urlsplit(origin).netloc.lower() != host.lower():
-        raise ApiError(403, "Cross-site request refused.", "cross_site_request")
+    try:
+        elsewhere = urlsplit(origin).netloc.lower() != host.lower()
+    except ValueError:  # an Origin or Referer urllib cannot split ("http://[") is no page of ours
+        elsewhere = True
+    if elsewhere:
+        raise CROSS_SITE_FORM
 
 
 def set_session_cookie(request: Request, response: Response, secret: str) -> None:
