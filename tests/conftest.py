@@ -81,6 +81,7 @@ def floodwall_process(tmp: Path, database: str, upstream: str | None, env: dict[
     """`floodwall serve`; yields its base URL."""
     port = free_port()
     base_env = {"FLOODWALL_LOG_FORMAT": "json", "FLOODWALL_ACCOUNTS_PASSWORD_HASH_PROFILE": "fast",
+                "FLOODWALL_SERVER_PUBLIC_URL": f"http://127.0.0.1:{port}",
                 "FLOODWALL_UPSTREAM_RETRY_AFTER": "2", "FLOODWALL_EDGE_POLICY": str(NO_LIMITS)}
     command = ["serve", "--port", str(port), "--database", database, *args]
     if upstream:

@@ -268,3 +268,10 @@ def _descendants(pid: int) -> list[int]:
     for child in _children(pid):
         found += [child, *_descendants(child)]
     return found
+
+
+def test_mail_without_a_public_url_stops_start_up(tmp_path: Path) -> None:
+    """Links in e-mails come from server.public_url only: with mail on and none, serve refuses to start."""
+    result = floodwall("serve", cwd=tmp_path, env={"FLOODWALL_MAIL_URL": "smtp://127.0.0.1:25",
+                                                   "FLOODWALL_SERVER_PUBLIC_URL": ""})
+    assert result.returncode == 2 and "server.public_url must be set when mail.url is" in result.stderr

@@ -145,9 +145,6 @@ def build_app(settings: Settings) -> Gate:
         if settings.accounts.verify_email and mailer.development:
             logs.event(_log, "e-mail confirmation is on, but mail.url is empty: confirmation links go to this log",
                   logging.WARNING)
-        if not mailer.development and not settings.server.public_url:
-            logs.event(_log, "server.public_url is empty: links in e-mails use the address each request came in on, "
-                  "which a client can forge", logging.WARNING)
         await audit.start()
         await control.start()
         await services.watch.start()

@@ -433,5 +433,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"mail.url must be smtp://host:port or smtps://host:port, not {settings.mail.url!r}")
     if settings.server.public_url and not settings.server.public_url.startswith(("http://", "https://")):
         raise ConfigError(f"server.public_url must be an http(s) URL, not {settings.server.public_url!r}")
+    if settings.mail.url and not settings.server.public_url:
+        raise ConfigError("server.public_url must be set when mail.url is: the links in e-mails (password resets, "
+                          "confirmations) are built from it, never from the Host header a client sends")
     if not settings.database.url.startswith(("sqlite:", "postgresql:", "postgresql+", "postgres:")):
         raise ConfigError("database.url must be sqlite:///path or postgresql://...")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -94,3 +95,34 @@ def test_the_pages(reset_url: str) -> None:
         sent = web.post("/auth/password-reset", data={"email": "someone@example.org"},
                         headers={"accept": "text/html"})
         assert sent.status_code == 200 and "is on its way" in sent.text
+
+
+def test_a_forged_host_does_not_reach_the_mailed_link(reset_url: str, inbox: tuple[Inbox, int]) -> None:
+    """Finding 3 of issue 21: links are built from server.public_url, never from the Host header."""
+    _, address = account(reset_url)
+    with httpx.Client(base_url=reset_url, timeout=30) as web:  # a script, not a browser: no Origin to check
+        answer = web.post("/auth/password-reset", json={"email": address}, headers={"host": "attacker.example"})
+        assert answer.status_code == 200, answer.text
+    [mail] = inbox[0].wait_for(address, subject="Reset your password")
+    assert link_in(mail, "/auth/reset").startswith(reset_url + "/auth/reset?token=")
+    assert "attacker.example" not in str(mail)
+
+
+def test_without_mail_the_logged_link_names_the_listening_address_not_the_host_header(
+        model_url: str, tmp_path: Path) -> None:
+    """In development (no mail.url, messages to the log) and no public_url, a link names where floodwall
+    listens, never the Host a client sent."""
+    env = {"FLOODWALL_SERVER_PUBLIC_URL": ""}
+    with floodwall_process(tmp_path, f"sqlite:///{tmp_path / 'floodwall.db'}", model_url, env=env) as url:
+        _, address = account(url)
+        with httpx.Client(base_url=url, timeout=30) as web:
+            answer = web.post("/auth/password-reset", json={"email": address}, headers={"host": "attacker.example"})
+            assert answer.status_code == 200, answer.text
+        log = next(tmp_path.glob("serve-*.log"))
+        for _ in range(50):
+            if "/auth/reset?token=" in log.read_text():
+                break
+            time.sleep(0.1)
+        text = log.read_text()
+    assert "/auth/reset?token=" in text and "attacker.example" not in text
+    assert f"http://127.0.0.1:{url.rsplit(':', 1)[1]}/auth/reset?token=" in text

@@ -8,6 +8,7 @@ import json
 from sqlalchemy.ext.asyncio import AsyncSession as DbSession
 
 from floodwall.accounts.models import ActivityEvent
+from floodwall.text import inert
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -18,7 +19,7 @@ class Client:
     user_agent: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "user_agent", self.user_agent[:512])
+        object.__setattr__(self, "user_agent", inert(self.user_agent[:512]))
 
 
 def record_activity(db: DbSession, user_id: int, kind: str, client: Client,

@@ -26,6 +26,16 @@ HISTORY = 50  # earlier sign-ins whose networks count as the account's own
 RECENT = dt.timedelta(days=7)
 
 
+SUMMARY = 60  # characters of a client's user agent an alert quotes: enough to recognise a browser
+
+
+def summary(user_agent: str) -> str:
+    """A short, printable summary of a user agent for a security e-mail: a real message from us must not carry
+    paragraphs of an attacker's text (a phishing line, a fake link)."""
+    text = "".join(c if c.isprintable() else " " for c in user_agent[:SUMMARY]).strip()
+    return (text + ("..." if len(user_agent) > SUMMARY else "")) or "not given"
+
+
 class Alerts:
     def __init__(self, mailer: Mailer, networks: Networks | None = None) -> None:
         self.mailer = mailer
@@ -36,7 +46,7 @@ class Alerts:
         self.sent += 1
         self.mailer.send_later(email, subject, (
             f"{what}\n\nWhen: {utcnow():%Y-%m-%d %H:%M} UTC\nFrom address: {client.ip}\n"
-            f"Browser or client: {client.user_agent or 'not given'}\n\n"
+            f"Browser or client: {summary(client.user_agent)}\n\n"
             "If this was you, there is nothing to do. If not, change your password now, then open Account "
             "activity to sign out the sessions and revoke the API keys you do not recognise.\n"))
 

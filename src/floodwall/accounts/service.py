@@ -30,6 +30,7 @@ from floodwall.db.engine import unavailable, unreachable
 from floodwall.db.tables import Usage
 from floodwall.errors import ApiError
 from floodwall.principal import Principal
+from floodwall.text import has_controls, inert
 
 KEY_PREFIX = "fw_"
 # the visible part of a key in listings: "fw_" and the first 8 characters of the secret
@@ -60,7 +61,8 @@ def _principal(user: User, key_id: int | None = None, session_id: int | None = N
 
 
 def normalise_email(email: str) -> str:
-    return email.strip().lower()
+    # a control character never matches an account (none was let in), and no NUL reaches PostgreSQL
+    return inert(email.strip().lower())
 
 
 class AccountService:
@@ -103,6 +105,8 @@ class AccountService:
                            param=param)
 
     async def register(self, email: str, password: str, client: Client) -> User:
+        if has_controls(email):
+            raise ApiError(400, "That does not look like an e-mail address.", "invalid_email", param="email")
         email = normalise_email(email)
         if len(email) > 254 or not email.isprintable() or not _EMAIL.match(email):  # no controls, no surrogates
             raise ApiError(400, "That does not look like an e-mail address.", "invalid_email", param="email")
@@ -289,6 +293,8 @@ class AccountService:
 
     async def create_key(self, principal: Principal, name: str, client: Client) -> tuple[ApiKey, str]:
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        if has_controls(name):
+            raise ApiError(400, "A key's name cannot hold control characters.", "invalid_name", param="name")
         key = ApiKey(user_id=principal.user_id, name=name[:100], prefix=secret[:VISIBLE_PREFIX_LENGTH],
                      key_hash=token_hash(secret))
         async with self.db() as db:

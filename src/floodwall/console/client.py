@@ -12,6 +12,7 @@ import urllib.request
 from typing import Any
 
 from floodwall.config import Settings
+from floodwall.text import shown
 
 
 class AdminError(Exception):
@@ -54,31 +55,36 @@ def call(settings: Settings, args: argparse.Namespace, method: str, path: str,
         raise AdminError(f"cannot reach floodwall at {base_url(settings, args.url)}: {exc}") from None
 
 
+def say(text: str) -> None:
+    """Print what the server answered: an account's e-mail or a reason is text from outside, shown inert."""
+    print(shown(text))
+
+
 def level(settings: Settings, args: argparse.Namespace) -> int:
     if args.level:
         call(settings, args, "PUT", "/admin/api/level", {"level": args.level, "reason": args.reason})
     state = call(settings, args, "GET", "/admin/api/level")
-    print(f"level: {state['level']} (mode {state['mode']}, set by {state.get('by')}: {state.get('reason')})")
+    say(f"level: {state['level']} (mode {state['mode']}, set by {state.get('by')}: {state.get('reason')})")
     for entry in state.get("history", [])[:10]:
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(entry["at"])))
-        print(f"  {at}  {entry['level']:<13} mode {entry['mode']:<13} {entry.get('by')}: {entry.get('reason')}")
+        say(f"  {at}  {entry['level']:<13} mode {entry['mode']:<13} {entry.get('by')}: {entry.get('reason')}")
     return 0
 
 
 def detector(settings: Settings, args: argparse.Namespace) -> int:
     state = call(settings, args, "GET", "/admin/api/detector")
-    print(f"level: {state['level']} (mode {state['mode']}); rules on: {', '.join(state['active_rules']) or 'none'}; "
+    say(f"level: {state['level']} (mode {state['mode']}); rules on: {', '.join(state['active_rules']) or 'none'}; "
           f"learnt from {state['samples_learnt']} calm seconds")
-    print(f"  {'signal':<20} {'last second':>12} {'baseline':>10}")
+    say(f"  {'signal':<20} {'last second':>12} {'baseline':>10}")
     for name, value in state["figures"].items():
-        print(f"  {name:<20} {value:>12g} {state['baselines'].get(name, 0):>10g}")
+        say(f"  {name:<20} {value:>12g} {state['baselines'].get(name, 0):>10g}")
     for rule in state["rules"]:
-        print(f"  rule {rule['name']} -> {rule['level']}: {' and '.join(rule['when'])} (held {rule['streak']}s)")
+        say(f"  rule {rule['name']} -> {rule['level']}: {' and '.join(rule['when'])} (held {rule['streak']}s)")
     traffic = call(settings, args, "GET", "/admin/api/traffic")
-    print(f"last minute in this process: {traffic['arrivals']} requests, {traffic['new_addresses']} new addresses, "
+    say(f"last minute in this process: {traffic['arrivals']} requests, {traffic['new_addresses']} new addresses, "
           f"{traffic['new_networks']} new networks; heaviest talkers:")
     for talker in traffic["top_talkers"][:10]:
-        print(f"  {talker['key']:<40} {talker['hits']:>8} (±{talker['error']})")
+        say(f"  {talker['key']:<40} {talker['hits']:>8} (±{talker['error']})")
     return 0
 
 
@@ -86,9 +92,9 @@ def registration(settings: Settings, args: argparse.Namespace) -> int:
     if args.mode:
         call(settings, args, "PUT", "/admin/api/registration", {"mode": args.mode, "reason": args.reason})
     state = call(settings, args, "GET", "/admin/api/registration")
-    print(f"registration: {state['mode']} (pinned: {state['pinned']}; level {state['level']}; by level: "
+    say(f"registration: {state['mode']} (pinned: {state['pinned']}; level {state['level']}; by level: "
           + ", ".join(f"{level} {mode}" for level, mode in state["by_level"].items()) + ")")
-    print(f"proof of work on sign-up: {state['challenge'] or 'none'} (by level: "
+    say(f"proof of work on sign-up: {state['challenge'] or 'none'} (by level: "
           + ", ".join(f"{level} {value or 'none'}" for level, value in state["challenge_by_level"].items()) + ")")
     return 0
 
@@ -97,26 +103,26 @@ def ban(settings: Settings, args: argparse.Namespace) -> int:
     if args.ban_command == "add":
         made = call(settings, args, "POST", "/admin/api/bans",
                     {"target": args.target, "duration": args.duration, "reason": args.reason})
-        print(f"banned {made['target']} for {made['expires_in']}s ({made['reason']})")
+        say(f"banned {made['target']} for {made['expires_in']}s ({made['reason']})")
     elif args.ban_command == "remove":
         call(settings, args, "DELETE", f"/admin/api/bans/{args.target}")
-        print(f"unbanned {args.target}")
+        say(f"unbanned {args.target}")
     else:
         for b in call(settings, args, "GET", "/admin/api/bans")["bans"]:
-            print(f"{b['target']:<43} {b['expires_in']:>7}s  strikes {b['strikes']}  {b['reason']}")
+            say(f"{b['target']:<43} {b['expires_in']:>7}s  strikes {b['strikes']}  {b['reason']}")
     return 0
 
 
 def lists(settings: Settings, args: argparse.Namespace) -> int:
     if args.lists_command == "add":
         call(settings, args, "POST", f"/admin/api/lists/{args.list}", {"cidr": args.cidr, "reason": args.reason})
-        print(f"added {args.cidr} to the {args.list} list")
+        say(f"added {args.cidr} to the {args.list} list")
     elif args.lists_command == "remove":
         call(settings, args, "DELETE", f"/admin/api/lists/{args.list}/{args.cidr}")
-        print(f"removed {args.cidr} from the {args.list} list")
+        say(f"removed {args.cidr} from the {args.list} list")
     else:
         for e in call(settings, args, "GET", "/admin/api/lists")["entries"]:
-            print(f"{e['list']:<6} {e['cidr']:<43} {e.get('reason', '')}")
+            say(f"{e['list']:<6} {e['cidr']:<43} {e.get('reason', '')}")
     return 0
 
 
@@ -127,15 +133,15 @@ def incident(settings: Settings, args: argparse.Namespace) -> int:
         made = call(settings, args, "POST", "/admin/api/incidents", {
             "name": args.name, "body": args.body, "status": args.status, "impact": args.impact,
             "components": components})
-        print(f"opened incident {made['id']}: {made['name']} ({made['status']}, {made['impact']} impact)")
+        say(f"opened incident {made['id']}: {made['name']} ({made['status']}, {made['impact']} impact)")
     elif action in ("update", "resolve"):
         status = "resolved" if action == "resolve" else args.status
         made = call(settings, args, "POST", f"/admin/api/incidents/{args.id}/updates",
                     {"status": status, "body": args.body})
-        print(f"incident {made['id']} is now {made['status']}")
+        say(f"incident {made['id']} is now {made['status']}")
     else:
         for found in call(settings, args, "GET", "/admin/api/incidents")["incidents"]:
-            print(f"{found['id']:>5}  {found['status']:<13} {found['impact']:<8} {found['created_at'][:16]}  "
+            say(f"{found['id']:>5}  {found['status']:<13} {found['impact']:<8} {found['created_at'][:16]}  "
                   f"{found['name']}{'  (automatic)' if found['automatic'] else ''}")
     return 0
 
@@ -144,16 +150,16 @@ def users(settings: Settings, args: argparse.Namespace) -> int:
     action = args.users_command
     if action in ("disable", "enable"):
         found = call(settings, args, "POST", f"/admin/api/users/{args.id}/{action}")
-        print(f"account {found['id']} ({found['email']}) is {'disabled' if found['disabled'] else 'enabled'}")
+        say(f"account {found['id']} ({found['email']}) is {'disabled' if found['disabled'] else 'enabled'}")
     elif action == "sign-out":
         ended = call(settings, args, "POST", f"/admin/api/users/{args.id}/sign-out")
-        print(f"account {args.id}: {ended['sessions_ended']} sessions ended")
+        say(f"account {args.id}: {ended['sessions_ended']} sessions ended")
     else:
         query = urllib.parse.urlencode({"q": args.query or "", "limit": args.limit})
         for user in call(settings, args, "GET", f"/admin/api/users?{query}")["users"]:
             flags = [flag for flag, on in (("disabled", user["disabled"]), ("2fa", user["two_factor"]),
                                            ("unconfirmed", not user["email_verified"])) if on]
-            print(f"{user['id']:>7}  {user['email']:<40} {user['created_at'][:10]}  sessions {user['sessions']:>3}  "
+            say(f"{user['id']:>7}  {user['email']:<40} {user['created_at'][:10]}  sessions {user['sessions']:>3}  "
                   f"keys {user['keys']:>3}  {' '.join(flags)}")
     return 0
 
@@ -162,5 +168,5 @@ def audit(settings: Settings, args: argparse.Namespace) -> int:
     query = urllib.parse.urlencode({"limit": args.limit, "action": args.action or ""})
     for event in call(settings, args, "GET", f"/admin/api/audit?{query}")["events"]:
         detail = " ".join(f"{key}={value}" for key, value in event["detail"].items())
-        print(f"{event['at'][:19]}  {event['actor']:<22} {event['action']:<18} {event['target']:<24} {detail}")
+        say(f"{event['at'][:19]}  {event['actor']:<22} {event['action']:<18} {event['target']:<24} {detail}")
     return 0

@@ -198,7 +198,7 @@ async def request_password_reset(request: Request) -> Response:
     config = services(request)
     # one message a minute an address: a script cannot fill someone's inbox
     if await use_once(config.store, "mail/reset", config.signer.mac("reset", email.strip().lower())[:24], 60.0):
-        await config.password_reset.request(config.public_url(request), email, config.client(request))
+        await config.password_reset.request(config.public_url(), email, config.client(request))
     if is_form(request):
         return await render(request, "forgot.html", {"done": True})
     return JSONResponse({"ok": True, "message": "If an account has this address, a link to reset its password "

@@ -68,9 +68,15 @@ class Services:
     def client(self, request: Request) -> Client:
         return Client(client_address(request.scope, self.trusted_proxies), request.headers.get("user-agent", ""))
 
-    def public_url(self, request: Request) -> str:
-        """Where people reach the service, for links sent by e-mail."""
-        return self.settings.server.public_url or str(request.base_url)
+    def public_url(self) -> str:
+        """Where people reach the service, for links sent by e-mail: from configuration only, never from the
+        Host header a client sends. Without server.public_url, mail goes to the log (development: the
+        configuration check requires one with mail.url), and links name the listening address."""
+        server = self.settings.server
+        if server.public_url:
+            return server.public_url.rstrip("/") + "/"
+        host = "localhost" if server.host in ("0.0.0.0", "::", "") else server.host
+        return f"http://[{host}]:{server.port}/" if ":" in host else f"http://{host}:{server.port}/"
 
     def registration_mode(self) -> str:
         """The sign-up mode in force: the operator's pin, else the level's."""

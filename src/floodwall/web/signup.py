@@ -148,7 +148,7 @@ async def _register(request: Request) -> Response:
         raise
     config.traffic.event("signup.created")
     if config.verification.required:
-        config.verification.send(config.public_url(request), user.id, user.email)
+        config.verification.send(config.public_url(), user.id, user.email)
     response: Response
     if is_form(request):
         # the web app signs the new user straight in, like most services do
@@ -185,7 +185,7 @@ async def resend_verification(request: Request) -> Response:
         if not await use_once(config.store, "mail/verify", principal.user_id, 60.0):
             raise ApiError(429, "A confirmation link was sent less than a minute ago: check your inbox (and spam "
                            "folder) first.", "rate_limit_exceeded", retry_after=60, reason="mail/verify")
-        config.verification.send(config.public_url(request), principal.user_id, principal.email)
+        config.verification.send(config.public_url(), principal.user_id, principal.email)
         sent = True
     if is_form(request):
         return RedirectResponse("/chat", status_code=303)

@@ -1,0 +1,30 @@
+"""Text from outside made inert: Unicode control, format and surrogate characters (Cc, Cf, Cs) are what
+turn a string into terminal escapes, hidden text, a NUL PostgreSQL refuses, or UTF-8 that cannot be
+written. One pass over the string, in C for the common case of none."""
+
+from __future__ import annotations
+
+import unicodedata
+
+_ODD = frozenset({"Cc", "Cf", "Cs"})
+
+
+def has_controls(text: str) -> bool:
+    """Whether `text` holds a control, format or surrogate character."""
+    return not text.isprintable() and any(unicodedata.category(c) in _ODD for c in text)
+
+
+def inert(text: str) -> str:
+    """`text` with each control, format or surrogate character replaced by U+FFFD (it then matches nothing
+    stored, and reaches no database or terminal as what it was)."""
+    if text.isprintable():
+        return text
+    return "".join("\ufffd" if unicodedata.category(c) in _ODD else c for c in text)
+
+
+def shown(text: str) -> str:
+    """`text` for a terminal: control, format and surrogate characters written as escapes (\\x1b, \\u200b)."""
+    if text.isprintable():
+        return text
+    return "".join((f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+                   if unicodedata.category(c) in _ODD else c for c in text)
