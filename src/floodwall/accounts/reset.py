@@ -69,7 +69,12 @@ class PasswordReset:
     async def reset(self, token: str, password: str, client: Client) -> User:
         """Set the new password: every session ends, and the owner is told."""
         user = await self.check(token)
-        await self.accounts.set_password(user.id, password, client, "password_reset")
+        # the link is good for the password it was made under: set only if that is still the one, so of two
+        # resets racing with one link, one changes it
+        if not await self.accounts.set_password(user.id, password, client, "password_reset",
+                                                replacing=user.password_hash):
+            raise ApiError(400, "This reset link is not valid, has been used, or has expired. Ask for a new one.",
+                           "invalid_token", param="token")
         self.mailer.send_later(user.email, "Your password was changed", (
             f"The password of your account was reset from address {client.ip}, and every session was signed "
             "out.\n\nIf it was not you, reset it again now (someone can read your e-mail: secure that too).\n"))

@@ -191,12 +191,16 @@ class AccountService:
             raise ApiError(400, "The current password is not right.", "invalid_current_password", param=param)
 
     async def set_password(self, user_id: int, new: str, client: Client, kind: str,
-                           keep_session: int | None = None) -> str:
-        """A new password (recorded as `kind`); every session but `keep_session` is signed out. Its hash."""
+                           keep_session: int | None = None, replacing: str | None = None) -> str:
+        """A new password (recorded as `kind`); every session but `keep_session` is signed out. Its hash; ""
+        when `replacing` (the hash expected now) is no longer the account's, and nothing changed."""
         self.check_password_rules(new, "new_password")
         new_hash = await self.passwords.hash(new)
         async with self.db() as db:
-            await db.execute(update(User).where(User.id == user_id).values(password_hash=new_hash))
+            where = [User.id == user_id] + ([User.password_hash == replacing] if replacing is not None else [])
+            changed = await db.execute(update(User).where(*where).values(password_hash=new_hash))
+            if getattr(changed, "rowcount", 0) != 1:
+                return ""
             # someone who knew the old password must not stay signed in elsewhere
             await db.execute(
                 update(Session)

@@ -103,14 +103,14 @@ class TwoFactor:
             return await self._fresh_code(user.id, user.totp_secret, code)
         if not 10 <= len(code) <= 12:
             return False
-        found = await db.scalar(select(RecoveryCode).where(
+        # spent in the one statement that checks it: of two sign-ins racing with one code, one changes the row
+        spent = await db.execute(update(RecoveryCode).where(
             RecoveryCode.user_id == user.id, RecoveryCode.code_hash == _code_hash(code),
-            RecoveryCode.used_at.is_(None)))
-        if found is None:
+            RecoveryCode.used_at.is_(None)).values(used_at=utcnow()))
+        if getattr(spent, "rowcount", 0) != 1:
             return False
-        found.used_at = utcnow()
         left = await db.scalar(select(func.count()).select_from(RecoveryCode).where(
-            RecoveryCode.user_id == user.id, RecoveryCode.used_at.is_(None), RecoveryCode.id != found.id))
+            RecoveryCode.user_id == user.id, RecoveryCode.used_at.is_(None)))
         record_activity(db, user.id, "recovery_code_used", client, {"alert": True, "codes_left": left or 0})
         return True
 
