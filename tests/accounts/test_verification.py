@@ -111,3 +111,24 @@ def test_development_mode_writes_the_link_to_the_log(model_url: str, tmp_path: P
         link = found.group(0).replace("\\n", " ").split()[0].rstrip('"\\')
         assert web.get(link).json()["email_verified"] is True
         assert web.post("/account/keys", json={"name": "x"}).status_code == 201
+
+
+def test_sign_up_does_not_say_whether_an_address_has_an_account(mail_url: str, inbox: tuple[Inbox, int]) -> None:
+    """Finding 5 of issue 21: with confirmation by mail, a taken address gets the answer a new one gets (201,
+    no account id, no session or device cookie), and its owner is mailed instead."""
+    _, taken = new_account(mail_url)
+    fresh = [f"n-{secrets.token_hex(5)}@example.org" for _ in range(2)]
+    answers: dict[str, list[object]] = {"json": [], "form": []}
+    for address, other in ((taken, taken), (fresh[0], fresh[1])):
+        with httpx.Client(base_url=mail_url, timeout=30, headers={"origin": mail_url}) as web:
+            made = web.post("/auth/register", json={"email": address, "password": PASSWORD})
+            answers["json"].append((made.status_code, made.json(), sorted(made.cookies.keys())))
+            page = web.post("/auth/register", data={"email": other, "password": PASSWORD},
+                            headers={"accept": "text/html"})
+            answers["form"].append((page.status_code, page.text, sorted(page.cookies.keys())))
+    for kind, (for_taken, for_fresh) in answers.items():
+        assert for_taken == for_fresh, (kind, for_taken, for_fresh)
+    assert answers["json"][0] == (201, {"verification_required": True}, [])
+    inbox[0].wait_for(taken, subject="Someone tried to sign up with your address")
+    for address in fresh:
+        inbox[0].wait_for(address, subject="Confirm your e-mail address")

@@ -39,6 +39,14 @@ class EmailVerification:
             "If it was not you, ignore this message: without the confirmation the account cannot chat "
             "or make API keys.\n"))
 
+    def taken(self, base_url: str, email: str) -> None:
+        """Tell the owner of an address that someone tried to sign up with it (the sign-up itself got the same
+        answer as a new address: whether an address has an account is the owner's to know)."""
+        self.mailer.send_later(email, "Someone tried to sign up with your address", (
+            f"Someone, perhaps you, tried to make a new account at {base_url} with this address. It already has "
+            "one, so nothing was made.\n\nIf it was you, log in instead; if you forgot the password, reset it "
+            f"at {base_url.rstrip('/')}/forgot. If it was not you, there is nothing to do.\n"))
+
     async def confirm(self, token: str, client: Client) -> User | None:
         """The account the link confirms (now marked confirmed), or None for a bad, old or stale link."""
         payload = self.signer.loads(PURPOSE, token, max_age=LIFETIME)

@@ -142,13 +142,20 @@ async def _register(request: Request) -> Response:
         if nonce and not await config.challenges.spend(nonce):
             raise _challenge_refusal(request, client, "used")
         user = await config.accounts.register(email, password, client)
-    except ApiError:
+    except ApiError as error:
+        if error.code == "email_taken" and config.verification.required:
+            # answered as a new address is (its place and challenge spent alike); the owner is told by mail
+            if await use_once(config.store, "mail/taken", config.signer.mac("taken", email.strip().lower())[:24],
+                              60.0):
+                config.verification.taken(config.public_url(), email.strip().lower())
+            return await _check_your_inbox(request)
         if place is not None:
             await config.waiting_room.give_back(place)
         raise
     config.traffic.event("signup.created")
     if config.verification.required:
         config.verification.send(config.public_url(), user.id, user.email)
+        return await _check_your_inbox(request)
     response: Response
     if is_form(request):
         # the web app signs the new user straight in, like most services do
@@ -162,6 +169,14 @@ async def _register(request: Request) -> Response:
     set_device_cookie(request, response, guard.remember(guard.device(request.cookies.get(DEVICE_COOKIE)),
                                                         guard.login_ident(user.email), user.password_hash))
     return response
+
+
+async def _check_your_inbox(request: Request) -> Response:
+    """The answer to a sign-up while addresses are confirmed by mail: the same for a new address and a taken
+    one (no account id, no session, no device cookie), so it says nothing about who has an account."""
+    if is_form(request):
+        return await render(request, "check_email.html", {"principal": None}, status=201)
+    return JSONResponse({"verification_required": True}, 201)
 
 
 async def verify(request: Request) -> Response:
