@@ -31,7 +31,7 @@ from floodwall.db.engine import upgrade
 from floodwall.server import free_port
 
 OUT = Path(__file__).with_name("out")
-TOKEN = "bench-admin-token"
+TOKEN = "bench-admin-token-0123456789-abcdefgh"
 
 
 def seed(base: str) -> None:

@@ -8,6 +8,8 @@ import pytest
 
 from floodwall.config import ConfigError, Settings, load, parse_duration, parse_size
 
+SECRET = "s3cret-s3cret-s3cret-s3cret-s3cret"  # admin.token: 32 characters at least
+
 
 def test_defaults_are_the_embedded_ones() -> None:
     settings = load(environ={})
@@ -41,13 +43,13 @@ def test_precedence(tmp_path: Path) -> None:
     path.write_text('[server]\nport = 9000\nhost = "0.0.0.0"\ntrusted_proxies = ["10.0.0.0/8"]\n'
                     '[defense]\nnew_account_age = "48h"\n[upstream]\nurl = "http://a:1/v1"\n')
     environ = {"FLOODWALL_SERVER_PORT": "9100", "FLOODWALL_UPSTREAM_URL": "http://b:2/v1",
-               "FLOODWALL_ADMIN_TOKEN": "s3cret", "FLOODWALL_SERVER_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1/32"}
+               "FLOODWALL_ADMIN_TOKEN": SECRET, "FLOODWALL_SERVER_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1/32"}
     settings = load(path, overrides={"upstream": {"url": "http://c:3/v1"}}, environ=environ)
     assert settings.server.host == "0.0.0.0"  # file
     assert settings.server.port == 9100  # environment beats file
     assert settings.upstream.url == "http://c:3/v1"  # flag beats environment
     assert settings.defense.new_account_age == 48 * 3600
-    assert settings.admin.token == "s3cret"
+    assert settings.admin.token == SECRET
     assert settings.server.trusted_proxies == ["10.0.0.0/8", "192.0.2.1/32"]
 
 
@@ -88,3 +90,8 @@ def test_round_trip_through_json_for_workers() -> None:
     settings = load(environ={"FLOODWALL_SERVER_PORT": "1234", "FLOODWALL_UPSTREAM_READ_TIMEOUT": "2m"})
     again = Settings.from_json(settings.to_json())
     assert again == settings and again.upstream.read_timeout == 120
+
+
+def test_a_short_admin_token_stops_start_up() -> None:
+    with pytest.raises(ConfigError, match=r"admin\.token must be at least 32 characters"):
+        load(environ={"FLOODWALL_ADMIN_TOKEN": "short-but-not-empty"})

@@ -26,6 +26,8 @@ from floodwall.db.engine import create_engine
 from floodwall.server import free_port, wait_until_up
 from tests.conftest import NO_LIMITS, PASSWORD, eventually, postgres_database
 
+OPERATOR_TOKEN = "faults-token-0123456789-abcdefghijkl"  # admin.token: 32 characters at least
+
 CHAT = {"model": "floodwall-simulated-chat", "messages": [{"role": "user", "content": "Tell me a story"}]}
 
 
@@ -38,7 +40,7 @@ class Serving:
         self.args = ["serve", "--port", str(self.port), "--database", database, "--upstream", model_url]
         self.env = {**os.environ, "FLOODWALL_LOG_FORMAT": "json", "FLOODWALL_ACCOUNTS_PASSWORD_HASH_PROFILE": "fast",
                     "FLOODWALL_EDGE_POLICY": str(NO_LIMITS), "FLOODWALL_DEFENSE_LEVEL": "normal",
-                    "FLOODWALL_DEFENSE_NEW_ACCOUNT_AGE": "0s", "FLOODWALL_ADMIN_TOKEN": "faults-token",
+                    "FLOODWALL_DEFENSE_NEW_ACCOUNT_AGE": "0s", "FLOODWALL_ADMIN_TOKEN": OPERATOR_TOKEN,
                     **(env or {})}
         self.log = tmp / f"serve-{self.port}.log"
         self.popen: subprocess.Popen[bytes] | None = None
@@ -265,7 +267,7 @@ def test_redis_cut_mid_run_and_mended(model_url: str, tmp_path: Path) -> None:
             cable.cut()
             away = chat_calls(server.url, key, 5, every=0.5)
             with httpx.Client(base_url=server.url, timeout=10,
-                              headers={"authorization": "Bearer faults-token"}) as operator:
+                              headers={"authorization": f"Bearer {OPERATOR_TOKEN}"}) as operator:
                 refused = operator.post("/admin/api/bans", json={"target": "192.0.2.9", "duration": "1m"})
                 cable.mend()
                 back = chat_calls(server.url, key, 3, every=0.5)

@@ -223,6 +223,8 @@ class AccountSettings:
     common_passwords_file: str = ""
     # a new account confirms its e-mail address (a link sent to it) before it may chat or make API keys
     verify_email: bool = False
+    # password-reset messages one address may receive a day (and one a minute): a script cannot fill an inbox
+    reset_mails_per_day: int = 5
 
 
 @dataclasses.dataclass
@@ -415,6 +417,11 @@ def _check(settings: Settings) -> None:
         raise ConfigError("server.max_header_size must be at least 8KiB")
     if settings.server.max_connections < 16:
         raise ConfigError("server.max_connections must be at least 16")
+    if settings.admin.token and len(settings.admin.token) < 32:
+        raise ConfigError("admin.token must be at least 32 characters (it opens every operator action): make one "
+                          "with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+    if settings.accounts.reset_mails_per_day < 1:
+        raise ConfigError("accounts.reset_mails_per_day must be at least 1")
     if settings.model.slots < 1 or settings.model.tokens_per_second <= 0:
         raise ConfigError("model.slots must be >= 1 and model.tokens_per_second > 0")
     if not 8 <= settings.edge.ipv4_prefix <= 32 or not 16 <= settings.edge.ipv6_prefix <= 128:

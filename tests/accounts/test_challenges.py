@@ -23,7 +23,7 @@ from floodwall.edge.policy import DEFAULT_POLICY
 from floodwall.state.memory import MemoryStore
 from tests.conftest import PASSWORD, default_policy_process, solve, solved_challenge
 
-TOKEN = "admin-" + secrets.token_hex(8)
+TOKEN = "admin-" + secrets.token_hex(16)
 _networks = itertools.count(10)
 
 

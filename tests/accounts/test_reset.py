@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from tests.accounts.conftest import Inbox, account, browser, link_in
 from tests.conftest import PASSWORD, floodwall_process
@@ -126,3 +127,33 @@ def test_without_mail_the_logged_link_names_the_listening_address_not_the_host_h
         text = log.read_text()
     assert "/auth/reset?token=" in text and "attacker.example" not in text
     assert f"http://127.0.0.1:{url.rsplit(':', 1)[1]}/auth/reset?token=" in text
+
+
+def test_reset_mail_to_one_address_is_capped_per_day(model_url: str, tmp_path: Path,
+                                                     inbox: tuple[Inbox, int]) -> None:
+    """Finding 10 of issue 21: one message a minute, and accounts.reset_mails_per_day a day (here 2). The
+    state is in the real Redis, where the test clears the minute's bucket between asks (not the day's)."""
+    prefix = f"fwtest-{secrets.token_hex(4)}:"
+    env = {"FLOODWALL_MAIL_URL": f"smtp://127.0.0.1:{inbox[1]}", "FLOODWALL_ACCOUNTS_RESET_MAILS_PER_DAY": "2",
+           "FLOODWALL_STATE_URL": f"redis://127.0.0.1:6379/0?prefix={prefix}"}
+    store = redis.Redis()
+    try:
+        with floodwall_process(tmp_path, f"sqlite:///{tmp_path / 'floodwall.db'}", model_url, env=env) as url:
+            _, address = account(url)
+            with httpx.Client(base_url=url, timeout=30) as web:
+                for asked in range(1, 5):
+                    assert web.post("/auth/password-reset", json={"email": address}).status_code == 200
+                    if asked == 1:  # the second within the minute: no message
+                        assert web.post("/auth/password-reset", json={"email": address}).status_code == 200
+                    minute = store.keys(f"{prefix}rl:mail/reset:*")  # none once the day's cap refuses
+                    if minute:
+                        store.delete(*minute)
+            time.sleep(1.0)
+        assert len(inbox[0].wait_for(address, count=2, subject="Reset your password")) == 2
+        time.sleep(0.5)
+        assert len([m for m in inbox[0].messages if m["To"] == address]) == 2
+    finally:
+        keys = store.keys(f"{prefix}*")
+        if keys:
+            store.delete(*keys)
+        store.close()

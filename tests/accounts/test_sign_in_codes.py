@@ -15,7 +15,7 @@ import pytest
 from tests.accounts.conftest import Inbox
 from tests.conftest import PASSWORD, floodwall_process
 
-TOKEN = "admin-" + secrets.token_hex(8)
+TOKEN = "admin-" + secrets.token_hex(16)
 SUBJECT = "Your sign-in code"
 
 

@@ -16,7 +16,7 @@ import pytest
 from floodwall.edge.policy import DEFAULT_POLICY
 from tests.conftest import PASSWORD, default_policy_process
 
-TOKEN = "admin-" + secrets.token_hex(8)
+TOKEN = "admin-" + secrets.token_hex(16)
 _networks = itertools.count(10)
 
 

@@ -13,7 +13,7 @@ from floodwall.config import ConfigError
 from floodwall.defense.probing import Probes, ProbingPolicy
 from tests.conftest import PASSWORD, Clock, default_policy_process
 
-TOKEN = "admin-" + secrets.token_hex(8)
+TOKEN = "admin-" + secrets.token_hex(16)
 
 
 def test_distinct_missing_paths_overflow_and_retries_do_not() -> None:

@@ -21,7 +21,7 @@ from floodwall.edge.policy import DEFAULT_POLICY
 from floodwall.inspection import Described
 from tests.conftest import PASSWORD, default_policy_process
 
-TOKEN = "admin-" + secrets.token_hex(8)
+TOKEN = "admin-" + secrets.token_hex(16)
 
 
 @pytest.fixture(scope="module")

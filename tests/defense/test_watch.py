@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import floodwall_process
 
-TOKEN = "admin-" + secrets.token_hex(8)
+TOKEN = "admin-" + secrets.token_hex(16)
 # the default rules' shape, scaled down to what a test can send, and a detector that decides quickly
 POLICY = """
 [detector]

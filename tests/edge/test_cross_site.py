@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import PASSWORD, default_policy_process
 
-TOKEN = "admin-" + secrets.token_hex(8)
+TOKEN = "admin-" + secrets.token_hex(16)
 _hosts = itertools.count(10)
 IMAGE = {"sec-fetch-site": "cross-site", "sec-fetch-mode": "no-cors", "sec-fetch-dest": "image"}
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import PASSWORD, default_policy_process
 
-TOKEN = "admin-" + secrets.token_hex(8)
+TOKEN = "admin-" + secrets.token_hex(16)
 _hosts = itertools.count(10)
 # what the gate itself refuses with (the routes' own refusals have other reasons)
 GATE_CODES = {"rate_limit_exceeded", "login_throttled", "registration_busy", "banned", "denied", "request_blocked"}

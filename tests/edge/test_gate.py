@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import PASSWORD, default_policy_process, floodwall_process, solved_challenge
 
-TOKEN = "admin-" + secrets.token_hex(8)
+TOKEN = "admin-" + secrets.token_hex(16)
 OPERATOR = "127.0.9.9"  # the registration tests' admin address
 _addresses = itertools.count(10)
 

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import PASSWORD, default_policy_process, floodwall_process
 
-TOKEN = "admin-" + secrets.token_hex(8)
+TOKEN = "admin-" + secrets.token_hex(16)
 PROXY = "127.0.0.2"
 _numbers = itertools.count(1)
 

@@ -21,7 +21,7 @@ from floodwall.config import load
 from floodwall.web.openapi import document
 from tests.conftest import PASSWORD, floodwall_process
 
-TOKEN = "admin-token-for-the-fuzzing-run"
+TOKEN = "admin-token-for-the-fuzzing-run-0123456789"
 # served, but not JSON: pages, forms, the feed, metrics and the chat app's own form post
 NOT_JSON = {*(f"GET {path}" for path in ("/", "/register", "/login", "/forgot", "/chat", "/keys", "/activity",
                                           "/two-factor", "/password", "/status", "/status/history.atom", "/admin",

@@ -14,18 +14,20 @@ from floodwall.sim.attack.plan import Plan
 from floodwall.sim.attack.traffic import Sources, Target, TargetError
 from tests.conftest import floodwall_process, model_process
 
+ADMIN = "test-admin-token-0123456789-abcdefghij"  # admin.token: 32 characters at least
+
 ROOT = Path(__file__).resolve().parents[2]
 CORPORA = ROOT.parent / "shared" / "corpora"
 
 
 def test_a_short_mixed_attack_is_reported(tmp_path: Path) -> None:
-    default_policy = {"FLOODWALL_EDGE_POLICY": "", "FLOODWALL_ADMIN_TOKEN": "test-admin-token"}
+    default_policy = {"FLOODWALL_EDGE_POLICY": "", "FLOODWALL_ADMIN_TOKEN": ADMIN}
     with model_process(tmp_path, slots=8, tokens_per_second=200, reply_tokens=8) as model, \
             floodwall_process(tmp_path, f"sqlite:///{tmp_path / 'attack.db'}", model, env=default_policy) as base:
         report_path, plot_path = tmp_path / "report.json", tmp_path / "plot.png"
         command = [sys.executable, "-m", "floodwall", "attack", "mixed", "--target", base, "--calm", "2",
                    "--duration", "4", "--recovery", "2", "--sources", "300", "--rate", "150", "--users", "3",
-                   "--admin-token", "test-admin-token", "--report", str(report_path), "--plot", str(plot_path)]
+                   "--admin-token", ADMIN, "--report", str(report_path), "--plot", str(plot_path)]
         if CORPORA.is_dir():
             command += ["--corpora", str(CORPORA)]
         done = subprocess.run(command, capture_output=True, text=True, timeout=100, cwd=ROOT)

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import eventually, floodwall_process, postgres_database
 
-TOKEN = "admin-" + secrets.token_hex(8)
+TOKEN = "admin-" + secrets.token_hex(16)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import PASSWORD, default_policy_process, eventually
 
-TOKEN = "admin-" + secrets.token_hex(8)
+TOKEN = "admin-" + secrets.token_hex(16)
 ATOM = "{http://www.w3.org/2005/Atom}"
 
 

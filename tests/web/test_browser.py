@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import PASSWORD, default_policy_process
 
-TOKEN = "admin-" + secrets.token_hex(8)
+TOKEN = "admin-" + secrets.token_hex(16)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 if CHROMIUM is None:

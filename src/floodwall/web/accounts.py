@@ -14,8 +14,9 @@ from floodwall.accounts.guard import DEVICE_COOKIE
 from floodwall.accounts.models import ApiKey, Session, User
 from floodwall.edge.gate import edge_info
 from floodwall.errors import ApiError, wants_html
+from floodwall.limits import Bucket
 from floodwall.principal import Principal
-from floodwall.state.store import use_once
+from floodwall.state.store import once
 from floodwall.web.auth import (
     check_same_origin,
     clear_session_cookie,
@@ -196,8 +197,12 @@ async def request_password_reset(request: Request) -> Response:
     email = text_field(fields, "email")
     request.state.email = email
     config = services(request)
-    # one message a minute an address: a script cannot fill someone's inbox
-    if await use_once(config.store, "mail/reset", config.signer.mac("reset", email.strip().lower())[:24], 60.0):
+    # one message a minute an address, and accounts.reset_mails_per_day a day: a script cannot fill an inbox
+    recipient = config.signer.mac("reset", email.strip().lower())[:24]
+    per_day = config.settings.accounts.reset_mails_per_day
+    if all(v.allowed for v in await config.store.hit([once("mail/reset", recipient, 60.0),
+                                                      Bucket("mail/reset-day", recipient, 86400.0 / per_day,
+                                                             86400.0)])):
         await config.password_reset.request(config.public_url(), email, config.client(request))
     if is_form(request):
         return await render(request, "forgot.html", {"done": True})
