@@ -83,3 +83,16 @@ def test_a_scanners_ban_does_not_refuse_an_established_account_behind_the_same_a
         assert shared.get("/chat").status_code == 200
         made_up = shared.get("/login", headers={"authorization": "Bearer fw_" + secrets.token_urlsafe(30)})
         assert made_up.status_code == 403  # a key nobody has buys nothing
+
+
+def test_failed_console_sign_ins_are_limited_and_summarised(url: str) -> None:
+    """Finding 6 of issue 21: a failed /admin/sign-in was a permanent audit row each, 600 a minute an address.
+    Now 10 an address every 10 minutes, and one row for them."""
+    address = f"127.22.1.{next(_hosts)}"
+    with httpx.Client(base_url=url, timeout=30, headers={"sec-fetch-site": "same-origin"},
+                      transport=httpx.HTTPTransport(local_address=address)) as guesser:
+        statuses = [guesser.post("/admin/sign-in", data={"token": f"guess-{n}"}).status_code for n in range(13)]
+    assert statuses[:10] == [401] * 10 and set(statuses[10:]) == {429}, statuses
+    with httpx.Client(base_url=url, headers={"authorization": f"Bearer {TOKEN}"}, timeout=30) as operator:
+        rows = operator.get("/admin/api/audit", params={"action": "console.sign_in_failed"}).json()["events"]
+    assert len([row for row in rows if row["actor"] == f"admin@{address}"]) == 1, rows

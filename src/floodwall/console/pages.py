@@ -10,6 +10,9 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from floodwall.console.admin import CONSOLE_COOKIE, CONSOLE_HEADER, CONSOLE_LIFETIME, console_session, token_tag, who
+from floodwall.errors import ApiError
+from floodwall.limits import Bucket
+from floodwall.state.store import use_once
 from floodwall.web.auth import check_same_origin
 from floodwall.web.forms import read_fields, text_field
 from floodwall.web.services import services
@@ -30,13 +33,31 @@ async def console(request: Request) -> Response:
                                              headers={"cache-control": "no-store"})
 
 
+# failed console sign-ins: 10 an address and 50 a network every 10 minutes (a token of 32 characters or more
+# is not guessed at that pace), and one audit row per address and window, however many there were
+FAILURE_WINDOW = 600.0
+FAILURES_PER_ADDRESS, FAILURES_PER_NETWORK = 10, 50
+
+
 async def sign_in(request: Request) -> Response:
     config = services(request)
     fields = await read_fields(request)
+    address = config.client(request).ip
+    ip, network = config.networks.text_keys(address)
+    failures = [Bucket("console-sign-in/ip", ip, FAILURE_WINDOW / FAILURES_PER_ADDRESS, FAILURE_WINDOW),
+                Bucket("console-sign-in/network", network, FAILURE_WINDOW / FAILURES_PER_NETWORK, FAILURE_WINDOW)]
+    waits = [v.retry_after for v in await config.store.peek(failures) if not v.allowed]
+    if waits:
+        raise ApiError(429, "Too many failed sign-ins to the console from your network. Please wait and try again.",
+                       "console_throttled", retry_after=max(waits), reason="console-sign-in")
     given = text_field(fields, "token", required=False)
     token = config.settings.admin.token
     if not token or not given or not hmac.compare_digest(given.encode(), token.encode()):
-        config.control.audit.record(who(request), "console.sign_in_failed")
+        await config.store.charge(failures)
+        if await use_once(config.store, "audit/console-sign-in-failed", address, FAILURE_WINDOW):
+            config.control.audit.record(who(request), "console.sign_in_failed",
+                                        note="the first in 10 minutes from this address; the rest are counted, "
+                                             "not recorded")
         return _login_page(request, "That is not the admin token.", 401)
     config.control.audit.record(who(request), "console.sign_in")
     response = RedirectResponse("/admin", 303)
