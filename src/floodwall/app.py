@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -66,6 +67,7 @@ from floodwall.web import routes as web_routes
 from floodwall.web import status as status_routes
 from floodwall.web import two_factor as two_factor_routes
 from floodwall.web.openapi import openapi
+from floodwall.web.security_headers import SecurityHeaders
 from floodwall.web.services import Services
 
 _log = logging.getLogger("floodwall")
@@ -189,6 +191,7 @@ def build_app(settings: Settings) -> Gate:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(SecurityHeaders, https=settings.server.public_url.startswith("https://"))],
         exception_handlers={
             errors.ApiError: errors.on_api_error,
             HTTPException: errors.on_http_exception,

@@ -87,7 +87,8 @@ class Services:
         return self.policy.edge.challenge[self.control.level]
 
     def is_https(self, request: Request) -> bool:
-        return is_https(request.scope, self.trusted_proxies)
+        """Whether browsers reach us over HTTPS: the public URL says so, or the (trusted) hop did."""
+        return self.settings.server.public_url.startswith("https://") or is_https(request.scope, self.trusted_proxies)
 
 
 def services(request: Request) -> Services:
