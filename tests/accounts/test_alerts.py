@@ -108,3 +108,17 @@ def test_the_owner_signs_out_sessions_they_do_not_recognise(alerts_url: str) -> 
     cross_site = httpx.post(f"{alerts_url}/account/sessions/revoke-others", cookies=web.cookies,
                             headers={"origin": "https://evil.example"})
     assert cross_site.status_code == 403
+
+
+def test_the_right_password_with_wrong_codes_alerts_the_owner_once(alerts_url: str, inbox: tuple[Inbox, int]) -> None:
+    """Finding 4 of issue 21: guessing two-factor codes behind a known password tells the owner."""
+    from tests.accounts.test_two_factor import turn_on
+
+    web, address, _ = owner(alerts_url)
+    turn_on(web)
+    with browser(alerts_url, network()) as attacker:
+        for n in range(5):
+            answer = attacker.post("/auth/login", json={"email": address, "password": PASSWORD, "totp": f"00000{n}"})
+            assert answer.status_code == 401 and answer.json()["error"]["code"] == "invalid_totp"
+    mails = inbox[0].wait_for(address, subject="Your password was used with wrong two-factor codes")
+    assert len(mails) == 1 and "change it now" in str(mails[0])

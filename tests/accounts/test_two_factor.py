@@ -30,9 +30,16 @@ def turn_on(web: httpx.Client) -> tuple[pyotp.TOTP, list[str]]:
     started = web.post("/account/totp/setup").json()
     assert started["otpauth_uri"].startswith("otpauth://totp/floodwall:")
     app = pyotp.TOTP(started["secret"])
-    wrong = web.post("/account/totp/enable", json={"setup_token": started["setup_token"], "code": "000000"})
+    token = started["setup_token"]
+    wrong = web.post("/account/totp/enable", json={"setup_token": token, "code": "000000", "password": PASSWORD})
     assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "invalid_totp"
-    done = web.post("/account/totp/enable", json={"setup_token": started["setup_token"], "code": app.now()})
+    # codes not in ASCII digits: refused as wrong, never a 500 (full-width digits are read as digits)
+    for odd in ("\uff11\uff12\uff13\uff14\uff15\uff16", "12345\u0663", "\u00e9" * 6):
+        answer = web.post("/account/totp/enable", json={"setup_token": token, "code": odd, "password": PASSWORD})
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_totp", answer.text
+    thief = web.post("/account/totp/enable", json={"setup_token": token, "code": app.now()})  # a session alone
+    assert thief.status_code == 400 and thief.json()["error"]["param"] == "password", thief.text
+    done = web.post("/account/totp/enable", json={"setup_token": token, "code": app.now(), "password": PASSWORD})
     assert done.status_code == 201, done.text
     codes: list[str] = done.json()["recovery_codes"]
     assert len(codes) == 10 and len(set(codes)) == 10
@@ -76,16 +83,19 @@ def test_recovery_codes_sign_in_once_each(totp_url: str) -> None:
     assert [e["detail"]["codes_left"] for e in used] == [8, 9] and all(e["alert"] for e in used)
 
 
-def test_turning_it_off_asks_for_the_password(totp_url: str) -> None:
+def test_turning_it_off_asks_for_the_password_and_a_code(totp_url: str) -> None:
     web, address = account(totp_url)
-    turn_on(web)
-    wrong = web.post("/account/totp/disable", json={"password": "not my password"})
+    _, codes = turn_on(web)
+    wrong = web.post("/account/totp/disable", json={"password": "not my password", "code": codes[0]})
     assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "invalid_current_password"
-    assert web.post("/account/totp/disable", json={"password": PASSWORD}).json() == {"enabled": False}
+    without = web.post("/account/totp/disable", json={"password": PASSWORD, "code": "000000"})
+    assert without.status_code == 400 and without.json()["error"]["code"] == "invalid_totp"
+    done = web.post("/account/totp/disable", json={"password": PASSWORD, "code": codes[0]})
+    assert done.json() == {"enabled": False}
     assert login(web, address).status_code == 200
     other, _ = account(totp_url)
     token = web.post("/account/totp/setup").json()["setup_token"]
-    stolen = other.post("/account/totp/enable", json={"setup_token": token, "code": "123456"})
+    stolen = other.post("/account/totp/enable", json={"setup_token": token, "code": "123456", "password": PASSWORD})
     assert stolen.status_code == 400 and stolen.json()["error"]["code"] == "invalid_token"
     assert httpx.post(f"{totp_url}/account/totp/setup").status_code == 401
     other.close()
@@ -101,10 +111,11 @@ def test_the_pages(totp_url: str) -> None:
     assert started.status_code == 200 and 'name="setup_token"' in started.text
     token = started.text.split('name="setup_token" value="', 1)[1].split('"', 1)[0]
     secret = started.text.split('<code class="secret">', 1)[1].split("<", 1)[0]
-    wrong = web.post("/account/totp/enable", data={"setup_token": token, "code": "000000"}, headers=html)
+    wrong = web.post("/account/totp/enable", data={"setup_token": token, "code": "000000", "password": PASSWORD},
+                     headers=html)
     assert wrong.status_code == 400 and secret in wrong.text  # the same set-up again, with the error
-    done = web.post("/account/totp/enable", data={"setup_token": token, "code": pyotp.TOTP(secret).now()},
-                    headers=html)
+    done = web.post("/account/totp/enable", data={"setup_token": token, "code": pyotp.TOTP(secret).now(),
+                                                  "password": PASSWORD}, headers=html)
     assert done.status_code == 201 and done.text.count("<li><code>") == 10
     with browser(totp_url) as phone:
         page = phone.post("/auth/login", data={"email": address, "password": PASSWORD}, headers=html)

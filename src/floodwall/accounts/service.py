@@ -42,6 +42,11 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _EMAIL = re2.compile(rf"^[^@\s]{{1,64}}@{_LABEL}(?:\.{_LABEL})+$")
 
 
+# the right password with wrong second-factor codes this many times within this many seconds: the owner is mailed
+WRONG_CODES_ALERT = 3
+WRONG_CODES_WINDOW = 900
+
+
 def _shaped(secret: str, is_key: bool) -> bool:
     """Whether a credential is shaped like one we make: anything else costs no query (a query is some 2-4 ms
     of the event loop's time in SQLAlchemy, and the cookie and the header are the client's to write)."""
@@ -152,6 +157,7 @@ class AccountService:
                 if self.two_factor is None or not await self.two_factor.check(db, user, second_factor, client):
                     record_activity(db, user.id, "login_failed", client, {"why": "wrong_code"})
                     await db.commit()
+                    await self._wrong_codes(db, user, client)
                     raise ApiError(401, "That code is not right, or it was used already.", "invalid_totp",
                                    param="totp")
             elif confirm_device is not None:
@@ -176,6 +182,20 @@ class AccountService:
         async with self.db() as db:
             found: str | None = await db.scalar(select(User.password_hash).where(User.email == normalise_email(email)))
             return found
+
+    async def _wrong_codes(self, db: DbSession, user: User, client: Client) -> None:
+        """The right password with wrong second-factor codes, WRONG_CODES_ALERT times within WRONG_CODES_WINDOW:
+        whoever sends them knows the password. The owner is told (once a burst)."""
+        since = utcnow() - dt.timedelta(seconds=WRONG_CODES_WINDOW)
+        wrong = await db.scalar(select(func.count()).select_from(ActivityEvent).where(
+            ActivityEvent.user_id == user.id, ActivityEvent.kind == "login_failed", ActivityEvent.at >= since,
+            ActivityEvent.detail.contains("wrong_code")))
+        if wrong == WRONG_CODES_ALERT and self.alerts is not None:
+            self.alerts.security_change(
+                user.email, "Your password was used with wrong two-factor codes",
+                f"Someone signed in to your account with the right password but a wrong two-factor code "
+                f"{WRONG_CODES_ALERT} times in {WRONG_CODES_WINDOW // 60} minutes. Your password is known to them: "
+                "change it now.", client)
 
     async def change_password(self, principal: Principal, current: str, new: str, client: Client) -> str:
         """The new password's hash, once set."""

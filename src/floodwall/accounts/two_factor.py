@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import secrets
 import time
+import unicodedata
 
 import pyotp
 from sqlalchemy import delete, func, select, update
@@ -91,6 +92,17 @@ class TwoFactor:
             record_activity(db, user_id, "totp_disabled", client, {"alert": True})
             await db.commit()
 
+    async def confirm(self, user_id: int, code: str, client: Client) -> bool:
+        """Whether `code` is the account's second factor now (a recovery code is spent), for a change that
+        needs it (turning two-factor off)."""
+        async with self.db() as db:
+            user = await db.get(User, user_id)
+            if user is None or not user.totp_secret:
+                return False
+            found = await self.check(db, user, code, client)
+            await db.commit()
+            return found
+
     async def enabled(self, user_id: int) -> bool:
         async with self.db() as db:
             return bool(await db.scalar(select(User.totp_secret).where(User.id == user_id)))
@@ -98,7 +110,7 @@ class TwoFactor:
     async def check(self, db: DbSession, user: User, code: str, client: Client) -> bool:
         """Whether `code` is this account's second factor now: a fresh TOTP code, or an unused recovery code
         (then spent, and recorded)."""
-        code = code.strip()
+        code = unicodedata.normalize("NFKC", code).strip()
         if user.totp_secret and code.isascii() and code.isdigit() and len(code) == 6:
             return await self._fresh_code(user.id, user.totp_secret, code)
         if not 10 <= len(code) <= 12:
@@ -115,6 +127,11 @@ class TwoFactor:
         return True
 
     async def _fresh_code(self, user_id: int, secret: str, code: str) -> bool:
+        # digits as typed on any keyboard (full width too); anything else is not a code (and compare_digest
+        # takes ASCII only: a code of other characters was a 500)
+        code = unicodedata.normalize("NFKC", code).strip()
+        if not (code.isascii() and code.isdigit() and len(code) == 6):
+            return False
         totp = pyotp.TOTP(secret)
         now = time.time()
         for step in (0, -1, 1):

@@ -42,6 +42,8 @@ async def enable(request: Request) -> Response:
     token = text_field(fields, "setup_token")
     config = services(request)
     request.state.form_context = {"enabled": False, "setup": config.two_factor.reopen(principal.user_id, token)}
+    # the owner proves it is them: a stolen session alone must not put its thief's authenticator on the account
+    await config.accounts.check_password(principal, text_field(fields, "password"), param="password")
     client = config.client(request)
     codes = await config.two_factor.enable(principal.user_id, token, text_field(fields, "code"), client)
     if config.accounts.alerts:
@@ -60,6 +62,11 @@ async def disable(request: Request) -> Response:
     config = services(request)
     await config.accounts.check_password(principal, text_field(fields, "password"), param="password")
     client = config.client(request)
+    # and the second factor itself (a code from the app, or a recovery code): the password alone is what
+    # two-factor sign-in is there to not be enough
+    if not await config.two_factor.confirm(principal.user_id, text_field(fields, "code"), client):
+        raise ApiError(400, "That code is not right, or it was used already: enter the code your app shows now, "
+                       "or one of your recovery codes.", "invalid_totp", param="code")
     await config.two_factor.disable(principal.user_id, client)
     if config.accounts.alerts:
         config.accounts.alerts.security_change(principal.email, "Two-factor sign-in turned off",
