@@ -128,3 +128,44 @@ def test_a_new_user_signs_up_and_chats(served: str, page: Page, tmp_path: Path) 
     expect(reply).not_to_be_empty(timeout=20_000)
     expect(page.locator("#send")).to_be_enabled(timeout=20_000)
     shot(page, "chat", tmp_path)
+
+
+def test_another_sites_form_cannot_sign_a_visitor_in(served: str, page: Page) -> None:
+    """Issue 21, finding 2, in Chromium: a page on another origin posts a sign-in form (to the attacker's own
+    account) to floodwall as its visitor's browser; floodwall refuses it and sets no session."""
+    import html
+    import http.server
+    import threading
+
+    email = f"attacker-{secrets.token_hex(4)}@example.com"
+    assert httpx.post(f"{served}/auth/register", json={"email": email, "password": PASSWORD}).status_code == 201
+    # from a no-referrer page the browser sends Origin: null (finding 2's way past the Origin check)
+    form = (f'<meta name="referrer" content="no-referrer"><form id="f" method="post" action="{served}/auth/login">'
+            f'<input name="email" value="{html.escape(email)}"><input name="password" value="{PASSWORD}"></form>'
+            '<script>document.getElementById("f").submit()</script>')
+
+
+    class Hostile(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = form.encode()
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    hostile = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    threading.Thread(target=hostile.serve_forever, daemon=True).start()
+    try:
+        # "localhost" and "127.0.0.1" are different sites to the browser: a truly cross-site post
+        with page.expect_response(f"{served}/auth/login") as posted:
+            page.goto(f"http://localhost:{hostile.server_address[1]}/")
+        answer = posted.value
+        assert answer.status == 403 and answer.request.headers.get("origin") == "null", answer.request.headers
+        assert answer.headers["x-floodwall-reason"] in ("fetch-metadata/cross-site", "cross_site_request")
+        assert not [c for c in page.context.cookies(served) if c["name"] == "fw_session"]
+    finally:
+        hostile.shutdown()
