@@ -89,6 +89,7 @@ def build_app(settings: Settings) -> Gate:
         db,
         Passwords(settings.accounts.password_hash_profile),
         session_lifetime=settings.accounts.session_lifetime,
+        session_idle_timeout=settings.accounts.session_idle_timeout,
         min_password_length=settings.accounts.min_password_length,
         key_cache_ttl=settings.accounts.key_cache_ttl,
         blocklists=Blocklists.load(

@@ -208,6 +208,8 @@ class EdgeSettings:
 @dataclasses.dataclass
 class AccountSettings:
     session_lifetime: Duration = Duration(30 * 86400.0)
+    # a session not used for this long has ended too (a forgotten browser on a shared computer)
+    session_idle_timeout: Duration = Duration(7 * 86400.0)
     min_password_length: int = 8
     # how long a worker trusts its memory of an API key; a key revoked on another worker (or replica)
     # stops working within this time, on the worker that revoked it at once

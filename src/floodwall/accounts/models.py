@@ -38,6 +38,9 @@ class Session(Base):
     ip: Mapped[str] = mapped_column(String(64))
     user_agent: Mapped[str] = mapped_column(String(512))
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # when the session was last used (to a precision of a tenth of the idle timeout, at most an hour): one
+    # unused for accounts.session_idle_timeout has ended; None: not since it was made
+    last_seen_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class ApiKey(Base):

@@ -47,6 +47,11 @@ WRONG_CODES_ALERT = 3
 WRONG_CODES_WINDOW = 900
 
 
+def _aware(moment: dt.datetime) -> dt.datetime:
+    """A datetime read through func.coalesce (no column type to make it aware on SQLite): UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
+
+
 def _shaped(secret: str, is_key: bool) -> bool:
     """Whether a credential is shaped like one we make: anything else costs no query (a query is some 2-4 ms
     of the event loop's time in SQLAlchemy, and the cookie and the header are the client's to write)."""
@@ -77,6 +82,7 @@ class AccountService:
         passwords: Passwords,
         *,
         session_lifetime: float,
+        session_idle_timeout: float = 7 * 86400.0,
         min_password_length: int = 8,
         blocklists: Blocklists | None = None,
         key_cache_ttl: float = 5.0,
@@ -86,6 +92,9 @@ class AccountService:
         self.db = db
         self.passwords = passwords
         self.session_lifetime = dt.timedelta(seconds=session_lifetime)
+        self.session_idle = dt.timedelta(seconds=session_idle_timeout)
+        # how stale last_seen_at may get before a lookup writes it again: a write an hour a session at most
+        self.seen_every = min(dt.timedelta(hours=1), self.session_idle / 10)
         self.min_password_length = min_password_length
         self.blocklists = blocklists or Blocklists()
         self.alerts = alerts
@@ -296,13 +305,18 @@ class AccountService:
             return stale
 
     async def _load_session(self, digest: str) -> Principal | None:
+        now = utcnow()
+        seen = func.coalesce(Session.last_seen_at, Session.created_at)
         async with self.db() as db:
             row = (await db.execute(
-                select(User, Session.id)
+                select(User, Session.id, seen)
                 .join(Session, Session.user_id == User.id)
-                .where(Session.token_hash == digest, Session.revoked_at.is_(None),
-                       Session.expires_at > utcnow(), User.disabled.is_(False))
+                .where(Session.token_hash == digest, Session.revoked_at.is_(None), Session.expires_at > now,
+                       seen > now - self.session_idle, User.disabled.is_(False))
             )).first()
+            if row is not None and _aware(row[2]) < now - self.seen_every:
+                await db.execute(update(Session).where(Session.id == row[1]).values(last_seen_at=now))
+                await db.commit()
         return _principal(row[0], session_id=row[1]) if row else None
 
     async def end_session(self, principal: Principal, client: Client) -> None:
