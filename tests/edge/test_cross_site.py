@@ -96,3 +96,18 @@ def test_failed_console_sign_ins_are_limited_and_summarised(url: str) -> None:
     with httpx.Client(base_url=url, headers={"authorization": f"Bearer {TOKEN}"}, timeout=30) as operator:
         rows = operator.get("/admin/api/audit", params={"action": "console.sign_in_failed"}).json()["events"]
     assert len([row for row in rows if row["actor"] == f"admin@{address}"]) == 1, rows
+
+
+def test_signing_out_of_the_console_ends_its_cookie_everywhere(url: str) -> None:
+    """Finding 8 of issue 21: a console cookie copied before the sign-out opens nothing after it."""
+    headers = {"sec-fetch-site": "same-origin"}
+    with client(url, headers=headers) as console:
+        signed = console.post("/admin/sign-in", data={"token": TOKEN}, follow_redirects=False)
+        assert signed.status_code == 303
+        copy = console.cookies.get("fw_console")
+        assert copy and console.get("/admin/api/level").status_code == 200
+        assert console.post("/admin/sign-out", follow_redirects=False).status_code == 303
+    with client(url, headers=headers) as thief:
+        thief.cookies.set("fw_console", copy)
+        assert thief.get("/admin/api/level").status_code == 401
+        assert "not the admin token" not in thief.get("/admin").text and "token" in thief.get("/admin").text

@@ -19,7 +19,8 @@ from floodwall.edge.explain import explain_request
 from floodwall.edge.policy import REGISTRATION_MODES
 from floodwall.errors import ApiError
 from floodwall.levels import MODES
-from floodwall.state.store import Ban
+from floodwall.limits import Bucket
+from floodwall.state.store import Ban, once
 from floodwall.web.services import services
 
 MAX_BODY = 64 * 1024
@@ -30,7 +31,7 @@ CONSOLE_HEADER = "x-floodwall-console"
 CONSOLE_LIFETIME = 12 * 3600
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     """The admin token as a Bearer, or the console's cookie; a change made with the cookie must also carry the
     console's header, which another site's form or script cannot send (no CORS here): no CSRF."""
     token = services(request).settings.admin.token
@@ -39,17 +40,26 @@ def require_admin(request: Request) -> None:
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
         return
-    if console_session(request) and (request.method in ("GET", "HEAD") or CONSOLE_HEADER in request.headers):
+    if (request.method in ("GET", "HEAD") or CONSOLE_HEADER in request.headers) and await console_session(request):
         return
     raise ApiError(401, "A valid admin token is needed: Authorization: Bearer $FLOODWALL_ADMIN_TOKEN.",
                    "invalid_admin_token")
 
 
-def console_session(request: Request) -> bool:
-    """The console's cookie is good: signed by us, young enough, and made with the admin token in force."""
+async def console_session(request: Request) -> bool:
+    """The console's cookie is good: signed by us, young enough, made with the admin token in force, and not
+    ended by a sign-out (on any replica: the Store keeps the ended ones until they would have expired)."""
     config = services(request)
     found = config.signer.loads("console", request.cookies.get(CONSOLE_COOKIE, ""), max_age=CONSOLE_LIFETIME)
-    return isinstance(found, dict) and hmac.compare_digest(str(found.get("t", "")), token_tag(request))
+    if not isinstance(found, dict) or not hmac.compare_digest(str(found.get("t", "")), token_tag(request)):
+        return False
+    (ended,) = await config.store.peek([console_ended(str(found.get("i", "")))])
+    return ended.allowed
+
+
+def console_ended(session_id: str) -> Bucket:
+    """The mark a console sign-out leaves for its session (spent: the session has ended)."""
+    return once("console/ended", session_id, CONSOLE_LIFETIME)
 
 
 def token_tag(request: Request) -> str:
@@ -62,7 +72,7 @@ def who(request: Request) -> str:
 
 
 async def get_level(request: Request) -> Response:
-    require_admin(request)
+    await require_admin(request)
     config = services(request)
     control = config.control
     return JSONResponse({**control.record, "level": control.level,
@@ -71,7 +81,7 @@ async def get_level(request: Request) -> Response:
 
 
 async def put_level(request: Request) -> Response:
-    require_admin(request)
+    await require_admin(request)
     body = await read_json_object(request, MAX_BODY)
     mode = body.get("level")
     if mode not in MODES:
@@ -93,13 +103,13 @@ def _registration_state(request: Request) -> dict[str, Any]:
 
 
 async def get_registration(request: Request) -> Response:
-    require_admin(request)
+    await require_admin(request)
     return JSONResponse({**_registration_state(request), "queue": await services(request).waiting_room.figures()})
 
 
 async def put_registration(request: Request) -> Response:
     """Pin the sign-up mode, like PyPI's disallow-new-user-registration flag; "auto" follows the level."""
-    require_admin(request)
+    await require_admin(request)
     body = await read_json_object(request, MAX_BODY)
     mode = body.get("mode")
     choices = (*REGISTRATION_MODES, "auto")
@@ -128,12 +138,12 @@ def _cidr(body: dict[str, Any], field: str) -> str:
 
 
 async def list_bans(request: Request) -> Response:
-    require_admin(request)
+    await require_admin(request)
     return JSONResponse({"bans": [_ban_json(b) for b in await services(request).store.bans()]})
 
 
 async def add_ban(request: Request) -> Response:
-    require_admin(request)
+    await require_admin(request)
     body = await read_json_object(request, MAX_BODY)
     target = _cidr(body, "target")
     try:
@@ -150,7 +160,7 @@ async def add_ban(request: Request) -> Response:
 
 
 async def remove_ban(request: Request) -> Response:
-    require_admin(request)
+    await require_admin(request)
     target = _cidr({"target": request.path_params["target"].replace("_", "/")}, "target")
     config = services(request)
     if not await config.store.unban(target):
@@ -161,12 +171,12 @@ async def remove_ban(request: Request) -> Response:
 
 
 async def get_lists(request: Request) -> Response:
-    require_admin(request)
+    await require_admin(request)
     return JSONResponse({"entries": await services(request).store.list_entries()})
 
 
 async def add_list_entry(request: Request) -> Response:
-    require_admin(request)
+    await require_admin(request)
     body = await read_json_object(request, MAX_BODY)
     name = request.path_params["name"]
     if name not in ("allow", "deny"):
@@ -182,7 +192,7 @@ async def add_list_entry(request: Request) -> Response:
 
 
 async def remove_list_entry(request: Request) -> Response:
-    require_admin(request)
+    await require_admin(request)
     cidr = _cidr({"cidr": request.path_params["cidr"].replace("_", "/")}, "cidr")
     config = services(request)
     if not await config.store.remove_list_entry(request.path_params["name"], cidr):
@@ -194,19 +204,19 @@ async def remove_list_entry(request: Request) -> Response:
 
 async def admission(request: Request) -> Response:
     """The model's admission: the learnt limit, calls in flight and waiting by tier, what was shed."""
-    require_admin(request)
+    await require_admin(request)
     return JSONResponse(services(request).admission.stats())
 
 
 async def logins(request: Request) -> Response:
     """Sign-in outcomes over the last minute in this process: succeeded, failed, throttled, the failed ratio."""
-    require_admin(request)
+    await require_admin(request)
     return JSONResponse(services(request).guard.figures())
 
 
 async def detector(request: Request) -> Response:
     """The detector: the last second it read (every replica's traffic), its baselines, its rules' state."""
-    require_admin(request)
+    await require_admin(request)
     config = services(request)
     watch = config.watch
     return JSONResponse({"level": config.control.level, "mode": config.control.record.get("mode", "auto"),
@@ -218,7 +228,7 @@ async def detector(request: Request) -> Response:
 async def traffic(request: Request) -> Response:
     """This process's traffic over the last minute: requests by class and outcome, events, new addresses and
     networks, and the heaviest talkers."""
-    require_admin(request)
+    await require_admin(request)
     found = services(request).traffic
     counts = found.recent(60)
     requests: dict[str, dict[str, int]] = {}
@@ -243,7 +253,7 @@ async def traffic(request: Request) -> Response:
 
 async def explain(request: Request) -> Response:
     """What floodwall would decide right now for a request or a prompt, and why, without side effects."""
-    require_admin(request)
+    await require_admin(request)
     config = services(request)
     body = await read_json_object(request, MAX_BODY)
     if isinstance(body.get("prompt"), str):

@@ -151,7 +151,7 @@ def registry(config: Services, held: Callable[[], dict[str, int]] | None = None)
 async def metrics(request: Request) -> Response:
     config = services(request)
     if not _on_this_machine(request):
-        require_admin(request)
+        await require_admin(request)
     if config.metrics is None:
         gate = getattr(request.app.state, "gate", None)
         config.metrics = registry(config, gate.held if gate is not None else None)

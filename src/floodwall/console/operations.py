@@ -34,12 +34,12 @@ def _number(request: Request, name: str) -> int:
 
 
 async def list_incidents(request: Request) -> Response:
-    require_admin(request)
+    await require_admin(request)
     return JSONResponse({"incidents": [_incident(r) for r in await services(request).incidents.recent(limit=100)]})
 
 
 async def open_incident(request: Request) -> Response:
-    require_admin(request)
+    await require_admin(request)
     body = await read_json_object(request, MAX_BODY)
     checked(body.get("status"), body.get("impact"), body.get("components"), body.get("body"), body.get("name"))
     if "name" not in body or "body" not in body:
@@ -56,7 +56,7 @@ async def open_incident(request: Request) -> Response:
 
 
 async def update_incident(request: Request) -> Response:
-    require_admin(request)
+    await require_admin(request)
     incident_id = _number(request, "incident")
     body = await read_json_object(request, MAX_BODY)
     if "status" not in body or "body" not in body:
@@ -73,7 +73,7 @@ async def update_incident(request: Request) -> Response:
 
 
 async def list_users(request: Request) -> Response:
-    require_admin(request)
+    await require_admin(request)
     query = request.query_params.get("q", "")[:320]
     limit = request.query_params.get("limit", "50")
     count = whole_number(limit)
@@ -91,7 +91,7 @@ async def enable_user(request: Request) -> Response:
 
 
 async def _set_disabled(request: Request, disabled: bool) -> Response:
-    require_admin(request)
+    await require_admin(request)
     user_id = _number(request, "user")
     config = services(request)
     found = await config.directory.set_disabled(user_id, disabled, who(request))
@@ -101,7 +101,7 @@ async def _set_disabled(request: Request, disabled: bool) -> Response:
 
 
 async def sign_out_user(request: Request) -> Response:
-    require_admin(request)
+    await require_admin(request)
     user_id = _number(request, "user")
     config = services(request)
     count = await config.directory.sign_out_everywhere(user_id, who(request))
@@ -110,7 +110,7 @@ async def sign_out_user(request: Request) -> Response:
 
 
 async def audit_log(request: Request) -> Response:
-    require_admin(request)
+    await require_admin(request)
     limit = request.query_params.get("limit", "100")
     count = whole_number(limit)
     if count is None:

@@ -1,15 +1,25 @@
 """The operator console at /admin: a sign-in with the admin token (a signed, HttpOnly, SameSite=Strict
-cookie for 12 hours, ended by rotating the token), then one page that reads and drives the admin API."""
+cookie for 12 hours, ended by signing out or by rotating the token), then one page that reads and drives
+the admin API."""
 
 from __future__ import annotations
 
 import hmac
+import secrets
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from floodwall.console.admin import CONSOLE_COOKIE, CONSOLE_HEADER, CONSOLE_LIFETIME, console_session, token_tag, who
+from floodwall.console.admin import (
+    CONSOLE_COOKIE,
+    CONSOLE_HEADER,
+    CONSOLE_LIFETIME,
+    console_ended,
+    console_session,
+    token_tag,
+    who,
+)
 from floodwall.errors import ApiError
 from floodwall.limits import Bucket
 from floodwall.state.store import use_once
@@ -27,7 +37,7 @@ async def console(request: Request) -> Response:
     config = services(request)
     if not config.settings.admin.token:
         return _login_page(request, "The console is off: set FLOODWALL_ADMIN_TOKEN to turn it on.", 403)
-    if not console_session(request):
+    if not await console_session(request):
         return _login_page(request)
     return config.templates.TemplateResponse(request, "console.html", {"header": CONSOLE_HEADER},
                                              headers={"cache-control": "no-store"})
@@ -61,7 +71,8 @@ async def sign_in(request: Request) -> Response:
         return _login_page(request, "That is not the admin token.", 401)
     config.control.audit.record(who(request), "console.sign_in")
     response = RedirectResponse("/admin", 303)
-    response.set_cookie(CONSOLE_COOKIE, config.signer.dumps("console", {"t": token_tag(request)}),
+    session = {"t": token_tag(request), "i": secrets.token_urlsafe(12)}
+    response.set_cookie(CONSOLE_COOKIE, config.signer.dumps("console", session),
                         max_age=CONSOLE_LIFETIME, path="/admin", httponly=True, samesite="strict",
                         secure=config.is_https(request))
     return response
@@ -69,6 +80,11 @@ async def sign_in(request: Request) -> Response:
 
 async def sign_out(request: Request) -> Response:
     check_same_origin(request)
+    config = services(request)
+    found = config.signer.loads("console", request.cookies.get(CONSOLE_COOKIE, ""), max_age=CONSOLE_LIFETIME)
+    if isinstance(found, dict) and found.get("i"):  # ended for whoever holds a copy of the cookie, too
+        await config.store.hit([console_ended(str(found["i"]))])
+        config.control.audit.record(who(request), "console.sign_out")
     response = RedirectResponse("/admin", 303)
     response.delete_cookie(CONSOLE_COOKIE, path="/admin")
     return response
