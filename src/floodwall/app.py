@@ -209,7 +209,8 @@ def build_app(settings: Settings) -> Gate:
                 new_account_age=settings.defense.new_account_age, networks=services.networks, traffic=traffic,
                 known_device=services.guard.known_device,
                 scoring=Scoring(policies.scoring) if policies.scoring is not None else None,
-                probes=Probes(policies.probing) if policies.probing is not None else None)
+                probes=Probes(policies.probing) if policies.probing is not None else None,
+                session_cookie=services.session_cookie)
     # the gate is the outermost app (it passes lifespan through); tools reach the services through it, and
     # the admin API's explain reaches the gate through the app
     gate.state = app.state

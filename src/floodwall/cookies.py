@@ -5,6 +5,12 @@ DEVICE = "fw_device"  # a browser's signed device cookie (accounts/guard.py), pa
 CONSOLE = "fw_console"  # the operator console's session, path /admin
 
 
+def session(https: bool) -> str:
+    """The session cookie's name: behind an https public URL with the __Host- prefix, which a browser keeps
+    only for a Secure cookie of this host and path / (a sibling subdomain or plain HTTP cannot plant one)."""
+    return "__Host-" + SESSION if https else SESSION
+
+
 def prefix(name: str) -> bytes:
     """`name=` as it starts the cookie's pair in a raw Cookie header."""
     return name.encode() + b"="

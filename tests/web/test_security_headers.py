@@ -32,3 +32,11 @@ def test_an_https_public_url_makes_cookies_secure_and_asks_for_hsts(model_url: s
         cookies = signed.headers.get_list("set-cookie")
         assert cookies and all("; Secure" in c or "; secure" in c for c in cookies), cookies
         assert web.get("/login").headers["strict-transport-security"].startswith("max-age=")
+        # the session cookie is __Host- prefixed (Secure, path /, no Domain): a sibling subdomain cannot plant it
+        [session] = [c for c in cookies if c.startswith("__Host-fw_session=")]
+        parts = [part.strip().lower() for part in session.split(";")]
+        assert "path=/" in parts and "secure" in parts and not [p for p in parts if p.startswith("domain=")], session
+        secret = session.split(";", 1)[0].split("=", 1)[1]
+        web.cookies.clear()  # (an HTTP test client keeps no Secure cookie: sent by hand)
+        assert web.get("/account/keys", headers={"cookie": f"__Host-fw_session={secret}"}).status_code == 200
+        assert web.get("/account/keys", headers={"cookie": f"fw_session={secret}"}).status_code == 401

@@ -11,14 +11,14 @@ SESSION_COOKIE = cookies.prefix(cookies.SESSION)
 DEVICE_COOKIE = cookies.prefix(cookies.DEVICE)
 
 
-def credential(scope: Scope) -> tuple[str | None, bool]:
+def credential(scope: Scope, session: bytes = SESSION_COOKIE) -> tuple[str | None, bool]:
     """The API key (Bearer) or the session cookie the request carries, if any."""
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, secret = value.partition(b" ")
             if scheme.lower() == b"bearer" and secret.strip():
                 return secret.strip().decode("latin-1"), True
-    return cookie_value(scope, SESSION_COOKIE), False
+    return cookie_value(scope, session), False
 
 
 def cookie_value(scope: Scope, name: bytes) -> str | None:

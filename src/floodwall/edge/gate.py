@@ -19,7 +19,7 @@ from typing import Any
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from floodwall import logs
+from floodwall import cookies, logs
 from floodwall.edge.control import Control
 from floodwall.edge.credentials import DEVICE_COOKIE, cookie_value, credential
 from floodwall.edge.fetch_metadata import CROSS_SITE, cross_site
@@ -105,8 +105,10 @@ class Gate:
         known_device: Callable[[str], str | None] | None = None,
         scoring: RequestScoring | None = None,
         probes: ProbeWatch | None = None,
+        session_cookie: str = cookies.SESSION,
     ) -> None:
         self.app = app
+        self.session_cookie = cookies.prefix(session_cookie)
         self.traffic = traffic or Traffic()
         self.probes = probes
         self.scoring = scoring
@@ -147,7 +149,7 @@ class Gate:
             # what an address was refused is its answer for a moment, but not a device's: the owners behind a
             # carrier's NAT share the address with whoever spent its budget
             if not found.remembered and found.principal is None and refusal.retry_after and \
-                    credential(scope)[0] is None and found.tier != "known-device":
+                    credential(scope, self.session_cookie)[0] is None and found.tier != "known-device":
                 self._remember(klass, text, refusal, _wait(found.verdicts, refusal))
             traffic.refused(klass)
             self.refusals.record(refusal.reason, text, refusal.status, klass, found.level, found.tier,
@@ -176,7 +178,8 @@ class Gate:
             return Decision("refuse", klass, text, level, refusal=CROSS_SITE, reason=CROSS_SITE.reason or "")
         remembered = self._refused.get((klass, text))
         if remembered is not None and remembered[0] > time.monotonic() and \
-                remembered[1] == self.control.generation and credential(scope)[0] is None and \
+                remembered[1] == self.control.generation and \
+                credential(scope, self.session_cookie)[0] is None and \
                 not (klass == "auth-login" and cookie_value(scope, DEVICE_COOKIE)):
             # refused a moment ago and nothing has changed since: the same answer, without deciding again
             again = remembered[2]
@@ -193,7 +196,8 @@ class Gate:
         # a behavioural ban (earned by what came from the address) never refuses an established account's
         # own session or key: the people behind a NAT with a scanner, or visitors of a hostile page, keep
         # their service; an operator's ban and the deny list hold for everyone
-        forgivable = refusal is not None and refusal.reason in BEHAVIOURAL_BANS and credential(scope)[0] is not None
+        forgivable = refusal is not None and refusal.reason in BEHAVIOURAL_BANS and \
+            credential(scope, self.session_cookie)[0] is not None
         # admin routes take the admin token, not an account's key: it is never looked up as one
         if (refusal is None or forgivable) and klass != "admin":
             found.principal, looked_up = await self._principal_or_refusal(scope, address, level, spend)
@@ -379,7 +383,7 @@ class Gate:
 
     async def _principal_or_refusal(self, scope: Scope, address: ipaddress.IPv4Address | ipaddress.IPv6Address,
                                     level: str, spend: bool = True) -> tuple[Principal | None, ApiError | None]:
-        secret, is_key = credential(scope)
+        secret, is_key = credential(scope, self.session_cookie)
         if secret is None:
             return None, None
         known, cached = self.principals.cached_principal(secret, is_key)
@@ -401,7 +405,7 @@ class Gate:
 
     async def _principal(self, scope: Scope) -> Principal | None:
         """For allow-listed callers: no rationing (and anonymous while the database cannot be asked)."""
-        secret, is_key = credential(scope)
+        secret, is_key = credential(scope, self.session_cookie)
         try:
             return await self.lookup(secret, is_key) if secret is not None else None
         except ApiError:

@@ -8,15 +8,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
-from floodwall import bodies, cookies
+from floodwall import bodies
 from floodwall.accounts.guard import DEVICE_COOKIE, DEVICE_LIFETIME
 from floodwall.accounts.service import AccountService
 from floodwall.edge.gate import edge_info, scope_edge_info
 from floodwall.errors import ApiError
 from floodwall.principal import Principal
 from floodwall.web.services import services
-
-SESSION_COOKIE = cookies.SESSION
 
 
 async def api_principal(request: Request) -> Principal:
@@ -50,7 +48,7 @@ async def session_principal(request: Request) -> Principal | None:
     edge = edge_info(request)
     if edge is not None:
         return edge.principal if edge.principal is not None and edge.principal.session_id is not None else None
-    secret = request.cookies.get(SESSION_COOKIE)
+    secret = request.cookies.get(services(request).session_cookie)
     if not secret:
         return None
     return await services(request).accounts.session_principal(secret)
@@ -103,7 +101,7 @@ def check_same_origin(request: Request) -> None:
 def set_session_cookie(request: Request, response: Response, secret: str) -> None:
     config = services(request)
     response.set_cookie(
-        SESSION_COOKIE, secret, max_age=int(config.settings.accounts.session_lifetime), httponly=True,
+        config.session_cookie, secret, max_age=int(config.settings.accounts.session_lifetime), httponly=True,
         samesite="lax", secure=config.is_https(request), path="/",
     )
 
@@ -115,5 +113,5 @@ def set_device_cookie(request: Request, response: Response, value: str) -> None:
 
 
 def clear_session_cookie(request: Request, response: Response) -> None:
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax",
+    response.delete_cookie(services(request).session_cookie, path="/", httponly=True, samesite="lax",
                            secure=services(request).is_https(request))

@@ -223,7 +223,8 @@ def document() -> Schema:
         "components": {"securitySchemes": {
             "api_key": {"type": "http", "scheme": "bearer", "description": "an API key from /account/keys"},
             "session": {"type": "apiKey", "in": "cookie", "name": cookies.SESSION,
-                        "description": "the session cookie /auth/login sets"},
+                        "description": "the session cookie /auth/login sets (__Host-fw_session when "
+                                       "server.public_url is https)"},
             "admin_token": {"type": "http", "scheme": "bearer", "description": "FLOODWALL_ADMIN_TOKEN"}}},
         "paths": paths,
     }

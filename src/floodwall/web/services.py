@@ -8,6 +8,7 @@ from prometheus_client.registry import CollectorRegistry
 from starlette.requests import Request
 from starlette.templating import Jinja2Templates
 
+from floodwall import cookies
 from floodwall.accounts.activity import Client
 from floodwall.accounts.challenges import Challenges
 from floodwall.accounts.directory import Directory
@@ -64,6 +65,10 @@ class Services:
     directory: Directory
     status: StatusBoard
     metrics: CollectorRegistry | None = None  # made at the first scrape
+
+    @property
+    def session_cookie(self) -> str:
+        return cookies.session(self.settings.server.public_url.startswith("https://"))
 
     def client(self, request: Request) -> Client:
         return Client(client_address(request.scope, self.trusted_proxies), request.headers.get("user-agent", ""))
