@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import unicodedata
 
-_ODD = frozenset({"Cc", "Cf", "Cs"})
+# controls, formats, surrogates, and the line and paragraph separators (U+2028, U+2029) that break lines
+_ODD = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 def has_controls(text: str) -> bool:

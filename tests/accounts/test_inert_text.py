@@ -13,7 +13,7 @@ from floodwall.accounts.alerts import summary
 from floodwall.text import has_controls, inert, shown
 from tests.conftest import PASSWORD, Account
 
-ODD = ["\x00", "\x1b[31m", "\x07", "\u200b", "\u202e"]
+ODD = ["\x00", "\x1b[31m", "\x07", "\u200b", "\u202e", "\u2028", "\u0085"]
 
 
 @pytest.mark.parametrize("odd", ODD)

@@ -102,6 +102,18 @@ def test_turning_it_off_asks_for_the_password_and_a_code(totp_url: str) -> None:
     web.close()
 
 
+def test_guessing_the_code_to_turn_it_off_is_limited(totp_url: str) -> None:
+    """A stolen session and password: five wrong codes an account every 15 minutes, then a wait."""
+    web, _ = account(totp_url)
+    _, codes = turn_on(web)
+    for n in range(5):
+        wrong = web.post("/account/totp/disable", json={"password": PASSWORD, "code": f"00000{n}"})
+        assert wrong.status_code == 400, wrong.text
+    held = web.post("/account/totp/disable", json={"password": PASSWORD, "code": codes[0]})
+    assert held.status_code == 429 and held.json()["error"]["code"] == "totp_throttled", held.text
+    web.close()
+
+
 def test_the_pages(totp_url: str) -> None:
     web, address = account(totp_url)
     html = {"accept": "text/html"}

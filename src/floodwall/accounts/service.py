@@ -192,6 +192,17 @@ class AccountService:
             found: str | None = await db.scalar(select(User.password_hash).where(User.email == normalise_email(email)))
             return found
 
+    async def wrong_code(self, user_id: int, client: Client) -> None:
+        """A wrong second-factor code from a signed-in session (turning two-factor off): recorded, and counted
+        toward the owner's alert as wrong codes at sign-in are."""
+        async with self.db() as db:
+            user = await db.get(User, user_id)
+            if user is None:
+                return
+            record_activity(db, user_id, "login_failed", client, {"why": "wrong_code"})
+            await db.commit()
+            await self._wrong_codes(db, user, client)
+
     async def _wrong_codes(self, db: DbSession, user: User, client: Client) -> None:
         """The right password with wrong second-factor codes, WRONG_CODES_ALERT times within WRONG_CODES_WINDOW:
         whoever sends them knows the password. The owner is told (once a burst)."""
@@ -199,7 +210,13 @@ class AccountService:
         wrong = await db.scalar(select(func.count()).select_from(ActivityEvent).where(
             ActivityEvent.user_id == user.id, ActivityEvent.kind == "login_failed", ActivityEvent.at >= since,
             ActivityEvent.detail.contains("wrong_code")))
-        if wrong == WRONG_CODES_ALERT and self.alerts is not None:
+        if (wrong or 0) < WRONG_CODES_ALERT or self.alerts is None:
+            return
+        told = await db.scalar(select(func.count()).select_from(ActivityEvent).where(
+            ActivityEvent.user_id == user.id, ActivityEvent.kind == "wrong_codes_alert", ActivityEvent.at >= since))
+        if not told:  # once a window, however the wrong codes raced
+            record_activity(db, user.id, "wrong_codes_alert", client)
+            await db.commit()
             self.alerts.security_change(
                 user.email, "Your password was used with wrong two-factor codes",
                 f"Someone signed in to your account with the right password but a wrong two-factor code "

@@ -51,8 +51,9 @@ async def console_session(request: Request) -> bool:
     ended by a sign-out (on any replica: the Store keeps the ended ones until they would have expired)."""
     config = services(request)
     found = config.signer.loads("console", request.cookies.get(CONSOLE_COOKIE, ""), max_age=CONSOLE_LIFETIME)
-    if not isinstance(found, dict) or not hmac.compare_digest(str(found.get("t", "")), token_tag(request)):
-        return False
+    if not isinstance(found, dict) or not found.get("i") or \
+            not hmac.compare_digest(str(found.get("t", "")), token_tag(request)):
+        return False  # a cookie without a session id (made before sign-outs ended sessions) cannot be ended
     (ended,) = await config.store.peek([console_ended(str(found.get("i", "")))])
     return ended.allowed
 

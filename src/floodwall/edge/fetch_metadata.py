@@ -17,7 +17,7 @@ OPEN_CLASSES = frozenset({"status"})
 def cross_site(scope: Scope, klass: str) -> bool:
     """A browser's cross-site request that is not a plain navigation to a page (a link followed): an image,
     a script, a frame's object, a form post, a fetch. Clients that send no Fetch Metadata (API clients,
-    curl, old browsers) and calls carrying their own key (not the visitor's cookies) are not refused."""
+    curl, old browsers) and calls carrying their own Bearer key (not the visitor's cookies) are not refused."""
     if klass in OPEN_CLASSES:
         return False
     site = mode = dest = None
@@ -28,8 +28,8 @@ def cross_site(scope: Scope, klass: str) -> bool:
             mode = value
         elif name == b"sec-fetch-dest":
             dest = value
-        elif name == b"authorization":
-            return False
+        elif name == b"authorization" and value[:7].lower() == b"bearer ":
+            return False  # a key of its own (Basic credentials a browser caches would be the visitor's)
     if site != b"cross-site":
         return False
     return not (mode == b"navigate" and scope["method"] in ("GET", "HEAD") and dest not in (b"object", b"embed"))

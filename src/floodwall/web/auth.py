@@ -89,9 +89,14 @@ def check_same_origin(request: Request) -> None:
     origin = origin or request.headers.get("referer")
     if not origin:
         return
-    host = request.headers.get("host", "")
+    # our own pages are on the Host the request names, or on server.public_url's host (a proxy in front may
+    # rewrite Host)
+    ours = {request.headers.get("host", "").lower()}
+    public = services(request).settings.server.public_url
+    if public:
+        ours.add(urlsplit(public).netloc.lower())
     try:
-        elsewhere = urlsplit(origin).netloc.lower() != host.lower()
+        elsewhere = urlsplit(origin).netloc.lower() not in ours
     except ValueError:  # an Origin or Referer urllib cannot split ("http://[") is no page of ours
         elsewhere = True
     if elsewhere:

@@ -8,12 +8,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from floodwall.errors import ApiError
+from floodwall.limits import Bucket
 from floodwall.web.auth import require_session
 from floodwall.web.forms import form_page, is_form, read_fields, text_field
 from floodwall.web.pages import render
 from floodwall.web.services import services
 
 PAGE = "two_factor.html"
+# wrong codes when turning two-factor off: this many an account in this many seconds
+WRONG_CODES, WRONG_CODE_WINDOW = 5, 900.0
 
 
 async def state(request: Request) -> Response:
@@ -63,8 +66,16 @@ async def disable(request: Request) -> Response:
     await config.accounts.check_password(principal, text_field(fields, "password"), param="password")
     client = config.client(request)
     # and the second factor itself (a code from the app, or a recovery code): the password alone is what
-    # two-factor sign-in is there to not be enough
+    # two-factor sign-in is there to not be enough. Wrong codes here are limited per account, and count
+    # toward the owner's alert like wrong codes at sign-in
+    wrong = Bucket("totp-wrong/account", principal.user_id, WRONG_CODE_WINDOW / WRONG_CODES, WRONG_CODE_WINDOW)
+    waits = [v.retry_after for v in await config.store.peek([wrong]) if not v.allowed]
+    if waits:
+        raise ApiError(429, "Too many wrong codes: wait and try again.", "totp_throttled", retry_after=max(waits),
+                       reason="totp-wrong/account")
     if not await config.two_factor.confirm(principal.user_id, text_field(fields, "code"), client):
+        await config.store.charge([wrong])
+        await config.accounts.wrong_code(principal.user_id, client)
         raise ApiError(400, "That code is not right, or it was used already: enter the code your app shows now, "
                        "or one of your recovery codes.", "invalid_totp", param="code")
     await config.two_factor.disable(principal.user_id, client)
