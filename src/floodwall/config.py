@@ -86,8 +86,7 @@ def _choices(info: Any, steps: list[str], key: bool) -> tuple[Any, ...]:
 
 def per_level(name: str, kind: Any, default: Any, *fields: tuple[Any, ...]) -> type[msgspec.Struct]:
     """A table with one field per defense level (each `kind`, `default` when left out) beside `fields`."""
-    columns = [(level, kind, msgspec.field(default_factory=lambda: default) if isinstance(default, dict) else default)
-               for level in LEVELS]
+    columns = [(level, kind, default) for level in LEVELS]
     return msgspec.defstruct(name, [*fields, *columns], forbid_unknown_fields=True, kw_only=True)
 
 

@@ -39,6 +39,7 @@ def test_another_sites_images_cannot_get_a_visitor_banned(url: str) -> None:
         for n in range(15):  # <img src="https://floodwall/missing-n"> on a hostile page: refused, never counted
             answer = visitor.get(f"/missing-{n}", headers=IMAGE)
             assert answer.status_code == 403 and answer.headers["x-floodwall-reason"] == "fetch-metadata/cross-site"
+            assert answer.json()["error"]["code"] == "cross_site_request" and "retry-after" not in answer.headers
         assert visitor.get("/chat").status_code == 200  # not banned: the account and the address carry on
         link = visitor.get("/login", headers={"sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate",
                                               "sec-fetch-dest": "document"})
@@ -93,6 +94,11 @@ def test_failed_console_sign_ins_are_limited_and_summarised(url: str) -> None:
                       transport=httpx.HTTPTransport(local_address=address)) as guesser:
         statuses = [guesser.post("/admin/sign-in", data={"token": f"guess-{n}"}).status_code for n in range(13)]
     assert statuses[:10] == [401] * 10 and set(statuses[10:]) == {429}, statuses
+    with httpx.Client(base_url=url, timeout=30, headers={"sec-fetch-site": "same-origin", "accept": "application/json"},
+                      transport=httpx.HTTPTransport(local_address=address)) as guesser:
+        held = guesser.post("/admin/sign-in", data={"token": "one more"})
+    assert held.status_code == 429 and held.headers["x-floodwall-reason"] == "console-sign-in"
+    assert int(held.headers["retry-after"]) >= 1 and held.json()["error"]["code"] == "console_throttled"
     with httpx.Client(base_url=url, headers={"authorization": f"Bearer {TOKEN}"}, timeout=30) as operator:
         rows = operator.get("/admin/api/audit", params={"action": "console.sign_in_failed"}).json()["events"]
     assert len([row for row in rows if row["actor"] == f"admin@{address}"]) == 1, rows

@@ -24,6 +24,9 @@ PURPOSE = "password-reset"
 LIFETIME = 3600
 
 
+INVALID_LINK = ApiError(400, "This reset link is not valid, has been used, or has expired. Ask for a new one.",
+                        "invalid_token", param="token")
+
 def _fingerprint(password_hash: str) -> str:
     return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
 
@@ -62,8 +65,7 @@ class PasswordReset:
             async with self.db() as db:
                 user = await db.get(User, payload["u"])
         if user is None or user.disabled or payload.get("f") != _fingerprint(user.password_hash):
-            raise ApiError(400, "This reset link is not valid, has been used, or has expired. Ask for a new one.",
-                           "invalid_token", param="token")
+            raise INVALID_LINK
         return user
 
     async def reset(self, token: str, password: str, client: Client) -> User:
@@ -73,8 +75,7 @@ class PasswordReset:
         # resets racing with one link, one changes it
         if not await self.accounts.set_password(user.id, password, client, "password_reset",
                                                 replacing=user.password_hash):
-            raise ApiError(400, "This reset link is not valid, has been used, or has expired. Ask for a new one.",
-                           "invalid_token", param="token")
+            raise INVALID_LINK
         self.mailer.send_later(user.email, "Your password was changed", (
             f"The password of your account was reset from address {client.ip}, and every session was signed "
             "out.\n\nIf it was not you, reset it again now (someone can read your e-mail: secure that too).\n"))
