@@ -73,8 +73,9 @@ class PasswordReset:
         user = await self.check(token)
         # the link is good for the password it was made under: set only if that is still the one, so of two
         # resets racing with one link, one changes it
+        # the link came to the address: following it confirms the address too
         if not await self.accounts.set_password(user.id, password, client, "password_reset",
-                                                replacing=user.password_hash):
+                                                replacing=user.password_hash, confirms_email=True):
             raise INVALID_LINK
         self.mailer.send_later(user.email, "Your password was changed", (
             f"The password of your account was reset from address {client.ip}, and every session was signed "

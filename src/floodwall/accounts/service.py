@@ -119,6 +119,7 @@ class AccountService:
                            param=param)
 
     async def register(self, email: str, password: str, client: Client) -> User:
+        """A new account; 409 email_taken for a taken address, after hashing the password all the same."""
         if has_controls(email):
             raise ApiError(400, "That does not look like an e-mail address.", "invalid_email", param="email")
         email = normalise_email(email)
@@ -142,24 +143,35 @@ class AccountService:
 
     async def authenticate(self, email: str, password: str, client: Client, new_device: bool = False,
                            second_factor: str = "",
-                           confirm_device: Callable[[User], Awaitable[None]] | None = None) -> User:
+                           confirm_device: Callable[[User], Awaitable[None]] | None = None,
+                           unconfirmed: Callable[[User], Awaitable[bool]] | None = None) -> User:
         """The account if the password (and, where two-factor sign-in is on, the code) is right; the same
         refusal, at the same cost, for an unknown e-mail. `confirm_device(user)`, for an account without
-        two-factor sign-in, raises unless the device is confirmed (sign_in_codes.py)."""
+        two-factor sign-in, raises unless the device is confirmed (sign_in_codes.py). Where addresses are
+        confirmed by mail (`unconfirmed` given), an unconfirmed account signs in only by confirming: the right
+        password and the mailed link's token, `unconfirmed(user)` True. Without the token the right password
+        gets the wrong-password answer (`unconfirmed` mails the link): else a sign-up with a password of one's
+        own, then a sign-in with it, would tell a new address from a taken one."""
         async with self.db() as db:
             user = await db.scalar(select(User).where(User.email == normalise_email(email)))
         password = password[:MAX_PASSWORD_LENGTH]
         # a device that signed in before goes ahead in the hashing queue: a stuffing wave cannot crowd it out
         ok = await self.passwords.verify(user.password_hash if user else None, password, priority=not new_device)
+        hint = unconfirmed is not None
         if user is None:
-            raise _invalid_credentials()
+            raise _invalid_credentials(hint)
         async with self.db() as db:
             if not ok or user.disabled:
                 record_activity(db, user.id, "login_failed", client, {"why": "disabled" if ok else "wrong_password"})
                 if self.alerts and not ok:
                     await self.alerts.failed_sign_in(db, user.id, user.email, client)
                 await db.commit()
-                raise _invalid_credentials()
+                raise _invalid_credentials(hint)
+            confirming = unconfirmed is not None and user.email_verified_at is None
+            if unconfirmed is not None and confirming and not await unconfirmed(user):
+                record_activity(db, user.id, "login_failed", client, {"why": "unconfirmed"})
+                await db.commit()
+                raise _invalid_credentials(hint)
             if user.totp_secret:
                 if not second_factor:
                     raise code_required()
@@ -169,7 +181,7 @@ class AccountService:
                     await self._wrong_codes(db, user, client)
                     raise ApiError(401, "That code is not right, or it was used already.", "invalid_totp",
                                    param="totp")
-            elif confirm_device is not None:
+            elif confirm_device is not None and not confirming:  # the mailed link just confirmed the device too
                 try:
                     await confirm_device(user)
                 except ApiError as refusal:
@@ -237,9 +249,11 @@ class AccountService:
             raise ApiError(400, "The current password is not right.", "invalid_current_password", param=param)
 
     async def set_password(self, user_id: int, new: str, client: Client, kind: str,
-                           keep_session: int | None = None, replacing: str | None = None) -> str:
+                           keep_session: int | None = None, replacing: str | None = None,
+                           confirms_email: bool = False) -> str:
         """A new password (recorded as `kind`); every session but `keep_session` is signed out. Its hash; ""
-        when `replacing` (the hash expected now) is no longer the account's, and nothing changed."""
+        when `replacing` (the hash expected now) is no longer the account's, and nothing changed.
+        `confirms_email`: the change came by a link mailed to the address, which it confirms."""
         self.check_password_rules(new, "new_password")
         new_hash = await self.passwords.hash(new)
         async with self.db() as db:
@@ -254,6 +268,11 @@ class AccountService:
                 .values(revoked_at=utcnow())
             )
             record_activity(db, user_id, kind, client)
+            if confirms_email:
+                confirmed = await db.execute(update(User).where(User.id == user_id, User.email_verified_at.is_(None))
+                                             .values(email_verified_at=utcnow()))
+                if getattr(confirmed, "rowcount", 0):
+                    record_activity(db, user_id, "email_verified", client)
             await db.commit()
         self.sessions.clear()
         return new_hash
@@ -461,5 +480,8 @@ class AccountService:
 
 
 
-def _invalid_credentials() -> ApiError:
-    return ApiError(401, "Wrong e-mail or password.", "invalid_credentials")
+def _invalid_credentials(hint: bool = False) -> ApiError:
+    # the hint is given to every refusal alike, right password or wrong: it must not tell them apart
+    return ApiError(401, "Wrong e-mail or password." + (
+        " If the account is new, confirm its address first: if the password is right, a link to confirm it and "
+        "sign in is on its way." if hint else ""), "invalid_credentials")

@@ -1,11 +1,14 @@
-"""Confirming an account's e-mail address: a signed link sent to it, good for two days, that marks the
-account confirmed when followed. Nothing is stored until then; the link names the address it was sent
-to, so it stops working if the account's address changes.
+"""Confirming an account's e-mail address: a signed link sent to it, good for two days. Following it opens
+the sign-in form with the link's token: the right password and the token together confirm the address and
+sign in. Neither alone does: a squatter who signed up someone else's address knows the password but never
+sees the link, and the address's owner who follows an unasked-for link does not know the squatter's
+password. Nothing is stored until then; the link names the address it was sent to, so it stops working if
+the account's address changes.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession as DbSession
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
@@ -30,14 +33,15 @@ class EmailVerification:
         token = self.signer.dumps(PURPOSE, {"u": user_id, "e": email})
         return f"{base_url.rstrip('/')}/auth/verify?token={token}"
 
-    def send(self, base_url: str, user_id: int, email: str) -> None:
+    def send(self, base_url: str, user_id: int, email: str, why: str = "made an account") -> None:
         """Mail the confirmation link (in the background)."""
         link = self.link(base_url, user_id, email)
         self.mailer.send_later(email, "Confirm your e-mail address", (
-            f"Someone, hopefully you, made an account with this address at {base_url}.\n\n"
-            f"To confirm it, open this link within {LIFETIME // 86400} days:\n\n{link}\n\n"
-            "If it was not you, ignore this message: without the confirmation the account cannot chat "
-            "or make API keys.\n"))
+            f"Someone, hopefully you, {why} with this address at {base_url}.\n\n"
+            f"To confirm it, open this link within {LIFETIME // 86400} days and sign in with the account's "
+            f"password:\n\n{link}\n\n"
+            "If it was not you, ignore this message: without the confirmation nobody can sign in to the "
+            "account.\n"))
 
     def taken(self, base_url: str, email: str) -> None:
         """Tell the owner of an address that someone tried to sign up with it (the sign-up itself got the same
@@ -45,19 +49,30 @@ class EmailVerification:
         self.mailer.send_later(email, "Someone tried to sign up with your address", (
             f"Someone, perhaps you, tried to make a new account at {base_url} with this address. It already has "
             "one, so nothing was made.\n\nIf it was you, log in instead; if you forgot the password, reset it "
-            f"at {base_url.rstrip('/')}/forgot. If it was not you, there is nothing to do.\n"))
+            f"at {base_url.rstrip('/')}/forgot (that confirms the address too). If it was not you, there is "
+            "nothing to do.\n"))
 
-    async def confirm(self, token: str, client: Client) -> User | None:
-        """The account the link confirms (now marked confirmed), or None for a bad, old or stale link."""
+    async def check(self, token: str) -> User | None:
+        """The account a link names, or None for a forged, old or stale link (nothing changes)."""
         payload = self.signer.loads(PURPOSE, token, max_age=LIFETIME)
         if not isinstance(payload, dict) or not isinstance(payload.get("u"), int):
             return None
         async with self.db() as db:
             user = (await db.execute(select(User).where(User.id == payload["u"]))).scalar_one_or_none()
-            if user is None or user.email != payload.get("e"):
-                return None
-            if user.email_verified_at is None:
-                user.email_verified_at = utcnow()
+        if user is None or user.disabled or user.email != payload.get("e"):
+            return None
+        return user
+
+    async def confirm(self, token: str, user: User, client: Client) -> bool:
+        """Whether `token` is a good link for `user` (who has just given the right password); if so, the
+        address is confirmed now."""
+        linked = await self.check(token) if token else None
+        if linked is None or linked.id != user.id:
+            return False
+        async with self.db() as db:
+            done = await db.execute(update(User).where(User.id == user.id, User.email_verified_at.is_(None))
+                                    .values(email_verified_at=utcnow()))
+            if getattr(done, "rowcount", 0) == 1:  # of two sign-ins racing with one link, one records it
                 record_activity(db, user.id, "email_verified", client)
                 await db.commit()
-            return user
+        return True

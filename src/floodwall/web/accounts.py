@@ -16,7 +16,7 @@ from floodwall.edge.gate import edge_info
 from floodwall.errors import ApiError, wants_html
 from floodwall.limits import Bucket
 from floodwall.principal import Principal
-from floodwall.state.store import once
+from floodwall.state.store import once, use_once
 from floodwall.web.auth import (
     check_same_origin,
     clear_session_cookie,
@@ -38,6 +38,7 @@ async def login(request: Request) -> Response:
     email, password = await credentials(request, fields)
     code = text_field(fields, "totp", required=False)
     email_code = text_field(fields, "email_code", required=False)
+    verify_token = text_field(fields, "verify_token", required=False)
     config = services(request)
     client = config.client(request)
     # counted before the account is looked up or the password hashed: a flood of guesses costs counters only
@@ -50,9 +51,21 @@ async def login(request: Request) -> Response:
             # a device is trusted to skip the code if it signed in with the present password
             if not (attempt.known and config.guard.current(attempt.device, attempt.login, user.password_hash)):
                 await config.sign_in_codes.require(user.id, user.email, email_code, client)
+    unconfirmed = None
+    if config.verification.required:
+        request.state.form_context = {"verify_token": verify_token}  # a refused form keeps the link's token
+
+        async def unconfirmed(user: User) -> bool:
+            if await config.verification.confirm(verify_token, user, client):
+                return True
+            # the right password, an address not confirmed: its link again, to the address (not to whoever asks)
+            if await use_once(config.store, "mail/verify-sign-in", user.id, 600.0):
+                config.verification.send(config.public_url(), user.id, user.email,
+                                         "tried to sign in to an account whose address is not confirmed yet")
+            return False
     try:
         user = await config.accounts.authenticate(email, password, client, new_device=not attempt.known,
-                                                  second_factor=code, confirm_device=confirm)
+                                                  second_factor=code, confirm_device=confirm, unconfirmed=unconfirmed)
     except ApiError as error:
         if error.code in ("invalid_credentials", "invalid_totp", "invalid_email_code"):
             config.guard.failed()  # a wrong code counts as a wrong password: its guesses are limited alike
@@ -60,10 +73,11 @@ async def login(request: Request) -> Response:
                 await config.guard.failed_stale(attempt, await config.accounts.password_hash(email))
         else:
             await config.guard.release(attempt)
+        context = getattr(request.state, "form_context", {})
         if error.code in ("totp_required", "invalid_totp"):
-            request.state.form_context = {"totp_needed": True}  # the form again, with the code's field
+            request.state.form_context = {**context, "totp_needed": True}  # the form again, with the code's field
         elif error.code in ("email_code_required", "invalid_email_code"):
-            request.state.form_context = {"email_code_needed": True}
+            request.state.form_context = {**context, "email_code_needed": True}
         raise
     device = await config.guard.succeeded(attempt, user.password_hash)
     secret = await config.accounts.create_session(user, client)

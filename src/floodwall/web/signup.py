@@ -180,15 +180,19 @@ async def _check_your_inbox(request: Request) -> Response:
 
 
 async def verify(request: Request) -> Response:
-    """GET /auth/verify?token=...: the link mailed to a new account's address."""
-    config = services(request)
-    user = await config.verification.confirm(request.query_params.get("token", ""), config.client(request))
+    """GET /auth/verify?token=...: the link mailed to a new account's address. Looking changes nothing (mail
+    scanners open links): a browser gets the sign-in form carrying the token (the right password and the token
+    confirm the address and sign in), JSON says whether the link is good."""
+    token = request.query_params.get("token", "")
+    user = await services(request).verification.check(token)
     if user is None:
-        raise ApiError(400, "This confirmation link is not valid, or it has expired. Log in and ask for a new "
-                       "one.", "invalid_token", param="token")
+        raise ApiError(400, "This confirmation link is not valid, or it has expired. Sign in to have a new one "
+                       "mailed.", "invalid_token", param="token")
+    confirmed = user.email_verified_at is not None
     if wants_html(request.scope):
-        return await render(request, "verified.html", {"email": user.email})
-    return JSONResponse({"user": user_json(user.id, user.email), "email_verified": True})
+        return await render(request, "login.html", {"email": user.email, "confirmed": confirmed,
+                                                    "verify_token": "" if confirmed else token})
+    return JSONResponse({"valid": True, "email_verified": confirmed})
 
 
 async def resend_verification(request: Request) -> Response:
@@ -200,7 +204,8 @@ async def resend_verification(request: Request) -> Response:
         if not await use_once(config.store, "mail/verify", principal.user_id, 60.0):
             raise ApiError(429, "A confirmation link was sent less than a minute ago: check your inbox (and spam "
                            "folder) first.", "rate_limit_exceeded", retry_after=60, reason="mail/verify")
-        config.verification.send(config.public_url(), principal.user_id, principal.email)
+        config.verification.send(config.public_url(), principal.user_id, principal.email,
+                                 "asked for a new confirmation link")
         sent = True
     if is_form(request):
         return RedirectResponse("/chat", status_code=303)
