@@ -1,12 +1,15 @@
-"""Password hashing is bounded: a sign-in that cannot get a hashing slot in time is refused, not queued."""
+"""Password hashing is bounded: a sign-in that cannot get a hashing slot in time is refused, not queued; and a
+wrong password's answer takes as long whatever hash it was checked against."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
+from argon2 import PasswordHasher
 
-from floodwall.accounts.passwords import Passwords, Slots
+from floodwall.accounts.passwords import PAD_MARGIN, Passwords, Slots, _parameters
 from floodwall.errors import ApiError
 
 
@@ -68,3 +71,19 @@ async def test_a_wait_cancelled_just_before_a_release_leaves_quietly() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiting
     await asyncio.wait_for(slots.acquire(), 1)  # the slot came back
+
+
+async def test_a_wrong_password_takes_as_long_whatever_the_hash_checked() -> None:
+    """After a change of profile, accounts not signed in since keep hashes of the old cost, and an address
+    with no account is checked against the new one: each answer waits for the slowest parameters' usual cost,
+    so a wrong password's time does not tell them apart (issue 21's review)."""
+    cheap = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash("an old account's password")
+    passwords = Passwords("fast")
+    slowest = max(passwords._cost.values())  # the current profile's, measured at start
+    for stored in (cheap, None, cheap):
+        started = time.perf_counter()
+        assert await passwords.verify(stored, "wrong") is False
+        # the lower bound holds on any machine, however busy: it is a sleep
+        assert time.perf_counter() - started >= PAD_MARGIN * slowest * 0.99
+    assert len(passwords._cost) == 2 and passwords._cost[_parameters(cheap)] < slowest
+    assert await passwords.verify(cheap, "an old account's password") is True

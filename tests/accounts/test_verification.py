@@ -110,7 +110,7 @@ def test_signing_in_unconfirmed_mails_the_link_again(mail_url: str, inbox: tuple
     for _ in range(3):
         refused = web.post("/auth/login", json={"email": address, "password": PASSWORD})
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_credentials"
-        assert "confirm its address first" in refused.json()["error"]["message"]
+        assert "address is not confirmed yet" in refused.json()["error"]["message"]
     second = inbox[0].wait_for(address, count=2)[1]
     assert "tried to sign in" in str(second.get_payload(decode=True))
     time.sleep(1)
@@ -118,18 +118,26 @@ def test_signing_in_unconfirmed_mails_the_link_again(mail_url: str, inbox: tuple
     assert confirm(web, address, link_in(second, "/auth/verify")).status_code == 200
 
 
+OWNERS = "the owner's own long password"
+
+
+def reset_by_mail(base_url: str, address: str, inbox: Inbox) -> httpx.Client:
+    """The address's owner sets the password OWNERS with the mailed reset link: their client."""
+    owner = client(base_url)
+    assert owner.post("/auth/password-reset", json={"email": address}).status_code == 200
+    reset = inbox.wait_for(address, subject="Reset your password")[0]
+    assert owner.post("/auth/reset", json={"token": token_of(link_in(reset, "/auth/reset")),
+                                           "password": OWNERS}).status_code == 200
+    return owner
+
+
 def test_a_password_reset_confirms_the_address(mail_url: str, inbox: tuple[Inbox, int]) -> None:
     """The owner of an address that someone else signed up (a squatter who knows the password) takes it over by
     resetting the password: the reset link came to the address, so it confirms it."""
     squatter, address = new_account(mail_url)
     inbox[0].wait_for(address)
-    owner = client(mail_url)
-    assert owner.post("/auth/password-reset", json={"email": address}).status_code == 200
-    reset = inbox[0].wait_for(address, subject="Reset your password")[0]
-    new = "the owner's own long password"
-    assert owner.post("/auth/reset", json={"token": token_of(link_in(reset, "/auth/reset")),
-                                           "password": new}).status_code == 200
-    assert owner.post("/auth/login", json={"email": address, "password": new}).status_code == 200
+    owner = reset_by_mail(mail_url, address, inbox[0])
+    assert owner.post("/auth/login", json={"email": address, "password": OWNERS}).status_code == 200
     assert owner.post("/account/keys", json={"name": "mine"}).status_code == 201
     assert squatter.post("/auth/login", json={"email": address, "password": PASSWORD}).status_code == 401
 

@@ -69,7 +69,8 @@ class Alerts:
         """Count this wrong password; the FAILED_BURST-th within the window is an alert."""
         since = utcnow() - FAILED_WINDOW
         recent = await db.scalar(select(func.count()).select_from(ActivityEvent).where(
-            ActivityEvent.user_id == user_id, ActivityEvent.at >= since, ActivityEvent.kind == "login_failed"))
+            ActivityEvent.user_id == user_id, ActivityEvent.at >= since, ActivityEvent.kind == "login_failed",
+            ActivityEvent.detail.contains("wrong_password")))  # not a right password before confirmation
         already = await db.scalar(select(func.count()).select_from(ActivityEvent).where(
             ActivityEvent.user_id == user_id, ActivityEvent.at >= since, ActivityEvent.kind == "failed_logins"))
         if already or (recent or 0) < FAILED_BURST:

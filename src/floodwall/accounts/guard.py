@@ -78,13 +78,15 @@ class LoginGuard:
         device = self.device(cookie)
         return device.id if device.logins else None
 
-    async def begin(self, email: str, address: str, cookie: str | None, gate_tier: str = "unknown-device") -> Attempt:
+    async def begin(self, email: str, address: str, cookie: str | None, gate_tier: str = "unknown-device",
+                    vouched: bool = False) -> Attempt:
         """Count the attempt as a failure in advance; refuse it, before any database or hash, when a limit stands.
         An attempt the gate let through on its device's allowance (`gate_tier` known-device) for an account the
-        device has not signed in to is charged to the gate's unknown-device rules now, as it would have been."""
+        device has not signed in to is charged to the gate's unknown-device rules now, as it would have been.
+        A `vouched` attempt (it carries a good confirmation link for the address) counts as a known device's."""
         login = self.login_ident(email)
         device = self.device(cookie)
-        known = device.knows(login)
+        known = device.knows(login) or vouched
         ip, network = self.networks.text_keys(address)
         if gate_tier == "known-device" and not known:
             gate_buckets = self.policy.buckets("auth-login", self.level(), Caller(ip, network, "unknown-device",

@@ -8,10 +8,11 @@ import collections
 import contextlib
 import dataclasses
 import os
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from argon2 import Parameters, PasswordHasher, profiles
+from argon2 import Parameters, PasswordHasher, extract_parameters, profiles
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from floodwall.errors import ApiError
@@ -67,10 +68,41 @@ class Slots:
         self._free += 1
 
 
+# how far above the slowest parameters' usual cost a verification is padded: most of them then end at the
+# same moment, whichever hash (or none) they checked
+PAD_MARGIN = 1.5
+
+
+def _parameters(stored: str) -> str:
+    """The hash's algorithm and cost ("$argon2id$v=19$m=19456,t=2,p=1"): what its verification costs."""
+    return "$".join(stored.split("$", 4)[:4])
+
+
+def _cost_of(stored: str) -> float:
+    """Seconds a verification of a hash with `stored`'s parameters takes here: the median of three, timed on a
+    hash of its own (measured once a process, the first time such a hash is seen)."""
+    try:
+        hasher = PasswordHasher.from_parameters(extract_parameters(stored))
+    except InvalidHashError:
+        return 0.0
+    sample = hasher.hash("floodwall-cost")
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        with contextlib.suppress(VerificationError):
+            hasher.verify(sample, "not it")
+        times.append(time.perf_counter() - start)
+    return sorted(times)[1]
+
+
 class Passwords:
     def __init__(self, profile: str = "", concurrency: int | None = None, wait: float = 2.0) -> None:
         self._hasher = PasswordHasher.from_parameters(PROFILES[profile])
         self._dummy = self._hasher.hash("floodwall-timing-equaliser")
+        # seconds one verification takes, per parameters seen: after a change of profile, accounts not signed
+        # in since keep hashes of the old cost, and an unknown address is checked against the new one. A
+        # process meets a few parameters in its life (the profiles ever used)
+        self._cost: dict[str, float] = {_parameters(self._dummy): _cost_of(self._dummy)}
         # hashes at once: half the cores, so the event loop and the model relay keep theirs
         self._slots = Slots(concurrency or max(1, (os.cpu_count() or 2) // 2))
         self._wait = wait
@@ -80,8 +112,24 @@ class Passwords:
 
     async def verify(self, stored: str | None, password: str, priority: bool = False) -> bool:
         """True when it matches; with no stored hash, spends the same time and says False. With `priority`
-        (a device that signed in before), it goes ahead of the others waiting for a hashing slot."""
-        return await self._run(self._verify, stored, password, priority=priority)
+        (a device that signed in before), it goes ahead of the others waiting for a hashing slot.
+
+        The answer comes no sooner than PAD_MARGIN times the usual cost of the slowest parameters in use (the
+        wait is a sleep, not work): else the time of a wrong password would tell an account whose hash is of
+        an older, cheaper or dearer profile from an address with no account."""
+        params = _parameters(stored or self._dummy)
+        if params not in self._cost:
+            self._cost[params] = await asyncio.to_thread(_cost_of, stored or self._dummy)
+        ok, spent = await self._run(self._timed_verify, stored, password, priority=priority)
+        pad = PAD_MARGIN * max(self._cost.values()) - spent
+        if pad > 0:
+            await asyncio.sleep(pad)
+        return ok
+
+    def _timed_verify(self, stored: str | None, password: str) -> tuple[bool, float]:
+        start = time.perf_counter()
+        ok = self._verify(stored, password)
+        return ok, time.perf_counter() - start
 
     async def _run(self, work: Callable[..., T], *args: object, priority: bool = False) -> T:
         try:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
 
 import re2
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Table, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession as DbSession
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from floodwall.accounts.activity import Client, record_activity
 from floodwall.accounts.alerts import Alerts
 from floodwall.accounts.blocklists import Blocklists
-from floodwall.accounts.models import ActivityEvent, ApiKey, Session, User
+from floodwall.accounts.models import ActivityEvent, ApiKey, RecoveryCode, Session, User
 from floodwall.accounts.passwords import Passwords
 from floodwall.accounts.two_factor import TwoFactor, code_required
 from floodwall.cache import Missing, TTLCache
@@ -192,6 +192,9 @@ class AccountService:
             if self.passwords.needs_rehash(user.password_hash):
                 user.password_hash = await self.passwords.hash(password)
                 await db.execute(update(User).where(User.id == user.id).values(password_hash=user.password_hash))
+            if confirming:
+                await db.execute(update(User).where(User.id == user.id).values(email_verified_at=utcnow()))
+                record_activity(db, user.id, "email_verified", client)
             alert = self.alerts is not None and await self.alerts.sign_in(db, user.id, user.email, client, new_device)
             detail: dict[str, object] = {"new_device": True} if new_device else {}
             record_activity(db, user.id, "login", client, {**detail, "alert": True} if alert else detail or None)
@@ -269,13 +272,25 @@ class AccountService:
             )
             record_activity(db, user_id, kind, client)
             if confirms_email:
-                confirmed = await db.execute(update(User).where(User.id == user_id, User.email_verified_at.is_(None))
-                                             .values(email_verified_at=utcnow()))
-                if getattr(confirmed, "rowcount", 0):
-                    record_activity(db, user_id, "email_verified", client)
+                await self._take_over(db, user_id, client)
             await db.commit()
         self.sessions.clear()
+        self.keys.clear()
         return new_hash
+
+    async def _take_over(self, db: DbSession, user_id: int, client: Client) -> None:
+        """A link mailed to the address confirms it. If it was not confirmed before, whoever set the account up
+        may not have been the address's owner (a squatter, or an account made before confirmation was asked):
+        what they set up goes with the password and the sessions, their API keys and second factor."""
+        confirmed = await db.execute(update(User).where(User.id == user_id, User.email_verified_at.is_(None))
+                                     .values(email_verified_at=utcnow(), totp_secret=None))
+        if not getattr(confirmed, "rowcount", 0):
+            return
+        keys = await db.execute(update(ApiKey).where(ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
+                                .values(revoked_at=utcnow()))
+        await db.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
+        record_activity(db, user_id, "email_verified", client,
+                        {"keys_revoked": getattr(keys, "rowcount", 0), "alert": True})
 
     # sessions
 
@@ -483,5 +498,5 @@ class AccountService:
 def _invalid_credentials(hint: bool = False) -> ApiError:
     # the hint is given to every refusal alike, right password or wrong: it must not tell them apart
     return ApiError(401, "Wrong e-mail or password." + (
-        " If the account is new, confirm its address first: if the password is right, a link to confirm it and "
+        " If the account's address is not confirmed yet and the password is right, a link to confirm it and "
         "sign in is on its way." if hint else ""), "invalid_credentials")

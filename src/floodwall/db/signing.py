@@ -12,7 +12,8 @@ import hmac
 import secrets
 from typing import Any
 
-from itsdangerous import BadSignature, URLSafeTimedSerializer
+from itsdangerous import BadData, BadSignature, URLSafeTimedSerializer
+from itsdangerous.encoding import base64_decode, base64_encode
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession as DbSession
@@ -21,6 +22,19 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from floodwall.db.tables import ServerSecret
 
 SIGNING_KEY = "signing"
+_TOKEN_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
+
+
+def _canonical(token: str) -> bool:
+    """Whether `token` is written as dumps() writes it: base64url parts without padding, no spare bits set.
+    itsdangerous accepts more (padding, characters it skips, other last characters that decode to the same
+    bytes): one token must have one spelling, wherever its text is a key."""
+    if not _TOKEN_CHARACTERS.issuperset(token):
+        return False
+    try:
+        return all(base64_encode(base64_decode(part)) == part.encode() for part in token.split(".") if part)
+    except BadData:
+        return False
 
 
 class Signer:
@@ -53,7 +67,7 @@ class Signer:
 
     def loads(self, purpose: str, token: str, max_age: int | None = None) -> Any | None:
         """The payload, or None when the token is forged, altered, for another purpose or older than max_age."""
-        if not token or len(token) > 4096:
+        if not token or len(token) > 4096 or not _canonical(token):
             return None
         try:
             return self._serializer(purpose).loads(token, max_age=max_age)

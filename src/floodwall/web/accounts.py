@@ -41,10 +41,13 @@ async def login(request: Request) -> Response:
     verify_token = text_field(fields, "verify_token", required=False)
     config = services(request)
     client = config.client(request)
-    # counted before the account is looked up or the password hashed: a flood of guesses costs counters only
+    # counted before the account is looked up or the password hashed: a flood of guesses costs counters only.
+    # A good confirmation link for this address is held only by its owner: counted as a device of the
+    # account's own, so strangers' wrong guesses cannot keep a new account from confirming
     edge = edge_info(request)
+    vouched = config.verification.required and config.verification.vouches(verify_token, email)
     attempt = await config.guard.begin(email, client.ip, request.cookies.get(DEVICE_COOKIE),
-                                       edge.tier if edge is not None else "unknown-device")
+                                       edge.tier if edge is not None else "unknown-device", vouched=vouched)
     confirm = None
     if config.policy.new_device[config.control.level] == "confirm":
         async def confirm(user: User) -> None:
@@ -56,12 +59,13 @@ async def login(request: Request) -> Response:
         request.state.form_context = {"verify_token": verify_token}  # a refused form keeps the link's token
 
         async def unconfirmed(user: User) -> bool:
-            if await config.verification.confirm(verify_token, user, client):
+            linked = await config.verification.check(verify_token) if vouched else None
+            if linked is not None and linked.id == user.id:
                 return True
             # the right password, an address not confirmed: its link again, to the address (not to whoever asks)
             if await use_once(config.store, "mail/verify-sign-in", user.id, 600.0):
                 config.verification.send(config.public_url(), user.id, user.email,
-                                         "tried to sign in to an account whose address is not confirmed yet")
+                                         "tried to sign in with this address before confirming it")
             return False
     try:
         user = await config.accounts.authenticate(email, password, client, new_device=not attempt.known,

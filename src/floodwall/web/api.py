@@ -20,7 +20,7 @@ from floodwall.errors import ApiError, log_scope_refusal, send_error
 from floodwall.inference import validation
 from floodwall.inference.proxy import InferenceCall
 from floodwall.principal import Principal
-from floodwall.web.auth import api_principal, key_principal
+from floodwall.web.auth import api_principal, key_principal, require_verified
 from floodwall.web.services import Services, services
 
 
@@ -42,6 +42,7 @@ class InferenceEndpoint:
         config: Services = scope["app"].state.services
         try:
             principal = await key_principal(scope, config.accounts)
+            require_verified(scope, principal)
             body = await receive_json_object(scope, receive, config.settings.server.max_body_size)
             self.check(body)
             if self.screened:

@@ -63,10 +63,11 @@ async def require_session(request: Request) -> Principal:
     return principal
 
 
-def require_verified(request: Request, principal: Principal) -> None:
-    """Where confirming the e-mail address is required, an unconfirmed account may sign in and look around,
-    but not chat or make API keys."""
-    if services(request).verification.required and not principal.email_verified:
+def require_verified(request: Request | Scope, principal: Principal) -> None:
+    """Where confirming the e-mail address is required, an account not confirmed (one made before it was, and
+    still signed in) may look around, but not chat, call the model with a key it made then, or make keys."""
+    config = services(request) if isinstance(request, Request) else request["app"].state.services
+    if config.verification.required and not principal.email_verified:
         raise ApiError(403, f"Confirm your e-mail address first: open the link sent to {principal.email} "
                        "(or ask for a new one from the chat page).", "email_not_verified")
 

@@ -205,7 +205,7 @@ async def resend_verification(request: Request) -> Response:
             raise ApiError(429, "A confirmation link was sent less than a minute ago: check your inbox (and spam "
                            "folder) first.", "rate_limit_exceeded", retry_after=60, reason="mail/verify")
         config.verification.send(config.public_url(), principal.user_id, principal.email,
-                                 "asked for a new confirmation link")
+                                 "asked for a new link to confirm this address")
         sent = True
     if is_form(request):
         return RedirectResponse("/chat", status_code=303)
