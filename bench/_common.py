@@ -6,12 +6,18 @@ import contextlib
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
+from floodwall.config import SETTINGS_ENV, load
 from floodwall.server import wait_until_up
+
+# one worker of granian, the server floodwall runs on, for the benchmarks' own servers
+GRANIAN = [sys.executable, "-m", "granian", "--interface", "asgi", "--workers", "1", "--no-ws",
+           "--log-level", "warning", "--backlog", "2048"]
 
 CHAT = (
     '{"model":"floodwall-simulated-chat","messages":[{"role":"user","content":"Hello, how are you?"}],'
@@ -38,6 +44,13 @@ end
 """
 
 
+def fast_model_env() -> dict[str, str]:
+    """The simulated model as a floor to measure against: as many slots as callers, no delay, 8-token replies."""
+    return {SETTINGS_ENV: load(environ={}, overrides={"model": {
+        "slots": 4096, "queue_size": 4096, "tokens_per_second": 100000, "reply_tokens": 8,
+        "first_token_delay": 0}}).to_json()}
+
+
 def write_lua(folder: Path) -> Path:
     script = folder / "bench.lua"
     script.write_text(LUA)
@@ -57,13 +70,14 @@ def process(command: list[str], env: dict[str, str], health: str, log: Path, exp
 
 
 def wrk(url: str, script: Path, duration: int, connections: int, *, method: str = "GET", key: str = "",
-        delay_ms: int = 0, accept_encoding: str = "") -> dict[str, float]:
-    env = {**os.environ, "FW_METHOD": method, "FW_BODY": CHAT, "FW_KEY": key, "FW_DELAY_MS": str(delay_ms),
+        delay_ms: int = 0, accept_encoding: str = "", body: str = CHAT) -> dict[str, float]:
+    env = {**os.environ, "FW_METHOD": method, "FW_BODY": body, "FW_KEY": key, "FW_DELAY_MS": str(delay_ms),
            "FW_ACCEPT_ENCODING": accept_encoding}
     result = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
                             env=env, capture_output=True, text=True, check=True)
     text = result.stdout
-    figures = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))}  # type: ignore[union-attr]
+    figures = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),  # type: ignore[union-attr]
+               "requests": float(re.search(r"(\d+) requests in", text).group(1))}  # type: ignore[union-attr]
     for pct in ("50", "90", "99"):
         match = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
         if match:

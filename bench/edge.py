@@ -38,7 +38,7 @@ from typing import Any
 
 import aiohttp
 
-from _common import account_key, process, write_lua, wrk
+from _common import GRANIAN, account_key, fast_model_env, process, write_lua, wrk
 from floodwall.config import SETTINGS_ENV, load
 from floodwall.edge.policy import DEFAULT_POLICY
 from floodwall.limits import Caller
@@ -50,8 +50,6 @@ OUT = Path(__file__).with_name("out")
 # the floor of the learnt model concurrency in the saturation run: 1 by default (the limiter learns on its
 # own); BENCH_MIN_LIMIT=8 is what an operator who knows the model server's slots would set
 MIN_LIMIT = int(os.environ.get("BENCH_MIN_LIMIT", "1"))
-GRANIAN = [sys.executable, "-m", "granian", "--interface", "asgi", "--workers", "1", "--no-ws",
-           "--log-level", "warning", "--backlog", "2048"]
 FLOOD_POLICY = '[[rule]]\nname = "flood/ip"\nclasses = ["page"]\nkey = "ip"\nnormal = "1/1h burst 1"\n'
 GLOBAL_POLICY = '[[rule]]\nname = "bench/global"\nclasses = ["status"]\nkey = "global"\nnormal = "3000/1m burst 100"\n'
 
@@ -91,9 +89,7 @@ def rejection(tmp: Path, args: argparse.Namespace, script: Path) -> dict[str, An
 
 def latency(tmp: Path, args: argparse.Namespace, script: Path) -> dict[str, Any]:
     model_port, relay_port, fw_port = free_port(), free_port(), free_port()
-    model_env = {SETTINGS_ENV: load(environ={}, overrides={"model": {
-        "slots": 4096, "queue_size": 4096, "tokens_per_second": 100000, "reply_tokens": 8,
-        "first_token_delay": 0}}).to_json()}
+    model_env = fast_model_env()
     # the default rules, with budgets no benchmark client reaches: this measures the machinery, not a limit
     policy = DEFAULT_POLICY.read_text().replace("established = 200000", "established = 1000000000")
     policy = policy.replace('"120/1m burst 30"', '"1000000/1m burst 100000"')

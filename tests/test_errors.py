@@ -45,7 +45,7 @@ def test_malformed_json(http: httpx.Client, auth: dict[str, str], raw: bytes, co
 
 def test_a_body_nested_deeper_than_the_proxy_writes_is_a_400(http: httpx.Client, auth: dict[str, str]) -> None:
     # valid JSON that passes the checks, but deeper than orjson writes upstream (254 levels): not a 500
-    raw = (b'{"model": "' + CHAT.encode() + b'", "messages": [{"role": "user", "content": "x"}], "extra": '
+    raw = (b'{"model": "' + CHAT.encode() + b'", "messages": [{"role": "user", "content": "x"}], "metadata": '
            + b"[" * 300 + b"]" * 300 + b"}")
     response = http.post("/v1/chat/completions", content=raw, headers={**auth, "content-type": "application/json"})
     error = _error(response, 400, "invalid_json")

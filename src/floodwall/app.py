@@ -107,11 +107,14 @@ def build_app(settings: Settings) -> Gate:
     incidents = Incidents(db)
     templates = pages.templates()
     traffic = Traffic(NewSources(networks=networks))
-    admission = Admission(policies.admission, store, lambda: control.level, traffic)
+    upstream = Upstream(settings.upstream)
+    admission = Admission(policies.admission, store, lambda: control.level, traffic, figures=upstream.figures)
+    if upstream.metrics is not None:
+        upstream.metrics.on_reading = admission.observe
     services = Services(
         settings=settings,
         accounts=accounts,
-        upstream=Upstream(settings.upstream),
+        upstream=upstream,
         usage=UsageRecorder(accounts.record_usage),
         templates=templates,
         trusted_proxies=trusted,

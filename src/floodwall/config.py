@@ -162,6 +162,12 @@ class ServerSettings:
     public_url: str = ""
 
 
+# what becomes of a /v1 request field that is neither OpenAI's nor an enabled extension
+UnknownFields = typing.Literal["refuse", "drop"]
+# the model servers whose own figures (requests running and waiting) admission reads
+ModelServerKind = typing.Literal["vllm", "llamacpp", "tgi", "sglang"]
+
+
 @dataclasses.dataclass
 class UpstreamSettings:
     # the model server's OpenAI base URL, ending in /v1; empty = start the simulated model
@@ -173,6 +179,16 @@ class UpstreamSettings:
     # how long to ask clients to wait when the model server is overloaded and gives no Retry-After
     retry_after: Duration = Duration(5.0)
     max_connections: int = 1024
+    # request fields forwarded beyond OpenAI's own (the model server's extensions: vLLM's min_tokens, ...)
+    extra_fields: list[str] = dataclasses.field(default_factory=list)
+    # what becomes of any other field: refuse (400 naming it, as OpenAI does) or drop
+    unknown_fields: UnknownFields = "refuse"
+    # media parts that name a URL for the model server to fetch (not data: URLs): off, they are refused
+    remote_media: bool = False
+    # the model server's own figures, read a few times a second for admission: auto (detect), a kind (vllm,
+    # llamacpp, tgi, sglang) or none; and where they are, when not at /metrics beside the API
+    metrics: str = "auto"
+    metrics_url: str = ""
 
 
 @dataclasses.dataclass
@@ -251,6 +267,11 @@ class ModelSettings:
     # how many tokens an answer has when max_tokens does not cut it short
     reply_tokens: int = 64
     first_token_delay: Duration = Duration(0.05)
+    # publish vLLM's scheduler gauges at /metrics (requests running and waiting), as vLLM does
+    metrics: bool = False
+    # headers added to every answer ("Name: value", comma-separated in the environment), as a model server
+    # behind a proxy of its own may send: floodwall relays none but the ones that describe the answer
+    response_headers: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -313,6 +334,8 @@ _CHOICES = {
     ("log", "format"): {"auto", "json", "text"},
     ("log", "level"): {"debug", "info", "warning", "error"},
     ("accounts", "password_hash_profile"): {"", "owasp", "rfc9106-low-memory", "fast"},
+    ("upstream", "unknown_fields"): set(typing.get_args(UnknownFields)),
+    ("upstream", "metrics"): {"auto", "none", *typing.get_args(ModelServerKind)},
 }
 
 

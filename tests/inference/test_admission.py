@@ -9,11 +9,21 @@ from typing import Any
 import pytest
 
 from floodwall.errors import ApiError
-from floodwall.inference.admission import Admission, AdmissionPolicy, GradientLimit, estimate_cost
+from floodwall.inference.admission import Admission, AdmissionPolicy, estimate_cost
+from floodwall.inference.capacity import FiguresLimit, GradientLimit
+from floodwall.inference.model_metrics import Reading
 from floodwall.principal import Principal
 from floodwall.state.memory import MemoryStore
 
 NOW = dt.datetime.now(dt.UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def who(user: int, key: int | None = None) -> Principal:
@@ -126,6 +136,23 @@ async def test_under_attack_caps_max_tokens_instead_of_refusing() -> None:
     regular = body(max_tokens=4000)
     await gate.admit(who(3), "established", "under_attack", regular)
     assert regular["max_tokens"] == 4000
+    # every length field a model server may read is held, the small one too (the issue 22 finding)
+    both = {**body(max_tokens=4000), "max_completion_tokens": 1}
+    ticket = await gate.admit(who(4), "new", "under_attack", both)
+    assert (both["max_tokens"], both["max_completion_tokens"]) == (64, 1) and ticket.estimate == 6 + 64
+
+
+async def test_a_tier_may_be_held_to_one_completion_a_call() -> None:
+    gate = admission("under_attack", initial_limit=8, max_limit=8,
+                     under_attack={"max_choices": {"new": 1, "anonymous": 1}})
+    for tier, asked in (("new", {"n": 2}), ("anonymous", {"best_of": 3})):
+        with pytest.raises(ApiError) as refused:
+            await gate.admit(who(1), tier, "under_attack", {**body(), **asked})
+        assert refused.value.status == 400 and refused.value.reason == "admission/choices"
+        assert refused.value.code == "too_many_choices"
+    await gate.admit(who(1), "new", "under_attack", {**body(), "n": 1})
+    ticket = await gate.admit(who(2), "established", "under_attack", {**body(max_tokens=10), "n": 4})
+    assert ticket.estimate == 6 + 40
 
 
 def test_cost_estimate() -> None:
@@ -135,21 +162,73 @@ def test_cost_estimate() -> None:
 
 
 def test_gradient_limit_learns_from_latency_and_overload() -> None:
-    limit = GradientLimit(initial=8, minimum=1, maximum=64)
+    clock = Clock()
+    limit = GradientLimit(initial=8, minimum=1, maximum=64, clock=clock)
     for _ in range(50):  # latency stays at its baseline while the limit is used: it grows
         limit.sample("ttft", 0.05, in_flight=limit.limit)
     grown = limit.limit
-    assert grown > 8
-    for _ in range(30):  # the model server starts queueing: latency triples, the limit comes down
-        limit.sample("ttft", 0.15 + 0.01 * _, in_flight=limit.limit)
-    assert limit.limit < grown
+    assert grown > 8 and limit.floor == grown
+    for step in range(30):  # pushed past what it served, the model server queues: latency triples
+        limit.sample("ttft", 0.15 + 0.01 * step, in_flight=grown + 4)
+    assert limit.limit == grown  # down to what it has shown it serves, and no further
     before = limit.limit
-    limit.overloaded()
-    assert limit.limit < before or before == 1
+    limit.overloaded()  # a 503 says it is full: the limit and the floor come down
+    assert limit.limit < before and limit.floor < before
     idle = GradientLimit(initial=8, minimum=1, maximum=64)
     for _ in range(50):  # not using the limit is no evidence for raising it
         idle.sample("ttft", 0.05, in_flight=1)
     assert idle.limit == 8
+
+
+def test_a_slowdown_without_more_concurrency_is_not_queueing() -> None:
+    """Issue 23: on a machine the flood also loads, every call gets slower at any concurrency. The limit holds
+    at the concurrency the server served at its usual latency; that floor halves every floor_half_life, so a
+    server that really shrank is not over-driven for long."""
+    clock = Clock()
+    limit = GradientLimit(initial=8, minimum=1, maximum=64, clock=clock, floor_half_life=120)
+    for _ in range(200):
+        limit.sample("ttft", 0.05, in_flight=8)
+    held = limit.limit
+    assert held >= 8
+    for _ in range(200):  # four times slower, at the same concurrency: the machine is busy
+        clock.now += 0.05
+        limit.sample("ttft", 0.2, in_flight=8)
+    assert limit.limit >= 8
+    for step in range(400):  # it stays slow for ten minutes: the floor decays, the limit comes down
+        clock.now += 1.5
+        limit.sample("ttft", 0.2 + step * 0.001, in_flight=limit.limit)
+    assert limit.limit < 8
+
+
+def test_the_model_servers_own_figures_set_the_limit() -> None:
+    figures = FiguresLimit(initial=8, minimum=1, maximum=64)
+    figures.observe(Reading(running=8, waiting=0, cache=0.5, at=0), in_flight=8)  # all in use, none waits
+    assert figures.value == 9
+    figures.observe(Reading(running=4, waiting=0, cache=0.5, at=0), in_flight=4)  # room to spare: hold
+    assert figures.value == 9
+    figures.observe(Reading(running=6, waiting=3, cache=1.0, at=0), in_flight=9)  # requests wait inside
+    assert figures.value == 6 and figures.capacity == 6
+    figures.observe(Reading(running=6, waiting=9, cache=1.0, at=0), in_flight=6)  # others fill it: the floor
+    assert figures.value == 1
+
+
+async def test_admission_follows_the_figures_while_they_are_fresh() -> None:
+    reading: list[Reading | None] = [None]
+    gate = Admission(AdmissionPolicy.from_data({"initial_limit": 2, "min_limit": 1, "max_limit": 8}, "t"),
+                     MemoryStore(), lambda: "normal", figures=lambda: reading[0])
+    first = [await gate.admit(who(n), "established", "normal", body()) for n in range(2)]
+    waiting = asyncio.ensure_future(gate.admit(who(3), "established", "normal", body()))
+    assert not await started(waiting)
+    assert gate.source == "latency"
+    reading[0] = Reading(running=2, waiting=0, cache=None, at=0)
+    gate.observe(reading[0])  # the server runs both and nothing waits: one more may go
+    assert gate.source == "figures" and gate.limit == 3 and await started(waiting)
+    reading[0] = Reading(running=2, waiting=1, cache=None, at=0)
+    gate.observe(reading[0])
+    assert gate.limit == 2
+    for ticket in [*first, waiting.result()]:
+        gate.release(ticket, latency=("ttft", 50.0))  # a latency sample does not move a limit set by figures
+    assert gate.limit == 2 and gate.stats()["server"]["capacity"] == 2
 
 
 def test_bad_admission_policy_is_named() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -210,6 +210,89 @@ async def test_a_response_left_unread_closes_its_connection() -> None:
         assert await response.read() == b'{"ok":true}'
         response.release()
         assert state.connections == 2
+        await client.close()
+
+
+def in_turn(answers: list[bytes]) -> Callable[[Server, asyncio.StreamWriter], Awaitable[bool]]:
+    """A server's answers, one a request, written whole."""
+    left: Iterator[bytes] = iter(answers)
+
+    async def answer(state: Server, writer: asyncio.StreamWriter) -> bool:
+        writer.write(next(left))
+        return True
+
+    return answer
+
+
+async def test_bytes_after_a_response_close_its_connection_and_the_next_call_is_clean() -> None:
+    """A server that writes more than the response it answers, in the same write: a second "response" that
+    would have been the next call's (headers, a cookie, a body), garbage, or half a response. The bytes are
+    nobody's answer: the connection closes, and the next call gets a clean one on a new connection."""
+    smuggled = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nSet-Cookie: stolen=1\r\n"
+                b"Content-Length: 14\r\n\r\n{\"smuggled\":1}")
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n"
+    for tail in (smuggled, b"garbage that is not HTTP\r\n\r\n", smuggled[:30]):
+        async with serve(in_turn([head + b'{"ok":true}' + tail, head + b'{"second":1}'[:11]])) as (state, url):
+            client = pool(url)
+            first = await client.request("POST", "/chat/completions", b"{}")
+            assert await first.read() == b'{"ok":true}'
+            assert [name for name, _ in first.headers] == [b"content-type", b"content-length"]
+            first.release()
+            second = await client.request("POST", "/chat/completions", b"{}")
+            assert second.status == 200 and await second.read() == b'{"second":1'
+            assert second.get("set-cookie") is None
+            second.release()
+            assert state.connections == 2, tail  # the first connection was closed, not reused
+            await client.close()
+
+
+async def test_an_interim_response_is_passed_over() -> None:
+    async def hints(state: Server, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n")
+        await writer.drain()
+        await fixed(state, writer)
+        return True
+
+    async with serve(hints) as (state, url):
+        client = pool(url)
+        for _ in range(2):
+            response = await client.request("POST", "/chat/completions", b"{}")
+            assert response.status == 200 and response.get("link") is None
+            assert await response.read() == b'{"ok":true}'
+            response.release()
+        assert state.connections == 1
+        await client.close()
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\n{}",  # a status the server (granian) cannot send on
+    b"HTTP/1.1 099 X\r\nContent-Length: 2\r\n\r\n{}",
+    b"HTTP/1.1 600 X\r\nContent-Length: 2\r\n\r\n{}",
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 101 + b"Content-Length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\nContent-Length: 2\r\n\r\n{}",
+    b"HTTP/1.1 103 Early Hints\r\n\r\n" * 9 + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+], ids=["000", "099", "600", "101", "101-headers", "70-KiB-header", "9-interim"])
+async def test_what_is_no_answer_is_a_closed_connection(answer: bytes) -> None:
+    async with serve(in_turn([answer, answer])) as (state, url):
+        client = pool(url)
+        with pytest.raises(http1.ConnectionClosed):
+            response = await client.request("POST", "/chat/completions", b"{}")
+            await response.read()
+        await asyncio.wait_for(state.closed.wait(), 5)
+        await client.close()
+
+
+async def test_a_chunked_responses_trailers_are_not_its_headers() -> None:
+    chunked = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+               b"Trailer: X-Request-Id\r\n\r\n2\r\n{}\r\n0\r\nContent-Type: text/html\r\n"
+               b"X-Request-Id: trailer-injected\r\n\r\n")
+    async with serve(in_turn([chunked])) as (_state, url):
+        client = pool(url)
+        response = await client.request("POST", "/chat/completions", b"{}")
+        assert await response.read() == b"{}"
+        assert response.get("content-type") == "application/json" and response.get("x-request-id") is None
+        response.release()
         await client.close()
 
 

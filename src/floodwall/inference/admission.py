@@ -23,6 +23,9 @@ from floodwall.background import cancel
 from floodwall.config import ConfigError, Seconds, per_level, typed
 from floodwall.errors import ApiError
 from floodwall.headers import ratelimit
+from floodwall.inference.capacity import FiguresLimit, GradientLimit
+from floodwall.inference.fields import choices, completion_length, hold_length, prompt_tokens
+from floodwall.inference.model_metrics import Reading
 from floodwall.levels import LEVELS
 from floodwall.limits import Bucket
 from floodwall.principal import Principal
@@ -39,6 +42,7 @@ class LevelTerms:
     max_tokens: Mapping[str, int]
     tokens_per_minute: Mapping[str, int]
     in_flight: Mapping[str, int]
+    max_choices: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +51,7 @@ class AdmissionPolicy:
     min_limit: int = 1
     max_limit: int = 512
     queue_size: int = 512
-    default_max_tokens: int = 512
+    default_max_tokens: int = 4096
     # latency above the baseline by less than this is jitter, whatever the ratio: a fast model server's
     # calls of a millisecond or two double in latency when the machine is busy, with nothing queued inside
     latency_slack: float = 0.005
@@ -61,7 +65,8 @@ class AdmissionPolicy:
     @classmethod
     def from_data(cls, data: Mapping[str, Any], where: str) -> AdmissionPolicy:
         table = msgspec.structs.asdict(typed(_ADMISSION, data, where))
-        levels = {level: LevelTerms(terms.share, terms.max_tokens, terms.tokens_per_minute, terms.in_flight)
+        levels = {level: LevelTerms(terms.share, terms.max_tokens, terms.tokens_per_minute, terms.in_flight,
+                                    terms.max_choices)
                   for level in LEVELS if (terms := table.pop(level)) is not None}
         waits = {tier: float(seconds) for tier, seconds in table.pop("max_wait").items()}
         policy = cls(**table, max_wait={**cls().max_wait, **waits}, levels=levels)
@@ -80,6 +85,7 @@ class _TermsTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_tokens: dict[Tier, Positive] = {}
     tokens_per_minute: dict[Tier, Positive] = {}
     in_flight: dict[Tier, Positive] = {}
+    max_choices: dict[Tier, Positive] = {}
 
 
 _ADMISSION = per_level("AdmissionTable", _TermsTable | None, None,
@@ -90,75 +96,14 @@ _ADMISSION = per_level("AdmissionTable", _TermsTable | None, None,
 
 
 def estimate_cost(body: Mapping[str, Any], default_max_tokens: int) -> tuple[int, int]:
-    """(prompt tokens, completion tokens) a call may use, before it is made: 4 characters a token."""
-    chars = 0
-    messages = body.get("messages")
-    # a field the endpoint does not take is passed on unchecked: read it only in the shape it should have
-    for message in messages if isinstance(messages, list) else ():
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            chars += len(content)
-        elif isinstance(content, list):
-            chars += sum(len(str(p.get("text", ""))) for p in content if isinstance(p, dict))
-    for field in ("prompt", "input"):
-        value = body.get(field)
-        if isinstance(value, str):
-            chars += len(value)
-        elif isinstance(value, list):
-            chars += sum(len(v) * 4 if isinstance(v, list) else len(str(v)) for v in value)
-    limit = body.get("max_completion_tokens") or body.get("max_tokens")
-    completion = limit if isinstance(limit, int) and not isinstance(limit, bool) else default_max_tokens
+    """(prompt tokens, completion tokens) a call may use, before it is made: the prompt as fields.py reads it,
+    and the completions' length (default_max_tokens if no field sets one) times how many it generates."""
+    length = completion_length(body)
+    # every completion the call generates, each as long as the longest length field lets it be
+    completion = (default_max_tokens if length is None else length) * choices(body)[0]
     if "input" in body:  # embeddings generate nothing
         completion = 0
-    return math.ceil(chars / 4) + 4, completion
-
-
-class GradientLimit:
-    """A concurrency limit that grows while latency stays near its baseline and shrinks when it rises
-    (the model server is queueing inside) or when the server says it is full.
-
-    After Gradient2, with one change for model servers: no standing queue is allowed for throughput's sake.
-    A call queued inside the model server can no longer be put behind a more important one, so the limit
-    grows by one per round of calls only while the recent latency stays within `tolerance` of the baseline.
-    """
-
-    def __init__(self, initial: int, minimum: int, maximum: int, tolerance: float = 1.5,
-                 smoothing: float = 0.2, slack: float = 0.0) -> None:
-        self.value = float(initial)
-        self.slack = slack
-        self.minimum = minimum
-        self.maximum = maximum
-        self.tolerance = tolerance
-        self.smoothing = smoothing
-        self.baseline: dict[str, float] = {}  # long-run latency, per kind of sample
-        self.recent: dict[str, float] = {}  # the last few calls' latency
-
-    @property
-    def limit(self) -> int:
-        return max(self.minimum, int(self.value))
-
-    def overloaded(self) -> None:
-        self.value = max(float(self.minimum), self.value * 0.8)
-
-    def sample(self, kind: str, latency: float, in_flight: int) -> None:
-        recent = self.recent.get(kind, latency) * (1 - self.smoothing) + latency * self.smoothing
-        self.recent[kind] = recent
-        # the baseline is the long-run average (about 500 calls), not the best ever seen: a model server's
-        # latency jitters, and a baseline at its minimum would read the jitter as queueing. It follows a
-        # fall quickly and a rise slowly, so a queue building inside the model server does not look normal
-        # for long.
-        baseline = self.baseline.get(kind, latency)
-        baseline += (latency - baseline) * (0.05 if recent < baseline else 0.002)
-        self.baseline[kind] = baseline
-        gradient = max(self.tolerance * baseline, baseline + self.slack) / max(recent, 1e-9)
-        if in_flight < self.value / 2:
-            # far below the limit, latency says nothing about the limit: neither raise nor lower it
-            return
-        if gradient >= 1.0:
-            self.value = min(float(self.maximum), self.value + 1.0 / self.value)
-        else:
-            target = self.value * max(0.5, gradient)
-            self.value = max(float(self.minimum), self.value * (1 - self.smoothing) + target * self.smoothing)
+    return prompt_tokens(body) + 4, completion
 
 
 @dataclasses.dataclass(eq=False)
@@ -199,7 +144,7 @@ class LoopLag:
 
 class Admission:
     def __init__(self, policy: AdmissionPolicy, store: Store, level: Callable[[], str],
-                 traffic: Traffic | None = None) -> None:
+                 traffic: Traffic | None = None, figures: Callable[[], Reading | None] | None = None) -> None:
         self.policy = policy
         self.traffic = traffic or Traffic()
         self.store = store
@@ -207,6 +152,9 @@ class Admission:
         self.loop_lag = LoopLag()
         self.limiter = GradientLimit(policy.initial_limit, policy.min_limit, policy.max_limit,
                                      slack=policy.latency_slack)
+        # the model server's own figures, when it publishes them (model_metrics.py): the fresh reading
+        self.figures = figures or (lambda: None)
+        self.by_figures = FiguresLimit(policy.initial_limit, policy.min_limit, policy.max_limit)
         self.in_flight = 0
         self.by_tier: collections.Counter[str] = collections.Counter()
         self.by_account: collections.Counter[int] = collections.Counter()
@@ -218,29 +166,57 @@ class Admission:
     def queued(self) -> int:
         return sum(len(q) for q in self.queues.values())
 
+    @property
+    def source(self) -> str:
+        """What the limit is taken from now: the model server's figures, or its latency."""
+        return "figures" if self.figures() is not None else "latency"
+
+    @property
+    def limit(self) -> int:
+        return self.by_figures.value if self.figures() is not None else self.limiter.limit
+
+    def observe(self, reading: Reading) -> None:
+        """A new reading of the model server's figures: the limit follows, and waiting calls may go."""
+        self.by_figures.observe(reading, self.in_flight)
+        self._dispatch()
+
     def stats(self) -> dict[str, Any]:
-        return {"limit": self.limiter.limit, "loop_lag_ms": round(self.loop_lag.lag * 1000, 2),
+        reading = self.figures()
+        return {"limit": self.limit, "source": self.source, "latency_limit": self.limiter.limit,
+                "latency_floor": round(self.limiter.floor, 2),
+                "server": None if reading is None else {"running": reading.running, "waiting": reading.waiting,
+                                                        "cache": reading.cache, "capacity": self.by_figures.capacity},
+                "loop_lag_ms": round(self.loop_lag.lag * 1000, 2),
                 "in_flight": self.in_flight, "by_tier": dict(self.by_tier),
                 "queued": {t: len(q) for t, q in self.queues.items()}, "shed": dict(self.shed),
                 "admitted": dict(self.admitted)}
 
     def gauges(self) -> dict[str, float]:
         """The model's saturation for the detector: calls in flight against the learnt limit, calls waiting."""
-        limit = self.limiter.limit
+        limit = self.limit
         return {"model_in_flight": float(self.in_flight), "model_limit": float(limit),
                 "model_saturation": self.in_flight / limit if limit else 0.0, "model_queued": float(self.queued)}
 
     async def admit(self, principal: Principal, tier: str, level: str, body: dict[str, Any]) -> Ticket:
-        """Wait for the call's turn, or raise the refusal. Caps body["max_tokens"] when the level says so."""
+        """Wait for the call's turn, or raise the refusal. Caps the completions' length when the level says so."""
         terms = self.policy.terms(level)
+        most = terms.max_choices.get(tier)
+        count, field = choices(body)
+        if most is not None and count > most:
+            raise ApiError(400, f"Right now, {tier} accounts may ask for at most {most} completion"
+                           f"{'s' if most > 1 else ''} a call ({field}).", "too_many_choices", param=field,
+                           reason="admission/choices")
         cap = terms.max_tokens.get(tier)
-        if cap is not None:
-            asked = body.get("max_completion_tokens") or body.get("max_tokens")
-            if not isinstance(asked, int) or asked > cap:
-                body["max_tokens"] = cap
-                body.pop("max_completion_tokens", None)
+        if "input" not in body:  # a generation: its length is bounded, whichever field the model server reads
+            hold_length(body, self.policy.default_max_tokens, cap)
         prompt, completion = estimate_cost(body, self.policy.default_max_tokens)
         estimate = prompt + completion
+        budget = terms.tokens_per_minute.get(tier)
+        if budget is not None and estimate > budget:
+            # no wait would let it through: say so, rather than a Retry-After of hours
+            raise ApiError(400, f"This call may use up to {estimate} tokens, more than the {budget} a minute this "
+                           "account may use: ask for fewer max_tokens or completions, or send a shorter prompt.",
+                           "tokens_exceed_budget", type="tokens", reason="tokens/too-large")
         buckets = self._token_buckets(principal, tier, terms, estimate)
         headers: list[tuple[bytes, bytes]] = []
         if buckets:
@@ -282,7 +258,7 @@ class Admission:
             self.store.charge_later([b._replace(cost=-b.cost) for b in buckets])
 
     def _may_start(self, tier: str, terms: LevelTerms) -> bool:
-        limit = self.limiter.limit
+        limit = self.limit
         if self.in_flight >= limit:
             return False
         share = terms.share.get(tier, 1.0)
@@ -362,7 +338,8 @@ class Admission:
             del self.by_account[ticket.account]
         if overloaded:
             self.limiter.overloaded()
-        elif latency is not None:
+            self.by_figures.overloaded()
+        elif latency is not None and self.figures() is None:
             # a call's latency spans a few trips through this event loop: take out what the loop added
             self.limiter.sample(latency[0], max(0.0, latency[1] - 3 * self.loop_lag.lag), self.in_flight + 1)
         self._dispatch()

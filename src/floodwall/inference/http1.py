@@ -1,6 +1,11 @@
 """A small HTTP/1.1 client for the one hop every admitted call makes, to the model server: pooled
 keep-alive connections, responses parsed by httptools (llhttp, uvicorn's parser), bodies streamed with
-flow control. It is our hot path: bench/upstream.py measures it against aiohttp.
+flow control. A connection carries one request at a time; bytes the server sends beyond the response
+it answers, in the same read or while the connection sits idle, close it. (Bytes that arrive only after the
+connection has carried the next request are that request's answer as far as HTTP/1.1 can tell: no client
+can tell them apart.) Responses are bounded: at most MAX_HEADERS headers of MAX_HEADER_BYTES in all, a status
+from 200 to 599 after at most MAX_INTERIM interim ones. It is our hot path: bench/bare_relay.py measures it
+against aiohttp.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import httptools
 # a stream the reader has not taken yet stops being read from the socket beyond this many bytes
 _HIGH_WATER = 256 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 64 * 1024
+MAX_INTERIM = 8
 
 
 class ConnectionClosed(Exception):
@@ -75,6 +83,10 @@ class Connection(asyncio.Protocol):
         self.keep_alive = False
         self.error: BaseException | None = None
         self.received = False  # a byte of this response has arrived
+        self.extra = False  # the server sent bytes beyond this response: the connection is not reused
+        self._interim = False
+        self._interims = 0
+        self._header_bytes = 0
         self._until_eof = False
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
@@ -94,15 +106,19 @@ class Connection(asyncio.Protocol):
         self._last_read = self.loop.time()
         if self.complete or not self.busy:
             # bytes nobody asked for (after a response ended, or on an idle connection): not HTTP we trust
+            self.extra = True
             if self.transport is not None:
                 self.transport.close()
             return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(ConnectionClosed(f"the model server sent a malformed response: {exc}"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # 101 is no answer of ours
+            if not self.complete:
+                self._fail(ConnectionClosed(f"the model server sent a malformed response: {exc!r}"))
             if self.transport is not None:
                 self.transport.close()
+        if (self.extra or self.error is not None) and self.transport is not None:
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -114,13 +130,38 @@ class Connection(asyncio.Protocol):
             self._fail(ConnectionClosed("the model server closed the connection"))
         self.pool.forget(self)
 
-    # httptools callbacks
+    # httptools callbacks; once the response is complete, the parser reads on in the same data as if a
+    # second response had begun: the callbacks ignore it, and the connection closes
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.extra = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.complete or self._headers_done:  # after the body: a chunked response's trailers, not headers
+            return
+        self._header_bytes += len(name) + len(value)
+        if len(self.headers) >= MAX_HEADERS or self._header_bytes > MAX_HEADER_BYTES:
+            self._fail(ConnectionClosed("the model server sent too many or too large headers"))
+            return
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        if self.complete or self.error is not None:
+            return
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:  # interim (103 Early Hints): the answer comes after it
+            self._interims += 1
+            if self._interims > MAX_INTERIM:
+                self._fail(ConnectionClosed("the model server sent interim responses without end"))
+            self._interim = True
+            self.headers = []
+            self._header_bytes = 0
+            return
+        if not 200 <= status <= 599:
+            self._fail(ConnectionClosed(f"the model server answered with status {status}"))
+            return
+        self.status = status
         self._headers_done = True
         if self.status not in _NO_BODY_STATUSES:
             names = {name for name, _ in self.headers}
@@ -128,6 +169,8 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.complete or self.error is not None:
+            return
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
@@ -136,6 +179,9 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self.complete or self._interim or self.error is not None:
+            self._interim = False
+            return
         # asked now: once the message is done, the parser has reset and answers False
         self.keep_alive = self.parser.should_keep_alive()
         self.complete = True
@@ -172,7 +218,7 @@ class Connection(asyncio.Protocol):
         self._cancel_timer()
         self.busy = False
         reusable = (self.complete and not self.closed and not self._chunks and self.error is None
-                    and self.keep_alive)
+                    and self.keep_alive and not self.extra)
         if reusable:
             self.idle_since = self.loop.time()
             self.pool.put_back(self)

@@ -7,22 +7,30 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import typing
 from typing import Any
+from urllib.parse import urlsplit
 
 from floodwall.config import UpstreamSettings
 from floodwall.errors import ApiError
+from floodwall.inference.fields import Fields
 from floodwall.inference.http1 import ConnectionClosed, Pool, Response
+from floodwall.inference.model_metrics import Kind, ModelMetrics, Reading
 
 SIMULATED_OWNER = "floodwall-simulated"
-# hop-by-hop and length headers are the proxy's own business
-_DROP_RESPONSE_HEADERS = frozenset(
-    {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"server", b"date"}
-)
+# the model server's response headers a client gets: what describes the answer. The rest is the hop's own
+# (connection, transfer-encoding, length), or not the model server's to say to floodwall's clients: cookies,
+# CORS, upgrades, proxy and auth challenges, rate-limit figures of its own (floodwall's are the ones that
+# count), caching, and who the server is
+_RESPONSE_HEADERS = frozenset({b"content-type", b"content-language", b"x-request-id", b"openai-processing-ms",
+                               b"openai-version", b"openai-model"})
 
 
 class Upstream:
     def __init__(self, settings: UpstreamSettings) -> None:
         self.settings = settings
+        # what a call may carry to the model server
+        self.fields = Fields(settings.extra_fields, settings.unknown_fields, settings.remote_media)
         # the model server gets plain JSON: floodwall reads (and may rewrite) what comes back
         headers = "content-type: application/json\r\naccept-encoding: identity\r\n"
         if settings.api_key:
@@ -30,12 +38,24 @@ class Upstream:
         self._headers = headers.encode("latin-1")
         self._pool: Pool | None = None
         self._models: tuple[float, list[str]] = (0.0, [])
+        # the model server's own figures, if it publishes them (admission reads them)
+        self.metrics: ModelMetrics | None = None
+        if settings.metrics != "none" and settings.url:
+            parts = urlsplit(settings.url)
+            url = settings.metrics_url or f"{parts.scheme}://{parts.netloc}/metrics"
+            self.metrics = ModelMetrics(url, typing.cast(Kind | typing.Literal["auto"], settings.metrics))
         # floodwall's own simulated model is upstream: the web app says so on every page
         self.simulated = False
 
     async def start(self) -> None:
         self._pool = Pool(self.settings.url, connect_timeout=self.settings.connect_timeout,
                           read_timeout=self.settings.read_timeout, max_connections=self.settings.max_connections)
+        if self.metrics is not None:
+            self.metrics.start()
+
+    def figures(self) -> Reading | None:
+        """The model server's latest fresh figures (None: it publishes none, or they are stale)."""
+        return self.metrics.reading if self.metrics is not None else None
 
     async def probe(self) -> None:
         """Learn the model list at start-up; a model server that is not up yet is not an error here."""
@@ -43,6 +63,8 @@ class Upstream:
             await self.model_ids(max_age=0)
 
     async def close(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.stop()
         if self._pool is not None:
             await self._pool.close()
 
@@ -139,7 +161,7 @@ def _retry_after(value: str | None, default: float) -> float:
 
 
 def response_headers(response: Response) -> list[tuple[bytes, bytes]]:
-    return [(name, value) for name, value in response.headers if name not in _DROP_RESPONSE_HEADERS]
+    return [(name, value) for name, value in response.headers if name in _RESPONSE_HEADERS]
 
 
 async def read_with_timeout(response: Response) -> bytes:

@@ -1,7 +1,7 @@
 """Strict checks of the /v1 request bodies, answered the way OpenAI answers (400 naming the param).
 
-Only the fields floodwall relies on, or that would make the model server fail obscurely, are checked;
-other fields pass through to the model server unchanged.
+Which fields go to the model server at all is fields.py's; here, the types of those floodwall relies on
+(the cost of a call among them), or that would make the model server fail obscurely.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from floodwall.errors import ApiError
+from floodwall.inference.fields import CHOICE_FIELDS, LENGTH_FIELDS, MAX_CHOICES
 
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
 
@@ -49,8 +50,17 @@ def _common(body: dict[str, Any]) -> None:
         _require_type(body["stream_options"], "include_usage", (bool,), "a boolean")
         if body.get("stream") is not True:
             raise _fail("stream_options", "'stream_options' is only allowed when 'stream' is true.")
-    for param in ("max_tokens", "max_completion_tokens", "n"):
+    for param in (*LENGTH_FIELDS, *CHOICE_FIELDS):
         _positive_int(body, param)
+    for param in CHOICE_FIELDS:
+        if body.get(param) is not None and body[param] > MAX_CHOICES:
+            raise _fail(param, f"Invalid '{param}': must be at most {MAX_CHOICES}, got {body[param]}.")
+    # model-server extensions that change how much is generated, where the operator forwards them
+    _require_type(body, "min_tokens", (int,), "an integer")
+    if body.get("min_tokens") is not None and body["min_tokens"] < 0:
+        raise _fail("min_tokens", f"Invalid 'min_tokens': must be at least 0, got {body['min_tokens']}.")
+    for param in ("ignore_eos", "use_beam_search"):
+        _require_type(body, param, (bool,), "a boolean")
     for param in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         _require_type(body, param, (int, float), "a number")
     _require_type(body, "stop", (str, list), "a string or an array")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import hashlib
 import json
@@ -26,7 +27,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from floodwall.config import ModelSettings
 from floodwall.inference.upstream import SIMULATED_OWNER as OWNER
@@ -69,6 +70,11 @@ def _error(status: int, message: str, code: str, headers: dict[str, str] | None 
 class Stats:
     def __init__(self) -> None:
         self.started = self.completed = self.aborted = self.rejected = 0
+        # each completed generation's service time (slot taken to last token), newest last, with when it ended
+        self.service: collections.deque[tuple[float, float]] = collections.deque(maxlen=100_000)
+
+    def service_times(self, since: float = 0.0) -> list[float]:
+        return [took for ended, took in self.service if ended >= since]
 
 
 class SimulatedModel:
@@ -78,14 +84,18 @@ class SimulatedModel:
         self.stats = Stats()
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
+        app = Starlette(routes=[
             Route("/v1/models", self.models),
             Route("/v1/chat/completions", self.generate_endpoint("chat"), methods=["POST"]),
             Route("/v1/completions", self.generate_endpoint("text"), methods=["POST"]),
             Route("/v1/embeddings", self.embeddings, methods=["POST"]),
             Route("/sim/stats", self.stats_endpoint),
             Route("/health", self.health),
+            *([Route("/metrics", self.metrics)] if self.settings.metrics else []),
         ])
+        if self.settings.response_headers:
+            app.add_middleware(_ExtraHeaders, headers=self.settings.response_headers)
+        return app
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok", "simulated": True})
@@ -98,10 +108,39 @@ class SimulatedModel:
         ]})
 
     async def stats_endpoint(self, request: Request) -> Response:
+        """Counts, and the service time (slot taken to last token) of generations ended since `since` (a
+        monotonic time of this process, from `now`): the model's own speed, whatever its callers saw."""
         s = self.stats
+        try:
+            since = float(request.query_params.get("since", "0"))
+        except ValueError:
+            since = 0.0
+        service = sorted(s.service_times(since))
+
+        def pct(q: float) -> float | None:
+            return service[min(len(service) - 1, int(q * len(service)))] if service else None
+
         return JSONResponse({"simulated": True, "slots": self.settings.slots, "active": self.slots.active,
                              "queued": self.slots.queued, "started": s.started, "completed": s.completed,
-                             "aborted": s.aborted, "rejected": s.rejected})
+                             "aborted": s.aborted, "rejected": s.rejected, "now": time.monotonic(),
+                             "service": {"count": len(service), "p50": pct(0.5), "p95": pct(0.95)}})
+
+    async def metrics(self, request: Request) -> Response:
+        """vLLM's scheduler gauges, in vLLM's names and labels (model.metrics): requests running, waiting, and
+        the KV cache's use (here, the share of slots busy)."""
+        labels = f'{{engine="0",model_name="{CHAT_MODEL}"}}'
+        running, waiting = self.slots.active, self.slots.queued
+        text = (
+            "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+            "# TYPE vllm:num_requests_running gauge\n"
+            f"vllm:num_requests_running{labels} {float(running)}\n"
+            "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+            "# TYPE vllm:num_requests_waiting gauge\n"
+            f"vllm:num_requests_waiting{labels} {float(waiting)}\n"
+            "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n"
+            "# TYPE vllm:kv_cache_usage_perc gauge\n"
+            f"vllm:kv_cache_usage_perc{labels} {running / max(1, self.settings.slots)}\n")
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def _body(self, request: Request) -> dict[str, Any] | Response:
         try:
@@ -168,6 +207,9 @@ class Generation:
         self.reply_tokens = self.max_tokens if self.name.endswith("-long") else min(self.max_tokens,
                                                                                      settings.reply_tokens)
         self.prompt_tokens = count_tokens(_prompt_text(body))
+        n = body.get("n")
+        # n completions, as vLLM writes them (a few at most here: it is a simulation)
+        self.choices = min(n, 16) if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         work = asyncio.create_task(self._run(send))
@@ -190,12 +232,15 @@ class Generation:
             await response({"type": "http"}, _never, send)
             return
         self.model.stats.started += 1
+        took = time.monotonic()
         try:
             if self.body.get("stream") is True:
                 await self._stream(send)
             else:
                 await self._whole(send)
             self.model.stats.completed += 1
+            ended = time.monotonic()
+            self.model.stats.service.append((ended, ended - took))
         finally:
             self.model.slots.release()
 
@@ -203,6 +248,7 @@ class Generation:
         return 1.0 / self.model.settings.tokens_per_second
 
     def _usage(self, completion_tokens: int) -> dict[str, int]:
+        completion_tokens *= self.choices
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
                 "total_tokens": self.prompt_tokens + completion_tokens}
 
@@ -212,24 +258,31 @@ class Generation:
     async def _whole(self, send: Send) -> None:
         await asyncio.sleep(self.model.settings.first_token_delay + self.reply_tokens * self._token_delay())
         text = " ".join(_WORDS[i % len(_WORDS)] for i in range(self.reply_tokens))
-        choice: dict[str, Any] = {"index": 0, "finish_reason": self._finish_reason(), "logprobs": None}
-        if self.kind == "chat":
-            choice["message"] = {"role": "assistant", "content": text}
-        else:
-            choice["text"] = text
+        choices: list[dict[str, Any]] = []
+        for index in range(self.choices):
+            choice: dict[str, Any] = {"index": index, "finish_reason": self._finish_reason(), "logprobs": None}
+            if self.kind == "chat":
+                choice["message"] = {"role": "assistant", "content": text}
+            else:
+                choice["text"] = text
+            choices.append(choice)
         body = {"id": self.id, "object": "chat.completion" if self.kind == "chat" else "text_completion",
-                "created": self.created, "model": self.name, "choices": [choice],
+                "created": self.created, "model": self.name, "choices": choices,
                 "usage": self._usage(self.reply_tokens), "system_fingerprint": "floodwall-simulated"}
         await JSONResponse(body)({"type": "http"}, _never, send)
 
     def _chunk(self, delta: str | None, finish: str | None = None, first: bool = False) -> bytes:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
-        if self.kind == "chat":
-            choice["delta"] = ({"role": "assistant", "content": ""} if first else
-                               {"content": delta} if delta is not None else {})
-        else:
-            choice["text"] = delta or ""
-        return self._event({"choices": [choice]})
+        """One event per completion (n of them), each naming its index."""
+        events = b""
+        for index in range(self.choices):
+            choice: dict[str, Any] = {"index": index, "finish_reason": finish, "logprobs": None}
+            if self.kind == "chat":
+                choice["delta"] = ({"role": "assistant", "content": ""} if first else
+                                   {"content": delta} if delta is not None else {})
+            else:
+                choice["text"] = delta or ""
+            events += self._event({"choices": [choice]})
+        return events
 
     def _event(self, fields: dict[str, Any]) -> bytes:
         payload = {"id": self.id, "object": "chat.completion.chunk" if self.kind == "chat" else "text_completion",
@@ -263,6 +316,24 @@ class Generation:
         if isinstance(options, dict) and options.get("include_usage") is True:
             await emit(self._event({"choices": [], "usage": self._usage(self.reply_tokens)}))
         await emit(b"data: [DONE]\n\n", more=False)
+
+
+class _ExtraHeaders:
+    """Adds `model.response_headers` ("Name: value") to every answer, as a model server behind a proxy of its
+    own may: cookies, CORS, upgrades (floodwall relays none of them to its clients)."""
+
+    def __init__(self, app: ASGIApp, headers: list[str]) -> None:
+        self.app = app
+        self.headers = [(name.strip().lower().encode(), value.strip().encode())
+                        for name, _, value in (line.partition(":") for line in headers)]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.headers]}
+            await send(message)
+
+        await self.app(scope, receive, sending if scope["type"] == "http" else send)
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -44,6 +44,7 @@ class InferenceEndpoint:
             principal = await key_principal(scope, config.accounts)
             require_verified(scope, principal)
             body = await receive_json_object(scope, receive, config.settings.server.max_body_size)
+            config.upstream.fields.apply(self.endpoint, body)
             self.check(body)
             if self.screened:
                 await screen(scope, principal, body)

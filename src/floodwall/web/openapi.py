@@ -46,7 +46,8 @@ ERROR: Schema = {"type": "object", "required": ["error"], "properties": {"error"
 
 
 def obj(required: tuple[str, ...] = (), **properties: Schema) -> Schema:
-    """A JSON object with these properties (others are ignored by floodwall, as OpenAI's API does)."""
+    """A JSON object with these properties. The account routes ignore others; /v1 takes the rest of OpenAI's
+    fields and the enabled extensions, and refuses any other (docs/configuration.md#the-fields-forwarded)."""
     found: Schema = {"type": "object", "properties": properties}
     if required:
         found["required"] = list(required)
@@ -81,8 +82,8 @@ MESSAGE = obj(("role",), role={"enum": ["system", "developer", "user", "assistan
                                  {"type": "null"}]},
               name=STRING)
 SAMPLING = {"max_tokens": {"type": "integer", "minimum": 1}, "temperature": NUMBER, "top_p": NUMBER,
-            "n": {"type": "integer", "minimum": 1}, "stream": BOOLEAN, "stop": {"oneOf": [STRING, {"type": "array"}]},
-            "user": STRING}
+            "n": {"type": "integer", "minimum": 1, "maximum": 128}, "stream": BOOLEAN,
+            "stop": {"oneOf": [STRING, {"type": "array"}]}, "user": STRING}
 PROMPT_LIKE: Schema = {"oneOf": [STRING, {"type": "array", "items": STRING}, {"type": "array", "items": INTEGER}]}
 EXPLAINED_REQUEST = obj(method=STRING, path={"type": "string", "pattern": "^/"}, query=STRING,
                         headers={"type": "object", "additionalProperties": STRING}, address=STRING)
@@ -96,6 +97,7 @@ def _paths() -> dict[str, dict[str, Schema]]:
         "/v1/chat/completions": {"post": operation("A chat completion (streamed with stream: true)", v1, KEY,
                                                    obj(("model", "messages"), model=STRING,
                                                        messages={"type": "array", "minItems": 1, "items": MESSAGE},
+                                                       max_completion_tokens={"type": "integer", "minimum": 1},
                                                        **SAMPLING), stream=True)},
         "/v1/completions": {"post": operation("A text completion", v1, KEY,
                                               obj(("model", "prompt"), model=STRING, prompt=PROMPT_LIKE, **SAMPLING),

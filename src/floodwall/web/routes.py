@@ -95,6 +95,7 @@ async def chat_send(request: Request) -> Response | InferenceCall:
     config = services(request)
     body = await read_json_object(request, config.settings.server.max_body_size)
     body["stream"] = True
+    config.upstream.fields.apply("chat/completions", body)
     validation.chat_completion(body)
     await screen(request.scope, principal, body)
     return call(request.scope, principal, "chat/completions", body)

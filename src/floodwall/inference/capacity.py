@@ -1,0 +1,104 @@
+"""How many calls the model server may be running at once, for admission: read from the server's own figures
+when it publishes them (requests running and waiting), else learnt from its latency, never below what it has
+shown it serves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from floodwall.inference.model_metrics import Reading
+
+
+class GradientLimit:
+    """A concurrency limit that grows while latency stays near its baseline and shrinks when it rises
+    (the model server is queueing inside) or when the server says it is full.
+
+    After Gradient2, with one change for model servers: no standing queue is allowed for throughput's sake.
+    A call queued inside the model server can no longer be put behind a more important one, so the limit
+    grows by one per round of calls only while the recent latency stays within `tolerance` of the baseline.
+
+    And one floor: the limit does not fall below the concurrency at which the server last answered at its
+    usual latency (what it has shown it serves), because a slowdown with no rise in concurrency is not
+    queueing: on a machine the flood also loads, every call is slower, at any concurrency. The floor halves
+    every `floor_half_life` seconds, so a server that really shrank is not over-driven for long; its 503s
+    lower the limit and the floor at once.
+    """
+
+    def __init__(self, initial: int, minimum: int, maximum: int, tolerance: float = 1.5,
+                 smoothing: float = 0.2, slack: float = 0.0, floor_half_life: float = 120.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.value = float(initial)
+        self.slack = slack
+        self.minimum = minimum
+        self.maximum = maximum
+        self.tolerance = tolerance
+        self.smoothing = smoothing
+        self.baseline: dict[str, float] = {}  # long-run latency, per kind of sample
+        self.recent: dict[str, float] = {}  # the last few calls' latency
+        self.floor_half_life = floor_half_life
+        self.clock = clock
+        self._served = (0.0, 0.0)  # (concurrency served at the usual latency, when)
+
+    @property
+    def limit(self) -> int:
+        return max(self.minimum, int(self.value))
+
+    @property
+    def floor(self) -> float:
+        """The concurrency served at the usual latency lately, decayed by its age."""
+        served, at = self._served
+        return served * 0.5 ** ((self.clock() - at) / self.floor_half_life) if served else 0.0
+
+    def overloaded(self) -> None:
+        self.value = max(float(self.minimum), self.value * 0.8)
+        served, at = self._served
+        self._served = (served * 0.8, at)  # the server says it is full: what it served before is no promise
+
+    def sample(self, kind: str, latency: float, in_flight: int) -> None:
+        recent = self.recent.get(kind, latency) * (1 - self.smoothing) + latency * self.smoothing
+        self.recent[kind] = recent
+        # the baseline is the long-run average (about 500 calls), not the best ever seen: a model server's
+        # latency jitters, and a baseline at its minimum would read the jitter as queueing. It follows a
+        # fall quickly and a rise slowly, so a queue building inside the model server does not look normal
+        # for long.
+        baseline = self.baseline.get(kind, latency)
+        baseline += (latency - baseline) * (0.05 if recent < baseline else 0.002)
+        self.baseline[kind] = baseline
+        usual = max(self.tolerance * baseline, baseline + self.slack)
+        gradient = usual / max(recent, 1e-9)
+        if latency <= usual and in_flight >= self.floor:  # this call itself, not the smoothed recent ones
+            self._served = (float(in_flight), self.clock())
+        if in_flight < self.value / 2:
+            # far below the limit, latency says nothing about the limit: neither raise nor lower it
+            return
+        if gradient >= 1.0:
+            self.value = min(float(self.maximum), self.value + 1.0 / self.value)
+        else:
+            target = self.value * max(0.5, gradient)
+            shrunk = self.value * (1 - self.smoothing) + target * self.smoothing
+            self.value = max(float(self.minimum), min(self.value, max(shrunk, self.floor)))
+
+
+class FiguresLimit:
+    """The limit by the model server's own figures: keep its waiting queue near empty, so that floodwall's
+    tiered queue, not the server's FIFO, decides who goes next. Requests waiting inside: the server runs what
+    it can, and floodwall's share of that is what it has out less what waits; none waiting while floodwall
+    uses all it may: one more. The capacity is what the server ran when requests began to wait."""
+
+    def __init__(self, initial: int, minimum: int, maximum: int) -> None:
+        self.value = initial
+        self.minimum = minimum
+        self.maximum = maximum
+        self.capacity: float | None = None  # requests the server ran when its queue last began
+
+    def observe(self, reading: Reading, in_flight: int) -> None:
+        if reading.waiting > 0:
+            self.capacity = reading.running
+            self.value = max(self.minimum, min(self.value, int(in_flight - reading.waiting)))
+        elif in_flight >= self.value:
+            self.value = min(self.maximum, self.value + 1)
+
+    def overloaded(self) -> None:
+        self.value = max(self.minimum, int(self.value * 0.8))
