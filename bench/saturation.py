@@ -40,6 +40,7 @@ OUT = Path(__file__).with_name("out")
 TOKEN = "admin-" + secrets.token_hex(16)
 TPS, REPLY = 50, 16  # tokens a second a slot, tokens a reply: a call holds a slot about a third of a second
 NEW_AGE = 10  # defense.new_account_age, seconds
+PARTS = {"new", "flood"}  # the attack's parts (--attack): new accounts' streams, the flood of addresses
 
 
 async def _flood(base: str, stop: float, counts: dict[str, int], addresses: int = 2000, workers: int = 200) -> None:
@@ -74,17 +75,19 @@ async def _flood(base: str, stop: float, counts: dict[str, int], addresses: int 
     await asyncio.gather(*[worker(w) for w in range(workers)])
 
 
-async def _sample(base: str, model: str, stop: float, samples: list[tuple[int, int, int]]) -> None:
-    """(calls waiting in floodwall's queue, slots busy, model's queue) every 100 ms."""
+async def _sample(base: str, model: str, stop: float, samples: list[tuple[int, int, int, float, int]]) -> None:
+    """(calls waiting in floodwall's queue, slots busy, model's queue, floodwall's event-loop lag in ms,
+    floodwall's limit) every 100 ms."""
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < stop:
             try:
                 async with session.get(f"{base}/admin/api/admission",
                                        headers={"authorization": f"Bearer {TOKEN}"}) as answer:
-                    queued = sum((await answer.json())["queued"].values())
+                    admission = await answer.json()
                 async with session.get(f"{model}/sim/stats") as answer:
                     stats = await answer.json()
-                samples.append((queued, stats["active"], stats["queued"]))
+                samples.append((sum(admission["queued"].values()), stats["active"], stats["queued"],
+                                admission["loop_lag_ms"], admission["limit"]))
             except (aiohttp.ClientError, TimeoutError, KeyError):
                 pass
             await asyncio.sleep(0.1)
@@ -126,12 +129,14 @@ def one_run(tmp: Path, slots: int, figures: bool, seconds: int) -> dict[str, Any
         async def phase(flood: bool, newcomers: list[tuple[str | None, str]]) -> dict[str, Any]:
             results: dict[str, list[tuple[float, int, float]]] = {"established": [], "new": []}
             counts: dict[str, int] = {}
-            samples: list[tuple[int, int, int]] = []
+            samples: list[tuple[int, int, int, float, int]] = []
             stop = time.monotonic() + seconds
             jobs = [_population(base, list(established), stop, results["established"], 0.2, REPLY),
                     _sample(base, model, stop, samples)]
-            if flood:
-                jobs += [_population(base, newcomers * 3, stop, results["new"], 0.0, REPLY), _flood(base, stop, counts)]
+            if flood and "new" in PARTS:
+                jobs.append(_population(base, newcomers * 3, stop, results["new"], 0.0, REPLY))
+            if flood and "flood" in PARTS:
+                jobs.append(_flood(base, stop, counts))
             await asyncio.gather(*jobs)
             return {"results": results, "counts": counts, "samples": samples}
 
@@ -145,7 +150,9 @@ def one_run(tmp: Path, slots: int, figures: bool, seconds: int) -> dict[str, Any
             attack = run(phase(True, newcomers))
             attack_service = _service_p95(model, attack_since)
     est = attack["results"]["established"]
-    waiting = [(active, model_queue) for queued, active, model_queue in attack["samples"] if queued > 0]
+    waiting = [(active, model_queue) for queued, active, model_queue, _, _ in attack["samples"] if queued > 0]
+    lags = [lag for *_, lag, _ in attack["samples"]]
+    limits = [limit for *_, limit in attack["samples"]]
     slowdown = attack_service / calm_service
     ratio = _p95(est) / _p95(calm["results"]["established"])
     bound = max(1.3, 1.1 * slowdown) if figures else max(1.5, 1.25 * slowdown)
@@ -159,6 +166,8 @@ def one_run(tmp: Path, slots: int, figures: bool, seconds: int) -> dict[str, Any
         "slots_busy_while_waiting": round(statistics.mean(a / slots for a, _ in waiting), 3) if waiting else None,
         "samples_with_calls_waiting": len(waiting), "model_queue_mean_while_waiting":
             round(statistics.mean(q for _, q in waiting), 2) if waiting else None,
+        "loop_lag_ms_attack": round(statistics.mean(lags), 2) if lags else None,
+        "limit_attack_median": statistics.median(limits) if limits else None,
         "new_calls": len(attack["results"]["new"]),
         "new_served": sum(1 for _, s, _ in attack["results"]["new"] if s == 200),
         "flood_answers": attack["counts"],
@@ -171,7 +180,10 @@ def main() -> int:
     parser.add_argument("--figures", default="off,on")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--attack", default="new,flood", help="the attack's parts, to see each one's effect")
     args = parser.parse_args()
+    PARTS.clear()
+    PARTS.update(args.attack.split(","))
     results: dict[str, Any] = {}
     for figures in args.figures.split(","):
         for slots in (int(n) for n in args.slots.split(",")):

@@ -56,6 +56,22 @@ async def test_established_go_first_whatever_the_arrival_order() -> None:
     assert await started(newcomer)
 
 
+async def test_slots_established_calls_wanted_lately_are_kept_for_them() -> None:
+    """A call cannot be taken back once started: lower tiers fill a free slot only if the slots left still
+    hold the established tier's recent peak (issue 23), and never the last one (a small server still serves
+    them between established calls)."""
+    gate = admission(initial_limit=4, max_limit=4)
+    regulars = [await gate.admit(who(n), "established", "normal", body()) for n in range(3)]
+    for ticket in regulars:
+        gate.release(ticket)
+    first_new = asyncio.create_task(gate.admit(who(10), "new", "normal", body()))
+    second_new = asyncio.create_task(gate.admit(who(11), "new", "normal", body()))
+    assert await started(first_new) and not await started(second_new)  # three kept for the peak of three
+    for n in range(3):  # and the established calls find them at once
+        await asyncio.wait_for(gate.admit(who(20 + n), "established", "normal", body()), 1)
+    second_new.cancel()
+
+
 async def test_lower_tiers_hold_only_their_share_of_the_limit() -> None:
     gate = admission("under_attack", initial_limit=4, max_limit=4,
                      under_attack={"share": {"new": 0.25}})
@@ -162,18 +178,17 @@ def test_cost_estimate() -> None:
 
 
 def test_gradient_limit_learns_from_latency_and_overload() -> None:
-    clock = Clock()
-    limit = GradientLimit(initial=8, minimum=1, maximum=64, clock=clock)
+    limit = GradientLimit(initial=8, minimum=1, maximum=64, clock=Clock())
     for _ in range(50):  # latency stays at its baseline while the limit is used: it grows
         limit.sample("ttft", 0.05, in_flight=limit.limit)
     grown = limit.limit
-    assert grown > 8 and limit.floor == grown
-    for step in range(30):  # pushed past what it served, the model server queues: latency triples
-        limit.sample("ttft", 0.15 + 0.01 * step, in_flight=grown + 4)
-    assert limit.limit == grown  # down to what it has shown it serves, and no further
+    assert grown > 8
+    for step in range(30):  # the model server starts queueing: latency triples, the limit comes down
+        limit.sample("ttft", 0.15 + 0.01 * step, in_flight=limit.limit)
+    assert limit.limit < grown
     before = limit.limit
-    limit.overloaded()  # a 503 says it is full: the limit and the floor come down
-    assert limit.limit < before and limit.floor < before
+    limit.overloaded()
+    assert limit.limit < before or before == 1
     idle = GradientLimit(initial=8, minimum=1, maximum=64)
     for _ in range(50):  # not using the limit is no evidence for raising it
         idle.sample("ttft", 0.05, in_flight=1)
@@ -182,22 +197,30 @@ def test_gradient_limit_learns_from_latency_and_overload() -> None:
 
 def test_a_slowdown_without_more_concurrency_is_not_queueing() -> None:
     """Issue 23: on a machine the flood also loads, every call gets slower at any concurrency. The limit holds
-    at the concurrency the server served at its usual latency; that floor halves every floor_half_life, so a
-    server that really shrank is not over-driven for long."""
+    at the concurrency the server has shown it serves (Little's law over calls generating, queueing left
+    out); that floor halves every floor_half_life, so a server that really shrank is not over-driven for long."""
     clock = Clock()
     limit = GradientLimit(initial=8, minimum=1, maximum=64, clock=clock, floor_half_life=120)
-    for _ in range(200):
-        limit.sample("ttft", 0.05, in_flight=8)
-    held = limit.limit
-    assert held >= 8
-    for _ in range(200):  # four times slower, at the same concurrency: the machine is busy
+    for _ in range(8):  # eight calls generating at once, for ten seconds
+        limit.generating(+1)
+    for _ in range(100):
+        clock.now += 0.1
+        limit.sample("ttft", 0.05, in_flight=12)  # four more wait inside the server: they are not served
+    limit.generating(0)
+    assert 7.9 < limit.floor <= 8.0
+    for _ in range(200):  # four times slower, the same eight generating: the machine is busy, not the server
         clock.now += 0.05
-        limit.sample("ttft", 0.2, in_flight=8)
+        limit.generating(0)  # (calls come and go: each one closes a window when it is due)
+        limit.sample("ttft", 0.2, in_flight=limit.limit)
     assert limit.limit >= 8
-    for step in range(400):  # it stays slow for ten minutes: the floor decays, the limit comes down
-        clock.now += 1.5
+    for _ in range(8):
+        limit.generating(-1)
+    limit.overloaded()  # a 503: the server is full; the floor comes down with the limit
+    assert limit.floor < 7
+    for step in range(400):  # slow for ten minutes more, nothing generating: the floor decays and the limit
+        clock.now += 1.5     # comes down
         limit.sample("ttft", 0.2 + step * 0.001, in_flight=limit.limit)
-    assert limit.limit < 8
+    assert limit.limit < 6 and limit.floor < 0.5
 
 
 def test_the_model_servers_own_figures_set_the_limit() -> None:

@@ -23,7 +23,7 @@ from floodwall.background import cancel
 from floodwall.config import ConfigError, Seconds, per_level, typed
 from floodwall.errors import ApiError
 from floodwall.headers import ratelimit
-from floodwall.inference.capacity import FiguresLimit, GradientLimit
+from floodwall.inference.capacity import FiguresLimit, GradientLimit, Peak
 from floodwall.inference.fields import choices, completion_length, hold_length, prompt_tokens
 from floodwall.inference.model_metrics import Reading
 from floodwall.levels import LEVELS
@@ -55,6 +55,8 @@ class AdmissionPolicy:
     # latency above the baseline by less than this is jitter, whatever the ratio: a fast model server's
     # calls of a millisecond or two double in latency when the machine is busy, with nothing queued inside
     latency_slack: float = 0.005
+    # the established tier's recent peak of calls, kept free of lower tiers, halves over this many seconds
+    reserve_half_life: float = 30.0
     max_wait: Mapping[str, float] = dataclasses.field(
         default_factory=lambda: {"established": 60.0, "new": 20.0, "anonymous": 10.0})
     levels: Mapping[str, LevelTerms] = dataclasses.field(default_factory=dict)
@@ -92,6 +94,7 @@ _ADMISSION = per_level("AdmissionTable", _TermsTable | None, None,
                        *((name, Positive, getattr(AdmissionPolicy, name)) for name in
                          ("initial_limit", "min_limit", "max_limit", "queue_size", "default_max_tokens")),
                        ("latency_slack", Seconds, Seconds(AdmissionPolicy.latency_slack)),
+                       ("reserve_half_life", Seconds, Seconds(AdmissionPolicy.reserve_half_life)),
                        ("max_wait", dict[Tier, Seconds], {}))
 
 
@@ -116,6 +119,7 @@ class Ticket:
     max_tokens_cap: int | None
     headers: list[tuple[bytes, bytes]] = dataclasses.field(default_factory=list)
     started: float = 0.0
+    generating: bool = False  # its first token has come: the model server is serving it
     _future: asyncio.Future[None] | None = None
 
 
@@ -155,6 +159,8 @@ class Admission:
         # the model server's own figures, when it publishes them (model_metrics.py): the fresh reading
         self.figures = figures or (lambda: None)
         self.by_figures = FiguresLimit(policy.initial_limit, policy.min_limit, policy.max_limit)
+        # how many calls established accounts have wanted at once lately (their slots are kept for them)
+        self.first_demand = Peak(policy.reserve_half_life)
         self.in_flight = 0
         self.by_tier: collections.Counter[str] = collections.Counter()
         self.by_account: collections.Counter[int] = collections.Counter()
@@ -261,6 +267,12 @@ class Admission:
         limit = self.limit
         if self.in_flight >= limit:
             return False
+        if tier == TIER_ORDER[0]:
+            return True
+        # a call cannot be taken back once started: a lower tier takes a free slot only if the slots left
+        # still hold the established calls of the recent peak, and only its share of the limit
+        if self.in_flight + self.first_demand.reserve(self.by_tier[TIER_ORDER[0]], limit) >= limit:
+            return False
         share = terms.share.get(tier, 1.0)
         return self.by_tier[tier] < max(1, math.floor(share * limit)) if share < 1.0 else True
 
@@ -312,6 +324,8 @@ class Admission:
         self.traffic.event(f"model.shed.{tier}")
 
     def _start(self, ticket: Ticket) -> None:
+        if ticket.tier == TIER_ORDER[0]:
+            self.first_demand.note(self.by_tier[ticket.tier] + 1 + len(self.queues[ticket.tier]))
         ticket.started = time.monotonic()
         self.in_flight += 1
         self.by_tier[ticket.tier] += 1
@@ -330,7 +344,16 @@ class Admission:
             if queue:
                 return  # strict priority: a lower tier never goes before a waiting higher one
 
+    def first_token(self, ticket: Ticket) -> None:
+        """The call's first token: from now it is being generated, not waiting in the model server's queue."""
+        if not ticket.generating:
+            ticket.generating = True
+            self.limiter.generating(+1)
+
     def release(self, ticket: Ticket, *, latency: tuple[str, float] | None = None, overloaded: bool = False) -> None:
+        if ticket.generating:
+            ticket.generating = False
+            self.limiter.generating(-1)
         self.in_flight -= 1
         self.by_tier[ticket.tier] -= 1
         self.by_account[ticket.account] -= 1

@@ -19,12 +19,16 @@ class GradientLimit:
     A call queued inside the model server can no longer be put behind a more important one, so the limit
     grows by one per round of calls only while the recent latency stays within `tolerance` of the baseline.
 
-    And one floor: the limit does not fall below the concurrency at which the server last answered at its
-    usual latency (what it has shown it serves), because a slowdown with no rise in concurrency is not
-    queueing: on a machine the flood also loads, every call is slower, at any concurrency. The floor halves
-    every `floor_half_life` seconds, so a server that really shrank is not over-driven for long; its 503s
-    lower the limit and the floor at once.
+    And one floor: the limit does not fall below the concurrency the server has shown it serves, because a
+    slowdown with no rise in concurrency is not queueing: on a machine the flood also loads, every call is
+    slower, at any concurrency. That concurrency is Little's law over calls generating (from first token to
+    last: time waiting in the server's queue is left out), the time-average of how many were generating,
+    over windows of WINDOW seconds. The floor is the largest lately, halving every `floor_half_life`
+    seconds, so a server that really shrank is not over-driven for long; its 503s lower the limit and the
+    floor at once.
     """
+
+    WINDOW = 5.0
 
     def __init__(self, initial: int, minimum: int, maximum: int, tolerance: float = 1.5,
                  smoothing: float = 0.2, slack: float = 0.0, floor_half_life: float = 120.0,
@@ -39,7 +43,10 @@ class GradientLimit:
         self.recent: dict[str, float] = {}  # the last few calls' latency
         self.floor_half_life = floor_half_life
         self.clock = clock
-        self._served = (0.0, 0.0)  # (concurrency served at the usual latency, when)
+        self._served = (0.0, 0.0)  # (concurrency served, when)
+        self._generating = 0  # calls between their first token and their last
+        self._changed = self._window = clock()
+        self._integral = 0.0  # call-seconds of generation in this window
 
     @property
     def limit(self) -> int:
@@ -56,6 +63,18 @@ class GradientLimit:
         served, at = self._served
         self._served = (served * 0.8, at)  # the server says it is full: what it served before is no promise
 
+    def generating(self, delta: int) -> None:
+        """A call began (+1) or ended (-1) generating: the server is serving it, not queueing it."""
+        now = self.clock()
+        self._integral += self._generating * (now - self._changed)
+        self._generating += delta
+        self._changed = now
+        if now - self._window >= self.WINDOW:
+            served = self._integral / (now - self._window)
+            if served >= self.floor:
+                self._served = (served, now)
+            self._window, self._integral = now, 0.0
+
     def sample(self, kind: str, latency: float, in_flight: int) -> None:
         recent = self.recent.get(kind, latency) * (1 - self.smoothing) + latency * self.smoothing
         self.recent[kind] = recent
@@ -66,10 +85,7 @@ class GradientLimit:
         baseline = self.baseline.get(kind, latency)
         baseline += (latency - baseline) * (0.05 if recent < baseline else 0.002)
         self.baseline[kind] = baseline
-        usual = max(self.tolerance * baseline, baseline + self.slack)
-        gradient = usual / max(recent, 1e-9)
-        if latency <= usual and in_flight >= self.floor:  # this call itself, not the smoothed recent ones
-            self._served = (float(in_flight), self.clock())
+        gradient = max(self.tolerance * baseline, baseline + self.slack) / max(recent, 1e-9)
         if in_flight < self.value / 2:
             # far below the limit, latency says nothing about the limit: neither raise nor lower it
             return
@@ -78,7 +94,8 @@ class GradientLimit:
         else:
             target = self.value * max(0.5, gradient)
             shrunk = self.value * (1 - self.smoothing) + target * self.smoothing
-            self.value = max(float(self.minimum), min(self.value, max(shrunk, self.floor)))
+            # (rounded: the floor is measured per window and decays between them; 7.9 served is 8 slots)
+            self.value = max(float(self.minimum), min(self.value, max(shrunk, float(round(self.floor)))))
 
 
 class FiguresLimit:
@@ -102,3 +119,27 @@ class FiguresLimit:
 
     def overloaded(self) -> None:
         self.value = max(self.minimum, int(self.value * 0.8))
+
+
+class Peak:
+    """The most calls a tier has wanted at once lately (running and waiting), halving every `half_life`
+    seconds: what admission keeps free of lower tiers, so that the next established calls find a slot."""
+
+    def __init__(self, half_life: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.half_life = half_life
+        self.clock = clock
+        self._peak = (0.0, 0.0)
+
+    @property
+    def value(self) -> float:
+        peak, at = self._peak
+        return peak * 0.5 ** ((self.clock() - at) / self.half_life) if self.half_life > 0 else 0.0
+
+    def note(self, wanted: int) -> None:
+        if wanted >= self.value:
+            self._peak = (float(wanted), self.clock())
+
+    def reserve(self, running: int, limit: int) -> int:
+        """Slots to keep free for the tier, which runs `running` calls now, of `limit`: never all of them, so
+        that a small model server still serves the lower tiers between established calls."""
+        return max(0, min(round(self.value) - running, limit - 1))

@@ -84,6 +84,7 @@ class InferenceCall:
         self.body = body
         self.prompt_chars = 0
         self._reconcile: tuple[Ticket, Outcome] | None = None
+        self._ticket: Ticket | None = None
         self.model = str(body.get("model", ""))[:200]
         self.stream = body.get("stream") is True
         self.client_wants_usage = False
@@ -121,6 +122,7 @@ class InferenceCall:
             await send_error(scope, send, error)
             return
         overloaded = False
+        self._ticket = ticket
         try:
             try:
                 payload = orjson.dumps(self.body)
@@ -199,6 +201,8 @@ class InferenceCall:
             outcome.chunks += 1
             if not outcome.first_token_at:
                 outcome.first_token_at = time.monotonic()
+                if self._ticket is not None:
+                    self.admission.first_token(self._ticket)
             return event + b"\n\n"
         try:
             chunk = orjson.loads(data)
