@@ -84,11 +84,12 @@ def test_a_cap_holds_every_length_field_and_max_tokens_is_always_written() -> No
     body = chat(max_completion_tokens=1, max_tokens=256, n_predict=5000, min_tokens=300)
     assert hold_length(body, 512, cap=64) == 64
     assert (body["max_completion_tokens"], body["max_tokens"], body["n_predict"], body["min_tokens"]) == (1, 64, 64, 64)
-    # no length asked: the server's own default (a model's whole context, or no end) would run; the call
-    # gets the policy's default_max_tokens, which is what it was costed at
+    # no length asked and no cap: left to the model server's own limit (a written length it cannot hold in
+    # its context is a 400 from vLLM or TGI), costed at the default; under a cap, the cap is written
     unset = chat()
-    assert hold_length(unset, 512) == 512 and unset["max_tokens"] == 512 and "max_completion_tokens" not in unset
-    assert hold_length(chat(), 512, cap=64) == 64
+    assert hold_length(unset, 512) == 512 and unset == chat()
+    capped = chat()
+    assert hold_length(capped, 512, cap=64) == 64 and capped["max_tokens"] == 64
     # a server that reads only max_tokens (Ollama's OpenAI layer) is told what max_completion_tokens said
     small = chat(max_completion_tokens=8)
     assert hold_length(small, 512, cap=64) == 8 and small == chat(max_completion_tokens=8, max_tokens=8)

@@ -83,18 +83,18 @@ def test_each_field_that_multiplies_or_lengthens_generation_is_in_the_estimate(n
     assert abs(streamed - (14 + 100)) <= 2, streamed
 
 
-def test_every_call_is_bounded_to_what_it_was_costed_at(normal: str) -> None:
-    """Whichever length field a model server reads (this simulated one reads max_tokens first), and if the
-    call sets none (a server would run to its own default: a model's whole context), it writes no more than
-    the call was costed at."""
+def test_every_call_is_bounded_to_the_length_it_asked(normal: str) -> None:
+    """Whichever length field a model server reads (this simulated one reads max_tokens first), it writes no
+    more than the call asked and was costed at. A call that asks no length is left to the server's own limit
+    (as OpenAI's API has it), costed at default_max_tokens and charged what it used afterwards."""
     account = Account(normal)
     client = openai.OpenAI(base_url=f"{normal}/v1", api_key=account.new_key(), max_retries=0)
     long = CHAT + "-long"  # writes as many tokens as it is let
     hi: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
     unbounded = client.chat.completions.with_raw_response.create(model=long, messages=hi)
     usage = unbounded.parse().usage
-    assert usage is not None and usage.completion_tokens == 100  # the policy's default_max_tokens
-    assert BUDGET - int(unbounded.headers["x-ratelimit-remaining-tokens"]) <= 100 + 10
+    assert usage is not None and usage.completion_tokens == 256  # the simulated model's own limit
+    assert BUDGET - int(unbounded.headers["x-ratelimit-remaining-tokens"]) <= 100 + 10  # costed at the default
     only_new_field = client.chat.completions.create(model=long, messages=hi, max_completion_tokens=7)
     assert only_new_field.usage is not None and only_new_field.usage.completion_tokens == 7
     with pytest.raises(openai.BadRequestError) as too_large:

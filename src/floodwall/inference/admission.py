@@ -51,7 +51,7 @@ class AdmissionPolicy:
     min_limit: int = 1
     max_limit: int = 512
     queue_size: int = 512
-    default_max_tokens: int = 4096
+    default_max_tokens: int = 512
     # latency above the baseline by less than this is jitter, whatever the ratio: a fast model server's
     # calls of a millisecond or two double in latency when the machine is busy, with nothing queued inside
     latency_slack: float = 0.005

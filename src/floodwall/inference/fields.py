@@ -109,10 +109,14 @@ def choices(body: Mapping[str, Any]) -> tuple[int, str]:
 
 def hold_length(body: dict[str, Any], default: int, cap: int | None = None) -> int:
     """The length of each completion the call may generate: what its fields ask (`default` when none does),
-    at most `cap`. Each length field present is held to it and max_tokens is written, so that whichever field
-    the model server reads, and if it reads none of those sent, it generates no more."""
-    length = completion_length(body)
-    length = default if length is None else length
+    at most `cap`. Where a field or a cap sets it, each length field present is held to it and max_tokens is
+    written, so that whichever field the model server reads, it generates no more. A call that sets no length
+    and meets no cap is left as OpenAI's API has it (the model server's own limit: it may reject a written
+    length its context cannot hold), costed at `default`, and charged what it used afterwards."""
+    asked = completion_length(body)
+    if asked is None and cap is None:
+        return default
+    length = default if asked is None else asked
     if cap is not None:
         length = min(length, cap)
     for field in (*LENGTH_FIELDS, MIN_LENGTH_FIELD):
