@@ -72,6 +72,19 @@ async def test_slots_established_calls_wanted_lately_are_kept_for_them() -> None
     second_new.cancel()
 
 
+async def test_a_reserve_that_decays_lets_a_waiting_lower_tier_in_and_a_ticket_is_released_once() -> None:
+    gate = admission(initial_limit=4, max_limit=4, reserve_half_life=0.2)
+    regulars = [await gate.admit(who(n), "established", "normal", body()) for n in range(4)]
+    for ticket in regulars[1:]:
+        gate.release(ticket)
+    newcomer = asyncio.create_task(gate.admit(who(10), "new", "normal", body()))
+    assert not await started(newcomer)  # the peak of four is kept while one established call runs
+    await asyncio.wait_for(newcomer, 3)  # nothing is released: the decaying reserve lets it in by itself
+    gate.release(regulars[0])
+    gate.release(regulars[0])  # twice: counted once
+    assert gate.in_flight == 1 and gate.by_tier["established"] == 0
+
+
 async def test_lower_tiers_hold_only_their_share_of_the_limit() -> None:
     gate = admission("under_attack", initial_limit=4, max_limit=4,
                      under_attack={"share": {"new": 0.25}})
@@ -179,6 +192,7 @@ def test_cost_estimate() -> None:
 
 def test_gradient_limit_learns_from_latency_and_overload() -> None:
     limit = GradientLimit(initial=8, minimum=1, maximum=64, clock=Clock())
+    limit.generating(0)  # streamed calls are seen (none generating): the floor is theirs to set
     for _ in range(50):  # latency stays at its baseline while the limit is used: it grows
         limit.sample("ttft", 0.05, in_flight=limit.limit)
     grown = limit.limit
@@ -193,6 +207,20 @@ def test_gradient_limit_learns_from_latency_and_overload() -> None:
     for _ in range(50):  # not using the limit is no evidence for raising it
         idle.sample("ttft", 0.05, in_flight=1)
     assert idle.limit == 8
+
+
+def test_whole_answers_set_the_floor_at_the_concurrency_answered_at_the_usual_latency() -> None:
+    """Whole answers give no first token: while no stream is seen, a call answered at the usual latency sets
+    the floor at its concurrency (the review of issue 23: the limit fell to 1 for a non-streaming service)."""
+    clock = Clock()
+    limit = GradientLimit(initial=16, minimum=1, maximum=64, clock=clock)
+    for _ in range(300):
+        clock.now += 0.1
+        limit.sample("tpot", 0.05, in_flight=16)
+    for _ in range(300):  # three times slower at the same concurrency
+        clock.now += 0.1
+        limit.sample("tpot", 0.15, in_flight=limit.limit)
+    assert limit.limit >= 12  # the floor of 16, decayed over the 30 s
 
 
 def test_a_slowdown_without_more_concurrency_is_not_queueing() -> None:
@@ -231,8 +259,12 @@ def test_the_model_servers_own_figures_set_the_limit() -> None:
     assert figures.value == 9
     figures.observe(Reading(running=6, waiting=3, cache=1.0, at=0), in_flight=9)  # requests wait inside
     assert figures.value == 6 and figures.capacity == 6
-    figures.observe(Reading(running=6, waiting=9, cache=1.0, at=0), in_flight=6)  # others fill it: the floor
-    assert figures.value == 1
+    # a queue longer than all floodwall has out is others' (or a stale gauge): it does not lower floodwall's
+    figures.observe(Reading(running=6, waiting=9, cache=1.0, at=0), in_flight=6)
+    assert figures.value == 6
+    for odd in (float("inf"), float("nan")):
+        figures.observe(Reading(running=odd, waiting=odd, cache=None, at=0), in_flight=6)
+        assert figures.value == 6
 
 
 async def test_admission_follows_the_figures_while_they_are_fresh() -> None:

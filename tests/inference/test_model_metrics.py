@@ -6,7 +6,16 @@ from __future__ import annotations
 
 import pytest
 
-from floodwall.inference.model_metrics import KINDS, MAX_LINE, detect, parse
+from floodwall.inference.model_metrics import (
+    KINDS,
+    MAX_LINE,
+    MAX_SAMPLES,
+    ModelMetrics,
+    PageError,
+    Reading,
+    detect,
+    parse,
+)
 
 # vLLM (V1 engine): gauges labelled by model and engine, a histogram around them, the KV cache as a fraction
 VLLM = """\
@@ -113,3 +122,53 @@ def test_only_the_named_families_reach_the_parser() -> None:
 def test_every_kind_names_a_running_gauge() -> None:
     assert set(KINDS) == {"vllm", "llamacpp", "tgi", "sglang"}
     assert all(families.running and families.waiting for families in KINDS.values())
+
+
+def test_figures_that_are_no_figures_are_skipped_and_a_page_of_too_many_is_not_read() -> None:
+    page = VLLM_V0 + ('vllm:num_requests_waiting{model_name="x"} +Inf\n'
+                      'vllm:num_requests_waiting{model_name="y"} -3\n'
+                      'vllm:num_requests_waiting{model_name="z"} 1e400\n'
+                      'vllm:num_requests_running{model_name="w"} 1e308\n'
+                      'vllm:num_requests_running{model_name="v"} 1e308\n')
+    reading = parse("vllm", page)
+    assert reading is not None and reading.waiting == 0.0 and reading.running == 4.0
+    many = "".join(f'vllm:num_requests_running{{engine="{i}"}} 1\n' for i in range(MAX_SAMPLES + 1))
+    with pytest.raises(PageError):
+        parse("vllm", many)
+
+
+async def test_the_poller_outlives_whatever_the_server_or_admission_does() -> None:
+    import asyncio
+
+    pages = iter([VLLM, "vllm:num_requests_running 1\n", "not figures", VLLM])
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            body = next(pages, VLLM).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    seen: list[float] = []
+
+    def observe(reading: Reading) -> None:
+        seen.append(reading.running)
+        if len(seen) == 1:
+            raise OverflowError("admission failed on a reading")
+
+    metrics = ModelMetrics(f"http://127.0.0.1:{port}/metrics", "auto", interval=0.01, on_reading=observe)
+    metrics.start()
+    try:
+        for _ in range(300):
+            if len(seen) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        assert seen[:2] == [8.0, 1.0] and len(seen) >= 3  # on after an exception, a page without figures
+    finally:
+        await metrics.stop()
+        server.close()

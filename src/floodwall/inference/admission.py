@@ -120,6 +120,7 @@ class Ticket:
     headers: list[tuple[bytes, bytes]] = dataclasses.field(default_factory=list)
     started: float = 0.0
     generating: bool = False  # its first token has come: the model server is serving it
+    released: bool = False
     _future: asyncio.Future[None] | None = None
 
 
@@ -161,6 +162,7 @@ class Admission:
         self.by_figures = FiguresLimit(policy.initial_limit, policy.min_limit, policy.max_limit)
         # how many calls established accounts have wanted at once lately (their slots are kept for them)
         self.first_demand = Peak(policy.reserve_half_life)
+        self._retry: asyncio.TimerHandle | None = None
         self.in_flight = 0
         self.by_tier: collections.Counter[str] = collections.Counter()
         self.by_account: collections.Counter[int] = collections.Counter()
@@ -286,8 +288,12 @@ class Admission:
             raise _busy(ticket.tier)
         ticket._future = asyncio.get_running_loop().create_future()
         self.queues[ticket.tier].append(ticket)
+        if ticket.tier != TIER_ORDER[0]:
+            self._look_again()
         try:
-            await asyncio.wait_for(asyncio.shield(ticket._future), self.policy.max_wait[ticket.tier])
+            # (asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that lands as the turn comes)
+            async with asyncio.timeout(self.policy.max_wait[ticket.tier]):
+                await asyncio.shield(ticket._future)
         except TimeoutError:
             if ticket.started:
                 return  # its turn came just as the wait ran out
@@ -342,6 +348,8 @@ class Admission:
                     self._start(ticket)
                     ticket._future.set_result(None)
             if queue:
+                if tier != TIER_ORDER[0]:
+                    self._look_again()
                 return  # strict priority: a lower tier never goes before a waiting higher one
 
     def first_token(self, ticket: Ticket) -> None:
@@ -350,7 +358,20 @@ class Admission:
             ticket.generating = True
             self.limiter.generating(+1)
 
+    def _look_again(self) -> None:
+        """A lower tier waits with slots free: the established tier's reserve holds it back, and the reserve
+        decays with no call ending to say so. Look again shortly."""
+        if self._retry is None and self.in_flight < self.limit:
+            self._retry = asyncio.get_running_loop().call_later(0.25, self._redispatch)
+
+    def _redispatch(self) -> None:
+        self._retry = None
+        self._dispatch()
+
     def release(self, ticket: Ticket, *, latency: tuple[str, float] | None = None, overloaded: bool = False) -> None:
+        if ticket.released:
+            return
+        ticket.released = True
         if ticket.generating:
             ticket.generating = False
             self.limiter.generating(-1)
@@ -362,7 +383,7 @@ class Admission:
         if overloaded:
             self.limiter.overloaded()
             self.by_figures.overloaded()
-        elif latency is not None and self.figures() is None:
+        elif latency is not None:  # learnt even while figures set the limit: it stands in when they go stale
             # a call's latency spans a few trips through this event loop: take out what the loop added
             self.limiter.sample(latency[0], max(0.0, latency[1] - 3 * self.loop_lag.lag), self.in_flight + 1)
         self._dispatch()

@@ -5,6 +5,7 @@ shown it serves.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -47,6 +48,7 @@ class GradientLimit:
         self._generating = 0  # calls between their first token and their last
         self._changed = self._window = clock()
         self._integral = 0.0  # call-seconds of generation in this window
+        self._streamed_at = float("-inf")  # when a call last said it was generating
 
     @property
     def limit(self) -> int:
@@ -54,7 +56,7 @@ class GradientLimit:
 
     @property
     def floor(self) -> float:
-        """The concurrency served at the usual latency lately, decayed by its age."""
+        """The concurrency the server has served lately, decayed by its age."""
         served, at = self._served
         return served * 0.5 ** ((self.clock() - at) / self.floor_half_life) if served else 0.0
 
@@ -66,6 +68,7 @@ class GradientLimit:
     def generating(self, delta: int) -> None:
         """A call began (+1) or ended (-1) generating: the server is serving it, not queueing it."""
         now = self.clock()
+        self._streamed_at = now
         self._integral += self._generating * (now - self._changed)
         self._generating += delta
         self._changed = now
@@ -85,7 +88,10 @@ class GradientLimit:
         baseline = self.baseline.get(kind, latency)
         baseline += (latency - baseline) * (0.05 if recent < baseline else 0.002)
         self.baseline[kind] = baseline
-        gradient = max(self.tolerance * baseline, baseline + self.slack) / max(recent, 1e-9)
+        usual = max(self.tolerance * baseline, baseline + self.slack)
+        gradient = usual / max(recent, 1e-9)
+        if latency <= usual and in_flight >= self.floor and self.clock() - self._streamed_at > 60.0:
+            self._served = (float(in_flight), self.clock())
         if in_flight < self.value / 2:
             # far below the limit, latency says nothing about the limit: neither raise nor lower it
             return
@@ -111,10 +117,13 @@ class FiguresLimit:
         self.capacity: float | None = None  # requests the server ran when its queue last began
 
     def observe(self, reading: Reading, in_flight: int) -> None:
+        if not (math.isfinite(reading.running) and math.isfinite(reading.waiting)):
+            return
         if reading.waiting > 0:
             self.capacity = reading.running
-            self.value = max(self.minimum, min(self.value, int(in_flight - reading.waiting)))
-        elif in_flight >= self.value:
+            if reading.waiting <= in_flight:  # a queue longer than all floodwall has out is not (all) ours
+                self.value = max(self.minimum, min(self.value, int(in_flight - reading.waiting)))
+        elif reading.waiting == 0 and in_flight >= self.value:
             self.value = min(self.maximum, self.value + 1)
 
     def overloaded(self) -> None:

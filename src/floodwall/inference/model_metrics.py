@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Literal
@@ -24,13 +25,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from floodwall import logs
 from floodwall.background import cancel
 from floodwall.config import ModelServerKind
-from floodwall.inference.http1 import ConnectionClosed, Pool
+from floodwall.inference.http1 import Pool
 
 log = logging.getLogger("floodwall.inference")
 
 Kind = ModelServerKind
-MAX_BODY = 4 * 1024 * 1024  # vLLM's page with a few models and all its histograms is some 200 KiB
+MAX_BODY = 1024 * 1024  # vLLM's page with a few models and all its histograms is some 200 KiB
 MAX_LINE = 4096
+# sample lines of one family read at most (a label set per model and engine: a few); a page with more is
+# not read at all, so that parsing stays a few hundred lines whatever the server sends
+MAX_SAMPLES = 256
+# no real server runs or queues more requests than this: a larger figure is not one
+MAX_FIGURE = 1e6
 # a reading older than this (the server stopped answering) is not admitted by
 STALE_AFTER = 2.0
 
@@ -67,8 +73,13 @@ class Reading:
     at: float  # time.monotonic() when it was read
 
 
+class PageError(ValueError):
+    """A metrics page that cannot be read as the server's figures."""
+
+
 def _lines(text: str, name: str) -> list[str]:
-    """The sample lines of metric `name` (`name{...} v` or `name v`), each at most MAX_LINE long."""
+    """The sample lines of metric `name` (`name{...} v` or `name v`), each at most MAX_LINE long; PageError
+    past MAX_SAMPLES of them."""
     found: list[str] = []
     page = "\n" + text
     start = page.find("\n" + name)
@@ -77,6 +88,8 @@ def _lines(text: str, name: str) -> list[str]:
         line = page[start + 1:end if end != -1 else len(page)]
         if len(line) <= MAX_LINE and line[len(name):len(name) + 1] in ("{", " ", "\t"):
             found.append(line)
+            if len(found) > MAX_SAMPLES:
+                raise PageError(f"more than {MAX_SAMPLES} samples of {name}")
         start = page.find("\n" + name, start + 1)
     return found
 
@@ -84,7 +97,7 @@ def _lines(text: str, name: str) -> list[str]:
 def detect(text: str) -> Kind | None:
     """The kind of server whose families the page carries (None: none of them)."""
     for kind, families in KINDS.items():
-        if any(_lines(text, name) for name in families.running):
+        if any(f"\n{name}" in f"\n{text[:MAX_BODY]}" for name in families.running):
             return kind
     return None
 
@@ -96,11 +109,12 @@ def parse(kind: Kind, text: str, at: float | None = None) -> Reading | None:
     kept = [line.rstrip("\r") for name in sorted(wanted) for line in _lines(text, name)]
     sums: dict[str, float] = {}
     for line in kept:  # one at a time: a line the parser cannot read is skipped, the rest still count
-        with contextlib.suppress(ValueError, IndexError):
+        with contextlib.suppress(ValueError, IndexError, OverflowError):
             for family in text_string_to_metric_families(line + "\n"):
                 for sample in family.samples:
-                    if sample.name in wanted and sample.value == sample.value:  # NaN is no figure
-                        sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+                    value = sample.value
+                    if sample.name in wanted and math.isfinite(value) and 0 <= value <= MAX_FIGURE:
+                        sums[sample.name] = min(MAX_FIGURE, sums.get(sample.name, 0.0) + value)
 
     def first(names: tuple[str, ...]) -> float | None:
         return next((sums[name] for name in names if name in sums), None)
@@ -126,7 +140,10 @@ class ModelMetrics:
         parts = urlsplit(url)
         self.pool = Pool(f"{parts.scheme}://{parts.netloc}", connect_timeout=1.0, read_timeout=1.0,
                          max_connections=1)
-        self._path = (parts.path or "/metrics") + (f"?{parts.query}" if parts.query else "")
+        if parts.port is not None and not 0 < parts.port < 65536:
+            raise ValueError("the port is out of range")
+        self._path = (parts.path if parts.path not in ("", "/") else "/metrics") + (
+            f"?{parts.query}" if parts.query else "")
         self._latest: Reading | None = None
         self._task: asyncio.Task[None] | None = None
         self.failures = 0
@@ -150,7 +167,7 @@ class ModelMetrics:
         while True:
             try:
                 found_once = await self.scrape() is not None or found_once
-            except (OSError, TimeoutError, ConnectionClosed, ValueError) as exc:
+            except Exception as exc:  # whatever the server sends (or admission makes of it), the poller goes on
                 self.failures += 1
                 if self.failures == 1 and self.auto and not found_once:
                     # most likely a server that publishes none (Ollama): admission learns from latency
@@ -166,12 +183,12 @@ class ModelMetrics:
         response = await self.pool.request("GET", self._path)
         try:
             if response.status != 200:
-                raise ValueError(f"HTTP {response.status}")
+                raise PageError(f"HTTP {response.status}")
             size, chunks = 0, []
             async for chunk in response:
                 size += len(chunk)
                 if size > MAX_BODY:
-                    raise ValueError(f"a metrics page over {MAX_BODY} bytes")
+                    raise PageError(f"a metrics page over {MAX_BODY} bytes")
                 chunks.append(chunk)
         finally:
             response.release()
@@ -179,14 +196,15 @@ class ModelMetrics:
         if self.kind is None:
             self.kind = detect(text)
             if self.kind is None:
-                raise ValueError("no model server figures on the page (vLLM, llama.cpp, TGI, SGLang)")
+                raise PageError("no model server figures on the page (vLLM, llama.cpp, TGI, SGLang)")
             logs.event(log, "model_metrics_found", kind=self.kind, url=self.url)
         found = parse(self.kind, text)
-        if found is not None:
-            self._latest = found
-            self.failures = 0
-            if self.on_reading is not None:
-                self.on_reading(found)
-        elif self.auto:
-            self.kind = None  # the server changed: look again next time
+        if found is None:
+            if self.auto:
+                self.kind = None  # the server changed: look again next time
+            raise PageError(f"no {self.kind or 'model server'} figures on the page")
+        self._latest = found
+        self.failures = 0
+        if self.on_reading is not None:
+            self.on_reading(found)
         return found

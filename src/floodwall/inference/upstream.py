@@ -11,7 +11,7 @@ import typing
 from typing import Any
 from urllib.parse import urlsplit
 
-from floodwall.config import UpstreamSettings
+from floodwall.config import ConfigError, UpstreamSettings
 from floodwall.errors import ApiError
 from floodwall.inference.fields import Fields
 from floodwall.inference.http1 import ConnectionClosed, Pool, Response
@@ -43,7 +43,11 @@ class Upstream:
         if settings.metrics != "none" and settings.url:
             parts = urlsplit(settings.url)
             url = settings.metrics_url or f"{parts.scheme}://{parts.netloc}/metrics"
-            self.metrics = ModelMetrics(url, typing.cast(Kind | typing.Literal["auto"], settings.metrics))
+            try:
+                self.metrics = ModelMetrics(url, typing.cast(Kind | typing.Literal["auto"], settings.metrics))
+            except ValueError as exc:
+                raise ConfigError(f"upstream.metrics_url: {url!r} is not an http(s) URL of the metrics page "
+                                  f"({exc})") from None
         # floodwall's own simulated model is upstream: the web app says so on every page
         self.simulated = False
 
