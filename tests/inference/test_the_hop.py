@@ -113,6 +113,15 @@ def test_an_unknown_field_is_refused_by_name(normal: str) -> None:
     assert refused.value.code == "unknown_parameter" and refused.value.param == "chat_template"
     assert "chat_template" in refused.value.message
     assert refused.value.response.headers["x-floodwall-reason"] == "invalid_body/unknown-field"
+    # media the model server would fetch from its own network: refused, shaped as OpenAI's refusals are
+    remote = {"type": "image_url", "image_url": {"url": "http://169.254.169.254/"}}
+    fetched = httpx.post(f"{normal}/v1/chat/completions", timeout=30,
+                         headers={"authorization": f"Bearer {client.api_key}"},
+                         json={"model": CHAT, "messages": [{"role": "user", "content": [remote]}]})
+    assert fetched.status_code == 400 and fetched.headers["x-floodwall-reason"] == "invalid_body/remote-media"
+    assert fetched.json()["error"] == {"message": fetched.json()["error"]["message"], "type": "invalid_request_error",
+                                       "param": "messages[0].content[0].image_url.url",
+                                       "code": "remote_media_not_allowed"}
     # the web app's own chat call is held to the same fields
     page = account.web.post("/app/chat", json={"model": CHAT, "messages": [{"role": "user", "content": "hi"}],
                                                "guided_regex": ".*"})

@@ -77,11 +77,10 @@ class PageError(ValueError):
     """A metrics page that cannot be read as the server's figures."""
 
 
-def _lines(text: str, name: str) -> list[str]:
-    """The sample lines of metric `name` (`name{...} v` or `name v`), each at most MAX_LINE long; PageError
-    past MAX_SAMPLES of them."""
+def _lines(page: str, name: str) -> list[str]:
+    """The sample lines of metric `name` (`name{...} v` or `name v`) in `page` (the text after a newline, so
+    that every line starts after one), each at most MAX_LINE long; PageError past MAX_SAMPLES of them."""
     found: list[str] = []
-    page = "\n" + text
     start = page.find("\n" + name)
     while start != -1:
         end = page.find("\n", start + 1)
@@ -96,8 +95,9 @@ def _lines(text: str, name: str) -> list[str]:
 
 def detect(text: str) -> Kind | None:
     """The kind of server whose families the page carries (None: none of them)."""
+    page = "\n" + text
     for kind, families in KINDS.items():
-        if any(f"\n{name}" in f"\n{text[:MAX_BODY]}" for name in families.running):
+        if any(_lines(page, name) for name in families.running):
             return kind
     return None
 
@@ -106,7 +106,8 @@ def parse(kind: Kind, text: str, at: float | None = None) -> Reading | None:
     """The gauges summed over their label sets (models, engines), or None if the page has no running gauge."""
     families = KINDS[kind]
     wanted = families.names
-    kept = [line.rstrip("\r") for name in sorted(wanted) for line in _lines(text, name)]
+    page = "\n" + text  # once, for every family's search
+    kept = [line.rstrip("\r") for name in sorted(wanted) for line in _lines(page, name)]
     sums: dict[str, float] = {}
     for line in kept:  # one at a time: a line the parser cannot read is skipped, the rest still count
         with contextlib.suppress(ValueError, IndexError, OverflowError):
