@@ -291,6 +291,7 @@ def parsers(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, s
     def scored(scorer: scoring.Scorer) -> Callable[[rp.Described], Any]:
         def score(request: rp.Described) -> Any:
             scorer._cache.clear()  # an attacker varies every value: no answer is known
+            scorer.forget_requests()
             return scorer.score(request)
         return score
 

@@ -93,6 +93,7 @@ def main() -> int:
         scorer.score(described(case))
     for case in cases:
         request = described(case)
+        scorer.forget_requests()  # the reading is timed, not the lookup of a request seen before
         started = time.perf_counter()
         found = scorer.score(request)
         times.append(time.perf_counter() - started)
@@ -152,6 +153,7 @@ def main() -> int:
     typical_times = []
     for n in range(2000):
         for request in typical(n):
+            scorer.forget_requests()
             started = time.perf_counter()
             scorer.score(request)
             typical_times.append(time.perf_counter() - started)

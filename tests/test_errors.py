@@ -190,3 +190,39 @@ def test_fields_an_endpoint_does_not_take_are_never_a_500(http: httpx.Client, au
     response = http.post("/v1/embeddings", json={"model": "floodwall-simulated-embedding", "input": "hello",
                                                  "messages": extra}, headers=auth)
     assert response.status_code < 500, response.text
+
+
+def test_a_routes_refusals_are_logged_once_per_reason_and_address_then_counted(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A flood of wrong keys is one full line per (reason, address) and a summary, not a line a request."""
+    import asyncio
+
+    from floodwall import errors
+
+    log = errors.logs.RefusalLog(errors.log, window=0.05)
+    wrong = errors.ApiError(401, "Invalid API key.", "invalid_api_key")
+
+    async def flood() -> None:
+        for n in range(300):
+            log.record(wrong.reason, f"192.0.2.{n % 3}", 401, "api-inference", "normal", "anonymous", "POST",
+                       "/v1/chat/completions", peer="127.0.0.1")
+        await asyncio.sleep(0.1)
+
+    with caplog.at_level("INFO", logger="floodwall.errors"):
+        asyncio.run(flood())
+    full = [r for r in caplog.records if r.getMessage() == "refused"]
+    summary = [r for r in caplog.records if r.getMessage() == "refused_summary"]
+    assert len(full) == 3 and {r.__dict__["address"] for r in full} == {"192.0.2.0", "192.0.2.1", "192.0.2.2"}
+    assert full[0].__dict__["peer"] == "127.0.0.1" and full[0].__dict__["reason"] == wrong.reason
+    assert len(summary) == 1 and summary[0].__dict__["total"] == 300
+    assert summary[0].__dict__["by_reason"] == {wrong.reason: 300}
+
+
+def test_refusals_logged_outside_a_running_loop_are_written_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    from floodwall import errors
+
+    log = errors.logs.RefusalLog(errors.log)
+    with caplog.at_level("INFO", logger="floodwall.errors"):
+        for _ in range(2):
+            log.record("invalid_api_key", "192.0.2.9", 401, "", "", "", "POST", "/v1/models")
+    assert [r.getMessage() for r in caplog.records] == ["refused", "refused"]

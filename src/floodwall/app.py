@@ -179,7 +179,8 @@ def build_app(settings: Settings) -> Gate:
 
     routes = [
         Route("/healthz", healthz),
-        # Starlette tries routes in order: the ones a flood's readers hit come first
+        # Starlette tries routes in order (a regular expression each): the ones a flood hits come first
+        web_routes.HOME,
         *status_routes.routes,
         *inference_routes.routes,
         *admin.routes,

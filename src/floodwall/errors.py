@@ -170,12 +170,20 @@ def log_refusal(request: Request, error: ApiError) -> None:
     log_scope_refusal(request.scope, error)
 
 
+# the routes' refusals, as the gate's own: a flood of wrong keys is not a log line a request
+_REFUSALS = logs.RefusalLog(log)
+
+
 def log_scope_refusal(scope: Scope, error: ApiError) -> None:
-    """`address` is the client as the gate read it (behind a proxy, the forwarded one); `peer` the socket's."""
-    client = scope.get("client")
+    """`address` is the client as the gate read it (behind a proxy, the forwarded one), else the socket's.
+    The first refusal of each (reason, address) in a window is logged in full, the rest are counted in its
+    summary line."""
     edge = scope.get("state", {}).get("edge")  # the gate's EdgeInfo (not imported: the gate imports this)
-    logs.event(log, "refused", status=error.status, reason=error.reason, method=scope.get("method"),
-               path=scope.get("path"), address=getattr(edge, "address", None), peer=client[0] if client else None)
+    client = scope.get("client")
+    peer = client[0] if client else None
+    address = getattr(edge, "address", None) or peer or "unknown"
+    _REFUSALS.record(error.reason, address, error.status, getattr(edge, "klass", ""), getattr(edge, "level", ""),
+                     getattr(edge, "tier", ""), scope.get("method", ""), scope.get("path", ""), peer=peer)
 
 
 async def on_api_error(request: Request, exc: Exception) -> Response:

@@ -5,6 +5,8 @@ Call `log.info("event_name", extra={"fields": {...}})` or use `event(logger, nam
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import json
 import logging
 import sys
@@ -73,3 +75,58 @@ def setup(level: str = "info", fmt: str = "auto", audit_file: str = "") -> None:
     # servers' own access logs repeat what floodwall logs; keep their errors
     for name in ("uvicorn.access", "granian.access", "aiohttp.access", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class RefusalLog:
+    """Refusals explained without a log line per request: during a flood that would cost more than the
+    refusal itself. The first refusal of each (reason, address) in a window is logged in full; the rest are
+    counted, and every window ends with one summary line of counts per reason and the top addresses."""
+
+    def __init__(self, logger: logging.Logger, window: float = 10.0, max_pairs: int = 10_000,
+                 event: str = "refused") -> None:
+        self.log = logger
+        self.event = event  # also for requests flagged and let through: "flagged", status None
+        self.window = window
+        self.max_pairs = max_pairs
+        self.counts: dict[tuple[str, str], int] = {}
+        self.unlisted = 0
+        self.total = 0
+        self._window_end = 0.0
+        self._flusher: asyncio.TimerHandle | None = None
+
+    def record(self, reason: str, address: str, status: int | None, klass: str, level: str, tier: str, method: str,
+               path: str, **more: Any) -> None:
+        self.total += 1
+        key = (reason, address)
+        seen = self.counts.get(key)
+        if seen is not None:
+            self.counts[key] = seen + 1
+            return
+        if len(self.counts) >= self.max_pairs:
+            self.unlisted += 1
+            return
+        self.counts[key] = 1
+        event(self.log, self.event, reason=reason, address=address, status=status, klass=klass, defense_level=level,
+                   tier=tier, method=method, path=path, **more)
+        if self._flusher is None:
+            try:
+                self._flusher = asyncio.get_running_loop().call_later(self.window, self.flush)
+            except RuntimeError:  # no loop (a tool, a test): nothing to count the repeats in
+                self.flush()
+
+    def flush(self) -> None:
+        self._flusher = None
+        repeats = self.total - len(self.counts) - self.unlisted
+        if repeats > 0 or self.unlisted:
+            by_reason: collections.Counter[str] = collections.Counter()
+            by_address: collections.Counter[str] = collections.Counter()
+            for (reason, address), count in self.counts.items():
+                by_reason[reason] += count
+                by_address[address] += count
+            event(self.log, f"{self.event}_summary", window_seconds=self.window, total=self.total,
+                       by_reason=dict(by_reason.most_common(20)), top_addresses=dict(by_address.most_common(10)),
+                       pairs_not_listed=self.unlisted)
+        self.counts = {}
+        self.unlisted = 0
+        self.total = 0
+        self._window_end = time.monotonic() + self.window

@@ -187,3 +187,21 @@ def test_a_header_sent_twice_is_read_whole(scorer: Scorer) -> None:
         payload = "a=1' union select password from users--" if name == "Cookie" else "<script>alert(1)</script>"
         found = scorer.score(Described("GET", "/", "", (("Host", "x"), (name, payload), (name, "theme=dark"))))
         assert found.score >= 5, name
+
+
+def test_a_request_seen_before_is_a_lookup_and_a_large_or_unfinished_one_is_read_again() -> None:
+    from floodwall.defense import scoring
+    from floodwall.inspection import Described
+
+    scorer = Scorer(load_rules(), 5)
+    flood = Described("POST", "/v1/chat/completions", "", (("user-agent", "python-requests/2.31"),
+                                                           ("authorization", "Bearer fw_" + "x" * 43)))
+    first = scorer.score(flood)
+    assert scorer.score(flood) is first  # one repeated request from many addresses: read once
+    assert scorer.score(dataclasses.replace(flood, query="id=1")) is not first
+    large = Described("GET", "/", "q=" + "a" * scoring.REQUEST_SIZE_KEPT)
+    assert scorer.score(large) is not scorer.score(large)
+    starved = Scorer(load_rules(), 5, budget=0.0)  # no time to read: what it scores is incomplete
+    attack = Described("GET", "/index.php", "id=1%27+or+1%3D1--&file=../../etc/passwd")
+    once = starved.score(attack)
+    assert not once.complete and starved.score(attack) is not once

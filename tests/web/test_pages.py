@@ -93,3 +93,14 @@ def test_logout_form(account: Account) -> None:
                                 headers={"content-type": "application/x-www-form-urlencoded"})
     assert response.status_code == 303
     assert account.web.get("/chat").status_code == 303
+
+
+def test_the_home_page_is_one_page_for_every_visitor_not_signed_in(http: httpx.Client, account: Account) -> None:
+    """Rendered once per service state (a flood of it costs a lookup), with every header a page has."""
+    first, second = http.get("/"), http.get("/", headers={"user-agent": "another browser"})
+    assert first.status_code == second.status_code == 200 and first.content == second.content
+    for response in (first, second):
+        assert response.headers["content-type"].startswith("text/html")
+        assert response.headers["cache-control"] == "no-store"
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert account.web.get("/").status_code == 303  # a signed-in visitor still goes to the chat

@@ -24,7 +24,6 @@ from floodwall.edge.control import Control
 from floodwall.edge.credentials import DEVICE_COOKIE, cookie_value, credential
 from floodwall.edge.fetch_metadata import CROSS_SITE, cross_site
 from floodwall.edge.policy import Policy, classify
-from floodwall.edge.refusals import RefusalLog
 from floodwall.errors import ApiError, send_error
 from floodwall.headers import ratelimit, with_headers
 from floodwall.identity import Networks, TrustedProxies, client_address
@@ -112,8 +111,8 @@ class Gate:
         self.traffic = traffic or Traffic()
         self.probes = probes
         self.scoring = scoring
-        self.flagged = RefusalLog(event="flagged")
-        self.scoring_log = RefusalLog(event="scoring")  # budgets run out and scoring errors, without a flood
+        self.flagged = logs.RefusalLog(log, event="flagged")
+        self.scoring_log = logs.RefusalLog(log, event="scoring")  # budgets run out and scoring errors, without a flood
         self._trace_logged = -math.inf
         self._banning: set[asyncio.Task[None]] = set()
         self.policy = policy
@@ -123,7 +122,7 @@ class Gate:
         self.trusted = trusted_proxies
         self.new_account_age = new_account_age
         self.state: Any = None
-        self.refusals = RefusalLog()
+        self.refusals = logs.RefusalLog(log)
         self._addresses: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
         self._refused: dict[tuple[str, str], tuple[float, int, ApiError]] = {}
         self.networks = networks or Networks()

@@ -14,7 +14,7 @@ from floodwall.inference import validation
 from floodwall.inference.proxy import InferenceCall
 from floodwall.web.api import call, screen
 from floodwall.web.auth import require_session, require_verified, session_principal
-from floodwall.web.pages import render
+from floodwall.web.pages import render, render_anonymous
 from floodwall.web.services import services
 
 
@@ -22,7 +22,7 @@ async def home(request: Request) -> Response:
     principal = await session_principal(request)
     if principal is not None:
         return RedirectResponse("/chat", 303)
-    return await render(request, "home.html", {"principal": None})
+    return await render_anonymous(request, "home.html")
 
 
 async def register_page(request: Request) -> Response:
@@ -101,8 +101,9 @@ async def chat_send(request: Request) -> Response | InferenceCall:
     return call(request.scope, principal, "chat/completions", body)
 
 
+# the page a flood of the site hits: the app puts it first among its routes
+HOME = Route("/", home)
 routes = [
-    Route("/", home),
     Route("/register", register_page),
     Route("/login", login_page),
     Route("/forgot", forgot_page),

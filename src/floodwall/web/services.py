@@ -65,6 +65,8 @@ class Services:
     directory: Directory
     status: StatusBoard
     metrics: CollectorRegistry | None = None  # made at the first scrape
+    # pages as every visitor who is not signed in sees them, by (template, service state): web/pages
+    anonymous_pages: dict[tuple[str, bool, bool], bytes] = dataclasses.field(default_factory=dict)
 
     @property
     def session_cookie(self) -> str:
