@@ -155,7 +155,7 @@ def build_app(settings: Settings) -> Gate:
         await control.start()
         await services.watch.start()
         await services.status.start()
-        services.admission.loop_lag.start()
+        services.admission.start()
         await services.upstream.start()
         await services.upstream.probe()
         await services.usage.start()
@@ -173,7 +173,7 @@ def build_app(settings: Settings) -> Gate:
             await services.watch.stop()
             await control.stop()
             await audit.stop()
-            await services.admission.loop_lag.stop()
+            await services.admission.stop()
             await store.close()
             await engine.dispose()
 

@@ -295,3 +295,60 @@ def test_bad_admission_policy_is_named() -> None:
         AdmissionPolicy.from_data({"normal": {"in_flight": {"vip": 2}}}, "p")
     with pytest.raises(ConfigError, match="initial_limit"):
         AdmissionPolicy.from_data({"initial_limit": 0}, "p")
+
+
+@pytest.mark.parametrize("shared", ["memory", "redis"])
+async def test_replicas_sharing_a_model_server_keep_to_one_limit_between_them(shared: str) -> None:
+    """Two replicas of floodwall before one model server of four slots: what one admits, the other does not;
+    when both want more than the four, each gets its share by what it wants; established calls waiting at
+    one replica go before new accounts' calls at the other."""
+    from tests.state.test_stores import redis_store
+
+    store = MemoryStore() if shared == "memory" else redis_store()
+    data = {"initial_limit": 4, "min_limit": 4, "max_limit": 4, "queue_size": 16, "reserve_half_life": 0.001}
+    one, two = (Admission(AdmissionPolicy.from_data(data, "test"), store, lambda: "normal") for _ in range(2))
+    one.SHARE_EVERY = two.SHARE_EVERY = 0.02
+    one.start()
+    two.start()
+    try:
+        first = [await one.admit(who(n), "established", "normal", body()) for n in range(3)]
+        await asyncio.sleep(0.1)  # the board goes round
+        assert two.others.in_flight == 3 and two.own_limit(two.limit) == 1
+        second = [asyncio.create_task(two.admit(who(10 + n), "established", "normal", body())) for n in range(3)]
+        await asyncio.sleep(0.1)
+        assert sum(t.done() for t in second) == 1 and one.total_in_flight == two.total_in_flight == 4
+        # both want more than four now: each its share by what it wants (3 of 6 each: two slots)
+        one.release(first.pop())
+        await asyncio.sleep(0.1)
+        assert sum(t.done() for t in second) == 2 and one.in_flight + two.in_flight == 4
+        # a newcomer at `one` waits while established calls wait at `two`, though `one` has room of its own
+        newcomer = asyncio.create_task(one.admit(who(99), "new", "normal", body()))
+        one.release(first.pop())
+        await asyncio.sleep(0.1)
+        assert all(t.done() for t in second) and not newcomer.done()
+        for ticket in (*first, *(t.result() for t in second)):
+            (one if ticket in first else two).release(ticket)
+        await asyncio.sleep(0.1)
+        assert newcomer.done() and one.in_flight == 1
+        one.release(newcomer.result())
+    finally:
+        await one.stop()
+        await two.stop()
+        await store.close()
+
+
+async def test_a_replica_whose_peers_stop_publishing_uses_the_whole_limit_again() -> None:
+    store = MemoryStore()
+    data = {"initial_limit": 2, "min_limit": 2, "max_limit": 2}
+    one, two = (Admission(AdmissionPolicy.from_data(data, "test"), store, lambda: "normal") for _ in range(2))
+    one.SHARE_EVERY = two.SHARE_EVERY = 0.02
+    one.SHARE_TTL = two.SHARE_TTL = 0.1
+    one.start()
+    two.start()
+    held = [await two.admit(who(n), "established", "normal", body()) for n in range(2)]
+    await asyncio.sleep(0.08)
+    assert one.own_limit(one.limit) == 0
+    await two.stop()  # gone, with its calls (a crashed replica): after the ttl its figures no longer count
+    await asyncio.sleep(0.2)
+    assert one.others.replicas == 0 and one.own_limit(one.limit) == 2 and len(held) == 2
+    await one.stop()

@@ -286,3 +286,13 @@ async def test_charges_taken_by_a_cancelled_decision_wait_again() -> None:
         if keys:
             await store.client.delete(*keys)
         await store.close()
+
+
+async def test_a_board_tells_each_process_what_the_others_published_lately(store: Store) -> None:
+    """Replicas sharing one model server tell each other what they admit; one that stops drops out."""
+    name = f"board-{secrets.token_hex(4)}"
+    assert await store.share(name, "a", {"in_flight": 3}, 0.3) == []
+    assert await store.share(name, "b", {"in_flight": 5, "demand": 7}, 0.3) == [{"in_flight": 3}]
+    assert await store.share(name, "a", {"in_flight": 2}, 0.3) == [{"in_flight": 5, "demand": 7}]
+    await asyncio.sleep(0.4)  # b has not published since
+    assert await store.share(name, "a", {"in_flight": 1}, 0.3) == []

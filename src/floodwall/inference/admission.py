@@ -13,6 +13,7 @@ import asyncio
 import collections
 import dataclasses
 import math
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, get_args
@@ -147,7 +148,30 @@ class LoopLag:
             self.lag = self.lag * 0.8 + max(0.0, late) * 0.2
 
 
+@dataclasses.dataclass(frozen=True)
+class Others:
+    """What the other replicas sharing the model server admit, summed from their last figures (the Store's
+    board): calls in flight, established calls in flight and waiting, and calls wanted (in flight and
+    waiting)."""
+
+    replicas: int = 0
+    in_flight: int = 0
+    established: int = 0
+    established_waiting: int = 0
+    demand: int = 0
+
+    @classmethod
+    def summed(cls, boards: list[dict[str, int]]) -> Others:
+        def total(name: str) -> int:
+            return sum(max(0, min(board.get(name, 0), 1_000_000)) for board in boards)  # what others say, bounded
+        return cls(len(boards), total("in_flight"), total("established"), total("established_waiting"),
+                   total("demand"))
+
+
 class Admission:
+    # replicas publish their figures this often, and one not heard from for `SHARE_TTL` has stopped
+    SHARE_EVERY, SHARE_TTL = 0.25, 2.0
+
     def __init__(self, policy: AdmissionPolicy, store: Store, level: Callable[[], str],
                  traffic: Traffic | None = None, figures: Callable[[], Reading | None] | None = None) -> None:
         self.policy = policy
@@ -169,6 +193,58 @@ class Admission:
         self.queues: dict[str, collections.deque[Ticket]] = {tier: collections.deque() for tier in TIER_ORDER}
         self.shed: collections.Counter[str] = collections.Counter()
         self.admitted: collections.Counter[str] = collections.Counter()
+        # the other replicas that share the model server, through the Store (none with a store of one process)
+        self.others = Others()
+        self.owner = secrets.token_hex(8)
+        self._sharing: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.loop_lag.start()
+        self._sharing = asyncio.get_running_loop().create_task(self._share(), name="admission-share")
+
+    async def stop(self) -> None:
+        await cancel(self._sharing)
+        await self.loop_lag.stop()
+
+    async def _share(self) -> None:
+        """Tell the other replicas what this one admits, and learn what they do; waiting calls may then go."""
+        while True:
+            first = TIER_ORDER[0]
+            mine = {"in_flight": self.in_flight, "established": self.by_tier[first],
+                    "established_waiting": len(self.queues[first]), "demand": self.in_flight + self.queued}
+            try:
+                self.others = Others.summed(await self.store.share("admission", self.owner, mine, self.SHARE_TTL))
+            except Exception:  # a board that cannot be read leaves this replica to itself
+                self.others = Others()
+            self._dispatch()
+            await asyncio.sleep(self.SHARE_EVERY)
+
+    @property
+    def total_in_flight(self) -> int:
+        """Calls out at the model server from every replica (this one's own count, the others' last figures)."""
+        return self.in_flight + self.others.in_flight
+
+    def own_limit(self, limit: int) -> int:
+        """This replica's part of the limit: what the others leave free; when all the replicas together want
+        more than the limit, at most its fair share (at least one call), so none is starved: the established
+        calls' share by what each replica's established callers want, then the rest by what the others want."""
+        others = self.others
+        if not others.replicas:
+            return limit
+        free = limit - others.in_flight
+        first = TIER_ORDER[0]
+        mine = self.in_flight + self.queued
+        if mine + others.demand <= limit:
+            return free
+        mine_first = self.by_tier[first] + len(self.queues[first])
+        others_first = others.established + others.established_waiting
+        every_first = mine_first + others_first
+        if every_first >= limit:
+            fair = limit * mine_first / every_first
+        else:
+            rest, others_rest = mine - mine_first, others.demand - others_first
+            fair = mine_first + (limit - every_first) * rest / max(1, rest + others_rest)
+        return min(free, max(1, round(fair)))
 
     @property
     def queued(self) -> int:
@@ -185,7 +261,7 @@ class Admission:
 
     def observe(self, reading: Reading) -> None:
         """A new reading of the model server's figures: the limit follows, and waiting calls may go."""
-        self.by_figures.observe(reading, self.in_flight)
+        self.by_figures.observe(reading, self.total_in_flight)
         self._dispatch()
 
     def stats(self) -> dict[str, Any]:
@@ -195,6 +271,7 @@ class Admission:
                 "server": None if reading is None else {"running": reading.running, "waiting": reading.waiting,
                                                         "cache": reading.cache, "capacity": self.by_figures.capacity},
                 "loop_lag_ms": round(self.loop_lag.lag * 1000, 2),
+                "replicas": 1 + self.others.replicas, "others_in_flight": self.others.in_flight,
                 "in_flight": self.in_flight, "by_tier": dict(self.by_tier),
                 "queued": {t: len(q) for t, q in self.queues.items()}, "shed": dict(self.shed),
                 "admitted": dict(self.admitted)}
@@ -267,13 +344,16 @@ class Admission:
 
     def _may_start(self, tier: str, terms: LevelTerms) -> bool:
         limit = self.limit
-        if self.in_flight >= limit:
+        if self.in_flight >= self.own_limit(limit):
             return False
         if tier == TIER_ORDER[0]:
             return True
+        if self.others.established_waiting:
+            return False  # another replica's established calls wait: they go first, there as here
         # a call cannot be taken back once started: a lower tier takes a free slot only if the slots left
         # still hold the established calls of the recent peak, and only its share of the limit
-        if self.in_flight + self.first_demand.reserve(self.by_tier[TIER_ORDER[0]], limit) >= limit:
+        established = self.by_tier[TIER_ORDER[0]] + self.others.established
+        if self.total_in_flight + self.first_demand.reserve(established, limit) >= limit:
             return False
         share = terms.share.get(tier, 1.0)
         return self.by_tier[tier] < max(1, math.floor(share * limit)) if share < 1.0 else True
@@ -331,7 +411,9 @@ class Admission:
 
     def _start(self, ticket: Ticket) -> None:
         if ticket.tier == TIER_ORDER[0]:
-            self.first_demand.note(self.by_tier[ticket.tier] + 1 + len(self.queues[ticket.tier]))
+            others = self.others
+            self.first_demand.note(self.by_tier[ticket.tier] + 1 + len(self.queues[ticket.tier]) + others.established
+                                   + others.established_waiting)
         ticket.started = time.monotonic()
         self.in_flight += 1
         self.by_tier[ticket.tier] += 1
@@ -361,7 +443,7 @@ class Admission:
     def _look_again(self) -> None:
         """A lower tier waits with slots free: the established tier's reserve holds it back, and the reserve
         decays with no call ending to say so. Look again shortly."""
-        if self._retry is None and self.in_flight < self.limit:
+        if self._retry is None and self.in_flight < self.own_limit(self.limit):
             self._retry = asyncio.get_running_loop().call_later(0.25, self._redispatch)
 
     def _redispatch(self) -> None:
@@ -385,7 +467,7 @@ class Admission:
             self.by_figures.overloaded()
         elif latency is not None:  # learnt even while figures set the limit: it stands in when they go stale
             # a call's latency spans a few trips through this event loop: take out what the loop added
-            self.limiter.sample(latency[0], max(0.0, latency[1] - 3 * self.loop_lag.lag), self.in_flight + 1)
+            self.limiter.sample(latency[0], max(0.0, latency[1] - 3 * self.loop_lag.lag), self.total_in_flight + 1)
         self._dispatch()
 
     async def reconcile(self, ticket: Ticket, used: int) -> None:

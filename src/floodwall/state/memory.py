@@ -27,6 +27,7 @@ class MemoryStore:
         self._queues: dict[str, tuple[int, float, float]] = {}
         self._history: list[dict[str, object]] = []
         self._traffic: dict[int, dict[str, int]] = {}
+        self._shares: dict[str, dict[str, tuple[dict[str, int], float]]] = {}
 
     def decide(self, buckets: Sequence[Bucket], spend: bool = True) -> list[Verdict]:
         """Synchronous core of hit(): the edge calls it directly on the hot path."""
@@ -169,6 +170,14 @@ class MemoryStore:
 
     async def traffic(self, second: int) -> dict[str, int]:
         return dict(self._traffic.get(second, {}))
+
+    async def share(self, name: str, owner: str, figures: Mapping[str, int], ttl: float) -> list[dict[str, int]]:
+        now = time.monotonic()
+        board = self._shares.setdefault(name, {})
+        board[owner] = (dict(figures), now)
+        for gone in [who for who, (_, at) in board.items() if now - at > ttl]:
+            del board[gone]
+        return [dict(found) for who, (found, _) in board.items() if who != owner]
 
     async def lead(self, role: str, owner: str, ttl: float) -> bool:
         return True  # one process: it plays every role

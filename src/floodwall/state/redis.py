@@ -128,6 +128,28 @@ end
 return 0
 """
 
+# KEYS: the board. ARGV: owner, its figures (JSON), ttl in seconds. File this owner's figures with the server's
+# time; drop owners not heard from within the ttl; return the others' figures.
+SHARE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local ttl = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], tostring(now) .. ' ' .. ARGV[2])
+redis.call('EXPIRE', KEYS[1], math.ceil(ttl) + 60)
+local all = redis.call('HGETALL', KEYS[1])
+local others = {}
+for i = 1, #all, 2 do
+  local space = string.find(all[i + 1], ' ', 1, true)
+  local at = space and tonumber(string.sub(all[i + 1], 1, space - 1))
+  if not at or now - at > ttl then
+    redis.call('HDEL', KEYS[1], all[i])
+  elseif all[i] ~= ARGV[1] then
+    table.insert(others, string.sub(all[i + 1], space + 1))
+  end
+end
+return others
+"""
+
 
 class RedisStore:
     def __init__(self, url: str, timeout: float = 0.25, max_connections: int = 64) -> None:
@@ -148,6 +170,7 @@ class RedisStore:
         self._ban = self.client.register_script(BAN)
         self._queue = self.client.register_script(QUEUE)
         self._lead = self.client.register_script(LEAD)
+        self._share = self.client.register_script(SHARE)
         self.local = MemoryStore()
         self.fallbacks = 0
         self.round_trips = 0
@@ -320,6 +343,21 @@ class RedisStore:
     async def traffic(self, second: int) -> dict[str, int]:
         raw = await self.client.hgetall(f"{self.prefix}traffic:{second}")
         return {_text(name): int(count) for name, count in raw.items()}
+
+    async def share(self, name: str, owner: str, figures: Mapping[str, int], ttl: float) -> list[dict[str, int]]:
+        try:
+            rows = await self._share(keys=[f"{self.prefix}share:{name}"], args=[owner, json.dumps(figures), repr(ttl)])
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return []  # alone until Redis answers again: this process admits by its own figures
+        self._recovered()
+        found = []
+        for row in rows:
+            with contextlib.suppress(ValueError):
+                value = json.loads(row)
+                if isinstance(value, dict):  # a process of another version may publish more, or otherwise
+                    found.append({str(k): int(v) for k, v in value.items() if isinstance(v, int)})
+        return found
 
     async def lead(self, role: str, owner: str, ttl: float) -> bool:
         held = await self._lead(keys=[f"{self.prefix}lead:{role}"], args=[owner, int(ttl * 1000)])

@@ -85,6 +85,11 @@ class Store(Protocol):
         """Every process's traffic counts for a second, summed (kept TRAFFIC_MEMORY seconds)."""
         ...
 
+    async def share(self, name: str, owner: str, figures: Mapping[str, int], ttl: float) -> list[dict[str, int]]:
+        """Publish this process's `figures` under `name`, and read every other process's published within the
+        last `ttl` seconds (one that stopped publishing drops out): replicas that share one model server."""
+        ...
+
     async def lead(self, role: str, owner: str, ttl: float) -> bool:
         """Hold (or renew) the lease on a role that one process at a time plays; False if another holds it."""
         ...
