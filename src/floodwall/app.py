@@ -51,6 +51,7 @@ from floodwall.edge.control import Control
 from floodwall.edge.gate import Gate
 from floodwall.identity import Networks, TrustedProxies
 from floodwall.inference.admission import Admission
+from floodwall.inference.canaries import Canaries
 from floodwall.inference.upstream import Upstream
 from floodwall.inference.usage import UsageRecorder
 from floodwall.policy import PolicyFile
@@ -107,7 +108,9 @@ def build_app(settings: Settings) -> Gate:
     incidents = Incidents(db)
     templates = pages.templates()
     traffic = Traffic(NewSources(networks=networks))
-    upstream = Upstream(settings.upstream)
+    prompt_guard = PromptGuard(policies.prompts, Screen(load_rules()), Campaigns(), store,
+                               functools.partial(policy.buckets, "prompt-strike"), traffic)
+    upstream = Upstream(settings.upstream, Canaries(settings.screening.canaries, prompt_guard.strike, traffic))
     admission = Admission(policies.admission, store, lambda: control.level, traffic, figures=upstream.figures)
     if upstream.metrics is not None:
         upstream.metrics.on_reading = admission.observe
@@ -134,8 +137,7 @@ def build_app(settings: Settings) -> Gate:
         two_factor=two_factor,
         traffic=traffic,
         watch=Watch(traffic, store, control, Detector(policies.detector), gauges=admission.gauges),
-        prompt_guard=PromptGuard(policies.prompts, Screen(load_rules()), Campaigns(), store,
-                                 functools.partial(policy.buckets, "prompt-strike"), traffic),
+        prompt_guard=prompt_guard,
         incidents=incidents,
         directory=Directory(accounts),
         status=StatusBoard(

@@ -279,6 +279,18 @@ class AdminSettings:
     token: str = ""
 
 
+# canaries: enough to mark each system prompt, short enough that watching answers for them stays cheap
+MAX_CANARIES = 64
+CANARY_LENGTHS = (8, 256)
+
+
+@dataclasses.dataclass
+class ScreeningSettings:
+    # strings no answer may carry (a marker in your system prompt, a secret it holds): an answer that does is
+    # withheld, or its stream ended, and the account spends a prompt strike (inference/canaries.py)
+    canaries: list[str] = dataclasses.field(default_factory=list)
+
+
 @dataclasses.dataclass
 class StatusSettings:
     # the status page's title
@@ -317,6 +329,7 @@ class Settings:
     accounts: AccountSettings = dataclasses.field(default_factory=AccountSettings)
     mail: MailSettings = dataclasses.field(default_factory=MailSettings)
     model: ModelSettings = dataclasses.field(default_factory=ModelSettings)
+    screening: ScreeningSettings = dataclasses.field(default_factory=ScreeningSettings)
     admin: AdminSettings = dataclasses.field(default_factory=AdminSettings)
     status: StatusSettings = dataclasses.field(default_factory=StatusSettings)
     log: LogSettings = dataclasses.field(default_factory=LogSettings)
@@ -469,3 +482,15 @@ def _check(settings: Settings) -> None:
                           "confirmations) are built from it, never from the Host header a client sends")
     if not settings.database.url.startswith(("sqlite:", "postgresql:", "postgresql+", "postgres:")):
         raise ConfigError("database.url must be sqlite:///path or postgresql://...")
+    _check_canaries(settings.screening.canaries)
+
+
+def _check_canaries(canaries: list[str]) -> None:
+    shortest, longest = CANARY_LENGTHS
+    if len(canaries) > MAX_CANARIES:
+        raise ConfigError(f"screening.canaries: at most {MAX_CANARIES} canaries, not {len(canaries)}")
+    for number, canary in enumerate(canaries, 1):
+        # a short canary would end honest answers that happen to contain it
+        if not shortest <= len(canary) <= longest:
+            raise ConfigError(f"screening.canaries: canary {number} must be {shortest} to {longest} characters "
+                              f"long, not {len(canary)}")

@@ -1,7 +1,8 @@
 """Prompt screening: a score for prompt-injection and jailbreak attempts from rules declared as data
-(prompt_rules.toml), and campaigns (the same prompt from many accounts) found by near-duplicate hashing.
+(prompt_rules.toml), and campaigns (the same prompt from many accounts) found by near-duplicate hashing;
+beside them, a trained classifier's probability (defense/classifier.py).
 
-Both run on the event loop, so both are bounded: at most MAX_SCANNED characters are read (the start and
+All run on the event loop, so all are bounded: at most MAX_SCANNED characters are read (the start and
 the end of a long prompt, where instructions sit), the rules are matched by RE2 (linear time whatever
 the input; 14x faster than Python's re on these rules, measured over the prompt corpus), and the campaign
 memory holds a bounded number of signatures.
@@ -187,16 +188,28 @@ class Campaigns:
                 del entries[next(iter(entries))]
         return len(senders)
 
-
+    def peek(self, text: str) -> int:
+        """How many distinct accounts sent the prompt (near enough) within the window, without filing it."""
+        found = signature(text)
+        if len(found) < HASHES:
+            return 0
+        now = self.clock()
+        senders = {sender for key in found for sender, (other, when) in self._keys.get(key, {}).items()
+                   if now - when < self.window and alike(other, found)}
+        return len(senders)
 
 
 @dataclasses.dataclass(frozen=True)
 class PromptPolicy:
-    """`[prompts]` in the policy: the score that flags a prompt, the accounts that make a campaign, and per
-    level what a flagged prompt brings: off, log (logged and counted), flag (also a strike on the account,
-    spent from the prompt-strike rules), refuse (also refused with 400 content_policy_violation)."""
+    """`[prompts]` in the policy: the rules' score that flags a prompt, the classifier's probability that
+    flags it (1 turns the classifier off), the accounts that make a campaign, and per level what a flagged
+    prompt brings: off, log (logged and counted), flag (also a strike on the account, spent from the
+    prompt-strike rules), refuse (also refused with 400 content_policy_violation)."""
 
     threshold: int = 3
+    # chosen by bench/prompt_model.py on out-of-fold predictions: the model flags at most 3% of hard negatives
+    # and 1% of ordinary prompts (docs/prompt-model.md)
+    model_threshold: float = 0.7
     campaign: int = 5
     actions: Mapping[str, str] = dataclasses.field(
         default_factory=lambda: dict(zip(LEVELS, ("flag", "flag", "refuse"), strict=True)))
@@ -205,10 +218,11 @@ class PromptPolicy:
     def from_data(cls, data: Any, where: str) -> PromptPolicy:
         table = msgspec.structs.asdict(typed(_PROMPTS, data, where))
         actions = {**cls().actions, **{level: table[level] for level in LEVELS if table[level] is not None}}
-        return cls(table["threshold"], table["campaign"], actions)
+        return cls(table["threshold"], table["model_threshold"], table["campaign"], actions)
 
 
 # [prompts] as written: a level left out keeps its default action
 _PROMPTS = per_level("PromptsTable", Action | None, None,
                      ("threshold", Annotated[int, msgspec.Meta(ge=1)], PromptPolicy.threshold),
+                     ("model_threshold", Annotated[float, msgspec.Meta(gt=0, le=1)], PromptPolicy.model_threshold),
                      ("campaign", Annotated[int, msgspec.Meta(ge=1)], PromptPolicy.campaign))

@@ -1,15 +1,19 @@
-"""Prompt screening before a call is admitted: score the prompt, spot campaigns, and act as the level's
-policy says (log, flag with a strike on the account, or refuse). Bounded work on the event loop: see
-defense/prompts. Also what /admin/api/explain says about a prompt."""
+"""Prompt screening before a call is admitted: score the prompt by the rules and by the classifier, spot
+campaigns, and act as the level's policy says (log, flag with a strike on the account, or refuse). Bounded
+work on the event loop: see defense/prompts and defense/classifier. Also what /admin/api/explain says about
+a prompt."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from floodwall import logs
+from floodwall.defense.classifier import PromptModel, shipped
 from floodwall.defense.prompts import Campaigns, PromptPolicy, Screen, prompt_text
+from floodwall.defense.prompts import Verdict as PromptVerdict
 from floodwall.errors import ApiError
 from floodwall.limits import Bucket, Caller, Verdict
 from floodwall.principal import Principal
@@ -18,16 +22,21 @@ from floodwall.telemetry.traffic import Traffic
 
 log = logging.getLogger("floodwall.defense")
 CAMPAIGN = "campaign/near-duplicate"
+MODEL = "model"  # the reason's name when the classifier flagged a prompt the rules let pass
 
 
 class PromptGuard:
     """The policy's [prompts] table applied to one call: `strike_buckets` gives an account's prompt-strike
-    limits (the edge policy's rules for the prompt-strike class)."""
+    limits (the edge policy's rules for the prompt-strike class). `model` is the classifier beside the rules,
+    the shipped one unless told."""
 
     def __init__(self, policy: PromptPolicy, screen: Screen, campaigns: Campaigns, store: Store,
-                 strike_buckets: Callable[[str, Caller], list[Bucket]], traffic: Traffic | None = None) -> None:
+                 strike_buckets: Callable[[str, Caller], list[Bucket]], traffic: Traffic | None = None,
+                 model: PromptModel | None = None) -> None:
         self.policy = policy
         self.screen = screen
+        self.model = model or shipped()
+        self._model_failed_at = 0.0
         self.campaigns = campaigns
         self.store = store
         self.strike_buckets = strike_buckets
@@ -57,15 +66,16 @@ class PromptGuard:
                                "screening. Please wait and try again.", "prompt_strikes", type="requests",
                                retry_after=max(waits), reason=strikes[0][0].rule)
         verdict = self.screen.score(text)
+        probability = self.probability(text)
         senders = self.campaigns.seen(text, principal.user_id)
-        rules = verdict.rules + ((CAMPAIGN,) if senders >= policy.campaign else ())
-        if verdict.score < policy.threshold and senders < policy.campaign:
+        reason = self._reason(verdict, probability, senders)
+        if reason is None:
             return
-        reason = f"prompt/{rules[0]}" if verdict.score >= policy.threshold else f"prompt/{CAMPAIGN}"
+        rules = verdict.rules + ((CAMPAIGN,) if senders >= policy.campaign else ())
         self.traffic.event(f"prompt.{action}")
         logs.event(log, "prompt_flagged", logging.WARNING, account=principal.user_id, key=principal.key_id,
-                   score=verdict.score, rules=list(rules), campaign_accounts=senders, action=action, reason=reason,
-                   defense_level=level)
+                   score=verdict.score, model_probability=round(probability, 4), rules=list(rules),
+                   campaign_accounts=senders, action=action, reason=reason, defense_level=level)
         if action in ("flag", "refuse") and strikes:
             # a strike is spent without asking, with the call's other reconciliations: no round trip of its own
             self.store.charge_later([bucket for bucket, _ in strikes])
@@ -74,12 +84,52 @@ class PromptGuard:
                            "attempt to override the model's instructions or safeguards).", "content_policy_violation",
                            param="messages", reason=reason)
 
+    def strike(self, principal: Principal, tier: str, level: str) -> bool:
+        """Spend one of the account's prompt strikes where the level's action spends them on a flagged prompt
+        (an answer that gave a canary away: inference/canaries.py). True when one was spent."""
+        if self.action(level) not in ("flag", "refuse"):
+            return False
+        buckets = self.strike_buckets(level, Caller(0, 0, tier, principal.user_id, principal.key_id))
+        if buckets:
+            self.store.charge_later(buckets)
+        return bool(buckets)
+
+    def probability(self, text: str) -> float:
+        """The classifier's probability that the prompt is an attack (0 when the policy turned it off, or when
+        it could not read the prompt: a filter, not the service; counted, and logged once a minute)."""
+        if self.policy.model_threshold >= 1:
+            return 0.0
+        try:
+            return self.model.probability(text)
+        except Exception:
+            self.traffic.event("prompt.model_error")
+            if time.monotonic() - self._model_failed_at > 60:
+                self._model_failed_at = time.monotonic()
+                log.exception("the prompt classifier failed; the prompt goes on by the rules alone")
+            return 0.0
+
+    def _reason(self, verdict: PromptVerdict, probability: float, senders: int) -> str | None:
+        """One verdict from the three: the heaviest rule when the rules flag the prompt, else the model when
+        it does, else the campaign when enough accounts sent it; None when nothing flags it."""
+        policy = self.policy
+        if verdict.score >= policy.threshold:
+            return verdict.reason
+        if probability >= policy.model_threshold:
+            return f"prompt/{MODEL}"
+        return f"prompt/{CAMPAIGN}" if senders >= policy.campaign else None
+
     def explain(self, text: str, level: str) -> dict[str, Any]:
-        """Screening's verdict for this prompt at this level (campaigns aside: they need many senders)."""
+        """Screening's verdict for this prompt at this level: the rules that matched, the model's probability,
+        and the campaign, if the accounts on file that sent it (this one aside) are already enough."""
+        policy, action = self.policy, self.action(level)
         verdict = self.screen.score(text)
-        threshold, action = self.policy.threshold, self.action(level)
-        flagged = verdict.score >= threshold
-        decision = "pass" if not flagged or action in ("off", "log") else ("refuse" if action == "refuse" else "flag")
-        return {"decision": decision, "reason": verdict.reason if flagged else "below the threshold",
-                "rules": list(verdict.rules), "score": verdict.score, "threshold": threshold, "action": action,
-                "level": level}
+        probability = self.probability(text)
+        senders = self.campaigns.peek(text)
+        reason = self._reason(verdict, probability, senders)
+        decision = "pass" if reason is None or action in ("off", "log") else \
+            ("refuse" if action == "refuse" else "flag")
+        return {"decision": decision, "reason": reason or "below the thresholds", "rules": list(verdict.rules),
+                "score": verdict.score, "threshold": policy.threshold, "model_probability": round(probability, 4),
+                "model_threshold": policy.model_threshold,
+                "campaign": {"name": CAMPAIGN, "accounts": senders, "threshold": policy.campaign} if senders else None,
+                "action": action, "level": level}

@@ -20,6 +20,7 @@ from floodwall.errors import ApiError, send_error
 from floodwall.headers import with_headers
 from floodwall.inference import sse
 from floodwall.inference.admission import Admission, Ticket
+from floodwall.inference.canaries import leak_error
 from floodwall.inference.http1 import ConnectionClosed, Response
 from floodwall.inference.upstream import Upstream, read_with_timeout, response_headers
 from floodwall.inference.usage import UsageRecorder
@@ -165,8 +166,17 @@ class InferenceCall:
             await send_error(scope, send, error)
             return
         outcome.finished_at = time.monotonic()
-        with contextlib.suppress(ValueError, AttributeError):
-            outcome.take_usage(orjson.loads(raw).get("usage"))
+        answer: Any = None
+        with contextlib.suppress(ValueError):
+            answer = orjson.loads(raw)
+        if isinstance(answer, dict):
+            outcome.take_usage(answer.get("usage"))
+        canaries = self.upstream.canaries
+        leak = canaries.in_answer(answer) if canaries else None
+        if leak is not None:
+            self._withhold(leak, outcome)
+            await send_error(scope, send, leak_error())
+            return
         headers = [*response_headers(response), (b"content-length", str(len(raw)).encode())]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": raw})
@@ -175,17 +185,30 @@ class InferenceCall:
         await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
         splitter = sse.EventSplitter()
         finished = False
+        # the model's text, watched for the operator's canaries: the event that completes one is not sent
+        watch = self.upstream.canaries.watch() if self.upstream.canaries else None
+        leak: int | None = None
         try:
             async for chunk in response:
                 for event in splitter.feed(chunk):
                     data = sse.event_data(event)
+                    if watch is not None and data is not None and (leak := watch.event(data)) is not None:
+                        break
                     finished = finished or data == sse.DONE
                     out = self._inspect(event, data, outcome)
                     if out:
                         await send({"type": "http.response.body", "body": out, "more_body": True})
+                if leak is not None:
+                    break  # the upstream connection is closed on release: the model stops writing
         except (TimeoutError, ConnectionClosed, ValueError) as exc:
             logs.event(log, "upstream_stream_broken", logging.WARNING, error=repr(exc), endpoint=self.endpoint)
-        if not finished:
+        if leak is not None:
+            # ended as a failed stream is, with OpenAI's error event, so that SDKs raise; the withheld event's
+            # tokens were written all the same
+            outcome.chunks += 1
+            self._withhold(leak, outcome)
+            await send({"type": "http.response.body", "body": sse.encode(leak_error().body()), "more_body": True})
+        elif not finished:
             # the model server went away mid-answer: say so in the stream, as OpenAI does, so SDKs raise
             outcome.status = "upstream_disconnected"
             error = ApiError(502, "The model server closed the stream before it finished.", "upstream_disconnected")
@@ -223,6 +246,11 @@ class InferenceCall:
             return b""
         del chunk["usage"]
         return sse.encode(chunk)
+
+    def _withhold(self, leak: int, outcome: Outcome) -> None:
+        """The answer carried canary number `leak`: withheld, logged, counted and struck."""
+        outcome.status = "canary_leak"
+        self.upstream.canaries.leaked(leak, self.principal, self.tier, self.level, self.endpoint, self.stream)
 
     def _account(self, outcome: Outcome) -> None:
         if outcome.accepted and not outcome.reported:

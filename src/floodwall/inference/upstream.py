@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from floodwall.config import ConfigError, UpstreamSettings
 from floodwall.errors import ApiError
+from floodwall.inference.canaries import Canaries
 from floodwall.inference.fields import Fields
 from floodwall.inference.http1 import ConnectionClosed, Pool, Response
 from floodwall.inference.model_metrics import Kind, ModelMetrics, Reading
@@ -27,10 +28,11 @@ _RESPONSE_HEADERS = frozenset({b"content-type", b"content-language", b"x-request
 
 
 class Upstream:
-    def __init__(self, settings: UpstreamSettings) -> None:
+    def __init__(self, settings: UpstreamSettings, canaries: Canaries | None = None) -> None:
         self.settings = settings
-        # what a call may carry to the model server
+        # what a call may carry to the model server, and what its answer may not carry back
         self.fields = Fields(settings.extra_fields, settings.unknown_fields, settings.remote_media)
+        self.canaries = canaries or Canaries(())
         # the model server gets plain JSON: floodwall reads (and may rewrite) what comes back
         headers = "content-type: application/json\r\naccept-encoding: identity\r\n"
         if settings.api_key:

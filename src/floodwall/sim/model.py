@@ -5,7 +5,9 @@ N generations run at once at T tokens/s each; up to Q more wait in FIFO order; b
 (like Ollama's "server busy" and vLLM behind a queue limit). A client that goes away frees its slot.
 Test hooks: a model id ending in `-error-midstream` sends an error event inside the 200 stream (as vLLM
 does); one ending in `-drop-midstream` closes the connection before the stream ends; one ending in
-`-long` writes max_tokens tokens (or the configured maximum) instead of a short reply.
+`-long` writes max_tokens tokens (or the configured maximum) instead of a short reply; one ending in `-echo`
+answers with its prompt (the system prompt first), four characters a token, as a model whose instructions
+were extracted would.
 """
 
 from __future__ import annotations
@@ -206,7 +208,11 @@ class Generation:
         self.name = str(body["model"])
         self.reply_tokens = self.max_tokens if self.name.endswith("-long") else min(self.max_tokens,
                                                                                      settings.reply_tokens)
-        self.prompt_tokens = count_tokens(_prompt_text(body))
+        prompt = _prompt_text(body)
+        self.prompt_tokens = count_tokens(prompt)
+        self.echo = [prompt[i:i + 4] for i in range(0, len(prompt), 4)] if self.name.endswith("-echo") else None
+        if self.echo is not None:
+            self.reply_tokens = min(self.max_tokens, len(self.echo))
         n = body.get("n")
         # n completions, as vLLM writes them (a few at most here: it is a simulation)
         self.choices = min(n, 16) if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
@@ -252,12 +258,17 @@ class Generation:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
                 "total_tokens": self.prompt_tokens + completion_tokens}
 
+    def _token(self, i: int) -> str:
+        if self.echo is not None:
+            return self.echo[i]
+        return _WORDS[i % len(_WORDS)] + ("" if i == self.reply_tokens - 1 else " ")
+
     def _finish_reason(self) -> str:
         return "length" if self.reply_tokens >= self.max_tokens else "stop"
 
     async def _whole(self, send: Send) -> None:
         await asyncio.sleep(self.model.settings.first_token_delay + self.reply_tokens * self._token_delay())
-        text = " ".join(_WORDS[i % len(_WORDS)] for i in range(self.reply_tokens))
+        text = "".join(self._token(i) for i in range(self.reply_tokens))
         choices: list[dict[str, Any]] = []
         for index in range(self.choices):
             choice: dict[str, Any] = {"index": index, "finish_reason": self._finish_reason(), "logprobs": None}
@@ -310,7 +321,7 @@ class Generation:
                 return
             if i == self.reply_tokens // 2 and self.name.endswith("-drop-midstream"):
                 raise ConnectionResetError("simulated drop")
-            await emit(self._chunk(_WORDS[i % len(_WORDS)] + ("" if i == self.reply_tokens - 1 else " ")))
+            await emit(self._chunk(self._token(i)))
         await emit(self._chunk(None, finish=self._finish_reason()))
         options = self.body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage") is True:
