@@ -135,14 +135,15 @@ def _service_p95(model: str, since: float) -> float:
     return float(stats["service"]["p95"] or "nan")
 
 
-def one_run(tmp: Path, slots: int, figures: bool, seconds: int) -> dict[str, Any]:
+def one_run(tmp: Path, slots: int, figures: bool, seconds: int, policy: str = "") -> dict[str, Any]:
     model_port, fw_port = free_port(), free_port()
     model_env = {SETTINGS_ENV: load(environ={}, overrides={"model": {
         "slots": slots, "queue_size": 1_000_000, "tokens_per_second": TPS, "reply_tokens": REPLY,
         "first_token_delay": 0.02, "metrics": figures}}).to_json()}
     env = settings_env(tmp, upstream={"url": f"http://127.0.0.1:{model_port}/v1",
                                       "metrics": "vllm" if figures else "none"},
-                       defense={"new_account_age": NEW_AGE, "level": "normal"}, admin={"token": TOKEN})
+                       defense={"new_account_age": NEW_AGE, "level": "normal"}, admin={"token": TOKEN},
+                       edge={"policy": policy})
     base, model = f"http://127.0.0.1:{fw_port}", f"http://127.0.0.1:{model_port}"
     model_cmd = [*GRANIAN, "--factory", "--port", str(model_port), "floodwall.sim.model:app_from_env"]
     with process(model_cmd, model_env, f"{model}/health", tmp / "model.log"), \
@@ -219,6 +220,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--attack", default="new,flood", help="the attack's parts, to see each one's effect")
+    parser.add_argument("--policy", default="", help="a policy file instead of the default (to compare)")
     args = parser.parse_args()
     PARTS.clear()
     PARTS.update(args.attack.split(","))
@@ -226,7 +228,8 @@ def main() -> int:
     for figures in args.figures.split(","):
         for slots in (int(n) for n in args.slots.split(",")):
             name = f"{slots} slots, figures {figures}"
-            runs = [one_run(Path(tempfile.mkdtemp(prefix="fw-sat-")), slots, figures == "on", args.seconds)
+            runs = [one_run(Path(tempfile.mkdtemp(prefix="fw-sat-")), slots, figures == "on", args.seconds,
+                            args.policy)
                     for _ in range(args.runs)]
             median = {key: statistics.median(r[key] for r in runs) for key in
                       ("established_served", "p95_ratio", "model_slowdown", "p95_bound", "established_calls")

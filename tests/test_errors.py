@@ -118,7 +118,7 @@ def test_huge_body_is_413_without_reading_it_all(http: httpx.Client, auth: dict[
 @pytest.mark.parametrize("body", [
     b'{"model": "m", "input": [' + b"[1]," * 70_000 + b"[1]]}",  # 0.6 s of the event loop at a million
     b'{"model": "m", "input": "x", "extra": {' + b",".join(b'"k%d": 1' % n for n in range(70_000)) + b"}}",
-])
+], ids=["arrays", "members"])  # (a test's id is in the environment of the servers it starts: not the body)
 def test_a_body_of_too_many_json_values_is_refused_before_it_is_built(http: httpx.Client, auth: dict[str, str],
                                                                      body: bytes) -> None:
     error = _error(http.post("/v1/embeddings", content=body, headers={**auth, "content-type": "application/json"}),
@@ -130,7 +130,7 @@ def test_a_body_of_too_many_json_values_is_refused_before_it_is_built(http: http
     {"model": CHAT, "prompt": list(range(70_000))},  # a long prompt as token ids
     {"model": CHAT, "input": [list(range(64))] * 2048},  # OpenAI's 2,048 inputs, as token ids
     {"model": CHAT, "messages": [{"role": "user", "content": "a,b,c\n" * 55_000}]},  # a CSV quoted
-])
+], ids=["token-ids", "inputs", "csv"])
 def test_large_ordinary_bodies_are_not_refused_as_too_many_values(http: httpx.Client, auth: dict[str, str],
                                                                   body: dict[str, object]) -> None:
     path = "/v1/embeddings" if "input" in body else "/v1/completions" if "prompt" in body else "/v1/chat/completions"

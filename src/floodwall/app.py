@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import hashlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -78,6 +79,12 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+def board_name(settings: Settings) -> str:
+    """The admission board of the replicas before this model server: named by its URL (hashed: a URL may carry
+    credentials, and the name is a key in Redis)."""
+    return "admission:" + hashlib.sha256(settings.upstream.url.encode()).hexdigest()[:16]
+
+
 def build_app(settings: Settings) -> Gate:
     engine = create_engine(settings.database.url, settings.database.pool_size)
     mailer = Mailer(settings.mail)
@@ -111,7 +118,8 @@ def build_app(settings: Settings) -> Gate:
     prompt_guard = PromptGuard(policies.prompts, Screen(load_rules()), Campaigns(), store,
                                functools.partial(policy.buckets, "prompt-strike"), traffic)
     upstream = Upstream(settings.upstream, Canaries(settings.screening.canaries, prompt_guard.strike, traffic))
-    admission = Admission(policies.admission, store, lambda: control.level, traffic, figures=upstream.figures)
+    admission = Admission(policies.admission, store, lambda: control.level, traffic, figures=upstream.figures,
+                          board=board_name(settings) if settings.upstream.shared else None)
     if upstream.metrics is not None:
         upstream.metrics.on_reading = admission.observe
     services = Services(

@@ -189,6 +189,10 @@ class UpstreamSettings:
     # llamacpp, tgi, sglang) or none; and where they are, when not at /metrics beside the API
     metrics: str = "auto"
     metrics_url: str = ""
+    # replicas (and workers) on one state store before this same model server share its concurrency limit
+    # (admission's board); false where each replica has a model server of its own at the same URL (a
+    # floodwall beside each vLLM, both on 127.0.0.1)
+    shared: bool = True
 
 
 @dataclasses.dataclass
@@ -274,11 +278,6 @@ class ModelSettings:
     response_headers: list[str] = dataclasses.field(default_factory=list)
 
 
-@dataclasses.dataclass
-class AdminSettings:
-    token: str = ""
-
-
 # canaries: enough to mark each system prompt, short enough that watching answers for them stays cheap
 MAX_CANARIES = 64
 CANARY_LENGTHS = (8, 256)
@@ -289,6 +288,11 @@ class ScreeningSettings:
     # strings no answer may carry (a marker in your system prompt, a secret it holds): an answer that does is
     # withheld, or its stream ended, and the account spends a prompt strike (inference/canaries.py)
     canaries: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class AdminSettings:
+    token: str = ""
 
 
 @dataclasses.dataclass

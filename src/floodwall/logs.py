@@ -79,8 +79,9 @@ def setup(level: str = "info", fmt: str = "auto", audit_file: str = "") -> None:
 
 class RefusalLog:
     """Refusals explained without a log line per request: during a flood that would cost more than the
-    refusal itself. The first refusal of each (reason, address) in a window is logged in full; the rest are
-    counted, and every window ends with one summary line of counts per reason and the top addresses."""
+    refusal itself. The first refusal of each (reason, address) in a window is logged in full, and the first
+    of each reason even when `max_pairs` pairs are already listed; the rest are counted, and every window ends
+    with one summary line of counts per reason (every refusal's) and the top addresses."""
 
     def __init__(self, logger: logging.Logger, window: float = 10.0, max_pairs: int = 10_000,
                  event: str = "refused") -> None:
@@ -89,14 +90,20 @@ class RefusalLog:
         self.window = window
         self.max_pairs = max_pairs
         self.counts: dict[tuple[str, str], int] = {}
+        self.by_reason: collections.Counter[str] = collections.Counter()
         self.unlisted = 0
         self.total = 0
         self._window_end = 0.0
         self._flusher: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def record(self, reason: str, address: str, status: int | None, klass: str, level: str, tier: str, method: str,
                path: str, **more: Any) -> None:
+        if self._flusher is not None and self._loop is not _running_loop():
+            self.flush()  # the window's timer belongs to a loop that has ended: it would never run
         self.total += 1
+        new_reason = reason not in self.by_reason
+        self.by_reason[reason] += 1
         key = (reason, address)
         seen = self.counts.get(key)
         if seen is not None:
@@ -104,29 +111,42 @@ class RefusalLog:
             return
         if len(self.counts) >= self.max_pairs:
             self.unlisted += 1
-            return
-        self.counts[key] = 1
+            if not new_reason:
+                return
+        else:
+            self.counts[key] = 1
         event(self.log, self.event, reason=reason, address=address, status=status, klass=klass, defense_level=level,
-                   tier=tier, method=method, path=path, **more)
-        if self._flusher is None:
-            try:
-                self._flusher = asyncio.get_running_loop().call_later(self.window, self.flush)
-            except RuntimeError:  # no loop (a tool, a test): nothing to count the repeats in
-                self.flush()
+              tier=tier, method=method, path=path, **more)
+        self._flush_later()
+
+    def _flush_later(self) -> None:
+        loop = _running_loop()
+        if loop is None:  # no loop (a tool, a test): nothing to count the repeats in
+            self.flush()
+        elif self._flusher is None:
+            self._flusher, self._loop = loop.call_later(self.window, self.flush), loop
 
     def flush(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
         self._flusher = None
-        repeats = self.total - len(self.counts) - self.unlisted
-        if repeats > 0 or self.unlisted:
-            by_reason: collections.Counter[str] = collections.Counter()
+        repeats = self.total - len(self.counts)
+        if repeats > 0:
             by_address: collections.Counter[str] = collections.Counter()
-            for (reason, address), count in self.counts.items():
-                by_reason[reason] += count
+            for (_, address), count in self.counts.items():
                 by_address[address] += count
             event(self.log, f"{self.event}_summary", window_seconds=self.window, total=self.total,
-                       by_reason=dict(by_reason.most_common(20)), top_addresses=dict(by_address.most_common(10)),
-                       pairs_not_listed=self.unlisted)
+                  by_reason=dict(self.by_reason.most_common(20)), top_addresses=dict(by_address.most_common(10)),
+                  pairs_not_listed=self.unlisted)
         self.counts = {}
+        self.by_reason = collections.Counter()
         self.unlisted = 0
         self.total = 0
         self._window_end = time.monotonic() + self.window
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

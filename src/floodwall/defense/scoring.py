@@ -137,7 +137,9 @@ class Scorer:
                                                               number))
         self.headers = frozenset(target[len("header:"):] for target in targets if target.startswith("header:"))
         self._cache: dict[tuple[int, str], frozenset[int]] = {}
-        self._requests: dict[Described, Score] = {}
+        # by the request's hash (Python's, keyed at random per process: nobody outside can aim at a value), not
+        # the request: an entry's size does not grow with its headers, and no key or cookie is kept
+        self._requests: dict[int, Score] = {}
         # RE2 builds each set's automaton as values are read: the first requests would pay for it against
         # their budget. A browser's request and a scanner's build the common states now.
         budget, self.budget = self.budget, math.inf
@@ -156,7 +158,8 @@ class Scorer:
         self._requests.clear()
 
     def score(self, request: Described) -> Score:
-        known = self._requests.get(request)
+        key = hash(request)
+        known = self._requests.get(key)
         if known is not None:
             return known
         found = self._score(request)
@@ -164,7 +167,7 @@ class Scorer:
                 len(name) + len(value) for name, value in request.headers) <= REQUEST_SIZE_KEPT:
             if len(self._requests) >= REQUESTS_KEPT:
                 self._requests.clear()
-            self._requests[request] = found
+            self._requests[key] = found
         return found
 
     def _score(self, request: Described) -> Score:

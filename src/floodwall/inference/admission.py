@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
+import logging
 import math
 import secrets
 import time
@@ -33,6 +35,7 @@ from floodwall.principal import Principal
 from floodwall.state.store import Store
 from floodwall.telemetry.traffic import Traffic
 
+log = logging.getLogger("floodwall.inference")
 Tier = Literal["established", "new", "anonymous"]  # the callers admission tells apart, first served first
 TIER_ORDER: tuple[str, ...] = get_args(Tier)
 
@@ -173,7 +176,8 @@ class Admission:
     SHARE_EVERY, SHARE_TTL = 0.25, 2.0
 
     def __init__(self, policy: AdmissionPolicy, store: Store, level: Callable[[], str],
-                 traffic: Traffic | None = None, figures: Callable[[], Reading | None] | None = None) -> None:
+                 traffic: Traffic | None = None, figures: Callable[[], Reading | None] | None = None,
+                 board: str | None = "admission") -> None:
         self.policy = policy
         self.traffic = traffic or Traffic()
         self.store = store
@@ -193,30 +197,46 @@ class Admission:
         self.queues: dict[str, collections.deque[Ticket]] = {tier: collections.deque() for tier in TIER_ORDER}
         self.shed: collections.Counter[str] = collections.Counter()
         self.admitted: collections.Counter[str] = collections.Counter()
-        # the other replicas that share the model server, through the Store (none with a store of one process)
+        # the other replicas that share the model server, through the Store's board `board` (None: this
+        # replica's model server is its own); none with a store of one process
+        self.board = board
         self.others = Others()
         self.owner = secrets.token_hex(8)
+        self._published = 0  # calls in flight when this replica last told the others
         self._sharing: asyncio.Task[None] | None = None
+        self._failed_at = 0.0
 
     def start(self) -> None:
         self.loop_lag.start()
-        self._sharing = asyncio.get_running_loop().create_task(self._share(), name="admission-share")
+        if self.board is not None:
+            self._sharing = asyncio.get_running_loop().create_task(self._share(), name="admission-share")
 
     async def stop(self) -> None:
         await cancel(self._sharing)
+        if self.board is not None and self._sharing is not None:
+            with contextlib.suppress(Exception):  # best effort: else the others drop it after the ttl
+                async with asyncio.timeout(1.0):
+                    await self.store.unshare(self.board, self.owner)
         await self.loop_lag.stop()
 
     async def _share(self) -> None:
-        """Tell the other replicas what this one admits, and learn what they do; waiting calls may then go."""
+        """Tell the other replicas what this one admits, and learn what they do; waiting calls may then go.
+        A board that cannot be read leaves the others as they were last read (a replica that read nothing
+        would take the whole limit on top of theirs), and nothing here stops the loop."""
+        assert self.board is not None
         while True:
-            first = TIER_ORDER[0]
-            mine = {"in_flight": self.in_flight, "established": self.by_tier[first],
-                    "established_waiting": len(self.queues[first]), "demand": self.in_flight + self.queued}
             try:
-                self.others = Others.summed(await self.store.share("admission", self.owner, mine, self.SHARE_TTL))
-            except Exception:  # a board that cannot be read leaves this replica to itself
-                self.others = Others()
-            self._dispatch()
+                first = TIER_ORDER[0]
+                mine = {"in_flight": self.in_flight, "established": self.by_tier[first],
+                        "established_waiting": len(self.queues[first]), "demand": self.in_flight + self.queued}
+                boards = await self.store.share(self.board, self.owner, mine, self.SHARE_TTL)
+                if boards is not None:
+                    self.others, self._published = Others.summed(boards), mine["in_flight"]
+                self._dispatch()
+            except Exception:
+                if time.monotonic() - self._failed_at > 60:  # a traceback a minute at most
+                    self._failed_at = time.monotonic()
+                    log.exception("admission's board round failed; the next one is in %.2f s", self.SHARE_EVERY)
             await asyncio.sleep(self.SHARE_EVERY)
 
     @property
@@ -225,17 +245,20 @@ class Admission:
         return self.in_flight + self.others.in_flight
 
     def own_limit(self, limit: int) -> int:
-        """This replica's part of the limit: what the others leave free; when all the replicas together want
-        more than the limit, at most its fair share (at least one call), so none is starved: the established
-        calls' share by what each replica's established callers want, then the rest by what the others want."""
+        """This replica's part of the limit: what the others leave free, of which it claims at most its part
+        (free slots / replicas) each round of the board, so that replicas a burst reaches at once do not each
+        take them all; when all the replicas together want more than the limit, at most its fair share (at
+        least one call), so none is starved: the established calls' share by what each replica's established
+        callers want, then the rest by what the others want."""
         others = self.others
         if not others.replicas:
             return limit
         free = limit - others.in_flight
+        claim = self._published + math.ceil(max(0, free - self._published) / (1 + others.replicas))
         first = TIER_ORDER[0]
         mine = self.in_flight + self.queued
         if mine + others.demand <= limit:
-            return free
+            return min(free, claim)
         mine_first = self.by_tier[first] + len(self.queues[first])
         others_first = others.established + others.established_waiting
         every_first = mine_first + others_first
@@ -244,7 +267,8 @@ class Admission:
         else:
             rest, others_rest = mine - mine_first, others.demand - others_first
             fair = mine_first + (limit - every_first) * rest / max(1, rest + others_rest)
-        return min(free, max(1, round(fair)))
+        # rounded up: the shares' remainders are used (the others' figures, read, bound what this one takes)
+        return min(free, claim, max(1, math.ceil(fair)))
 
     @property
     def queued(self) -> int:
@@ -279,8 +303,10 @@ class Admission:
     def gauges(self) -> dict[str, float]:
         """The model's saturation for the detector: calls in flight against the learnt limit, calls waiting."""
         limit = self.limit
-        return {"model_in_flight": float(self.in_flight), "model_limit": float(limit),
-                "model_saturation": self.in_flight / limit if limit else 0.0, "model_queued": float(self.queued)}
+        # every replica's calls: the model server is theirs together
+        in_flight = self.total_in_flight
+        return {"model_in_flight": float(in_flight), "model_limit": float(limit),
+                "model_saturation": in_flight / limit if limit else 0.0, "model_queued": float(self.queued)}
 
     async def admit(self, principal: Principal, tier: str, level: str, body: dict[str, Any]) -> Ticket:
         """Wait for the call's turn, or raise the refusal. Caps the completions' length when the level says so."""

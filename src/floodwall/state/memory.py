@@ -171,13 +171,17 @@ class MemoryStore:
     async def traffic(self, second: int) -> dict[str, int]:
         return dict(self._traffic.get(second, {}))
 
-    async def share(self, name: str, owner: str, figures: Mapping[str, int], ttl: float) -> list[dict[str, int]]:
+    async def share(self, name: str, owner: str, figures: Mapping[str, int],
+                    ttl: float) -> list[dict[str, int]] | None:
         now = time.monotonic()
         board = self._shares.setdefault(name, {})
         board[owner] = (dict(figures), now)
         for gone in [who for who, (_, at) in board.items() if now - at > ttl]:
             del board[gone]
         return [dict(found) for who, (found, _) in board.items() if who != owner]
+
+    async def unshare(self, name: str, owner: str) -> None:
+        self._shares.get(name, {}).pop(owner, None)
 
     async def lead(self, role: str, owner: str, ttl: float) -> bool:
         return True  # one process: it plays every role

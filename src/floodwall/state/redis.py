@@ -344,12 +344,13 @@ class RedisStore:
         raw = await self.client.hgetall(f"{self.prefix}traffic:{second}")
         return {_text(name): int(count) for name, count in raw.items()}
 
-    async def share(self, name: str, owner: str, figures: Mapping[str, int], ttl: float) -> list[dict[str, int]]:
+    async def share(self, name: str, owner: str, figures: Mapping[str, int],
+                    ttl: float) -> list[dict[str, int]] | None:
         try:
             rows = await self._share(keys=[f"{self.prefix}share:{name}"], args=[owner, json.dumps(figures), repr(ttl)])
         except (RedisError, OSError) as exc:
             self._failed(exc)
-            return []  # alone until Redis answers again: this process admits by its own figures
+            return None
         self._recovered()
         found = []
         for row in rows:
@@ -358,6 +359,12 @@ class RedisStore:
                 if isinstance(value, dict):  # a process of another version may publish more, or otherwise
                     found.append({str(k): int(v) for k, v in value.items() if isinstance(v, int)})
         return found
+
+    async def unshare(self, name: str, owner: str) -> None:
+        try:
+            await self.client.hdel(f"{self.prefix}share:{name}", owner)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)  # the others drop this process after the ttl all the same
 
     async def lead(self, role: str, owner: str, ttl: float) -> bool:
         held = await self._lead(keys=[f"{self.prefix}lead:{role}"], args=[owner, int(ttl * 1000)])

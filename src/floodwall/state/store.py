@@ -85,9 +85,15 @@ class Store(Protocol):
         """Every process's traffic counts for a second, summed (kept TRAFFIC_MEMORY seconds)."""
         ...
 
-    async def share(self, name: str, owner: str, figures: Mapping[str, int], ttl: float) -> list[dict[str, int]]:
+    async def share(self, name: str, owner: str, figures: Mapping[str, int],
+                    ttl: float) -> list[dict[str, int]] | None:
         """Publish this process's `figures` under `name`, and read every other process's published within the
-        last `ttl` seconds (one that stopped publishing drops out): replicas that share one model server."""
+        last `ttl` seconds (one that stopped publishing drops out): replicas that share one model server.
+        None when the board cannot be reached (not the same as no others)."""
+        ...
+
+    async def unshare(self, name: str, owner: str) -> None:
+        """Take this process's figures off the board (it stops: the others need not wait out the ttl)."""
         ...
 
     async def lead(self, role: str, owner: str, ttl: float) -> bool:
