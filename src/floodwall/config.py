@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from floodwall.levels import LEVELS, MODES
+from floodwall.text import folded
 
 T = TypeVar("T")
 
@@ -494,7 +495,8 @@ def _check_canaries(canaries: list[str]) -> None:
     if len(canaries) > MAX_CANARIES:
         raise ConfigError(f"screening.canaries: at most {MAX_CANARIES} canaries, not {len(canaries)}")
     for number, canary in enumerate(canaries, 1):
-        # a short canary would end honest answers that happen to contain it
-        if not shortest <= len(canary) <= longest:
+        # a short canary would end honest answers that happen to contain it; it is looked for as read
+        # (text.folded: case, spaces and punctuation aside), so it must be long enough so read
+        if not shortest <= len(folded(canary)) <= len(canary) <= longest:
             raise ConfigError(f"screening.canaries: canary {number} must be {shortest} to {longest} characters "
-                              f"long, not {len(canary)}")
+                              f"long, letters and digits at least {shortest} of them, not {len(canary)}")

@@ -29,3 +29,17 @@ def shown(text: str) -> str:
         return text
     return "".join((f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
                    if unicodedata.category(c) in _ODD else c for c in text)
+
+
+# ASCII that folding drops: whitespace and punctuation
+_ASCII_DROP = str.maketrans("", "", "".join(chr(c) for c in range(128) if not chr(c).isalnum()))
+
+
+def folded(text: str) -> str:
+    """`text` as a person reads it, for finding a marker however it is spelt out: NFKC (full-width and other
+    compatibility forms as their letters), case folded, and without separators, punctuation, controls or
+    formats (spaces or zero-width characters between letters, "s-k l i v e"). ASCII in one C pass."""
+    if text.isascii():
+        return text.lower().translate(_ASCII_DROP)
+    return "".join(c for c in unicodedata.normalize("NFKC", text).casefold()
+                   if unicodedata.category(c)[0] not in "ZPC" and c != "\u034f")

@@ -311,26 +311,27 @@ async def test_replicas_sharing_a_model_server_keep_to_one_limit_between_them(sh
     one.start()
     two.start()
     try:
-        first = [await one.admit(who(n), "established", "normal", body()) for n in range(3)]
-        await asyncio.sleep(0.1)  # the board goes round
-        assert two.others.in_flight == 3 and two.own_limit(two.limit) == 1
-        second = [asyncio.create_task(two.admit(who(10 + n), "established", "normal", body())) for n in range(3)]
-        await asyncio.sleep(0.1)
-        assert sum(t.done() for t in second) == 1 and one.total_in_flight == two.total_in_flight == 4
-        # both want more than four now: each its share by what it wants (3 of 6 each: two slots)
-        one.release(first.pop())
-        await asyncio.sleep(0.1)
-        assert sum(t.done() for t in second) == 2 and one.in_flight + two.in_flight == 4
-        # a newcomer at `one` waits while established calls wait at `two`, though `one` has room of its own
-        newcomer = asyncio.create_task(one.admit(who(99), "new", "normal", body()))
-        one.release(first.pop())
-        await asyncio.sleep(0.1)
-        assert all(t.done() for t in second) and not newcomer.done()
-        for ticket in (*first, *(t.result() for t in second)):
-            (one if ticket in first else two).release(ticket)
-        await asyncio.sleep(0.1)
-        assert newcomer.done() and one.in_flight == 1
-        one.release(newcomer.result())
+        async with asyncio.timeout(30):  # a wait that never ends fails here, where it waits
+            first = [await one.admit(who(n), "established", "normal", body()) for n in range(3)]
+            await asyncio.sleep(0.1)  # the board goes round
+            assert two.others.in_flight == 3 and two.own_limit(two.limit) == 1
+            second = [asyncio.create_task(two.admit(who(10 + n), "established", "normal", body())) for n in range(3)]
+            await asyncio.sleep(0.1)
+            assert sum(t.done() for t in second) == 1 and one.total_in_flight == two.total_in_flight == 4
+            # both want more than four now: each its share by what it wants (3 of 6 each: two slots)
+            one.release(first.pop())
+            await asyncio.sleep(0.1)
+            assert sum(t.done() for t in second) == 2 and one.in_flight + two.in_flight == 4
+            # a newcomer at `one` waits while established calls wait at `two`, though `one` has room of its own
+            newcomer = asyncio.create_task(one.admit(who(99), "new", "normal", body()))
+            one.release(first.pop())
+            await asyncio.sleep(0.1)
+            assert all(t.done() for t in second) and not newcomer.done()
+            for ticket in (*first, *(t.result() for t in second)):
+                (one if ticket in first else two).release(ticket)
+            await asyncio.sleep(0.1)
+            assert newcomer.done() and one.in_flight == 1
+            one.release(newcomer.result())
     finally:
         await one.stop()
         await two.stop()

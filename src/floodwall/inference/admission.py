@@ -204,6 +204,7 @@ class Admission:
         self.owner = secrets.token_hex(8)
         self._published = 0  # calls in flight when this replica last told the others
         self._sharing: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._failed_at = 0.0
 
     def start(self) -> None:
@@ -212,6 +213,12 @@ class Admission:
             self._sharing = asyncio.get_running_loop().create_task(self._share(), name="admission-share")
 
     async def stop(self) -> None:
+        # the round under way ends first: a Redis call cancelled halfway can leave its connection unusable
+        self._stopping.set()
+        if self._sharing is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await asyncio.shield(self._sharing)
         await cancel(self._sharing)
         if self.board is not None and self._sharing is not None:
             with contextlib.suppress(Exception):  # best effort: else the others drop it after the ttl
@@ -224,7 +231,7 @@ class Admission:
         A board that cannot be read leaves the others as they were last read (a replica that read nothing
         would take the whole limit on top of theirs), and nothing here stops the loop."""
         assert self.board is not None
-        while True:
+        while not self._stopping.is_set():
             try:
                 first = TIER_ORDER[0]
                 mine = {"in_flight": self.in_flight, "established": self.by_tier[first],
@@ -237,7 +244,9 @@ class Admission:
                 if time.monotonic() - self._failed_at > 60:  # a traceback a minute at most
                     self._failed_at = time.monotonic()
                     log.exception("admission's board round failed; the next one is in %.2f s", self.SHARE_EVERY)
-            await asyncio.sleep(self.SHARE_EVERY)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.SHARE_EVERY):
+                    await self._stopping.wait()
 
     @property
     def total_in_flight(self) -> int:

@@ -3,11 +3,16 @@ names strings no answer may carry (`screening.canaries`: a marker in the system 
 an answer that carries one is withheld, or its stream ended before the event that carries it, and the
 account spends a prompt strike, as a flagged prompt does.
 
-Matching is exact and case-sensitive, on the answer's text as the model wrote it (content, reasoning,
-refusals, tool-call arguments; completions' text), not on its JSON. A stream is watched per choice and field
-with a tail of the longest canary's length less one, so that a canary split over events is found: the tail
-and the new text are searched with `in` for each of a few canaries, or with one RE2 set for more; linear in
-the text, whatever it holds (bench/canaries.py measures the cost a token).
+Canaries are looked for as a person reads them (`text.folded`: compatibility forms, case, spaces,
+punctuation and invisible characters aside, so "S-K l i v e" is "sklive"), in the answer's text as the
+model wrote it (content, reasoning, refusals, tool-call arguments; completions' text), not in its JSON. A
+stream is watched per choice and field with a tail of the longest canary's length less one, so that a
+canary split over events is found: the tail and the new text are searched with `in` for each of a few
+canaries, or with one RE2 set for more; linear in the text, whatever it holds (bench/canaries.py measures
+the cost a token). While a tail ends in the first letters of a canary (PREFIX or more of them), events are
+held back (`Watch.pending`): the client gets none of a canary, not its first part. What they do not catch:
+a canary the model writes otherwise (translated, encoded, one letter a line in two answers): canaries mark
+that a system prompt was given away; they do not keep what it holds secret.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from floodwall import logs
 from floodwall.errors import ApiError
 from floodwall.principal import Principal
 from floodwall.telemetry.traffic import Traffic
+from floodwall.text import folded
 
 log = logging.getLogger("floodwall.inference")
 REASON = "answer/canary"
@@ -46,8 +52,10 @@ class Canaries:
     def __init__(self, canaries: Sequence[str], strike: Callable[[Principal, str, str], bool] | None = None,
                  traffic: Traffic | None = None) -> None:
         self.canaries = tuple(dict.fromkeys(canaries))
-        self.find = _finder(self.canaries)
-        self.keep = max(map(len, self.canaries), default=1) - 1
+        self.folded = tuple(folded(canary) for canary in self.canaries)
+        self.find = _finder(self.folded)
+        self.keep = max(map(len, self.folded), default=1) - 1
+        self.begun = _beginnings(self.folded)
         self.strike = strike
         self.traffic = traffic or Traffic()
 
@@ -56,12 +64,15 @@ class Canaries:
 
     def watch(self) -> Watch:
         """A watch over one streamed answer."""
-        return Watch(self.find, self.keep)
+        return Watch(self.find, self.keep, self.begun)
 
-    def in_answer(self, answer: Any) -> int | None:
-        """The number of the first canary a whole answer (parsed JSON) carries, or None."""
+    def in_answer(self, answer: Any, raw: bytes = b"") -> int | None:
+        """The number of the first canary a whole answer (parsed JSON, or None with its `raw` bytes when they
+        do not parse) carries, or None."""
+        if answer is None:
+            return self.find(folded(raw.decode("utf-8", "replace")))
         for _, text in _texts(answer):
-            found = self.find(text)
+            found = self.find(folded(text))
             if found is not None:
                 return found
         return None
@@ -76,21 +87,26 @@ class Canaries:
 
 
 class Watch:
-    """One streamed answer's tails, per choice and field."""
+    """One streamed answer's tails (folded), per choice and field, and those that end in a canary's first
+    letters."""
 
-    __slots__ = ("find", "keep", "tails")
+    __slots__ = ("begun", "find", "held", "keep", "tails")
 
-    def __init__(self, find: Callable[[str], int | None], keep: int) -> None:
+    def __init__(self, find: Callable[[str], int | None], keep: int,
+                 begun: Callable[[str], bool] = lambda tail: False) -> None:
         self.find = find
         self.keep = keep
+        self.begun = begun  # whether a tail ends in PREFIX or more of a canary's first letters
         self.tails: dict[tuple[int, str], str] = {}
+        self.held: set[tuple[int, str]] = set()
 
     def event(self, data: bytes) -> int | None:
-        """The number of the canary this event's text completes, or None."""
+        """The number of the canary this event's text completes, or None. An event that does not parse as
+        JSON (a model server's NaN, say) is read whole, its bytes as text."""
         try:
             chunk = orjson.loads(data)
         except ValueError:
-            return None
+            return self.feed((-1, "raw"), data.decode("utf-8", "replace"))
         for key, text in _texts(chunk):
             found = self.feed(key, text)
             if found is not None:
@@ -100,13 +116,50 @@ class Watch:
     def feed(self, key: tuple[int, str], text: str) -> int | None:
         # the whole window is searched, tail and all: a canary found in the tail before would have ended the
         # stream, so what is found now ends in the new text
-        window = self.tails.get(key, "") + text
+        window = self.tails.get(key, "") + folded(text)
         found = self.find(window)
         if found is None and (key in self.tails or len(self.tails) < MAX_TAILS):
-            self.tails[key] = window[-self.keep:] if self.keep else ""
+            tail = self.tails[key] = window[-self.keep:] if self.keep else ""
+            if self.begun(tail):
+                self.held.add(key)
+            else:
+                self.held.discard(key)
         return found
 
+    def pending(self) -> bool:
+        """Whether a tail ends in the first PREFIX or more letters of a canary: the events since are held
+        back until the next ones say whether the canary follows."""
+        return bool(self.held)
 
+
+def _beginnings(canaries: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether a text ends in the first PREFIX or more letters of one of the canaries (not all of it: that is
+    `find`'s): a search each for a few canaries, else one RE2 pattern (abc(?:d(?:e)?)?\\z per canary)."""
+    if len(canaries) <= FEW:
+        def each(tail: str) -> bool:
+            for canary in canaries:
+                head = canary[:PREFIX]
+                at = tail.find(head, max(0, len(tail) - len(canary) + 1))
+                while at != -1:
+                    if canary.startswith(tail[at:]):
+                        return True
+                    at = tail.find(head, at + 1)
+            return False
+
+        return each
+
+    def nested(canary: str) -> str:
+        rest = "".join(f"(?:{re2.escape(c)}" for c in canary[PREFIX:-1]) + ")?" * len(canary[PREFIX:-1])
+        return str(re2.escape(canary[:PREFIX])) + rest
+
+    options = re2.Options()
+    options.max_mem = 64 << 20
+    pattern = re2.compile("(?:" + "|".join(nested(c) for c in canaries) + r")\z", options)
+    return lambda tail: pattern.search(tail) is not None
+
+
+# letters of a canary that, ending a tail, hold the stream's events back (fewer give away nothing of use)
+PREFIX = 3
 # tails kept a stream (choices x fields): a model server that numbers its choices without end is read event
 # by event past this, not remembered without bound
 MAX_TAILS = 256

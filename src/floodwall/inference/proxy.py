@@ -172,7 +172,7 @@ class InferenceCall:
         if isinstance(answer, dict):
             outcome.take_usage(answer.get("usage"))
         canaries = self.upstream.canaries
-        leak = canaries.in_answer(answer) if canaries else None
+        leak = canaries.in_answer(answer, raw) if canaries else None
         if leak is not None:
             self._withhold(leak, outcome)
             await send_error(scope, send, leak_error())
@@ -185,17 +185,25 @@ class InferenceCall:
         await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
         splitter = sse.EventSplitter()
         finished = False
-        # the model's text, watched for the operator's canaries: the event that completes one is not sent
+        # the model's text, watched for the operator's canaries: the event that completes one is not sent, nor
+        # those since the text began to spell one (`held`)
         watch = self.upstream.canaries.watch() if self.upstream.canaries else None
         leak: int | None = None
+        held: list[bytes] = []
         try:
             async for chunk in response:
                 for event in splitter.feed(chunk):
                     data = sse.event_data(event)
-                    if watch is not None and data is not None and (leak := watch.event(data)) is not None:
+                    if watch is not None and data is not None and data != sse.DONE and \
+                            (leak := watch.event(data)) is not None:
                         break
                     finished = finished or data == sse.DONE
                     out = self._inspect(event, data, outcome)
+                    if watch is not None and not finished and watch.pending():
+                        held.append(out)
+                        continue
+                    if held:
+                        out, held = b"".join(held) + out, []
                     if out:
                         await send({"type": "http.response.body", "body": out, "more_body": True})
                 if leak is not None:
