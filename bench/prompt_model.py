@@ -52,6 +52,11 @@ HARD = {"benign_roleplay", "benign_system_prompt", "benign_borderline", "benign_
 HELD_OUT = "hannahwestra25/PyRIT"
 MIN_ATTACKS = 30
 HARD_FP, ORDINARY_FP = 0.03, 0.01
+FIRST: dict[str, Any] = {"fold": False, "window": 0}  # the first model's reading: no folding, no windows
+# false positives allowed per defense level, rules and model together (hard negatives, ordinary prompts): the
+# issue's at normal (where a flag spends a strike); more recall for more false positives when under attack
+BUDGETS = {"normal": (HARD_FP, ORDINARY_FP), "elevated": (0.05, 0.02), "under_attack": (0.08, 0.04)}
+PADDING = 2048  # characters of benign text put before each attack for the padded recall
 RULES_THRESHOLD = 3
 
 
@@ -67,18 +72,22 @@ def fit_sgd(x: Any, y: list[int]) -> tuple[np.ndarray, float]:
 
 
 CANDIDATES: dict[str, tuple[Featurizer, Callable[[Any, list[int]], tuple[np.ndarray, float]]]] = {
+    # the shipped model (tools/train_prompt_model.py): the set features below, read with the disguises undone,
+    # scored whole and in windows of 384 characters moving by 128 (the highest logit); trained on whole prompts
+    "char+word-binary-lr-fold-window": (Featurizer(20, (3, 5), 2), fit_lr(8.0)),
+    "char+word-binary-lr-fold": (Featurizer(20, (3, 5), 2, window=0), fit_lr(8.0)),
     # character 3-5-grams, word 1-2-grams, in 2**20 buckets; logistic regression (C) or a linear SVM
     # every occurrence, each group averaged
-    "char-lr": (Featurizer(20, (3, 5), 0, binary=False), fit_lr(8.0)),
-    "word-lr": (Featurizer(20, (0, 0), 2, binary=False), fit_lr(8.0)),
-    "char+word-lr": (Featurizer(20, (3, 5), 2, binary=False), fit_lr(8.0)),
-    "char+word-lr-c32": (Featurizer(20, (3, 5), 2, binary=False), fit_lr(32.0)),
-    "char+word-svm": (Featurizer(20, (3, 5), 2, binary=False), fit_sgd),
+    "char-lr": (Featurizer(20, (3, 5), 0, binary=False, **FIRST), fit_lr(8.0)),
+    "word-lr": (Featurizer(20, (0, 0), 2, binary=False, **FIRST), fit_lr(8.0)),
+    "char+word-lr": (Featurizer(20, (3, 5), 2, binary=False, **FIRST), fit_lr(8.0)),
+    "char+word-lr-c32": (Featurizer(20, (3, 5), 2, binary=False, **FIRST), fit_lr(32.0)),
+    "char+word-svm": (Featurizer(20, (3, 5), 2, binary=False, **FIRST), fit_sgd),
     # each group's distinct n-grams, L2-normalised: a short injection inside a long text weighs more; the
-    # first is the shipped model (tools/train_prompt_model.py)
-    "char+word-binary-lr": (Featurizer(20, (3, 5), 2, binary=True), fit_lr(8.0)),
-    "char+word-binary-lr-c32": (Featurizer(20, (3, 5), 2, binary=True), fit_lr(32.0)),
-    "char+word-binary-svm": (Featurizer(20, (3, 5), 2, binary=True), fit_sgd),
+    # first was the first shipped model (commit 9366126)
+    "char+word-binary-lr": (Featurizer(20, (3, 5), 2, binary=True, **FIRST), fit_lr(8.0)),
+    "char+word-binary-lr-c32": (Featurizer(20, (3, 5), 2, binary=True, **FIRST), fit_lr(32.0)),
+    "char+word-binary-svm": (Featurizer(20, (3, 5), 2, binary=True, **FIRST), fit_sgd),
 }
 
 
@@ -127,23 +136,74 @@ def scores(model: PromptModel, features: Any) -> np.ndarray:
     return np.asarray(features @ (model.weights.astype(np.float64) * model.scale) + model.bias)
 
 
+def scored(model: PromptModel, features: Any, texts: list[str]) -> np.ndarray:
+    """Out-of-fold logits as the runtime gives them: windowed when the featurizer has windows (every text through
+    PromptModel.logit), else the whole prompt's (the feature matrix's rows: the same figure, faster)."""
+    if model.featurizer.window:
+        return np.array([model.logit(text) for text in texts])
+    return scores(model, features)
+
+
+def padding(rows: list[dict[str, Any]]) -> str:
+    """PADDING characters of ordinary benign prompts (seeded, rules silent on each), put before attacks."""
+    screen = Screen(load_rules())
+    ordinary = [row["text"] for row in rows if kind_of(row) == "ordinary" and screen.score(row["text"]).score == 0]
+    random.Random(24).shuffle(ordinary)
+    text = ""
+    for prompt in ordinary:
+        text += prompt + "\n\n"
+        if len(text) >= PADDING:
+            return text[:PADDING] + "\n\n"
+    return text
+
+
+def level_thresholds(logits: np.ndarray, kinds: np.ndarray, rules: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per level, the lowest model threshold (a probability of two decimals) at which rules and model together
+    stay within the level's budget of false positives; where the rules alone exceed it, the threshold at which
+    the model adds at most half of the budget to what the rules flag (said as `within: false`)."""
+    out = {}
+    for level, (hard, ordinary) in BUDGETS.items():
+        chosen = None
+        for cents in range(1, 100):
+            flags = (logits >= logit(cents / 100)) | rules
+            rates = {part: float(flags[kinds == part].mean()) for part in ("hard", "ordinary")}
+            if rates["hard"] <= hard and rates["ordinary"] <= ordinary:
+                chosen = {"threshold": cents / 100, "within": True, **rates}
+                break
+        if chosen is None:  # the rules alone are over: the model may add half the budget
+            for cents in range(1, 100):
+                flags = (logits >= logit(cents / 100)) | rules
+                rates = {part: float(flags[kinds == part].mean()) for part in ("hard", "ordinary")}
+                extra = {part: rates[part] - float(rules[kinds == part].mean()) for part in rates}
+                if extra["hard"] <= hard / 2 and rates["ordinary"] <= ordinary:
+                    chosen = {"threshold": cents / 100, "within": False, **rates}
+                    break
+        out[level] = chosen or {"threshold": 0.99, "within": False}
+    return out
+
+
 def evaluate(name: str, rows: list[dict[str, Any]], folds: list[str], rules: np.ndarray,
-             features: Any) -> dict[str, Any]:
+             features: Any, pad: str) -> dict[str, Any]:
     featurizer, fit = CANDIDATES[name]
     labels = [row["label"] for row in rows]
+    texts = [row["text"] for row in rows]
     order = [fold for fold in sorted(set(folds)) if fold != HELD_OUT]
     folds_ = np.array(folds)
+    kinds = np.array([kind_of(row) for row in rows])
     out_of_fold = np.full(len(rows), np.nan)
+    padded = np.full(len(rows), np.nan)  # the attacks' out-of-fold logits with PADDING of benign text before
     started = time.perf_counter()
     for fold in order:
         train = np.flatnonzero((folds_ != fold) & (folds_ != HELD_OUT))
         test = np.flatnonzero(folds_ == fold)
         weights, bias = fit(features[train], [labels[i] for i in train])
         model = trainer.quantized(featurizer, weights, bias)
-        out_of_fold[test] = scores(model, features[test])
-    kinds = np.array([kind_of(row) for row in rows])
+        out_of_fold[test] = scored(model, features[test], [texts[i] for i in test])
+        attacks = [i for i in test if kinds[i] == "attack"]
+        padded[attacks] = [model.logit(pad + texts[i]) for i in attacks]
     seen = folds_ != HELD_OUT
     cut = threshold_for(out_of_fold[seen], kinds[seen])
+    levels = level_thresholds(out_of_fold[seen], kinds[seen], rules[seen])
     model_flags = out_of_fold >= cut
     both = model_flags | rules
     table = []
@@ -155,17 +215,22 @@ def evaluate(name: str, rows: list[dict[str, Any]], folds: list[str], rules: np.
                       "ordinary": int(ordinary.sum()),
                       **{f"recall_{what}": rate(flags, attacks) for what, flags in
                          (("model", model_flags), ("rules", rules), ("both", both))},
+                      "recall_padded_model": rate(padded >= cut, attacks),
                       **{f"fp_{part}_{what}": rate(flags, mask) for what, flags in
                          (("model", model_flags), ("rules", rules), ("both", both))
                          for part, mask in (("hard", hard), ("ordinary", ordinary))}})
     with_attacks = [row for row in table if row["attacks"]]
     summary = {f"recall_{what}": float(np.mean([row[f"recall_{what}"] for row in with_attacks]))
-               for what in ("model", "rules", "both")}
+               for what in ("model", "rules", "both", "padded_model")}
     for what, flags in (("model", model_flags), ("rules", rules), ("both", both)):
         for part in ("hard", "ordinary"):
             summary[f"fp_{part}_{what}"] = rate(flags, seen & (kinds == part))
+    for values in levels.values():
+        flags = (out_of_fold >= logit(values["threshold"])) | rules
+        values["recall_both"] = float(np.mean([rate(flags, (folds_ == row["fold"]) & (kinds == "attack"))
+                                               for row in with_attacks]))
     return {"name": name, "threshold": round(1 / (1 + math.exp(-cut)), 2), "folds": table, "summary": summary,
-            "out_of_fold_logits": [round(float(v), 4) for v in out_of_fold],
+            "levels": levels, "out_of_fold_logits": [round(float(v), 4) for v in out_of_fold],
             "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -188,6 +253,15 @@ def report(result: dict[str, Any]) -> None:
           f"| {percent(s['recall_rules'])} | **{percent(s['recall_both'])}** | | {percent(s['fp_hard_model'])} "
           f"| {percent(s['fp_hard_rules'])} | **{percent(s['fp_hard_both'])}** | | {percent(s['fp_ordinary_model'])} "
           f"| {percent(s['fp_ordinary_rules'])} | **{percent(s['fp_ordinary_both'])}** |")
+    print(f"\nrecall of the model with {PADDING} characters of benign text before each attack, per fold: "
+          + ", ".join(f"{row['fold']} {percent(row['recall_padded_model'])}"
+                      for row in result["folds"] if row["attacks"])
+          + f"; average **{percent(s['recall_padded_model'])}** (unpadded {percent(s['recall_model'])})")
+    print("\nthresholds per level, rules and model together (recall averaged over folds, hard FP, ordinary FP):")
+    for level, v in result["levels"].items():
+        print(f"- {level}: {v['threshold']:.2f}{'' if v['within'] else ' (over the budget: the rules alone are)'}: "
+              f"recall {percent(v.get('recall_both', math.nan))}, hard {percent(v.get('hard', math.nan))}, "
+              f"ordinary {percent(v.get('ordinary', math.nan))}")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -241,12 +315,13 @@ def main() -> int:
     print(f"corpus {args.corpus}: {len(rows)} prompts; folds {len(set(folds)) - 1} (+ held out: {HELD_OUT}); "
           f"hard-negative categories {sorted(HARD)}")
     cache: dict[Featurizer, Any] = {}
+    pad = padding(rows)
     results = []
     for name in args.candidates.split(","):
         featurizer = CANDIDATES[name][0]
         if featurizer not in cache:
             cache[featurizer] = trainer.matrix(featurizer, (row["text"] for row in rows))
-        result = evaluate(name, rows, folds, rules, cache[featurizer])
+        result = evaluate(name, rows, folds, rules, cache[featurizer], pad)
         report(result)
         results.append(result)
     out: dict[str, Any] = {"candidates": results}

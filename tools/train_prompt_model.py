@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpora" / "prompts"
 FILES = ("prompts_dev.jsonl", "prompts_train_extra.jsonl")
 # chosen by bench/prompt_model.py (docs/benchmarks.md, "Prompt classifier")
-FEATURIZER = Featurizer(bits=20, chars=(3, 5), words=2, binary=True)
+FEATURIZER = Featurizer(bits=20, chars=(3, 5), words=2, binary=True, fold=True, window=384, step=128)
 C = 8.0
 SEED = 24
 

@@ -1,10 +1,16 @@
 """The prompt classifier beside the rules: hashed character and word n-grams of the screened prompt, one
 linear layer, a probability that the prompt is an injection or jailbreak attempt.
 
+The prompt is scored whole and in overlapping windows (384 characters, moving by 128), and the highest logit
+counts: ordinary text before or after an attack does not drown it. Before the n-grams, the featurizer undoes
+cheap disguises the rules need not (`read`): compatibility forms (NFKC: full-width letters), format
+characters, Cyrillic and Greek look-alikes, digits for letters inside words, dots inside words.
+
 Runtime is numpy only, vectorised and linear in the prompt's length, bounded by `scanned()`'s cap (12 KiB of
 the head, 4 KiB of the tail). tools/train_prompt_model.py trains the shipped model (data/prompt_model.npz)
-with the same `Featurizer`, so training and serving read a prompt exactly alike; docs/prompt-model.md is its
-card.
+with the same `Featurizer` on whole prompts (a prompt's label is the whole prompt's: a window of a long
+jailbreak template is often plain role-play); the threshold is chosen on windowed scores
+(bench/prompt_model.py). docs/prompt-model.md is its card.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import dataclasses
 import functools
 import io
 import math
+import unicodedata
 import zipfile
 from pathlib import Path
 
@@ -29,6 +36,7 @@ Buckets = npt.NDArray[np.uint32]
 _P = 0x100000001B3  # odd, so it has an inverse modulo 2**64
 _P_INVERSE = pow(_P, -1, 1 << 64)
 _LIMIT = MAX_SCANNED + 8  # characters read: scanned() gives at most MAX_SCANNED + 1, lower() may add a few
+assert _LIMIT < 1 << 16  # a start fits in the 16 low bits of PromptModel.logits's sort keys
 _MASK = (1 << 64) - 1
 
 
@@ -47,6 +55,49 @@ _POWERS, _INVERSES = _powers(_P), _powers(_P_INVERSE)
 _ASCII_WORD = np.array([chr(c).isalnum() or c == 95 for c in range(128)])
 _SALT_CHAR = [np.uint64(n * 0x9E3779B97F4A7C15 & _MASK) for n in range(9)]  # one per n-gram length
 _SALT_WORD, _SALT_PAIR = np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9)
+
+
+# format characters (category Cf: U+2062, bidi controls, tag characters...), the combining grapheme joiner and
+# the variation selectors are dropped; look-alike Cyrillic and Greek letters read as the Latin ones
+_DROPPED = [c for c in [*range(0x80, 0x20000), *range(0xE0000, 0xE0080)] if unicodedata.category(chr(c)) == "Cf"]
+_FOLD: dict[int, int | None] = {**dict.fromkeys(_DROPPED), 0x34F: None, **dict.fromkeys(range(0xFE00, 0xFE10)),
+                                **dict.fromkeys(range(0xE0100, 0xE01F0)),
+                                **{ord(k): ord(v) for k, v in zip("аеорсухіјѕһԁԛԝӏвкмнтёїўαβεικνορτυχγηω",
+                                                                  "aeopcyxijshdqwlbkmhteiyabeikvoptuxynw",
+                                                                  strict=True)}}
+_FOLD_FROM = np.array(sorted(_FOLD), np.uint64)
+_FOLD_TO = np.array([_FOLD[c] or 0 for c in sorted(_FOLD)], np.uint64)  # 0: dropped
+# digits for letters, read as letters where a letter is beside them (1gn0r3 -> ignore; 2024 stays)
+_LEET = np.arange(128, dtype=np.uint64)
+for _digit, _letter in zip("013457", "oieast", strict=True):
+    _LEET[ord(_digit)] = ord(_letter)
+_IS_LETTER = np.array([chr(c).isalpha() and c < 128 for c in range(128)] + [True])  # non-ASCII: a letter
+_IS_LEET = np.append(np.arange(128, dtype=np.uint64) != _LEET, False)
+
+
+def _undisguised(codes: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """Format characters dropped and look-alike letters read as Latin (_FOLD); leetspeak digits beside a
+    letter read as the letter; a dot between two letters dropped (ig.nore)."""
+    if codes.max(initial=0) >= 128:
+        at = np.minimum(np.searchsorted(_FOLD_FROM, codes), len(_FOLD_FROM) - 1)
+        hit = np.flatnonzero(_FOLD_FROM[at] == codes)
+        if len(hit):
+            codes = codes.copy()
+            codes[hit] = _FOLD_TO[at[hit]]
+            codes = codes[codes != 0]
+    ascii_ = np.minimum(codes, 128).astype(np.intp)
+    letter = _IS_LETTER[ascii_]
+    near = np.zeros(len(codes), bool)
+    near[1:] |= letter[:-1]
+    near[:-1] |= letter[1:]
+    leet = np.flatnonzero(near & _IS_LEET[ascii_])
+    if len(leet):
+        codes = codes.copy()
+        codes[leet] = _LEET[codes[leet].astype(np.intp)]
+        letter[leet] = True
+    dots = np.zeros(len(codes), bool)
+    dots[1:-1] = (codes[1:-1] == 46) & letter[:-2] & letter[2:]
+    return codes[~dots] if dots.any() else codes
 
 
 def _mixed(keys: npt.NDArray[np.uint64], bits: int) -> Buckets:
@@ -78,9 +129,13 @@ class Featurizer:
     chars: tuple[int, int] = (3, 5)
     words: int = 2
     binary: bool = True
+    fold: bool = True  # undo the disguises (`read`, `_undisguised`); False: the first model's reading
+    window: int = 384  # characters of a window (0: the whole prompt only); a multiple of `step`
+    step: int = 128  # a power of two
 
     def features(self, text: str) -> list[tuple[Buckets, float]]:
-        """Per group, the buckets read and the value each stands for: the prompt's sparse feature vector."""
+        """Per group, the buckets read and the value each stands for: the whole prompt's sparse feature
+        vector (what the trainer learns from)."""
         out = []
         for found in self.buckets(text):
             if len(found):
@@ -90,36 +145,51 @@ class Featurizer:
         return out
 
     def read(self, text: str) -> str:
-        """The text n-grams are taken from: the screened prompt, lowercased, bounded, between spaces."""
-        return " " + scanned(text).lower()[:_LIMIT - 2] + " "
+        """The text n-grams are taken from: the screened prompt, lowercased, bounded, between spaces; with
+        `fold`, in compatibility form (NFKC), without format characters, look-alike letters read as Latin."""
+        text = scanned(text)
+        if self.fold and not text.isascii():
+            if not unicodedata.is_normalized("NFKC", text):
+                text = unicodedata.normalize("NFKC", text[:_LIMIT])
+            text = text.lower()  # the rest of the folding: _undisguised
+        return " " + text.lower()[:_LIMIT - 2] + " "
 
     def buckets(self, text: str) -> list[Buckets]:
         """The buckets of the prompt's n-grams, one array per group (characters, words), an entry per
         occurrence."""
+        return [found for found, _ in self.positioned(text)[0]]
+
+    def positioned(self, text: str) -> tuple[list[tuple[Buckets, npt.NDArray[np.intp]]], int]:
+        """Per group, the buckets of the n-grams and where each starts in the text read; and its length."""
         read = self.read(text)
         codes = np.frombuffer(read.encode("utf-32-le", "surrogatepass"), "<u4").astype(np.uint64)
+        if self.fold:
+            codes = _undisguised(codes)
         size = len(codes)
         sums = np.zeros(size + 1, np.uint64)
         np.cumsum(codes * _INVERSES[:size], out=sums[1:])
-        groups: list[Buckets] = []
+        groups: list[tuple[Buckets, npt.NDArray[np.intp]]] = []
         if self.chars[1]:
-            keys = []
+            keys, where = [], []
             for n in range(self.chars[0], self.chars[1] + 1):
                 if size >= n:
                     starts = np.arange(size - n + 1)
                     keys.append((sums[starts + n] - sums[starts]) * _POWERS[starts + n - 1] + _SALT_CHAR[n])
-            groups.append(_mixed(np.concatenate(keys), self.bits) if keys else np.empty(0, np.uint32))
+                    where.append(starts)
+            groups.append((_mixed(np.concatenate(keys), self.bits), np.concatenate(where)) if keys else
+                          (np.empty(0, np.uint32), np.empty(0, np.intp)))
         if self.words:
             word = codes >= 128
             word[~word] = _ASCII_WORD[codes[~word].astype(np.intp)]
             edges = np.flatnonzero(np.diff(word.astype(np.int8)))  # read starts and ends with a space
             starts, ends = edges[0::2] + 1, edges[1::2] + 1
             hashes = (sums[ends] - sums[starts]) * _POWERS[ends - 1]
-            keys = [hashes ^ _SALT_WORD]
+            keys, where = [hashes ^ _SALT_WORD], [starts]
             if self.words >= 2 and len(hashes) > 1:
                 keys.append((hashes[:-1] * np.uint64(_P) + (hashes[1:] ^ _SALT_WORD)) ^ _SALT_PAIR)
-            groups.append(_mixed(np.concatenate(keys), self.bits))
-        return groups
+                where.append(starts[:-1])
+            groups.append((_mixed(np.concatenate(keys), self.bits), np.concatenate(where)))
+        return groups, size
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -133,10 +203,60 @@ class PromptModel:
     bias: float
 
     def logit(self, text: str) -> float:
-        total = 0.0
-        for found, value in self.featurizer.features(text):
-            total += int(self.weights[found].sum(dtype=np.int64)) * value
-        return self.bias + self.scale * total
+        """The highest of the whole prompt's logit and its windows' (see `logits`)."""
+        return float(self.logits(text).max())
+
+    def logits(self, text: str) -> npt.NDArray[np.float64]:
+        """The whole prompt's logit, then each window's: window k reads the n-grams that start in
+        [k * step, k * step + window); the last ends past the text. Each window's features are its own
+        distinct n-grams, L2-normalised per group, as a prompt of that text alone would have (but for n-grams
+        across its edges). Vectorised: one sort per group puts each bucket's occurrences in order, and an
+        occurrence counts in a window when the one before it of the same bucket is not in that window."""
+        f = self.featurizer
+        groups, size = f.positioned(text)
+        windows = 0 if not f.window or size <= f.window else -(-(size - f.window) // f.step) + 1
+        if not f.binary or not windows:  # most prompts: the whole prompt's distinct buckets are enough
+            total = 0.0
+            for found, _ in groups:
+                if len(found):
+                    found = _distinct(found) if f.binary else found
+                    value = 1 / math.sqrt(len(found)) if f.binary else 1 / len(found)
+                    total += int(self.weights[found].sum(dtype=np.int64)) * value
+            return np.array([self.bias + self.scale * total])
+        # one sort of (group, bucket, window) over both groups, in 32 bits: a bucket's occurrences in order
+        shift = f.step.bit_length() - 1
+        span = (_LIMIT >> shift).bit_length()
+        keys = np.sort(np.concatenate([((found + np.uint32(g << f.bits)) << np.uint32(span))
+                                       | (where >> shift).astype(np.uint32)
+                                       for g, (found, where) in enumerate(groups)]))
+        ids = keys >> np.uint32(span)
+        group = (ids >> np.uint32(f.bits)).astype(np.int32)
+        weights = self.weights[ids & np.uint32((1 << f.bits) - 1)].astype(np.float64)
+        first = np.empty(len(keys), bool)
+        first[0] = True
+        np.not_equal(ids[1:], ids[:-1], out=first[1:])
+        # an occurrence counts in the windows that hold it and not the bucket's occurrence before it: a run
+        # of windows, added by a difference array (+ at its first window, - past its last) and a cumulative sum
+        last = (keys & np.uint32((1 << span) - 1)).astype(np.int32)  # the last window that holds it
+        low = np.empty_like(last)
+        low[1:] = last[:-1] + 1
+        low[first] = 0
+        np.maximum(low, last - (f.window // f.step - 1), out=low)
+        np.minimum(low, windows, out=low)
+        high = np.minimum(last, windows - 1) + 1
+        np.maximum(high, low, out=high)  # none: + and - in one cell (the weights are whole numbers: exact)
+        row = group * (windows + 1)
+        low += row
+        high += row
+        cells = len(groups) * (windows + 1)
+        sums = np.bincount(low, weights, cells) - np.bincount(high, weights, cells)
+        counts = np.bincount(low, minlength=cells) - np.bincount(high, minlength=cells)
+        sums, counts = sums.reshape(len(groups), -1).cumsum(axis=1), counts.reshape(len(groups), -1).cumsum(axis=1)
+        sums[:, windows] = np.bincount(group[first], weights[first], len(groups))  # the whole prompt's, last
+        counts[:, windows] = np.bincount(group[first], minlength=len(groups))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_window = np.where(counts > 0.5, sums / np.sqrt(counts), 0.0).sum(axis=0)
+        return np.asarray(self.bias + self.scale * np.roll(per_window, 1), np.float64)  # the whole prompt's first
 
     def probability(self, text: str) -> float:
         z = self.logit(text)
@@ -150,7 +270,8 @@ def save(model: PromptModel, path: Path) -> None:
     """An .npz numpy reads, written byte for byte alike for the same model: fixed entry dates and order."""
     f = model.featurizer
     arrays = {"weights": model.weights, "scale": np.array(model.scale, "<f8"), "bias": np.array(model.bias, "<f8"),
-              "shape": np.array([f.bits, f.chars[0], f.chars[1], f.words, f.binary], "<i4")}
+              "shape": np.array([f.bits, f.chars[0], f.chars[1], f.words, f.binary, f.fold, f.window, f.step],
+                                "<i4")}
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
         for name in _NAMES:
             buffer = io.BytesIO()
@@ -162,13 +283,16 @@ def save(model: PromptModel, path: Path) -> None:
 
 def load(path: str | Path | None = None) -> PromptModel:
     with np.load(Path(path) if path else DEFAULT_MODEL, allow_pickle=False) as data:
-        bits, low, high, words, binary = (int(v) for v in data["shape"])
+        shape = [int(v) for v in data["shape"]]
+        bits, low, high, words, binary, fold, window, step = shape + [0, 0, 1][len(shape) - 5:]  # 5: the first
         weights = data["weights"].astype(np.int16, copy=False)
         if len(weights) != 1 << bits:
             raise ValueError(f"a prompt model of {len(weights)} weights for {bits} bits")
         if not 0 < low <= high < len(_SALT_CHAR) and (low, high) != (0, 0):
             raise ValueError(f"a prompt model of character n-grams {low} to {high} long")
-        featurizer = Featurizer(bits, (low, high), words, bool(binary))
+        if step < 1 or step & (step - 1) or window % step or (window and bits + 1 + (_LIMIT // step).bit_length() > 32):
+            raise ValueError(f"a prompt model of windows of {window} characters moving by {step}")
+        featurizer = Featurizer(bits, (low, high), words, bool(binary), bool(fold), window, step)
         return PromptModel(featurizer, weights, float(data["scale"]), float(data["bias"]))
 
 

@@ -199,30 +199,46 @@ class Campaigns:
         return len(senders)
 
 
+# the classifier's probability that flags a prompt, per level: chosen by bench/prompt_model.py on out-of-fold
+# predictions (docs/prompt-model.md): at normal, where a flag spends a strike, as few false positives as the
+# issue allows; more recall for more false positives at elevated and under_attack
+MODEL_THRESHOLDS = dict(zip(LEVELS, (0.89, 0.87, 0.69), strict=True))
+
+
 @dataclasses.dataclass(frozen=True)
 class PromptPolicy:
     """`[prompts]` in the policy: the rules' score that flags a prompt, the classifier's probability that
-    flags it (1 turns the classifier off), the accounts that make a campaign, and per level what a flagged
-    prompt brings: off, log (logged and counted), flag (also a strike on the account, spent from the
-    prompt-strike rules), refuse (also refused with 400 content_policy_violation)."""
+    flags it per level (1 turns the classifier off there), the accounts that make a campaign, and per level
+    what a flagged prompt brings: off, log (logged and counted), flag (also a strike on the account, spent from
+    the prompt-strike rules), refuse (also refused with 400 content_policy_violation)."""
 
     threshold: int = 3
-    # chosen by bench/prompt_model.py on out-of-fold predictions: the model flags at most 3% of hard negatives
-    # and 1% of ordinary prompts (docs/prompt-model.md)
-    model_threshold: float = 0.7
+    model_thresholds: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(MODEL_THRESHOLDS))
     campaign: int = 5
     actions: Mapping[str, str] = dataclasses.field(
         default_factory=lambda: dict(zip(LEVELS, ("flag", "flag", "refuse"), strict=True)))
+
+    def model_threshold(self, level: str) -> float:
+        return self.model_thresholds.get(level, self.model_thresholds.get(LEVELS[0], 1.0))
 
     @classmethod
     def from_data(cls, data: Any, where: str) -> PromptPolicy:
         table = msgspec.structs.asdict(typed(_PROMPTS, data, where))
         actions = {**cls().actions, **{level: table[level] for level in LEVELS if table[level] is not None}}
-        return cls(table["threshold"], table["model_threshold"], table["campaign"], actions)
+        given = table["model_threshold"]
+        if isinstance(given, float | int):  # one number for every level, as before levels had their own
+            thresholds = dict.fromkeys(LEVELS, float(given))
+        else:  # a table (the levels left out keep their defaults) or nothing
+            written = msgspec.structs.asdict(given) if given is not None else {}
+            thresholds = {**MODEL_THRESHOLDS, **{level: v for level, v in written.items() if v is not None}}
+        return cls(table["threshold"], thresholds, table["campaign"], actions)
 
 
+Probability = Annotated[float, msgspec.Meta(gt=0, le=1)]
+# model_threshold as written: a number, or a table with a number per level
+_MODEL_THRESHOLDS = per_level("ModelThresholds", Probability | None, None)
 # [prompts] as written: a level left out keeps its default action
 _PROMPTS = per_level("PromptsTable", Action | None, None,
                      ("threshold", Annotated[int, msgspec.Meta(ge=1)], PromptPolicy.threshold),
-                     ("model_threshold", Annotated[float, msgspec.Meta(gt=0, le=1)], PromptPolicy.model_threshold),
+                     ("model_threshold", Probability | _MODEL_THRESHOLDS | None, None),
                      ("campaign", Annotated[int, msgspec.Meta(ge=1)], PromptPolicy.campaign))

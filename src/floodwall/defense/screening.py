@@ -66,9 +66,9 @@ class PromptGuard:
                                "screening. Please wait and try again.", "prompt_strikes", type="requests",
                                retry_after=max(waits), reason=strikes[0][0].rule)
         verdict = self.screen.score(text)
-        probability = self.probability(text)
+        probability = self.probability(text, level)
         senders = self.campaigns.seen(text, principal.user_id)
-        reason = self._reason(verdict, probability, senders)
+        reason = self._reason(verdict, probability, senders, level)
         if reason is None:
             return
         rules = verdict.rules + ((CAMPAIGN,) if senders >= policy.campaign else ())
@@ -94,10 +94,11 @@ class PromptGuard:
             self.store.charge_later(buckets)
         return bool(buckets)
 
-    def probability(self, text: str) -> float:
-        """The classifier's probability that the prompt is an attack (0 when the policy turned it off, or when
-        it could not read the prompt: a filter, not the service; counted, and logged once a minute)."""
-        if self.policy.model_threshold >= 1:
+    def probability(self, text: str, level: str) -> float:
+        """The classifier's probability that the prompt is an attack (0 when the policy turned it off at this
+        level, or when it could not read the prompt: a filter, not the service; counted, and logged once a
+        minute)."""
+        if self.policy.model_threshold(level) >= 1:
             return 0.0
         try:
             return self.model.probability(text)
@@ -108,13 +109,13 @@ class PromptGuard:
                 log.exception("the prompt classifier failed; the prompt goes on by the rules alone")
             return 0.0
 
-    def _reason(self, verdict: PromptVerdict, probability: float, senders: int) -> str | None:
+    def _reason(self, verdict: PromptVerdict, probability: float, senders: int, level: str) -> str | None:
         """One verdict from the three: the heaviest rule when the rules flag the prompt, else the model when
         it does, else the campaign when enough accounts sent it; None when nothing flags it."""
         policy = self.policy
         if verdict.score >= policy.threshold:
             return verdict.reason
-        if probability >= policy.model_threshold:
+        if probability >= policy.model_threshold(level):
             return f"prompt/{MODEL}"
         return f"prompt/{CAMPAIGN}" if senders >= policy.campaign else None
 
@@ -123,13 +124,13 @@ class PromptGuard:
         and the campaign, if the accounts on file that sent it (this one aside) are already enough."""
         policy, action = self.policy, self.action(level)
         verdict = self.screen.score(text)
-        probability = self.probability(text)
+        probability = self.probability(text, level)
         senders = self.campaigns.peek(text)
-        reason = self._reason(verdict, probability, senders)
+        reason = self._reason(verdict, probability, senders, level)
         decision = "pass" if reason is None or action in ("off", "log") else \
             ("refuse" if action == "refuse" else "flag")
         return {"decision": decision, "reason": reason or "below the thresholds", "rules": list(verdict.rules),
                 "score": verdict.score, "threshold": policy.threshold, "model_probability": round(probability, 4),
-                "model_threshold": policy.model_threshold,
+                "model_threshold": policy.model_threshold(level),
                 "campaign": {"name": CAMPAIGN, "accounts": senders, "threshold": policy.campaign} if senders else None,
                 "action": action, "level": level}
