@@ -23,6 +23,9 @@ from sqlalchemy.engine import make_url
 
 from floodwall.server import free_port, wait_until_up
 
+# the shared corpora (../shared/corpora beside the repository, or where FLOODWALL_CORPORA says: .ci/run sets it
+# for a clone elsewhere on the machine)
+CORPORA = Path(os.environ.get("FLOODWALL_CORPORA") or Path(__file__).resolve().parents[2] / "shared" / "corpora")
 POSTGRES = os.environ.get("FLOODWALL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 PASSWORD = "correct horse battery staple"
 NO_LIMITS = Path(__file__).with_name("data") / "no_limits.toml"

@@ -31,7 +31,8 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from floodwall.defense.classifier import DEFAULT_MODEL, Featurizer, PromptModel, save  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-CORPUS = ROOT.parent / "shared" / "corpora" / "prompts"
+# ../shared/corpora beside the repository, or where FLOODWALL_CORPORA says (.ci/run: a clone elsewhere)
+CORPUS = Path(os.environ.get("FLOODWALL_CORPORA") or ROOT.parent / "shared" / "corpora") / "prompts"
 FILES = ("prompts_dev.jsonl", "prompts_train_extra.jsonl")
 # chosen by bench/prompt_model.py (docs/benchmarks.md, "Prompt classifier")
 FEATURIZER = Featurizer(bits=20, chars=(3, 5), words=2, binary=True, fold=True, window=384, step=128)

@@ -9,15 +9,15 @@ import json
 import random
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from floodwall.defense.classifier import shipped
 from floodwall.defense.prompts import MODEL_THRESHOLDS, Screen, load_rules
+from tests.conftest import CORPORA
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpora" / "prompts"
+CORPUS = CORPORA / "prompts"
 THRESHOLD = MODEL_THRESHOLDS["normal"]  # [prompts] model_threshold in edge/default_policy.toml
 
 

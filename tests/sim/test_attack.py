@@ -12,12 +12,11 @@ import pytest
 
 from floodwall.sim.attack.plan import Plan
 from floodwall.sim.attack.traffic import Sources, Target, TargetError
-from tests.conftest import floodwall_process, model_process
+from tests.conftest import CORPORA, floodwall_process, model_process
 
 ADMIN = "test-admin-token-0123456789-abcdefghij"  # admin.token: 32 characters at least
 
 ROOT = Path(__file__).resolve().parents[2]
-CORPORA = ROOT.parent / "shared" / "corpora"
 
 
 def test_a_short_mixed_attack_is_reported(tmp_path: Path) -> None:
