@@ -173,9 +173,9 @@ class Featurizer:
             keys, where = [], []
             for n in range(self.chars[0], self.chars[1] + 1):
                 if size >= n:
-                    starts = np.arange(size - n + 1)
-                    keys.append((sums[starts + n] - sums[starts]) * _POWERS[starts + n - 1] + _SALT_CHAR[n])
-                    where.append(starts)
+                    # slices, not gathers: the n-grams start at 0 .. size - n, each ends n later
+                    keys.append((sums[n:] - sums[:size - n + 1]) * _POWERS[n - 1:size] + _SALT_CHAR[n])
+                    where.append(np.arange(size - n + 1))
             groups.append((_mixed(np.concatenate(keys), self.bits), np.concatenate(where)) if keys else
                           (np.empty(0, np.uint32), np.empty(0, np.intp)))
         if self.words:
