@@ -93,7 +93,6 @@ class RefusalLog:
         self.by_reason: collections.Counter[str] = collections.Counter()
         self.unlisted = 0
         self.total = 0
-        self._window_end = 0.0
         self._flusher: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -142,7 +141,6 @@ class RefusalLog:
         self.by_reason = collections.Counter()
         self.unlisted = 0
         self.total = 0
-        self._window_end = time.monotonic() + self.window
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
