@@ -26,6 +26,7 @@ import asyncio
 import gc
 import json
 import os
+import random
 import re
 import secrets
 import statistics
@@ -214,8 +215,11 @@ async def _burst(url: str, count: int) -> None:
 
 
 async def _population(base: str, users: list[tuple[str | None, str]], stop: float,
-                      results: list[tuple[float, int, float]], pause: float, max_tokens: int) -> None:
-    """Each user (an API key or None, and its own loopback address) chats in a loop until `stop`."""
+                      results: list[tuple[float, int, float]], pause: float, max_tokens: int,
+                      pauses: random.Random | None = None) -> None:
+    """Each user (an API key or None, and its own loopback address) chats in a loop until `stop`, pausing
+    `pause` seconds after a served call: always that long, or, with `pauses`, for a time drawn from it
+    (exponentially distributed around `pause`, as people are: users who all pause alike act in lockstep)."""
     body = {"model": "floodwall-simulated-chat", "max_tokens": max_tokens, "stream": True,
             "messages": [{"role": "user", "content": "Hello, how are you today?"}]}
 
@@ -234,7 +238,8 @@ async def _population(base: str, users: list[tuple[str | None, str]], stop: floa
                     status = 0
                 results.append((started, status, time.monotonic() - started))
                 # a refused flooder comes straight back; a person, or a served call, pauses
-                await asyncio.sleep(pause if status == 200 or pause else 0.001)
+                wait = pause if status == 200 or pause else 0.001
+                await asyncio.sleep(pauses.expovariate(1 / wait) if pauses is not None and wait else wait)
 
     await asyncio.gather(*[one_user(key, source) for key, source in users])
 

@@ -1,9 +1,10 @@
 """Issue 23's saturation scenario: established users on a model server floodwall was told nothing about.
 
 A vLLM-like simulated model (N slots, an unbounded FIFO queue, on the same 2 cores) behind floodwall with the
-default policy (min_limit 1: no hint of the slots), a dozen established users chatting, forty brand-new
-accounts holding three streams each, and a flood of the API and the home page from 2,000 addresses. Each run
-has a calm phase (the established users alone) and an attack phase of the same length; both are measured.
+default policy (min_limit 1: no hint of the slots), a dozen established users chatting (pausing 0.2 s on
+average between calls, exponentially distributed), forty brand-new accounts holding three streams each (still
+new when the attack ends), and a flood of the API and the home page from 2,000 addresses. Each run has a calm
+phase (the established users alone) and an attack phase of the same length; both are measured.
 
 Per run: the established calls served and their p95 (calm and under attack); the model's own service time
 p95 in each phase (slot taken to last token, from the simulated model); and how busy the model's slots were
@@ -13,7 +14,8 @@ while any call waited in floodwall's queue (sampled every 100 ms).
 
 Judged (the median of the runs): established >= 99.9% served (at least 200 calls); p95 under attack over
 calm <= max(1.5, 1.25 x the model's own slowdown) without figures, <= max(1.3, 1.1 x) with vLLM's figures;
-slots >= 90% busy while calls wait. Writes bench/out/saturation.json.
+slots >= 90% busy while calls wait. Writes bench/out/saturation.json, and every sample (floodwall's
+`/admin/api/admission` and the model's slots, every 100 ms) to bench/out/saturation_trace.json.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import random
 import secrets
 import statistics
 import sys
@@ -40,7 +43,7 @@ from floodwall.server import free_port
 OUT = Path(__file__).with_name("out")
 TOKEN = "admin-" + secrets.token_hex(16)
 TPS, REPLY = 50, 16  # tokens a second a slot, tokens a reply: a call holds a slot about a third of a second
-NEW_AGE = 10  # defense.new_account_age, seconds
+TRACE: list[dict[str, Any]] = []  # every sample of every run: floodwall's admission state and the model's
 PARTS = {"new", "flood"}  # the attack's parts (--attack): new accounts' streams, the flood of addresses
 
 
@@ -118,6 +121,8 @@ async def _sample(base: str, model: str, stop: float, samples: list[tuple[int, i
                     stats = await answer.json()
                 samples.append((sum(admission["queued"].values()), stats["active"], stats["queued"],
                                 admission["loop_lag_ms"], admission["limit"]))
+                TRACE.append({"at": round(time.monotonic(), 3), "model_active": stats["active"],
+                              "model_queued": stats["queued"], "admission": admission})
             except (aiohttp.ClientError, TimeoutError, KeyError):
                 pass
             await asyncio.sleep(0.1)
@@ -135,14 +140,18 @@ def _service_p95(model: str, since: float) -> float:
     return float(stats["service"]["p95"] or "nan")
 
 
-def one_run(tmp: Path, slots: int, figures: bool, seconds: int, policy: str = "") -> dict[str, Any]:
+def one_run(tmp: Path, slots: int, figures: bool, seconds: int, policy: str = "", seed: int = 0) -> dict[str, Any]:
     model_port, fw_port = free_port(), free_port()
+    # defense.new_account_age: the established users are older than this when the calm begins, and the new
+    # accounts, made as the attack begins, are still younger when it ends (else they join the established
+    # tier halfway through it, which is not the scenario)
+    new_age = seconds + 5
     model_env = {SETTINGS_ENV: load(environ={}, overrides={"model": {
         "slots": slots, "queue_size": 1_000_000, "tokens_per_second": TPS, "reply_tokens": REPLY,
         "first_token_delay": 0.02, "metrics": figures}}).to_json()}
     env = settings_env(tmp, upstream={"url": f"http://127.0.0.1:{model_port}/v1",
                                       "metrics": "vllm" if figures else "none"},
-                       defense={"new_account_age": NEW_AGE, "level": "normal"}, admin={"token": TOKEN},
+                       defense={"new_account_age": new_age, "level": "normal"}, admin={"token": TOKEN},
                        edge={"policy": policy})
     base, model = f"http://127.0.0.1:{fw_port}", f"http://127.0.0.1:{model_port}"
     model_cmd = [*GRANIAN, "--factory", "--port", str(model_port), "floodwall.sim.model:app_from_env"]
@@ -151,7 +160,7 @@ def one_run(tmp: Path, slots: int, figures: bool, seconds: int, policy: str = ""
         tag = secrets.token_hex(3)
         established = [(account_key(base, f"est{i}-{tag}@example.com", f"127.10.0.{i + 1}"), f"127.10.0.{i + 1}")
                        for i in range(12)]
-        time.sleep(NEW_AGE + 0.5)  # these are established now
+        time.sleep(new_age + 0.5)  # these are established now
         import httpx
 
         def model_now() -> float:
@@ -170,7 +179,9 @@ def one_run(tmp: Path, slots: int, figures: bool, seconds: int, policy: str = ""
             attack = attackers.Process(target=_attack, args=(base, newcomers, stop, sorted(PARTS), answer))
             if flood:
                 attack.start()
-            await asyncio.gather(_population(base, list(established), stop, results["established"], 0.2, REPLY),
+            # people pause for different times: 0.2 s on average, exponentially distributed (seeded by the run)
+            await asyncio.gather(_population(base, list(established), stop, results["established"], 0.2, REPLY,
+                                             random.Random(seed)),
                                  _sample(base, model, stop, samples), _lag(stop, lags))
             counts: dict[str, int] = {}
             if flood:
@@ -229,8 +240,8 @@ def main() -> int:
         for slots in (int(n) for n in args.slots.split(",")):
             name = f"{slots} slots, figures {figures}"
             runs = [one_run(Path(tempfile.mkdtemp(prefix="fw-sat-")), slots, figures == "on", args.seconds,
-                            args.policy)
-                    for _ in range(args.runs)]
+                            args.policy, seed)
+                    for seed in range(args.runs)]
             median = {key: statistics.median(r[key] for r in runs) for key in
                       ("established_served", "p95_ratio", "model_slowdown", "p95_bound", "established_calls")
                       if all(r[key] is not None for r in runs)}
@@ -240,6 +251,7 @@ def main() -> int:
             print(name, json.dumps(median), flush=True)
     OUT.mkdir(exist_ok=True)
     (OUT / "saturation.json").write_text(json.dumps(results, indent=2))
+    (OUT / "saturation_trace.json").write_text(json.dumps(TRACE))
     return 0
 
 

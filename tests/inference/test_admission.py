@@ -9,21 +9,13 @@ from typing import Any
 import pytest
 
 from floodwall.errors import ApiError
+from floodwall.inference import capacity
 from floodwall.inference.admission import Admission, AdmissionPolicy, estimate_cost
-from floodwall.inference.capacity import FiguresLimit, GradientLimit
 from floodwall.inference.model_metrics import Reading
 from floodwall.principal import Principal
 from floodwall.state.memory import MemoryStore
 
 NOW = dt.datetime.now(dt.UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def who(user: int, key: int | None = None) -> Principal:
@@ -83,6 +75,22 @@ async def test_a_reserve_that_decays_lets_a_waiting_lower_tier_in_and_a_ticket_i
     gate.release(regulars[0])
     gate.release(regulars[0])  # twice: counted once
     assert gate.in_flight == 1 and gate.by_tier["established"] == 0
+
+
+async def test_a_reserve_that_leaves_slots_idle_while_others_wait_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 23, work conservation: the slots kept for the established tier's peak idle while new accounts
+    wait; beyond `reserve_idle` of the limit, the reserve gives them up."""
+    monkeypatch.setattr(capacity.IdleBudget, "PERIOD", 0.05)
+    gate = admission(initial_limit=8, min_limit=8, max_limit=8, queue_size=16, reserve_idle=0.1)
+    regulars = [await gate.admit(who(n), "established", "normal", body()) for n in range(6)]
+    for ticket in regulars[1:]:
+        gate.release(ticket)
+    newcomers = [asyncio.create_task(gate.admit(who(10 + n), "new", "normal", body())) for n in range(6)]
+    await asyncio.sleep(0.01)
+    assert gate.in_flight == 3  # five of eight kept for the peak of six established calls
+    async with asyncio.timeout(2):  # the reserve idled: it is cut, and the newcomers take its slots
+        await asyncio.gather(*newcomers)
+    assert gate.stats()["reserve"]["most"] == 0 and gate.in_flight == 7
 
 
 async def test_lower_tiers_hold_only_their_share_of_the_limit() -> None:
@@ -189,82 +197,6 @@ def test_cost_estimate() -> None:
     assert estimate_cost({"model": "m", "prompt": "y" * 40}, 512) == (14, 512)
     assert estimate_cost({"model": "m", "input": ["a" * 8, "b" * 8]}, 512) == (8, 0)
 
-
-def test_gradient_limit_learns_from_latency_and_overload() -> None:
-    limit = GradientLimit(initial=8, minimum=1, maximum=64, clock=Clock())
-    limit.generating(0)  # streamed calls are seen (none generating): the floor is theirs to set
-    for _ in range(50):  # latency stays at its baseline while the limit is used: it grows
-        limit.sample("ttft", 0.05, in_flight=limit.limit)
-    grown = limit.limit
-    assert grown > 8
-    for step in range(30):  # the model server starts queueing: latency triples, the limit comes down
-        limit.sample("ttft", 0.15 + 0.01 * step, in_flight=limit.limit)
-    assert limit.limit < grown
-    before = limit.limit
-    limit.overloaded()
-    assert limit.limit < before or before == 1
-    idle = GradientLimit(initial=8, minimum=1, maximum=64)
-    for _ in range(50):  # not using the limit is no evidence for raising it
-        idle.sample("ttft", 0.05, in_flight=1)
-    assert idle.limit == 8
-
-
-def test_whole_answers_set_the_floor_at_the_concurrency_answered_at_the_usual_latency() -> None:
-    """Whole answers give no first token: while no stream is seen, a call answered at the usual latency sets
-    the floor at its concurrency (the review of issue 23: the limit fell to 1 for a non-streaming service)."""
-    clock = Clock()
-    limit = GradientLimit(initial=16, minimum=1, maximum=64, clock=clock)
-    for _ in range(300):
-        clock.now += 0.1
-        limit.sample("tpot", 0.05, in_flight=16)
-    for _ in range(300):  # three times slower at the same concurrency
-        clock.now += 0.1
-        limit.sample("tpot", 0.15, in_flight=limit.limit)
-    assert limit.limit >= 12  # the floor of 16, decayed over the 30 s
-
-
-def test_a_slowdown_without_more_concurrency_is_not_queueing() -> None:
-    """Issue 23: on a machine the flood also loads, every call gets slower at any concurrency. The limit holds
-    at the concurrency the server has shown it serves (Little's law over calls generating, queueing left
-    out); that floor halves every floor_half_life, so a server that really shrank is not over-driven for long."""
-    clock = Clock()
-    limit = GradientLimit(initial=8, minimum=1, maximum=64, clock=clock, floor_half_life=120)
-    for _ in range(8):  # eight calls generating at once, for ten seconds
-        limit.generating(+1)
-    for _ in range(100):
-        clock.now += 0.1
-        limit.sample("ttft", 0.05, in_flight=12)  # four more wait inside the server: they are not served
-    limit.generating(0)
-    assert 7.9 < limit.floor <= 8.0
-    for _ in range(200):  # four times slower, the same eight generating: the machine is busy, not the server
-        clock.now += 0.05
-        limit.generating(0)  # (calls come and go: each one closes a window when it is due)
-        limit.sample("ttft", 0.2, in_flight=limit.limit)
-    assert limit.limit >= 8
-    for _ in range(8):
-        limit.generating(-1)
-    limit.overloaded()  # a 503: the server is full; the floor comes down with the limit
-    assert limit.floor < 7
-    for step in range(400):  # slow for ten minutes more, nothing generating: the floor decays and the limit
-        clock.now += 1.5     # comes down
-        limit.sample("ttft", 0.2 + step * 0.001, in_flight=limit.limit)
-    assert limit.limit < 6 and limit.floor < 0.5
-
-
-def test_the_model_servers_own_figures_set_the_limit() -> None:
-    figures = FiguresLimit(initial=8, minimum=1, maximum=64)
-    figures.observe(Reading(running=8, waiting=0, cache=0.5, at=0), in_flight=8)  # all in use, none waits
-    assert figures.value == 9
-    figures.observe(Reading(running=4, waiting=0, cache=0.5, at=0), in_flight=4)  # room to spare: hold
-    assert figures.value == 9
-    figures.observe(Reading(running=6, waiting=3, cache=1.0, at=0), in_flight=9)  # requests wait inside
-    assert figures.value == 6 and figures.capacity == 6
-    # a queue longer than all floodwall has out is others' (or a stale gauge): it does not lower floodwall's
-    figures.observe(Reading(running=6, waiting=9, cache=1.0, at=0), in_flight=6)
-    assert figures.value == 6
-    for odd in (float("inf"), float("nan")):
-        figures.observe(Reading(running=odd, waiting=odd, cache=None, at=0), in_flight=6)
-        assert figures.value == 6
 
 
 async def test_admission_follows_the_figures_while_they_are_fresh() -> None:

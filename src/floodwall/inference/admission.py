@@ -26,7 +26,7 @@ from floodwall.background import cancel
 from floodwall.config import ConfigError, Seconds, per_level, typed
 from floodwall.errors import ApiError
 from floodwall.headers import ratelimit
-from floodwall.inference.capacity import FiguresLimit, GradientLimit, Peak
+from floodwall.inference.capacity import FiguresLimit, GradientLimit, IdleBudget, Peak
 from floodwall.inference.fields import choices, completion_length, hold_length, prompt_tokens
 from floodwall.inference.model_metrics import Reading
 from floodwall.levels import LEVELS
@@ -61,6 +61,8 @@ class AdmissionPolicy:
     latency_slack: float = 0.005
     # the established tier's recent peak of calls, kept free of lower tiers, halves over this many seconds
     reserve_half_life: float = 30.0
+    # ...but it may leave at most this share of the limit idle while lower tiers' calls wait
+    reserve_idle: float = 0.1
     max_wait: Mapping[str, float] = dataclasses.field(
         default_factory=lambda: {"established": 60.0, "new": 20.0, "anonymous": 10.0})
     levels: Mapping[str, LevelTerms] = dataclasses.field(default_factory=dict)
@@ -99,6 +101,7 @@ _ADMISSION = per_level("AdmissionTable", _TermsTable | None, None,
                          ("initial_limit", "min_limit", "max_limit", "queue_size", "default_max_tokens")),
                        ("latency_slack", Seconds, Seconds(AdmissionPolicy.latency_slack)),
                        ("reserve_half_life", Seconds, Seconds(AdmissionPolicy.reserve_half_life)),
+                       ("reserve_idle", Annotated[float, msgspec.Meta(ge=0, le=1)], AdmissionPolicy.reserve_idle),
                        ("max_wait", dict[Tier, Seconds], {}))
 
 
@@ -190,6 +193,7 @@ class Admission:
         self.by_figures = FiguresLimit(policy.initial_limit, policy.min_limit, policy.max_limit)
         # how many calls established accounts have wanted at once lately (their slots are kept for them)
         self.first_demand = Peak(policy.reserve_half_life)
+        self.reserve_budget = IdleBudget(policy.reserve_idle)
         self._retry: asyncio.TimerHandle | None = None
         self.in_flight = 0
         self.by_tier: collections.Counter[str] = collections.Counter()
@@ -301,9 +305,13 @@ class Admission:
         reading = self.figures()
         return {"limit": self.limit, "source": self.source, "latency_limit": self.limiter.limit,
                 "latency_floor": round(self.limiter.floor, 2),
+                "latency_ms": {kind: {"recent": round(recent * 1000, 2),
+                                      "baseline": round(self.limiter.baseline[kind] * 1000, 2)}
+                               for kind, recent in self.limiter.recent.items()},
                 "server": None if reading is None else {"running": reading.running, "waiting": reading.waiting,
                                                         "cache": reading.cache, "capacity": self.by_figures.capacity},
                 "loop_lag_ms": round(self.loop_lag.lag * 1000, 2),
+                "reserve": {"peak": round(self.first_demand.value, 2), "most": self.reserve_budget.slots},
                 "replicas": 1 + self.others.replicas, "others_in_flight": self.others.in_flight,
                 "in_flight": self.in_flight, "by_tier": dict(self.by_tier),
                 "queued": {t: len(q) for t, q in self.queues.items()}, "shed": dict(self.shed),
@@ -387,8 +395,7 @@ class Admission:
             return False  # another replica's established calls wait: they go first, there as here
         # a call cannot be taken back once started: a lower tier takes a free slot only if the slots left
         # still hold the established calls of the recent peak, and only its share of the limit
-        established = self.by_tier[TIER_ORDER[0]] + self.others.established
-        if self.total_in_flight + self.first_demand.reserve(established, limit) >= limit:
+        if self.total_in_flight + self._reserve(limit) >= limit:
             return False
         share = terms.share.get(tier, 1.0)
         return self.by_tier[tier] < max(1, math.floor(share * limit)) if share < 1.0 else True
@@ -404,6 +411,7 @@ class Admission:
         ticket._future = asyncio.get_running_loop().create_future()
         self.queues[ticket.tier].append(ticket)
         if ticket.tier != TIER_ORDER[0]:
+            self._note_idle()
             self._look_again()
         try:
             # (asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that lands as the turn comes)
@@ -425,6 +433,7 @@ class Admission:
         """Take a waiting ticket out of its queue; False if it had already been started."""
         try:
             self.queues[ticket.tier].remove(ticket)
+            self._note_idle()
             return True
         except ValueError:
             return False
@@ -454,8 +463,21 @@ class Admission:
         self.by_tier[ticket.tier] += 1
         self.by_account[ticket.account] += 1
         self.admitted[ticket.tier] += 1
+        self._note_idle()
+
+    def _note_idle(self) -> None:
+        """What the reserve leaves idle is measured on every change of the slots and queues."""
+        limit = self.limit
+        self.reserve_budget.note(limit - self.total_in_flight, limit, any(self.queues[t] for t in TIER_ORDER[1:]),
+                                 self._reserve(limit))
+
+    def _reserve(self, limit: int) -> int:
+        """Slots kept free of lower tiers for the established tier's next calls."""
+        return self.first_demand.reserve(self.by_tier[TIER_ORDER[0]] + self.others.established, limit,
+                                         self.reserve_budget.slots)
 
     def _dispatch(self) -> None:
+        self._note_idle()
         terms = self.policy.terms(self.level())
         for tier in TIER_ORDER:
             queue = self.queues[tier]
@@ -502,7 +524,8 @@ class Admission:
             self.by_figures.overloaded()
         elif latency is not None:  # learnt even while figures set the limit: it stands in when they go stale
             # a call's latency spans a few trips through this event loop: take out what the loop added
-            self.limiter.sample(latency[0], max(0.0, latency[1] - 3 * self.loop_lag.lag), self.total_in_flight + 1)
+            self.limiter.sample(latency[0], max(0.0, latency[1] - 3 * self.loop_lag.lag), self.total_in_flight + 1,
+                                ticket.started)
         self._dispatch()
 
     async def reconcile(self, ticket: Ticket, used: int) -> None:

@@ -49,6 +49,7 @@ class GradientLimit:
         self._changed = self._window = clock()
         self._integral = 0.0  # call-seconds of generation in this window
         self._streamed_at = float("-inf")  # when a call last said it was generating
+        self._cut_at = float("-inf")  # when the limit last came down
 
     @property
     def limit(self) -> int:
@@ -78,7 +79,12 @@ class GradientLimit:
                 self._served = (served, now)
             self._window, self._integral = now, 0.0
 
-    def sample(self, kind: str, latency: float, in_flight: int) -> None:
+    def sample(self, kind: str, latency: float, in_flight: int, started: float | None = None) -> None:
+        """A call's latency (`kind`: to its first token, or per token), `in_flight` calls out when it ended,
+        it began at `started` (this clock): the limit comes down at most once a round, by calls begun after
+        it last did, as TCP's window does once a round trip: the calls already out when it came down were
+        admitted under the old limit and say nothing of the new one, and a short stall of the machine (its
+        calls all slow at once) would otherwise cut it again and again."""
         recent = self.recent.get(kind, latency) * (1 - self.smoothing) + latency * self.smoothing
         self.recent[kind] = recent
         # the baseline is the long-run average (about 500 calls), not the best ever seen: a model server's
@@ -97,7 +103,8 @@ class GradientLimit:
             return
         if gradient >= 1.0:
             self.value = min(float(self.maximum), self.value + 1.0 / self.value)
-        else:
+        elif started is None or started >= self._cut_at:
+            self._cut_at = self.clock()
             target = self.value * max(0.5, gradient)
             shrunk = self.value * (1 - self.smoothing) + target * self.smoothing
             # (rounded: the floor is measured per window and decays between them; 7.9 served is 8 slots)
@@ -108,23 +115,36 @@ class FiguresLimit:
     """The limit by the model server's own figures: keep its waiting queue near empty, so that floodwall's
     tiered queue, not the server's FIFO, decides who goes next. Requests waiting inside: the server runs what
     it can, and floodwall's share of that is what it has out less what waits; none waiting while floodwall
-    uses all it may: one more. The capacity is what the server ran when requests began to wait."""
+    uses all it may: one more. The capacity is what the server ran when requests began to wait.
+
+    Below that capacity the limit comes back at once (a reading is a little old: a call that ended since
+    makes what floodwall has out look one short). Past it, one more is tried only after none has waited for
+    PROBE_EVERY seconds: each try puts a call in the server's queue, where an established call may then wait
+    behind it, so a limit that tried again on every empty reading would keep one there (a server's capacity
+    does grow, as long prompts end and free its cache, but not every quarter second)."""
+
+    PROBE_EVERY = 2.0
 
     def __init__(self, initial: int, minimum: int, maximum: int) -> None:
         self.value = initial
         self.minimum = minimum
         self.maximum = maximum
         self.capacity: float | None = None  # requests the server ran when its queue last began
+        self._waited_at = float("-inf")  # when a reading last showed requests waiting
 
     def observe(self, reading: Reading, in_flight: int) -> None:
         if not (math.isfinite(reading.running) and math.isfinite(reading.waiting)):
             return
         if reading.waiting > 0:
-            self.capacity = reading.running
+            self.capacity, self._waited_at = reading.running, reading.at
             if reading.waiting <= in_flight:  # a queue longer than all floodwall has out is not (all) ours
                 self.value = max(self.minimum, min(self.value, int(in_flight - reading.waiting)))
         elif reading.waiting == 0 and in_flight >= self.value:
-            self.value = min(self.maximum, self.value + 1)
+            beyond = self.capacity is not None and self.value >= self.capacity
+            if not beyond or reading.at - self._waited_at >= self.PROBE_EVERY:
+                self.value = min(self.maximum, self.value + 1)
+                if beyond:
+                    self._waited_at = reading.at  # (the next try after as long again)
 
     def overloaded(self) -> None:
         self.value = max(self.minimum, int(self.value * 0.8))
@@ -148,7 +168,54 @@ class Peak:
         if wanted >= self.value:
             self._peak = (float(wanted), self.clock())
 
-    def reserve(self, running: int, limit: int) -> int:
-        """Slots to keep free for the tier, which runs `running` calls now, of `limit`: never all of them, so
-        that a small model server still serves the lower tiers between established calls."""
-        return max(0, min(round(self.value) - running, limit - 1))
+    def reserve(self, running: int, limit: int, most: int) -> int:
+        """Slots to keep free for the tier, which runs `running` calls now, of `limit`: at most `most`, and
+        never all of them, so that a small model server still serves the lower tiers between its calls."""
+        return max(0, min(round(self.value) - running, most, limit - 1))
+
+
+class IdleBudget:
+    """How many slots the established tier's reserve may keep free: as many as leave the limit idle at most
+    `budget` of the time lower tiers' calls wait (a slot kept free while calls wait is a slot idle).
+
+    Where the established calls fill what is kept for them (a model they nearly fill alone), the reserve
+    idles little and may be large; where they do not (a large model), it idles about its whole size and must
+    be small. Measured, not guessed: every PERIOD seconds in which lower tiers waited, the most the reserve
+    may keep comes down by the slots idle beyond the budget, or goes up by one while under half of it."""
+
+    PERIOD = 1.0
+
+    def __init__(self, budget: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.budget = budget
+        self.clock = clock
+        self.most = math.inf  # until measured: the whole reserve
+        self._at = self._period = clock()
+        self._idle = self._waited = 0.0  # slot-seconds idle, limit-seconds waited, while lower tiers waited
+        self._held = 0  # the most the reserve kept in the period
+        self._state = (0, 0, False)  # (idle slots, limit, lower tiers waiting) since `_at`
+
+    def note(self, idle: int, limit: int, waiting: bool, reserve: int) -> None:
+        """The slots idle of `limit` now, whether lower tiers' calls wait, and the slots the reserve keeps:
+        the state until the next note."""
+        now = self.clock()
+        was_idle, was_limit, was_waiting = self._state
+        if was_waiting:
+            self._idle += max(0, was_idle) * (now - self._at)
+            self._waited += was_limit * (now - self._at)
+        self._at, self._state = now, (idle, limit, waiting)
+        if waiting:
+            self._held = max(self._held, reserve)
+        if now - self._period < self.PERIOD:
+            return
+        if self._waited > 0:
+            share = self._idle / self._waited
+            if share > self.budget:  # (from what the reserve kept: idle slots may be a share's, not its)
+                over = math.ceil((share - self.budget) * self._waited / (now - self._period))
+                self.most = max(0.0, min(self.most, float(self._held)) - over)
+            elif share < self.budget / 2:
+                self.most = min(self.most + 1, float(limit))
+        self._period, self._idle, self._waited, self._held = now, 0.0, 0.0, 0
+
+    @property
+    def slots(self) -> int:
+        return int(self.most) if math.isfinite(self.most) else 1 << 30
