@@ -90,7 +90,8 @@ async def test_a_reserve_that_leaves_slots_idle_while_others_wait_is_cut(monkeyp
     assert gate.in_flight == 3  # five of eight kept for the peak of six established calls
     async with asyncio.timeout(2):  # the reserve idled: it is cut, and the newcomers take its slots
         await asyncio.gather(*newcomers)
-    assert gate.stats()["reserve"]["most"] == 0 and gate.in_flight == 7
+    # cut by the four slots the four waiting could use beyond the budget's 0.8: one is kept
+    assert gate.stats()["reserve"]["most"] == 1 and gate.in_flight == 7
 
 
 async def test_lower_tiers_hold_only_their_share_of_the_limit() -> None:

@@ -62,7 +62,7 @@ class AdmissionPolicy:
     # the established tier's recent peak of calls, kept free of lower tiers, halves over this many seconds
     reserve_half_life: float = 30.0
     # ...but it may leave at most this share of the limit idle while lower tiers' calls wait
-    reserve_idle: float = 0.1
+    reserve_idle: float = 0.05
     max_wait: Mapping[str, float] = dataclasses.field(
         default_factory=lambda: {"established": 60.0, "new": 20.0, "anonymous": 10.0})
     levels: Mapping[str, LevelTerms] = dataclasses.field(default_factory=dict)
@@ -298,7 +298,9 @@ class Admission:
 
     def observe(self, reading: Reading) -> None:
         """A new reading of the model server's figures: the limit follows, and waiting calls may go."""
-        self.by_figures.observe(reading, self.total_in_flight)
+        limit = self.limit
+        self.by_figures.observe(reading, self.total_in_flight,
+                                self.queued > 0 and self.total_in_flight + self._reserve(limit) >= limit)
         self._dispatch()
 
     def stats(self) -> dict[str, Any]:
@@ -468,8 +470,13 @@ class Admission:
     def _note_idle(self) -> None:
         """What the reserve leaves idle is measured on every change of the slots and queues."""
         limit = self.limit
-        self.reserve_budget.note(limit - self.total_in_flight, limit, any(self.queues[t] for t in TIER_ORDER[1:]),
-                                 self._reserve(limit))
+        terms = self.policy.terms(self.level())
+        usable = 0  # the waiting lower-tier calls that could start, their shares allowing, if the slots were free
+        for tier in TIER_ORDER[1:]:
+            share = terms.share.get(tier, 1.0)
+            room = max(1, math.floor(share * limit)) - self.by_tier[tier] if share < 1.0 else len(self.queues[tier])
+            usable += min(len(self.queues[tier]), max(0, room))
+        self.reserve_budget.note(min(limit - self.total_in_flight, usable), limit, usable > 0, self._reserve(limit))
 
     def _reserve(self, limit: int) -> int:
         """Slots kept free of lower tiers for the established tier's next calls."""
@@ -496,6 +503,9 @@ class Admission:
         if not ticket.generating:
             ticket.generating = True
             self.limiter.generating(+1)
+            # sampled now, not when the call ends: a round of the limit is then a first token's wait, not a
+            # whole generation (minutes, for a long one)
+            self._sample("ttft", time.monotonic() - ticket.started, self.total_in_flight, ticket)
 
     def _look_again(self) -> None:
         """A lower tier waits with slots free: the established tier's reserve holds it back, and the reserve
@@ -522,11 +532,14 @@ class Admission:
         if overloaded:
             self.limiter.overloaded()
             self.by_figures.overloaded()
-        elif latency is not None:  # learnt even while figures set the limit: it stands in when they go stale
-            # a call's latency spans a few trips through this event loop: take out what the loop added
-            self.limiter.sample(latency[0], max(0.0, latency[1] - 3 * self.loop_lag.lag), self.total_in_flight + 1,
-                                ticket.started)
+        elif latency is not None:
+            self._sample(*latency, self.total_in_flight + 1, ticket)
         self._dispatch()
+
+    def _sample(self, kind: str, latency: float, in_flight: int, ticket: Ticket) -> None:
+        """Learnt even while figures set the limit: it stands in when they go stale. A call's latency spans a
+        few trips through this event loop: what the loop added is taken out."""
+        self.limiter.sample(kind, max(0.0, latency - 3 * self.loop_lag.lag), in_flight, ticket.started)
 
     async def reconcile(self, ticket: Ticket, used: int) -> None:
         """Charge the token budgets what the call really used instead of the estimate."""

@@ -30,6 +30,7 @@ class GradientLimit:
     """
 
     WINDOW = 5.0
+    ROUND = 1.0  # the longest a round lasts: a server queueing deep makes a call's first token come late
 
     def __init__(self, initial: int, minimum: int, maximum: int, tolerance: float = 1.5,
                  smoothing: float = 0.2, slack: float = 0.0, floor_half_life: float = 120.0,
@@ -84,7 +85,9 @@ class GradientLimit:
         it began at `started` (this clock): the limit comes down at most once a round, by calls begun after
         it last did, as TCP's window does once a round trip: the calls already out when it came down were
         admitted under the old limit and say nothing of the new one, and a short stall of the machine (its
-        calls all slow at once) would otherwise cut it again and again."""
+        calls all slow at once) would otherwise cut it again and again. A round lasts at most ROUND seconds:
+        where the server queues deep, calls begun since the cut wait long for their first token, and the
+        limit must still come down."""
         recent = self.recent.get(kind, latency) * (1 - self.smoothing) + latency * self.smoothing
         self.recent[kind] = recent
         # the baseline is the long-run average (about 500 calls), not the best ever seen: a model server's
@@ -103,7 +106,7 @@ class GradientLimit:
             return
         if gradient >= 1.0:
             self.value = min(float(self.maximum), self.value + 1.0 / self.value)
-        elif started is None or started >= self._cut_at:
+        elif started is None or started >= self._cut_at or self.clock() - self._cut_at >= self.ROUND:
             self._cut_at = self.clock()
             target = self.value * max(0.5, gradient)
             shrunk = self.value * (1 - self.smoothing) + target * self.smoothing
@@ -124,6 +127,7 @@ class FiguresLimit:
     does grow, as long prompts end and free its cache, but not every quarter second)."""
 
     PROBE_EVERY = 2.0
+    RECALL = 10.0  # a capacity not seen again (no queue) for this long is forgotten: it was a moment's
 
     def __init__(self, initial: int, minimum: int, maximum: int) -> None:
         self.value = initial
@@ -131,20 +135,24 @@ class FiguresLimit:
         self.maximum = maximum
         self.capacity: float | None = None  # requests the server ran when its queue last began
         self._waited_at = float("-inf")  # when a reading last showed requests waiting
+        self._tried_at = float("-inf")  # when the limit last went past the capacity
 
-    def observe(self, reading: Reading, in_flight: int) -> None:
+    def observe(self, reading: Reading, in_flight: int, pressed: bool = False) -> None:
+        """A reading, with the calls floodwall has out; `pressed`: calls wait that the limit holds back
+        (with the established tier's reserve, floodwall may be held below the limit and still want more)."""
         if not (math.isfinite(reading.running) and math.isfinite(reading.waiting)):
             return
         if reading.waiting > 0:
             self.capacity, self._waited_at = reading.running, reading.at
             if reading.waiting <= in_flight:  # a queue longer than all floodwall has out is not (all) ours
                 self.value = max(self.minimum, min(self.value, int(in_flight - reading.waiting)))
-        elif reading.waiting == 0 and in_flight >= self.value:
-            beyond = self.capacity is not None and self.value >= self.capacity
-            if not beyond or reading.at - self._waited_at >= self.PROBE_EVERY:
+        elif reading.waiting == 0 and (in_flight >= self.value or pressed):
+            beyond = (self.capacity is not None and self.value >= self.capacity
+                      and reading.at - self._waited_at < self.RECALL)
+            if not beyond or reading.at - max(self._waited_at, self._tried_at) >= self.PROBE_EVERY:
                 self.value = min(self.maximum, self.value + 1)
                 if beyond:
-                    self._waited_at = reading.at  # (the next try after as long again)
+                    self._tried_at = reading.at  # (the next try after as long again)
 
     def overloaded(self) -> None:
         self.value = max(self.minimum, int(self.value * 0.8))
@@ -181,7 +189,9 @@ class IdleBudget:
     Where the established calls fill what is kept for them (a model they nearly fill alone), the reserve
     idles little and may be large; where they do not (a large model), it idles about its whole size and must
     be small. Measured, not guessed: every PERIOD seconds in which lower tiers waited, the most the reserve
-    may keep comes down by the slots idle beyond the budget, or goes up by one while under half of it."""
+    may keep comes down by the slots idle beyond the budget, or goes up by one while at most half of it, or
+    while nobody waits. Idle counts only as far as the waiting calls could use it (`note`'s caller): one
+    call waiting does not cost the established tier its whole reserve."""
 
     PERIOD = 1.0
 
@@ -212,8 +222,10 @@ class IdleBudget:
             if share > self.budget:  # (from what the reserve kept: idle slots may be a share's, not its)
                 over = math.ceil((share - self.budget) * self._waited / (now - self._period))
                 self.most = max(0.0, min(self.most, float(self._held)) - over)
-            elif share < self.budget / 2:
+            elif share <= self.budget / 2 and math.isfinite(self.most):
                 self.most = min(self.most + 1, float(limit))
+        elif math.isfinite(self.most):  # nobody waited: keeping slots cost nothing, and the next wave may come
+            self.most = min(self.most + 1, float(limit))
         self._period, self._idle, self._waited, self._held = now, 0.0, 0.0, 0
 
     @property

@@ -150,10 +150,8 @@ class InferenceCall:
             finally:
                 response.release()
         finally:
-            latency = None
-            if outcome.first_token_at:
-                latency = ("ttft", outcome.first_token_at - ticket.started)
-            elif outcome.finished_at:
+            latency = None  # (a stream's time to first token was sampled when it came: Admission.first_token)
+            if not outcome.first_token_at and outcome.finished_at:
                 latency = ("tpot", (outcome.finished_at - ticket.started) / (outcome.completion_tokens + 1))
             self.admission.release(ticket, latency=latency, overloaded=overloaded)
             self._reconcile = (ticket, outcome)
