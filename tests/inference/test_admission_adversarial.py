@@ -1,6 +1,6 @@
 """An adversarial review of 495a5bb (the reserve's idle budget, the latency limit cut once a round, the
-figures limit's probe every PROBE_EVERY): scenarios its own tests left out. Each test states what it expects
-of a correct admission; they failed against 495a5bb."""
+figures limit's probe every PROBE_EVERY), and of 0613ae7 (the fixes; the last test): scenarios their own tests
+left out. Each test states what it expects of a correct admission; they failed against the commit reviewed."""
 
 from __future__ import annotations
 
@@ -217,3 +217,44 @@ def test_after_a_moment_of_low_capacity_the_figures_limit_comes_back(running: in
         at += 0.25
         figures.observe(Reading(running=figures.value, waiting=0, cache=None, at=at), in_flight=figures.value)
     assert figures.value >= 28, f"limit {figures.value} of the 32 the server ran 20 s ago"
+
+
+async def test_pressed_growth_does_not_run_the_figures_limit_away_untested() -> None:
+    """An established batch of 100 calls (peak 100) has drained to 2 running; one anonymous call waits. The
+    reserve is min(peak - running, most, limit - 1) = limit - 1: it grows with the limit, so `pressed`
+    (queued and in flight + reserve >= limit) stays true whatever the limit, and the figures limit climbs a
+    slot per reading (no capacity seen, or forgotten after RECALL) while the server runs 2 calls and
+    never queues. Nothing the server showed supports that limit; when the reserve is then cut (a flood of
+    new accounts waiting, IdleBudget) or the peak decays, the lower tiers get the untested slots at once,
+    and the server queues them ahead of the next established calls."""
+    data = {"initial_limit": 20, "min_limit": 1, "max_limit": 512, "queue_size": 512,
+            "normal": {"share": {"new": 0.5, "anonymous": 0.25}}}
+    reading = Reading(running=0, waiting=0, cache=None, at=0.0)
+    gate = Admission(AdmissionPolicy.from_data(data, "test"), MemoryStore(), lambda: "normal",
+                     figures=lambda: reading)
+    batch = [asyncio.create_task(gate.admit(who(n), "established", "normal", body())) for n in range(100)]
+    await settle()
+    released = 0
+    while released < 98:
+        for task in batch:
+            if task.done() and not task.result().released and released < 98:
+                gate.release(task.result())
+                released += 1
+        await settle()
+    waiting = asyncio.create_task(gate.admit(who(201), "anonymous", "normal", body()))
+    await settle()
+    most_run = 0
+    try:
+        for k in range(1, 121):  # thirty seconds of readings: the server runs all it is sent, nothing waits
+            most_run = max(most_run, gate.total_in_flight)
+            reading = Reading(running=gate.total_in_flight, waiting=0, cache=None, at=k * 0.25)
+            gate.observe(reading)
+        assert gate.limit <= max(20, most_run + 1), (
+            f"limit {gate.limit}, the server never ran more than {most_run}; reserve {gate.stats()['reserve']}")
+    finally:
+        waiting.cancel()
+        with contextlib.suppress(BaseException):
+            await waiting
+        for task in batch:
+            if task.done():
+                gate.release(task.result())

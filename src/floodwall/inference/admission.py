@@ -299,8 +299,10 @@ class Admission:
     def observe(self, reading: Reading) -> None:
         """A new reading of the model server's figures: the limit follows, and waiting calls may go."""
         limit = self.limit
-        self.by_figures.observe(reading, self.total_in_flight,
-                                self.queued > 0 and self.total_in_flight + self._reserve(limit) >= limit)
+        # pressed: calls wait that one more slot would let start (not a reserve that grows with the limit)
+        pressed = self.queued > 0 and self.total_in_flight + self._reserve(limit + 1) < limit + 1 and \
+            self.total_in_flight + self._reserve(limit) >= limit
+        self.by_figures.observe(reading, self.total_in_flight, pressed)
         self._dispatch()
 
     def stats(self) -> dict[str, Any]:
