@@ -315,7 +315,8 @@ class Admission:
                 "server": None if reading is None else {"running": reading.running, "waiting": reading.waiting,
                                                         "cache": reading.cache, "capacity": self.by_figures.capacity},
                 "loop_lag_ms": round(self.loop_lag.lag * 1000, 2),
-                "reserve": {"peak": round(self.first_demand.value, 2), "most": self.reserve_budget.slots},
+                "reserve": {"peak": round(self.first_demand.value, 2),  # most: None until measured (the whole peak)
+                            "most": self.reserve_budget.slots if math.isfinite(self.reserve_budget.most) else None},
                 "replicas": 1 + self.others.replicas, "others_in_flight": self.others.in_flight,
                 "in_flight": self.in_flight, "by_tier": dict(self.by_tier),
                 "queued": {t: len(q) for t, q in self.queues.items()}, "shed": dict(self.shed),
