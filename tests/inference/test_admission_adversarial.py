@@ -18,16 +18,10 @@ from floodwall.inference.capacity import FiguresLimit, GradientLimit, IdleBudget
 from floodwall.inference.model_metrics import Reading
 from floodwall.principal import Principal
 from floodwall.state.memory import MemoryStore
+from tests.conftest import Clock
+from tests.inference.test_capacity import wait_periods
 
 NOW = dt.datetime.now(dt.UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def who(user: int) -> Principal:
@@ -58,6 +52,23 @@ async def drop(tasks: list[asyncio.Task[Any]]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def established_find_their_slots(gate: Admission, monkeypatch: pytest.MonkeyPatch, wave: int,
+                                       *also: asyncio.Task[Any]) -> None:
+    """With no more periods (what follows is at once), a wave of four new accounts' calls, then five
+    established callers of the recent peak: all five find a slot at once."""
+    monkeypatch.setattr(capacity.IdleBudget, "PERIOD", 60.0)
+    flood = [asyncio.create_task(gate.admit(who(wave + n), "new", "normal", body())) for n in range(4)]
+    await settle()
+    regulars_back = [asyncio.create_task(gate.admit(who(n), "established", "normal", body())) for n in range(1, 6)]
+    await settle()
+    try:
+        assert sum(task.done() for task in regulars_back) == 5, (
+            f"established calls of the recent peak wait: reserve {gate.stats()['reserve']}, "
+            f"in flight {dict(gate.by_tier)}")
+    finally:
+        await drop([*also, *flood, *regulars_back])
+
+
 async def test_one_waiting_call_does_not_disarm_the_whole_reserve(monkeypatch: pytest.MonkeyPatch) -> None:
     """An attacker parks ONE cheap anonymous call in the queue for a second (and may cancel it: a call that
     never ran costs it nothing, its tokens are refunded). The reserve's six kept slots all count as idle
@@ -74,18 +85,8 @@ async def test_one_waiting_call_does_not_disarm_the_whole_reserve(monkeypatch: p
     first = await gate.admit(who(100), "anonymous", "normal", body())
     probe = asyncio.create_task(gate.admit(who(101), "anonymous", "normal", body()))
     await asyncio.sleep(0.3)  # one call waited for a few periods
-    monkeypatch.setattr(capacity.IdleBudget, "PERIOD", 60.0)  # (no more periods: what follows is at once)
-    flood = [asyncio.create_task(gate.admit(who(200 + n), "new", "normal", body())) for n in range(4)]
-    await settle()
-    regulars_back = [asyncio.create_task(gate.admit(who(n), "established", "normal", body())) for n in range(1, 6)]
-    await settle()
-    try:
-        assert sum(task.done() for task in regulars_back) == 5, (
-            f"established calls of the recent peak wait: reserve {gate.stats()['reserve']}, "
-            f"in flight {dict(gate.by_tier)}")
-    finally:
-        await drop([probe, *flood, *regulars_back])
-        del first
+    await established_find_their_slots(gate, monkeypatch, 200, probe)
+    del first
 
 
 async def test_the_reserve_comes_back_when_the_wave_is_over(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,24 +110,7 @@ async def test_the_reserve_comes_back_when_the_wave_is_over(monkeypatch: pytest.
         await asyncio.sleep(0.1)
         for ticket in back:
             gate.release(ticket)
-    monkeypatch.setattr(capacity.IdleBudget, "PERIOD", 60.0)
-    second = [asyncio.create_task(gate.admit(who(300 + n), "new", "normal", body())) for n in range(4)]
-    await settle()
-    regulars_back = [asyncio.create_task(gate.admit(who(n), "established", "normal", body())) for n in range(1, 6)]
-    await settle()
-    try:
-        assert sum(task.done() for task in regulars_back) == 5, (
-            f"reserve {gate.stats()['reserve']}, in flight {dict(gate.by_tier)}")
-    finally:
-        await drop([*second, *regulars_back])
-
-
-def _period(budget: IdleBudget, clock: Clock, *, idle: int, limit: int, reserve: int) -> None:
-    """One second of lower tiers waiting with `idle` of `limit` slots idle and `reserve` kept."""
-    for _ in range(8):
-        budget.note(idle=idle, limit=limit, waiting=True, reserve=reserve)
-        clock.now += 0.125
-    budget.note(idle=idle, limit=limit, waiting=True, reserve=reserve)
+    await established_find_their_slots(gate, monkeypatch, 300)
 
 
 def test_a_budget_of_nothing_idle_still_lets_a_busy_reserve_grow_back() -> None:
@@ -134,10 +118,10 @@ def test_a_budget_of_nothing_idle_still_lets_a_busy_reserve_grow_back() -> None:
     never. Once cut, the reserve never comes back, even while every slot is busy and lower tiers wait."""
     clock = Clock()
     budget = IdleBudget(0.0, clock=clock)
-    _period(budget, clock, idle=4, limit=16, reserve=4)
+    wait_periods(budget, clock, 1, idle=4, reserve=4, limit=16)
     assert budget.slots == 0
     for _ in range(5):
-        _period(budget, clock, idle=0, limit=16, reserve=0)  # not a slot idle, five seconds
+        wait_periods(budget, clock, 1, idle=0, reserve=0, limit=16)  # not a slot idle, five seconds
     assert budget.slots >= 3
 
 
@@ -148,8 +132,8 @@ def test_a_good_period_does_not_cap_the_reserve_at_the_limit_of_the_moment() -> 
     old limit and climbs one slot a second."""
     clock = Clock()
     budget = IdleBudget(0.1, clock=clock)
-    _period(budget, clock, idle=0, limit=4, reserve=3)  # the limit is 4 for now; nothing idles
-    _period(budget, clock, idle=0, limit=32, reserve=20)  # it grew to 32; still nothing idles
+    wait_periods(budget, clock, 1, idle=0, reserve=3, limit=4)  # the limit is 4 for now; nothing idles
+    wait_periods(budget, clock, 1, idle=0, reserve=20, limit=32)  # it grew to 32; still nothing idles
     assert budget.slots >= 20
 
 

@@ -7,14 +7,7 @@ import pytest
 
 from floodwall.inference.capacity import FiguresLimit, GradientLimit, IdleBudget
 from floodwall.inference.model_metrics import Reading
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.conftest import Clock
 
 
 def test_gradient_limit_learns_from_latency_and_overload() -> None:
@@ -132,12 +125,12 @@ def test_past_the_capacity_the_figures_limit_tries_one_more_only_every_few_secon
     assert figures.value == 9  # below the capacity it comes back at once
 
 
-def _wait(budget: IdleBudget, clock: Clock, seconds: int, idle: int, reserve: int) -> None:
-    """`seconds` of lower tiers waiting with `idle` of 16 slots idle and `reserve` kept, noted every 1/8 s."""
+def wait_periods(budget: IdleBudget, clock: Clock, seconds: int, idle: int, reserve: int, limit: int = 16) -> None:
+    """`seconds` of lower tiers waiting with `idle` of `limit` slots idle and `reserve` kept, noted every 1/8 s."""
     for _ in range(seconds * 8):
-        budget.note(idle=idle, limit=16, waiting=True, reserve=reserve)
+        budget.note(idle=idle, limit=limit, waiting=True, reserve=reserve)
         clock.now += 0.125
-    budget.note(idle=idle, limit=16, waiting=True, reserve=reserve)
+    budget.note(idle=idle, limit=limit, waiting=True, reserve=reserve)
 
 
 def test_the_reserve_may_keep_only_what_leaves_the_limit_idle_within_its_budget() -> None:
@@ -147,9 +140,9 @@ def test_the_reserve_may_keep_only_what_leaves_the_limit_idle_within_its_budget(
     clock.now += 5
     budget.note(idle=8, limit=16, waiting=False, reserve=8)  # idle, but nobody waits: no evidence either way
     assert budget.slots > 16
-    _wait(budget, clock, 1, idle=8, reserve=8)  # half the limit idle while new accounts wait
+    wait_periods(budget, clock, 1, idle=8, reserve=8)  # half the limit idle while new accounts wait
     assert budget.slots == 8 - 7  # what it kept, less the slots idle beyond the budget: (0.5 - 0.1) x 16
-    _wait(budget, clock, 3, idle=0, reserve=1)  # then the slots are busy while they wait: back up, one a second
+    wait_periods(budget, clock, 3, idle=0, reserve=1)  # then the slots are busy while they wait: back up, one a second
     assert budget.slots == 1 + 3
 
 
@@ -157,7 +150,7 @@ def test_the_reserve_may_keep_only_what_leaves_the_limit_idle_within_its_budget(
 def test_a_tenth_of_sixteen_slots_is_one_and_a_half(idle: int) -> None:
     clock = Clock()
     budget = IdleBudget(0.1, clock=clock)
-    _wait(budget, clock, 1, idle=idle, reserve=3)
+    wait_periods(budget, clock, 1, idle=idle, reserve=3)
     # 1 of 16 is within the budget of 1.6, but not within half of it: held; 2 is over: one less than was kept
     assert budget.slots == (1 << 30 if idle == 1 else 2)
 
@@ -166,5 +159,5 @@ def test_idle_slots_that_are_not_the_reserves_take_it_to_nothing() -> None:
     """New accounts held back by their share, not by the reserve: nothing to give back but the reserve."""
     clock = Clock()
     budget = IdleBudget(0.1, clock=clock)
-    _wait(budget, clock, 1, idle=6, reserve=0)
+    wait_periods(budget, clock, 1, idle=6, reserve=0)
     assert budget.slots == 0

@@ -402,8 +402,12 @@ class Admission:
         # still hold the established calls of the recent peak, and only its share of the limit
         if self.total_in_flight + self._reserve(limit) >= limit:
             return False
+        return self._room(tier, terms, limit) > 0
+
+    def _room(self, tier: str, terms: LevelTerms, limit: int) -> float:
+        """Calls the tier may still start within its share of the limit (at least one call's share)."""
         share = terms.share.get(tier, 1.0)
-        return self.by_tier[tier] < max(1, math.floor(share * limit)) if share < 1.0 else True
+        return max(1, math.floor(share * limit)) - self.by_tier[tier] if share < 1.0 else math.inf
 
     async def _wait_turn(self, ticket: Ticket, terms: LevelTerms) -> None:
         ahead = any(self.queues[t] for t in TIER_ORDER[: TIER_ORDER.index(ticket.tier) + 1])
@@ -476,9 +480,7 @@ class Admission:
         terms = self.policy.terms(self.level())
         usable = 0  # the waiting lower-tier calls that could start, their shares allowing, if the slots were free
         for tier in TIER_ORDER[1:]:
-            share = terms.share.get(tier, 1.0)
-            room = max(1, math.floor(share * limit)) - self.by_tier[tier] if share < 1.0 else len(self.queues[tier])
-            usable += min(len(self.queues[tier]), max(0, room))
+            usable += int(min(len(self.queues[tier]), max(0, self._room(tier, terms, limit))))
         self.reserve_budget.note(min(limit - self.total_in_flight, usable), limit, usable > 0, self._reserve(limit))
 
     def _reserve(self, limit: int) -> int:
