@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import itertools
 import math
 import unicodedata
 import zipfile
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import re2
 
 from floodwall.defense.prompts import MAX_SCANNED, scanned
 
@@ -52,7 +54,8 @@ def _powers(base: int) -> npt.NDArray[np.uint64]:
 _POWERS, _INVERSES = _powers(_P), _powers(_P_INVERSE)
 # what counts as part of a word: ASCII letters, digits and underscore, and every non-ASCII code point
 # (scripts without spaces are read by the character n-grams)
-_ASCII_WORD = np.array([chr(c).isalnum() or c == 95 for c in range(128)])
+_WORD = np.array([chr(c).isalnum() or c == 95 for c in range(128)] + [True])  # [128]: every non-ASCII code point
+_STARTS = np.arange(_LIMIT + 1)
 _SALT_CHAR = [np.uint64(n * 0x9E3779B97F4A7C15 & _MASK) for n in range(9)]  # one per n-gram length
 _SALT_WORD, _SALT_PAIR = np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9)
 
@@ -73,6 +76,8 @@ for _digit, _letter in zip("013457", "oieast", strict=True):
     _LEET[ord(_digit)] = ord(_letter)
 _IS_LETTER = np.array([chr(c).isalpha() and c < 128 for c in range(128)] + [True])  # non-ASCII: a letter
 _IS_LEET = np.append(np.arange(128, dtype=np.uint64) != _LEET, False)
+# in ASCII text, where _undisguised would change something: a leetspeak digit beside a letter, a dot between two
+_DISGUISED = re2.compile(r"[A-Za-z][013457]|[013457][A-Za-z]|[A-Za-z]\.[A-Za-z]")
 
 
 def _undisguised(codes: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
@@ -157,39 +162,57 @@ class Featurizer:
     def buckets(self, text: str) -> list[Buckets]:
         """The buckets of the prompt's n-grams, one array per group (characters, words), an entry per
         occurrence."""
-        return [found for found, _ in self.positioned(text)[0]]
+        return self.hashed(self.codes(text), False)[0]
 
     def positioned(self, text: str) -> tuple[list[tuple[Buckets, npt.NDArray[np.intp]]], int]:
         """Per group, the buckets of the n-grams and where each starts in the text read; and its length."""
+        codes = self.codes(text)
+        groups, where = self.hashed(codes, True)
+        return list(zip(groups, where, strict=True)), len(codes)
+
+    def codes(self, text: str) -> npt.NDArray[np.uint64]:
+        """The code points of the text read, disguises undone (`fold`). Most prompts are ASCII with nothing
+        to undo, which `_DISGUISED` tells without the dozen array operations of `_undisguised`."""
         read = self.read(text)
+        if read.isascii():
+            codes = np.frombuffer(read.encode("ascii"), np.uint8).astype(np.uint64)
+            return _undisguised(codes) if self.fold and _DISGUISED.search(read) else codes
         codes = np.frombuffer(read.encode("utf-32-le", "surrogatepass"), "<u4").astype(np.uint64)
-        if self.fold:
-            codes = _undisguised(codes)
+        return _undisguised(codes) if self.fold else codes
+
+    def hashed(self, codes: npt.NDArray[np.uint64], where: bool) -> tuple[list[Buckets], list[npt.NDArray[np.intp]]]:
+        """Per group, the buckets of the n-grams of `codes`; with `where`, also where each starts. Each numpy
+        call costs about 2 µs when its code is not in the CPU's caches, as on a server between two calls,
+        more than the arithmetic of a short prompt: one hash and one mix over every n-gram of both groups."""
         size = len(codes)
         sums = np.zeros(size + 1, np.uint64)
         np.cumsum(codes * _INVERSES[:size], out=sums[1:])
-        groups: list[tuple[Buckets, npt.NDArray[np.intp]]] = []
+        keys, starts, lengths = [], [], []
         if self.chars[1]:
-            keys, where = [], []
             for n in range(self.chars[0], self.chars[1] + 1):
                 if size >= n:
                     # slices, not gathers: the n-grams start at 0 .. size - n, each ends n later
                     keys.append((sums[n:] - sums[:size - n + 1]) * _POWERS[n - 1:size] + _SALT_CHAR[n])
-                    where.append(np.arange(size - n + 1))
-            groups.append((_mixed(np.concatenate(keys), self.bits), np.concatenate(where)) if keys else
-                          (np.empty(0, np.uint32), np.empty(0, np.intp)))
+                    starts.append(_STARTS[:size - n + 1])
+            lengths.append(sum(map(len, keys)))
         if self.words:
-            word = codes >= 128
-            word[~word] = _ASCII_WORD[codes[~word].astype(np.intp)]
-            edges = np.flatnonzero(np.diff(word.astype(np.int8)))  # read starts and ends with a space
-            starts, ends = edges[0::2] + 1, edges[1::2] + 1
-            hashes = (sums[ends] - sums[starts]) * _POWERS[ends - 1]
-            keys, where = [hashes ^ _SALT_WORD], [starts]
+            word = _WORD[np.minimum(codes, 128).astype(np.intp)]
+            edges = np.flatnonzero(word[1:] != word[:-1])  # read starts and ends with a space
+            begins, ends = edges[0::2] + 1, edges[1::2] + 1
+            hashes = (sums[ends] - sums[begins]) * _POWERS[ends - 1]
+            keys.append(hashes ^ _SALT_WORD)
+            starts.append(begins)
             if self.words >= 2 and len(hashes) > 1:
                 keys.append((hashes[:-1] * np.uint64(_P) + (hashes[1:] ^ _SALT_WORD)) ^ _SALT_PAIR)
-                where.append(starts[:-1])
-            groups.append((_mixed(np.concatenate(keys), self.bits), np.concatenate(where)))
-        return groups, size
+                starts.append(begins[:-1])
+            lengths.append(len(hashes) + max(0, len(hashes) - 1) * (self.words >= 2))
+        mixed = _mixed(np.concatenate(keys), self.bits) if keys else np.empty(0, np.uint32)
+        bounds = list(itertools.accumulate(lengths, initial=0))
+        groups = [mixed[a:b] for a, b in itertools.pairwise(bounds)]
+        if not where:
+            return groups, []
+        at = np.concatenate(starts) if starts else np.empty(0, np.intp)
+        return groups, [at[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -213,16 +236,18 @@ class PromptModel:
         across its edges). Vectorised: one sort per group puts each bucket's occurrences in order, and an
         occurrence counts in a window when the one before it of the same bucket is not in that window."""
         f = self.featurizer
-        groups, size = f.positioned(text)
+        codes = f.codes(text)
+        size = len(codes)
         windows = 0 if not f.window or size <= f.window else -(-(size - f.window) // f.step) + 1
         if not f.binary or not windows:  # most prompts: the whole prompt's distinct buckets are enough
             total = 0.0
-            for found, _ in groups:
+            for found in f.hashed(codes, False)[0]:
                 if len(found):
                     found = _distinct(found) if f.binary else found
                     value = 1 / math.sqrt(len(found)) if f.binary else 1 / len(found)
                     total += int(self.weights[found].sum(dtype=np.int64)) * value
             return np.array([self.bias + self.scale * total])
+        groups = list(zip(*f.hashed(codes, True), strict=True))
         # one sort of (group, bucket, window) over both groups, in 32 bits: a bucket's occurrences in order
         shift = f.step.bit_length() - 1
         span = (_LIMIT >> shift).bit_length()

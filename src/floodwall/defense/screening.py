@@ -5,6 +5,7 @@ a prompt."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -48,8 +49,11 @@ class PromptGuard:
     async def check(self, principal: Principal, body: dict[str, object], tier: str, level: str,
                     strikes: Sequence[tuple[Bucket, Verdict]] | None = None) -> None:
         """Raise the refusal when the policy refuses this prompt (or its account is out of strikes). The gate
-        looked at the account's strikes in its own round trip (`strikes`); without it they are looked at here."""
-        policy = self.policy
+        looked at the account's strikes in its own round trip (`strikes`); without it they are looked at here.
+
+        Where the level's action only logs or flags, the prompt's score cannot change this call's answer (a
+        strike counts against the account's next calls): it is scored beside the model's work, once the call
+        has gone on (`loop.call_soon`), not on the call's path. Where it refuses, the call waits for it."""
         action = self.action(level)
         if action == "off":
             return
@@ -65,13 +69,22 @@ class PromptGuard:
                 raise ApiError(429, "Too many of this account's prompts were flagged by the service's prompt "
                                "screening. Please wait and try again.", "prompt_strikes", type="requests",
                                retry_after=max(waits), reason=strikes[0][0].rule)
+        if action == "refuse":
+            self.judge(principal, text, action, level, strikes)
+        else:
+            asyncio.get_running_loop().call_soon(self._judge_aside, principal, text, action, level, strikes)
+
+    def judge(self, principal: Principal, text: str, action: str, level: str,
+              strikes: Sequence[tuple[Bucket, Verdict]]) -> None:
+        """Score the prompt by the rules, the classifier and the campaigns; when that flags it, log it and
+        spend a strike (flag, refuse), and raise the refusal (refuse)."""
         verdict = self.screen.score(text)
         probability = self.probability(text, level)
         senders = self.campaigns.seen(text, principal.user_id)
         reason = self._reason(verdict, probability, senders, level)
         if reason is None:
             return
-        rules = verdict.rules + ((CAMPAIGN,) if senders >= policy.campaign else ())
+        rules = verdict.rules + ((CAMPAIGN,) if senders >= self.policy.campaign else ())
         self.traffic.event(f"prompt.{action}")
         logs.event(log, "prompt_flagged", logging.WARNING, account=principal.user_id, key=principal.key_id,
                    score=verdict.score, model_probability=round(probability, 4), rules=list(rules),
@@ -83,6 +96,14 @@ class PromptGuard:
             raise ApiError(400, "This request was refused by the service's prompt screening (it looks like an "
                            "attempt to override the model's instructions or safeguards).", "content_policy_violation",
                            param="messages", reason=reason)
+
+    def _judge_aside(self, principal: Principal, text: str, action: str, level: str,
+                     strikes: Sequence[tuple[Bucket, Verdict]]) -> None:
+        try:
+            self.judge(principal, text, action, level, strikes)
+        except Exception:  # a callback's exception would reach only the loop's handler
+            self.traffic.event("prompt.screening_error")
+            log.exception("prompt screening failed after the call went on")
 
     def strike(self, principal: Principal, tier: str, level: str) -> bool:
         """Spend one of the account's prompt strikes where the level's action spends them on a flagged prompt
