@@ -188,11 +188,12 @@ def build_app(settings: Settings) -> Gate:
             await engine.dispose()
 
     routes = [
+        # Starlette tries routes in order (a regular expression each): the admitted calls, the service's work,
+        # then the pages a flood hits (whatever of a flood the gate lets through)
+        *inference_routes.routes,
         Route("/healthz", healthz),
-        # Starlette tries routes in order (a regular expression each): the ones a flood hits come first
         web_routes.HOME,
         *status_routes.routes,
-        *inference_routes.routes,
         *admin.routes,
         *operations.routes,
         *console_pages.routes,

@@ -1,5 +1,6 @@
-"""PromptGuard's timing: where a level only logs or flags, a prompt is scored beside the model's work, after the
-call has gone on; where it refuses, before. A scoring that fails aside is contained, counted and logged."""
+"""PromptGuard's timing: where a level only logs or flags, a prompt is scored off its call's path, once the call
+has ended or Aside.AFTER into it; where it refuses, before the call goes on. A scoring that fails aside is
+contained, counted and logged."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from floodwall.defense.prompts import Campaigns, PromptPolicy, Screen, load_rules
-from floodwall.defense.screening import PromptGuard
+from floodwall.defense.screening import Aside, PromptGuard
 from floodwall.errors import ApiError
 from floodwall.limits import Bucket
 from floodwall.principal import Principal
@@ -40,14 +41,17 @@ def guard(model: Model, store: MemoryStore, traffic: Traffic) -> PromptGuard:
                        model=model)  # type: ignore[arg-type]
 
 
-def test_at_a_flag_level_the_prompt_is_scored_after_the_call_goes_on() -> None:
+def test_at_a_flag_level_the_prompt_is_scored_when_the_call_ends() -> None:
     model, store, traffic = Model(), MemoryStore(), Traffic()
     screening = guard(model, store, traffic)
 
     async def scenario() -> tuple[list[str], list[str], float]:
-        await screening.check(WHO, ATTACK, "established", "normal")
-        before = list(model.asked)  # the call goes on from here, unscored
+        aside = await screening.check(WHO, ATTACK, "established", "normal")
+        assert aside is not None
         await asyncio.sleep(0)
+        before = list(model.asked)  # the call goes on from here, unscored
+        aside.run()  # its answer is out
+        aside.run()  # once only
         (verdict,) = await store.peek([STRIKE])
         return before, list(model.asked), verdict.remaining
 
@@ -55,6 +59,22 @@ def test_at_a_flag_level_the_prompt_is_scored_after_the_call_goes_on() -> None:
     assert before == [] and len(after) == 1
     assert remaining == 8  # of 9: the strike was spent, for the account's next calls
     assert traffic.current.get(event_key("prompt.flag")) == 1
+
+
+def test_a_long_call_has_its_prompt_scored_after_a_moment() -> None:
+    """A stream lasts minutes: its strike counts against the account's next calls within Aside.AFTER."""
+    model, store, traffic = Model(), MemoryStore(), Traffic()
+    screening = guard(model, store, traffic)
+
+    async def scenario() -> list[str]:
+        aside = await screening.check(WHO, ATTACK, "established", "normal")
+        await asyncio.sleep(Aside.AFTER * 2)
+        asked = list(model.asked)
+        assert aside is not None
+        aside.run()  # the call ends later: nothing more
+        return asked + model.asked[len(asked):]
+
+    assert len(asyncio.run(scenario())) == 1
 
 
 def test_at_a_refuse_level_the_call_waits_for_the_verdict() -> None:
@@ -80,8 +100,9 @@ def test_a_scoring_that_fails_aside_is_counted_and_logged(caplog: pytest.LogCapt
 
     async def scenario() -> None:
         asyncio.get_running_loop().set_exception_handler(lambda _, context: handled.append(context))
-        await screening.check(WHO, ATTACK, "established", "normal")
-        await asyncio.sleep(0)
+        aside = await screening.check(WHO, ATTACK, "established", "normal")
+        assert aside is not None
+        aside.run()
 
     with caplog.at_level("ERROR", logger="floodwall.defense"):
         asyncio.run(scenario())

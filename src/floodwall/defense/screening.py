@@ -6,6 +6,7 @@ a prompt."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,23 @@ from floodwall.telemetry.traffic import Traffic
 log = logging.getLogger("floodwall.defense")
 CAMPAIGN = "campaign/near-duplicate"
 MODEL = "model"  # the reason's name when the classifier flagged a prompt the rules let pass
+
+
+class Aside:
+    """A prompt's scoring left off its call's path: run once, when the call ends (`run`) or AFTER seconds
+    into it, whichever comes first, so a long stream's strike still counts soon."""
+
+    AFTER = 0.05
+
+    def __init__(self, judge: Callable[[], None]) -> None:
+        self._judge: Callable[[], None] | None = judge
+        self._timer = asyncio.get_running_loop().call_later(self.AFTER, self.run)
+
+    def run(self) -> None:
+        judge, self._judge = self._judge, None
+        self._timer.cancel()
+        if judge is not None:
+            judge()
 
 
 class PromptGuard:
@@ -47,19 +65,19 @@ class PromptGuard:
         return self.policy.actions.get(level, "off")
 
     async def check(self, principal: Principal, body: dict[str, object], tier: str, level: str,
-                    strikes: Sequence[tuple[Bucket, Verdict]] | None = None) -> None:
+                    strikes: Sequence[tuple[Bucket, Verdict]] | None = None) -> Aside | None:
         """Raise the refusal when the policy refuses this prompt (or its account is out of strikes). The gate
         looked at the account's strikes in its own round trip (`strikes`); without it they are looked at here.
 
         Where the level's action only logs or flags, the prompt's score cannot change this call's answer (a
-        strike counts against the account's next calls): it is scored beside the model's work, once the call
-        has gone on (`loop.call_soon`), not on the call's path. Where it refuses, the call waits for it."""
+        strike counts against the account's next calls): the scoring is returned, to run once the call has
+        ended or AFTER into it (`Aside`), not on the call's path. Where it refuses, the call waits for it."""
         action = self.action(level)
         if action == "off":
-            return
+            return None
         text = prompt_text(body)
         if not text:
-            return
+            return None
         if strikes is None:
             buckets = self.strike_buckets(level, Caller(0, 0, tier, principal.user_id, principal.key_id))
             strikes = list(zip(buckets, await self.store.peek(buckets), strict=True)) if buckets else []
@@ -71,8 +89,8 @@ class PromptGuard:
                                retry_after=max(waits), reason=strikes[0][0].rule)
         if action == "refuse":
             self.judge(principal, text, action, level, strikes)
-        else:
-            asyncio.get_running_loop().call_soon(self._judge_aside, principal, text, action, level, strikes)
+            return None
+        return Aside(functools.partial(self._judge_aside, principal, text, action, level, strikes))
 
     def judge(self, principal: Principal, text: str, action: str, level: str,
               strikes: Sequence[tuple[Bucket, Verdict]]) -> None:

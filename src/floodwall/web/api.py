@@ -6,15 +6,17 @@ path of every admitted call, and the proxy answers on the ASGI send itself.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from floodwall.bodies import receive_json_object
+from floodwall.defense.screening import Aside
 from floodwall.edge.gate import scope_edge_info
 from floodwall.errors import ApiError, log_scope_refusal, send_error
 from floodwall.inference import validation
@@ -46,30 +48,44 @@ class InferenceEndpoint:
             body = await receive_json_object(scope, receive, config.settings.server.max_body_size)
             config.upstream.fields.apply(self.endpoint, body)
             self.check(body)
-            if self.screened:
-                await screen(scope, principal, body)
+            aside = await screen(scope, principal, body) if self.screened else None
         except ClientDisconnect:
             return
         except ApiError as error:
             log_scope_refusal(scope, error)
             await send_error(scope, send, error)
             return
-        await call(scope, principal, self.endpoint, body)(scope, receive, send)
+        await call(scope, principal, self.endpoint, body, aside)(scope, receive, send)
 
 
-def call(scope: Scope, principal: Principal, endpoint: str, body: dict[str, Any]) -> InferenceCall:
-    """One inference call, with the caller's tier and the level in force as the gate saw them."""
+def call(scope: Scope, principal: Principal, endpoint: str, body: dict[str, Any],
+         aside: Aside | None = None) -> ASGIApp:
+    """One inference call, with the caller's tier and the level in force as the gate saw them; then the
+    prompt's scoring left aside (screen), once the answer is out."""
     config: Services = scope["app"].state.services
     tier, level = tier_and_level(scope)
-    return InferenceCall(config.upstream, config.usage, config.admission, principal, endpoint, body, tier, level)
+    inference = InferenceCall(config.upstream, config.usage, config.admission, principal, endpoint, body, tier,
+                              level)
+    if aside is None:
+        return inference
+
+    async def then_screen(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await inference(scope, receive, send)
+        finally:
+            # once this app has returned: the server ends the answer then, not when its last byte was sent
+            asyncio.get_running_loop().call_soon(aside.run)
+
+    return then_screen
 
 
-async def screen(scope: Scope, principal: Principal, body: dict[str, Any]) -> None:
-    """Prompt screening for this call, with the prompt strikes the gate looked at in its round trip."""
+async def screen(scope: Scope, principal: Principal, body: dict[str, Any]) -> Aside | None:
+    """Prompt screening for this call, with the prompt strikes the gate looked at in its round trip; the
+    scoring left for the call's end, where the level only logs or flags."""
     config: Services = scope["app"].state.services
     edge = scope_edge_info(scope)
     strikes = edge.strikes if edge is not None and edge.klass == "api-inference" else None
-    await config.prompt_guard.check(principal, body, *tier_and_level(scope), strikes)
+    return await config.prompt_guard.check(principal, body, *tier_and_level(scope), strikes)
 
 
 def tier_and_level(scope: Scope) -> tuple[str, str]:

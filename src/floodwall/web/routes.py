@@ -5,13 +5,13 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from floodwall.accounts.alerts import RECENT
 from floodwall.bodies import read_json_object
 from floodwall.db.base import utcnow
 from floodwall.errors import ApiError
 from floodwall.inference import validation
-from floodwall.inference.proxy import InferenceCall
 from floodwall.web.api import call, screen
 from floodwall.web.auth import require_session, require_verified, session_principal
 from floodwall.web.pages import render, render_anonymous
@@ -88,7 +88,7 @@ async def password_page(request: Request) -> Response:
     return await render(request, "password.html", {"principal": principal})
 
 
-async def chat_send(request: Request) -> Response | InferenceCall:
+async def chat_send(request: Request) -> Response | ASGIApp:
     """The chat page's own streaming call: the signed-in session instead of an API key."""
     principal = await require_session(request)
     require_verified(request, principal)
@@ -97,11 +97,11 @@ async def chat_send(request: Request) -> Response | InferenceCall:
     body["stream"] = True
     config.upstream.fields.apply("chat/completions", body)
     validation.chat_completion(body)
-    await screen(request.scope, principal, body)
-    return call(request.scope, principal, "chat/completions", body)
+    aside = await screen(request.scope, principal, body)
+    return call(request.scope, principal, "chat/completions", body, aside)
 
 
-# the page a flood of the site hits: the app puts it first among its routes
+# the page a flood of the site hits: the app puts it early among its routes
 HOME = Route("/", home)
 routes = [
     Route("/register", register_page),

@@ -1,0 +1,60 @@
+"""receive_body's one timer: a body that does not arrive in time is a 408; any other cancel (the client gone,
+a shutdown) goes on as a cancel; a body that arrives leaves no timer behind."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from floodwall.bodies import receive_body
+from floodwall.errors import ApiError
+
+SCOPE: dict[str, Any] = {"type": "http", "headers": [(b"content-type", b"application/json")]}
+
+
+def test_a_body_that_does_not_come_is_a_408(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("floodwall.bodies._body_timeout", lambda scope: 0.05)
+    parts = [{"type": "http.request", "body": b"{", "more_body": True}]
+
+    async def receive() -> dict[str, Any]:
+        if parts:
+            return parts.pop()
+        await asyncio.sleep(3600)  # the rest never comes
+        raise AssertionError
+
+    with pytest.raises(ApiError) as refused:
+        asyncio.run(receive_body(SCOPE, receive, 1 << 20))
+    assert refused.value.status == 408 and refused.value.code == "request_timeout"
+
+
+def test_another_cancel_is_not_a_408() -> None:
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(3600)
+        raise AssertionError
+
+    async def scenario() -> None:
+        reading = asyncio.create_task(receive_body(SCOPE, receive, 1 << 20))
+        await asyncio.sleep(0.01)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+
+    asyncio.run(scenario())
+
+
+def test_a_body_in_parts_is_joined_and_leaves_no_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("floodwall.bodies._body_timeout", lambda scope: 0.05)
+    parts = [{"type": "http.request", "body": b"}"}, {"type": "http.request", "body": b"{", "more_body": True}]
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(0)
+        return parts.pop()
+
+    async def scenario() -> bytes:
+        body = await receive_body(SCOPE, receive, 1 << 20)
+        await asyncio.sleep(0.1)  # past the timeout: the task goes on uncancelled
+        return body
+
+    assert asyncio.run(scenario()) == b"{}"
