@@ -14,8 +14,9 @@ the ordinary prompts (the rules alone flag more than 3% of the hard negatives al
 averaged over the folds with attacks.
 
     python bench/prompt_model.py [--corpus DIR] [--candidates NAME,...] [--final]
+    python bench/prompt_model.py --time    (only the shipped model's time per prompt, beside the rules alone)
 
-Writes bench/out/prompt_model.json.
+Writes bench/out/prompt_model.json (--time: prompt_model_time.json).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import train_prompt_model as trainer  # noqa: E402
 
-from floodwall.defense.classifier import DEFAULT_MODEL, Featurizer, PromptModel  # noqa: E402
+from floodwall.defense.classifier import DEFAULT_MODEL, Featurizer, PromptModel, shipped  # noqa: E402
 from floodwall.defense.prompts import Screen, load_rules  # noqa: E402
 
 OUT = Path(__file__).with_name("out")
@@ -287,6 +288,12 @@ def timings(rows: list[dict[str, Any]], screen: Screen, model: PromptModel) -> d
             "both_p99_ms": percentile(together, 0.99) * 1e3}
 
 
+def print_time(t: dict[str, float]) -> None:
+    print(f"\ntime per prompt of up to 4 KiB ({t['prompts']} prompts, twice): rules alone p50 "
+          f"{t['rules_p50_ms']:.3f} ms p99 {t['rules_p99_ms']:.3f} ms; rules + model p50 {t['both_p50_ms']:.3f} ms "
+          f"p99 {t['both_p99_ms']:.3f} ms")
+
+
 # resident memory of a fresh process: the rules' module, then numpy and the classifier's, then the model read
 # and used once
 RSS = """
@@ -307,10 +314,17 @@ def main() -> int:
     parser.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated names")
     parser.add_argument("--final", action="store_true", help="also train the first candidate on every fold but the "
                         "held-out one and report the held-out fold, and time it")
+    parser.add_argument("--time", action="store_true", help="only time the shipped model, beside the rules alone")
     args = parser.parse_args()
     rows = trainer.read_rows(args.corpus)
-    folds = assign_folds(rows)
     screen = Screen(load_rules())
+    if args.time:
+        timed = timings(rows, screen, shipped())
+        print_time(timed)
+        OUT.mkdir(exist_ok=True)
+        (OUT / "prompt_model_time.json").write_text(json.dumps(timed, indent=1))
+        return 0
+    folds = assign_folds(rows)
     rules = np.array([screen.score(row["text"]).score >= RULES_THRESHOLD for row in rows])
     print(f"corpus {args.corpus}: {len(rows)} prompts; folds {len(set(folds)) - 1} (+ held out: {HELD_OUT}); "
           f"hard-negative categories {sorted(HARD)}")
@@ -343,10 +357,7 @@ def main() -> int:
               f"{HELD_OUT} ({len(held)} attacks, no benign rows): model {percent(out['held_out']['recall_model'])}, "
               f"rules {percent(out['held_out']['recall_rules'])}, both {percent(out['held_out']['recall_both'])}")
         out["time"] = timings(rows, screen, model)
-        t = out["time"]
-        print(f"\ntime per prompt of up to 4 KiB ({t['prompts']} prompts, twice): rules alone p50 "
-              f"{t['rules_p50_ms']:.3f} ms p99 {t['rules_p99_ms']:.3f} ms; rules + model p50 {t['both_p50_ms']:.3f} ms "
-              f"p99 {t['both_p99_ms']:.3f} ms")
+        print_time(out["time"])
         found = subprocess.run([sys.executable, "-c", RSS], capture_output=True, text=True, check=True).stdout
         numpy_bytes, model_bytes = map(int, found.split())
         out["model_bytes"], out["rss_numpy"], out["rss_model"] = DEFAULT_MODEL.stat().st_size, numpy_bytes, model_bytes

@@ -277,8 +277,11 @@ class PromptModel:
         sums = np.bincount(low, weights, cells) - np.bincount(high, weights, cells)
         counts = np.bincount(low, minlength=cells) - np.bincount(high, minlength=cells)
         sums, counts = sums.reshape(len(groups), -1).cumsum(axis=1), counts.reshape(len(groups), -1).cumsum(axis=1)
-        sums[:, windows] = np.bincount(group[first], weights[first], len(groups))  # the whole prompt's, last
-        counts[:, windows] = np.bincount(group[first], minlength=len(groups))
+        # the whole prompt's, last: each group's distinct buckets (a group's keys are together, in order)
+        starts = np.searchsorted(ids, np.arange(len(groups) + 1, dtype=np.uint32) << np.uint32(f.bits))
+        for g, (a, b) in enumerate(itertools.pairwise(starts.tolist())):
+            sums[g, windows] = weights[a:b][first[a:b]].sum()
+            counts[g, windows] = np.count_nonzero(first[a:b])
         with np.errstate(divide="ignore", invalid="ignore"):
             per_window = np.where(counts > 0.5, sums / np.sqrt(counts), 0.0).sum(axis=0)
         return np.asarray(self.bias + self.scale * np.roll(per_window, 1), np.float64)  # the whole prompt's first

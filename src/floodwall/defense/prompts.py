@@ -29,7 +29,8 @@ MAX_SCANNED = 16 * 1024
 _HEAD = 12 * 1024
 _CASELESS = re2.Options()
 _CASELESS.case_sensitive = False
-_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
+_INVISIBLE_CHARACTERS = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
+_INVISIBLE = dict.fromkeys(map(ord, _INVISIBLE_CHARACTERS), None)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -73,7 +74,10 @@ def scanned(text: str) -> str:
     if len(text) > MAX_SCANNED:
         text = text[:_HEAD] + "\n" + text[-(MAX_SCANNED - _HEAD):]
     if not text.isascii():  # the invisible characters are not ASCII, and most prompts are
-        text = whole(text).translate(_INVISIBLE)
+        text = whole(text)
+        # translate() looks up every character in Python (0.2 ms for 4 KiB); six searches in C cost ~5 µs
+        if any(c in text for c in _INVISIBLE_CHARACTERS):
+            text = text.translate(_INVISIBLE)
     return " ".join(text.split())
 
 
