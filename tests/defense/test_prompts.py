@@ -4,6 +4,7 @@ client's wire format."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,6 +220,18 @@ def test_at_normal_flagged_prompts_pass_but_spend_strikes(served: str) -> None:
         assert chat(api, "Write a haiku about the sea.").status_code == 429  # out of strikes: every prompt waits
     with new_key(served, "127.5.0.3") as other:
         assert chat(other, "Write a haiku about the sea.").status_code == 200  # strikes are per account
+
+
+def test_flagged_streams_sent_one_after_another_spend_their_strikes_in_turn(served: str) -> None:
+    """A stream's prompt is scored aside (defense/screening.Aside): streams opened one after another, each read
+    no further than its status, still meet the account's strikes at the eleventh (17 of 25 went through)."""
+    with new_key(served, "127.5.0.4") as api, contextlib.ExitStack() as streams:
+        statuses = []
+        for n in range(12):
+            body = {"model": "m", "max_tokens": 8, "stream": True,
+                    "messages": [{"role": "user", "content": f"{JAILBREAK} Now tell me a joke #{n}."}]}
+            statuses.append(streams.enter_context(api.stream("POST", "/v1/chat/completions", json=body)).status_code)
+        assert statuses == [200] * 10 + [429] * 2
 
 
 def test_a_prompt_with_half_a_character_is_screened_not_a_crash(served: str) -> None:

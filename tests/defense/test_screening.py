@@ -109,3 +109,45 @@ def test_a_scoring_that_fails_aside_is_counted_and_logged(caplog: pytest.LogCapt
     assert handled == []
     assert traffic.current.get(event_key("prompt.screening_error")) == 1
     assert any(r.getMessage() == "prompt screening failed after the call went on" for r in caplog.records)
+
+
+@pytest.mark.parametrize("looked_at_by_the_gate", [True, False], ids=["api", "chat page"])
+def test_the_accounts_prompts_aside_are_scored_before_its_next_call_goes_on(looked_at_by_the_gate: bool) -> None:
+    """Flagged prompts sent one after another within Aside.AFTER (streams read no further than their status, or
+    a burst): each call's strike check counts the strikes of the account's calls before it, as when each prompt
+    was scored on its call's path. Without it, 17 of 25 such streams went through where 10 strikes allow 10."""
+    model, store, traffic = Model(), MemoryStore(), Traffic()
+    screening = guard(model, store, traffic)
+
+    async def scenario() -> list[str]:
+        answers = []
+        for _ in range(12):
+            # the gate looked at the strikes before the call's body was read (api), or check() looks (chat page)
+            gate = list(zip([STRIKE], await store.peek([STRIKE]), strict=True)) if looked_at_by_the_gate else None
+            try:
+                await screening.check(WHO, ATTACK, "established", "normal", gate)
+                answers.append("let through")
+            except ApiError as error:
+                answers.append(error.code)
+        await asyncio.sleep(Aside.AFTER * 2)  # the last call's prompt is scored in its turn, and none twice
+        return answers
+
+    assert asyncio.run(scenario()) == ["let through"] * 10 + ["prompt_strikes"] * 2
+    assert len(model.asked) == 10 and traffic.current.get(event_key("prompt.flag")) == 10
+
+
+def test_a_prompt_scored_on_the_next_calls_path_is_not_scored_again() -> None:
+    model, store, traffic = Model(), MemoryStore(), Traffic()
+    screening = guard(model, store, traffic)
+    calm = {"messages": [{"role": "user", "content": "Write a haiku about the sea."}]}
+
+    async def scenario() -> None:
+        first = await screening.check(WHO, ATTACK, "established", "normal")
+        second = await screening.check(WHO, calm, "established", "normal")  # scores the first's prompt first
+        assert first is not None and second is not None and len(model.asked) == 1
+        first.run()  # the first call ends: already scored
+        second.run()
+        await asyncio.sleep(Aside.AFTER * 2)
+
+    asyncio.run(scenario())
+    assert len(model.asked) == 2 and screening._asides == {}

@@ -28,20 +28,27 @@ MODEL = "model"  # the reason's name when the classifier flagged a prompt the ru
 
 
 class Aside:
-    """A prompt's scoring left off its call's path: run once, when the call ends (`run`) or AFTER seconds
-    into it, whichever comes first, so a long stream's strike still counts soon."""
+    """A prompt's scoring left off its call's path: run once, when the call ends (`run`), AFTER seconds into
+    it, or when its account's next call is screened (PromptGuard.check), whichever comes first, so a long
+    stream's strike still counts soon and never after the account's next call was let through. `judge`
+    says whether it spent a strike; `done` is told once it has run."""
 
     AFTER = 0.05
 
-    def __init__(self, judge: Callable[[], None]) -> None:
-        self._judge: Callable[[], None] | None = judge
+    def __init__(self, judge: Callable[[], bool], done: Callable[[Aside], None] | None = None) -> None:
+        self._judge: Callable[[], bool] | None = judge
+        self._done = done
         self._timer = asyncio.get_running_loop().call_later(self.AFTER, self.run)
 
-    def run(self) -> None:
+    def run(self) -> bool:
+        """Score the prompt unless that was done; True when that spent a strike."""
         judge, self._judge = self._judge, None
+        if judge is None:
+            return False
         self._timer.cancel()
-        if judge is not None:
-            judge()
+        if self._done is not None:
+            self._done(self)
+        return judge()
 
 
 class PromptGuard:
@@ -60,6 +67,7 @@ class PromptGuard:
         self.store = store
         self.strike_buckets = strike_buckets
         self.traffic = traffic or Traffic()
+        self._asides: dict[int, set[Aside]] = {}  # per account, its calls' prompts not scored yet
 
     def action(self, level: str) -> str:
         return self.policy.actions.get(level, "off")
@@ -78,8 +86,13 @@ class PromptGuard:
         text = prompt_text(body)
         if not text:
             return None
-        if strikes is None:
-            buckets = self.strike_buckets(level, Caller(0, 0, tier, principal.user_id, principal.key_id))
+        # the account's prompts still aside are scored first: a strike they spend counts against this call,
+        # as when each prompt was scored on its call's path (else a burst of flagged prompts, or streams sent
+        # one after another, all passed within Aside.AFTER). The gate looked at the strikes before: again.
+        spent = self._settle(principal.user_id)
+        if strikes is None or spent:
+            buckets = [bucket for bucket, _ in strikes] if strikes is not None else \
+                self.strike_buckets(level, Caller(0, 0, tier, principal.user_id, principal.key_id))
             strikes = list(zip(buckets, await self.store.peek(buckets), strict=True)) if buckets else []
         if strikes and action != "log":
             waits = [verdict.retry_after for _, verdict in strikes if not verdict.allowed]
@@ -90,38 +103,56 @@ class PromptGuard:
         if action == "refuse":
             self.judge(principal, text, action, level, strikes)
             return None
-        return Aside(functools.partial(self._judge_aside, principal, text, action, level, strikes))
+        aside = Aside(functools.partial(self._judge_aside, principal, text, action, level, strikes),
+                      functools.partial(self._settled, principal.user_id))
+        self._asides.setdefault(principal.user_id, set()).add(aside)
+        return aside
+
+    def _settle(self, account: int) -> bool:
+        """Score the account's prompts still aside, now; True when that spent a strike."""
+        asides = self._asides.pop(account, None)
+        return any([aside.run() for aside in asides]) if asides else False
+
+    def _settled(self, account: int, aside: Aside) -> None:
+        asides = self._asides.get(account)
+        if asides is not None:
+            asides.discard(aside)
+            if not asides:
+                del self._asides[account]
 
     def judge(self, principal: Principal, text: str, action: str, level: str,
-              strikes: Sequence[tuple[Bucket, Verdict]]) -> None:
+              strikes: Sequence[tuple[Bucket, Verdict]]) -> bool:
         """Score the prompt by the rules, the classifier and the campaigns; when that flags it, log it and
-        spend a strike (flag, refuse), and raise the refusal (refuse)."""
+        spend a strike (flag, refuse), and raise the refusal (refuse). True when a strike was spent."""
         verdict = self.screen.score(text)
         probability = self.probability(text, level)
         senders = self.campaigns.seen(text, principal.user_id)
         reason = self._reason(verdict, probability, senders, level)
         if reason is None:
-            return
+            return False
         rules = verdict.rules + ((CAMPAIGN,) if senders >= self.policy.campaign else ())
         self.traffic.event(f"prompt.{action}")
         logs.event(log, "prompt_flagged", logging.WARNING, account=principal.user_id, key=principal.key_id,
                    score=verdict.score, model_probability=round(probability, 4), rules=list(rules),
                    campaign_accounts=senders, action=action, reason=reason, defense_level=level)
-        if action in ("flag", "refuse") and strikes:
+        spent = action in ("flag", "refuse") and bool(strikes)
+        if spent:
             # a strike is spent without asking, with the call's other reconciliations: no round trip of its own
             self.store.charge_later([bucket for bucket, _ in strikes])
         if action == "refuse":
             raise ApiError(400, "This request was refused by the service's prompt screening (it looks like an "
                            "attempt to override the model's instructions or safeguards).", "content_policy_violation",
                            param="messages", reason=reason)
+        return spent
 
     def _judge_aside(self, principal: Principal, text: str, action: str, level: str,
-                     strikes: Sequence[tuple[Bucket, Verdict]]) -> None:
+                     strikes: Sequence[tuple[Bucket, Verdict]]) -> bool:
         try:
-            self.judge(principal, text, action, level, strikes)
+            return self.judge(principal, text, action, level, strikes)
         except Exception:  # a callback's exception would reach only the loop's handler
             self.traffic.event("prompt.screening_error")
             log.exception("prompt screening failed after the call went on")
+            return False
 
     def strike(self, principal: Principal, tier: str, level: str) -> bool:
         """Spend one of the account's prompt strikes where the level's action spends them on a flagged prompt
