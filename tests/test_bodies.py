@@ -4,6 +4,7 @@ a shutdown) goes on as a cancel; a body that arrives leaves no timer behind."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -58,3 +59,26 @@ def test_a_body_in_parts_is_joined_and_leaves_no_timer(monkeypatch: pytest.Monke
         return body
 
     assert asyncio.run(scenario()) == b"{}"
+
+
+def test_a_body_that_does_not_come_is_a_408_in_a_task_cancelled_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task may carry a cancel that was caught and not undone (Python 3.11's wait_for drops one that lands as
+    its awaitable completes): the body's timer still ends in a 408, as asyncio.timeout did, not in a cancel."""
+    monkeypatch.setattr("floodwall.bodies._body_timeout", lambda scope: 0.05)
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(3600)
+        raise AssertionError
+
+    async def scenario() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(1)
+        assert task.cancelling() == 1
+        await receive_body(SCOPE, receive, 1 << 20)
+
+    with pytest.raises(ApiError) as refused:
+        asyncio.run(scenario())
+    assert refused.value.status == 408

@@ -35,6 +35,7 @@ async def receive_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     task = asyncio.current_task()
     assert task is not None
     expired = False
+    cancelling = task.cancelling()  # a cancel caught before and never undone is not this body's (asyncio.timeout)
 
     def expire() -> None:
         nonlocal expired
@@ -57,7 +58,7 @@ async def receive_body(scope: Scope, receive: Receive, limit: int) -> bytes:
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     except asyncio.CancelledError:
         # the timer's own cancel, and nobody else's (the client leaving, a shutdown): a 408
-        if expired and task.uncancel() == 0:
+        if expired and task.uncancel() <= cancelling:
             raise ApiError(408, "The request body did not arrive in time.", "request_timeout",
                            headers={"connection": "close"}) from None
         raise
