@@ -1,23 +1,41 @@
 """CPU per admitted chat call: the floodwall process's CPU time (its workers' too, from /proc) over a paced
 run of /v1/chat/completions (64 connections, about 500 calls/s, an established account, the latency
-policy of bench/edge.py), divided by the calls. Less noisy than added latency on a shared machine, for
-A/B runs of two trees:
+policy of bench/edge.py), divided by the calls; and the event loop's share (the worker's busiest thread:
+granian's I/O runs in threads of its own). Less noisy than added latency on a shared machine, for A/B runs
+of two trees:
 
-    PYTHONPATH=TREE/src:TREE/bench python bench/cpu_per_call.py TREE [--seconds 10]
+    PYTHONPATH=TREE/src:TREE/bench python bench/cpu_per_call.py TREE [--seconds 10] [--relay] [--rounds 1]
 
 TREE is the checkout whose floodwall and bench helpers run (this repo, or a worktree of another commit).
-Prints one JSON line: CPU ms per call, calls/s, p50 ms.
+--relay also measures bench/bare_relay.py on the same model server, interleaved: what the hop alone costs
+the event loop. Prints a JSON line a run: CPU ms per call, the event loop's, calls/s, p50 and p99 ms.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+
+def loop_seconds(pid: int) -> float:
+    """CPU time of the busiest thread of a server's worker process (its event loop's)."""
+    worker = int(subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()[0])
+    times = []
+    for thread in os.listdir(f"/proc/{worker}/task"):
+        fields = Path(f"/proc/{worker}/task/{thread}/stat").read_text().rsplit(")", 1)[1].split()
+        times.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    return max(times)
+
+
+def server_pid(port: int) -> int:
+    found = subprocess.run(["pgrep", "-f", "--", f"--port {port} "], capture_output=True, text=True)
+    return int(found.stdout.split()[0])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -34,6 +52,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("tree", type=Path)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--relay", action="store_true", help="also the bare relay, interleaved")
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     sys.path.insert(0, str(args.tree / "bench"))
     import edge  # the tree's own bench helpers: its policy file, its settings
@@ -43,7 +63,7 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="fw-cpu-"))
     script = write_lua(tmp)
-    model_port, port = free_port(), free_port()
+    model_port, port, relay_port = free_port(), free_port(), free_port()
     model_env = {SETTINGS_ENV: load(environ={}, overrides={"model": {
         "slots": 4096, "queue_size": 4096, "tokens_per_second": 100000, "reply_tokens": 8,
         "first_token_delay": 0}}).to_json()}
@@ -51,22 +71,32 @@ def main() -> int:
     policy = policy.replace('"120/1m burst 30"', '"1000000/1m burst 100000"')
     (tmp / "policy.toml").write_text(policy.replace("in_flight = { established = 16,",
                                                     "in_flight = { established = 100000,"))
-    env = edge.settings_env(tmp, edge={"policy": str(tmp / "policy.toml")},
-                            upstream={"url": f"http://127.0.0.1:{model_port}/v1"})
+    upstream = f"http://127.0.0.1:{model_port}/v1"
+    env = edge.settings_env(tmp, edge={"policy": str(tmp / "policy.toml")}, upstream={"url": upstream})
     model = [*edge.GRANIAN, "--factory", "--port", str(model_port), "floodwall.sim.model:app_from_env"]
+    relay = [*edge.GRANIAN, "--port", str(relay_port), "bare_relay:app"]
     url = f"http://127.0.0.1:{port}"
-    with process(model, model_env, f"http://127.0.0.1:{model_port}/health", tmp / "model.log"), \
-            process(edge.floodwall_cmd(port), env, f"{url}/healthz", tmp / "floodwall.log"):
-        key = account_key(url)
-        pid = int(subprocess.run(["pgrep", "-f", "--", f"--port {port} "], capture_output=True,
-                                 text=True).stdout.split()[0])
-        chat = f"{url}/v1/chat/completions"
-        wrk(chat, script, 3, 64, method="POST", key=key, delay_ms=128)  # warm-up
-        before = cpu_seconds(pid)
-        found = wrk(chat, script, args.seconds, 64, method="POST", key=key, delay_ms=128)
-        used = cpu_seconds(pid) - before
-    print(json.dumps({"cpu_ms_per_call": round(used / (found["rps"] * args.seconds) * 1000, 3),
-                      "calls_per_s": found["rps"], "p50_ms": found["p50_ms"]}))
+    with contextlib.ExitStack() as servers:
+        servers.enter_context(process(model, model_env, f"http://127.0.0.1:{model_port}/health", tmp / "model.log"))
+        servers.enter_context(process(edge.floodwall_cmd(port), env, f"{url}/healthz", tmp / "floodwall.log"))
+        targets = [("floodwall", port, account_key(url))]
+        if args.relay:
+            servers.enter_context(process(relay, {"PYTHONPATH": str(args.tree / "bench"), "BENCH_UPSTREAM": upstream},
+                                          f"http://127.0.0.1:{relay_port}/health", tmp / "relay.log", expect=404))
+            targets.append(("relay", relay_port, ""))
+        for _ in range(args.rounds):
+            for name, where, key in targets:
+                pid = server_pid(where)
+                chat = f"http://127.0.0.1:{where}/v1/chat/completions"
+                wrk(chat, script, 3, 64, method="POST", key=key, delay_ms=128)  # warm-up
+                before, loop_before = cpu_seconds(pid), loop_seconds(pid)
+                found = wrk(chat, script, args.seconds, 64, method="POST", key=key, delay_ms=128)
+                used, loop_used = cpu_seconds(pid) - before, loop_seconds(pid) - loop_before
+                calls = found["rps"] * args.seconds
+                print(json.dumps({"server": name, "cpu_ms_per_call": round(used / calls * 1000, 3),
+                                  "loop_ms_per_call": round(loop_used / calls * 1000, 3),
+                                  "calls_per_s": found["rps"], "p50_ms": found["p50_ms"],
+                                  "p99_ms": found.get("p99_ms")}), flush=True)
     return 0
 
 

@@ -136,17 +136,20 @@ def test_the_accounts_prompts_aside_are_scored_before_its_next_call_goes_on(look
     assert len(model.asked) == 10 and traffic.current.get(event_key("prompt.flag")) == 10
 
 
-def test_a_prompt_scored_on_the_next_calls_path_is_not_scored_again() -> None:
+def test_prompts_aside_wait_while_the_strikes_suffice_and_are_scored_once() -> None:
+    """The next call scores an account's prompts still aside only when they could spend the strikes it needs:
+    an account with strikes to spare and calls in flight (an API client's) pays nothing on its path."""
     model, store, traffic = Model(), MemoryStore(), Traffic()
     screening = guard(model, store, traffic)
     calm = {"messages": [{"role": "user", "content": "Write a haiku about the sea."}]}
 
     async def scenario() -> None:
         first = await screening.check(WHO, ATTACK, "established", "normal")
-        second = await screening.check(WHO, calm, "established", "normal")  # scores the first's prompt first
-        assert first is not None and second is not None and len(model.asked) == 1
-        first.run()  # the first call ends: already scored
+        second = await screening.check(WHO, calm, "established", "normal")
+        assert first is not None and second is not None and model.asked == []  # 9 strikes for 1 aside
+        first.run()  # the first call ends
         second.run()
+        first.run()  # once each
         await asyncio.sleep(Aside.AFTER * 2)
 
     asyncio.run(scenario())

@@ -86,14 +86,19 @@ class PromptGuard:
         text = prompt_text(body)
         if not text:
             return None
-        # the account's prompts still aside are scored first: a strike they spend counts against this call,
-        # as when each prompt was scored on its call's path (else a burst of flagged prompts, or streams sent
-        # one after another, all passed within Aside.AFTER). The gate looked at the strikes before: again.
-        spent = self._settle(principal.user_id)
-        if strikes is None or spent:
-            buckets = [bucket for bucket, _ in strikes] if strikes is not None else \
-                self.strike_buckets(level, Caller(0, 0, tier, principal.user_id, principal.key_id))
+        if strikes is None:
+            buckets = self.strike_buckets(level, Caller(0, 0, tier, principal.user_id, principal.key_id))
             strikes = list(zip(buckets, await self.store.peek(buckets), strict=True)) if buckets else []
+        # the account's prompts still aside could spend the strikes this call needs (each spends at most one):
+        # then they are scored first, as if each had been on its call's path (else a burst of flagged prompts,
+        # or streams sent one after another, all passed within Aside.AFTER). The strikes are looked at afresh:
+        # the gate's look came before the body was read, and asides may have spent some since.
+        if self._asides.get(principal.user_id) and strikes and action != "log":
+            buckets = [bucket for bucket, _ in strikes]
+            strikes = list(zip(buckets, await self.store.peek(buckets), strict=True))
+            asides = self._asides.get(principal.user_id, ())
+            if len(asides) > min(v.remaining for _, v in strikes) and self._settle(principal.user_id):
+                strikes = list(zip(buckets, await self.store.peek(buckets), strict=True))
         if strikes and action != "log":
             waits = [verdict.retry_after for _, verdict in strikes if not verdict.allowed]
             if waits:
