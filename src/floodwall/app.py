@@ -176,6 +176,7 @@ def build_app(settings: Settings) -> Gate:
         try:
             yield
         finally:
+            services.prompt_guard.settle()  # the prompts still aside are logged and spend their strikes
             await mailer.drain()
             await services.usage.stop()
             await services.upstream.close()

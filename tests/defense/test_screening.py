@@ -154,3 +154,17 @@ def test_prompts_aside_wait_while_the_strikes_suffice_and_are_scored_once() -> N
 
     asyncio.run(scenario())
     assert len(model.asked) == 2 and screening._asides == {}
+
+
+def test_the_prompts_aside_are_scored_when_the_service_stops() -> None:
+    model, store, traffic = Model(), MemoryStore(), Traffic()
+    screening = guard(model, store, traffic)
+
+    async def scenario() -> None:
+        await screening.check(WHO, ATTACK, "established", "normal")
+        await screening.check(Principal(2, "b@example.com", 0.0, False, None), ATTACK, "established", "normal")
+        screening.settle()  # the app's shutdown, before the timers fire
+
+    asyncio.run(scenario())
+    assert len(model.asked) == 2 and screening._asides == {}
+    assert traffic.current.get(event_key("prompt.flag")) == 2

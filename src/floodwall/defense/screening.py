@@ -113,6 +113,11 @@ class PromptGuard:
         self._asides.setdefault(principal.user_id, set()).add(aside)
         return aside
 
+    def settle(self) -> None:
+        """Score every prompt still aside, now: the service is stopping, and their timers would not fire."""
+        for account in list(self._asides):
+            self._settle(account)
+
     def _settle(self, account: int) -> bool:
         """Score the account's prompts still aside, now; True when that spent a strike."""
         asides = self._asides.pop(account, None)
