@@ -164,12 +164,6 @@ class Featurizer:
         occurrence."""
         return self.hashed(self.codes(text), False)[0]
 
-    def positioned(self, text: str) -> tuple[list[tuple[Buckets, npt.NDArray[np.intp]]], int]:
-        """Per group, the buckets of the n-grams and where each starts in the text read; and its length."""
-        codes = self.codes(text)
-        groups, where = self.hashed(codes, True)
-        return list(zip(groups, where, strict=True)), len(codes)
-
     def codes(self, text: str) -> npt.NDArray[np.uint64]:
         """The code points of the text read, disguises undone (`fold`). Most prompts are ASCII with nothing
         to undo, which `_DISGUISED` tells without the dozen array operations of `_undisguised`."""
@@ -187,7 +181,7 @@ class Featurizer:
         size = len(codes)
         sums = np.zeros(size + 1, np.uint64)
         np.cumsum(codes * _INVERSES[:size], out=sums[1:])
-        keys, starts, lengths = [], [], []
+        keys, starts, lengths = [], [], []  # lengths: each group's n-grams
         if self.chars[1]:
             for n in range(self.chars[0], self.chars[1] + 1):
                 if size >= n:
@@ -196,6 +190,7 @@ class Featurizer:
                     starts.append(_STARTS[:size - n + 1])
             lengths.append(sum(map(len, keys)))
         if self.words:
+            first = len(keys)
             word = _WORD[np.minimum(codes, 128).astype(np.intp)]
             edges = np.flatnonzero(word[1:] != word[:-1])  # read starts and ends with a space
             begins, ends = edges[0::2] + 1, edges[1::2] + 1
@@ -205,7 +200,7 @@ class Featurizer:
             if self.words >= 2 and len(hashes) > 1:
                 keys.append((hashes[:-1] * np.uint64(_P) + (hashes[1:] ^ _SALT_WORD)) ^ _SALT_PAIR)
                 starts.append(begins[:-1])
-            lengths.append(len(hashes) + max(0, len(hashes) - 1) * (self.words >= 2))
+            lengths.append(sum(map(len, keys[first:])))
         mixed = _mixed(np.concatenate(keys), self.bits) if keys else np.empty(0, np.uint32)
         bounds = list(itertools.accumulate(lengths, initial=0))
         groups = [mixed[a:b] for a, b in itertools.pairwise(bounds)]

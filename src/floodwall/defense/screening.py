@@ -88,17 +88,17 @@ class PromptGuard:
             return None
         if strikes is None:
             buckets = self.strike_buckets(level, Caller(0, 0, tier, principal.user_id, principal.key_id))
-            strikes = list(zip(buckets, await self.store.peek(buckets), strict=True)) if buckets else []
+            strikes = await self._peek(buckets)
         # the account's prompts still aside could spend the strikes this call needs (each spends at most one):
         # then they are scored first, as if each had been on its call's path (else a burst of flagged prompts,
         # or streams sent one after another, all passed within Aside.AFTER). The strikes are looked at afresh:
         # the gate's look came before the body was read, and asides may have spent some since.
         if self._asides.get(principal.user_id) and strikes and action != "log":
             buckets = [bucket for bucket, _ in strikes]
-            strikes = list(zip(buckets, await self.store.peek(buckets), strict=True))
+            strikes = await self._peek(buckets)
             asides = self._asides.get(principal.user_id, ())
             if len(asides) > min(v.remaining for _, v in strikes) and self._settle(principal.user_id):
-                strikes = list(zip(buckets, await self.store.peek(buckets), strict=True))
+                strikes = await self._peek(buckets)
         if strikes and action != "log":
             waits = [verdict.retry_after for _, verdict in strikes if not verdict.allowed]
             if waits:
@@ -112,6 +112,9 @@ class PromptGuard:
                       functools.partial(self._settled, principal.user_id))
         self._asides.setdefault(principal.user_id, set()).add(aside)
         return aside
+
+    async def _peek(self, buckets: list[Bucket]) -> list[tuple[Bucket, Verdict]]:
+        return list(zip(buckets, await self.store.peek(buckets), strict=True)) if buckets else []
 
     def settle(self) -> None:
         """Score every prompt still aside, now: the service is stopping, and their timers would not fire."""
