@@ -1,14 +1,16 @@
-"""CPU per admitted chat call: the floodwall process's CPU time (its workers' too, from /proc) over a paced
-run of /v1/chat/completions (64 connections, about 500 calls/s, an established account, the latency
-policy of bench/edge.py), divided by the calls; and the event loop's share (the worker's busiest thread:
-granian's I/O runs in threads of its own). Less noisy than added latency on a shared machine, for A/B runs
-of two trees:
+"""CPU per admitted chat call: the floodwall process's CPU time (its workers' and its prompt scorer's too, from
+/proc) over a paced run of /v1/chat/completions (64 connections, about 500 calls/s or --rate, an established
+account, the latency policy of bench/edge.py), divided by the calls; and the event loop's share (the worker's
+busiest thread: granian's I/O runs in threads of its own). Less noisy than added latency on a shared machine,
+for A/B runs of two trees:
 
     PYTHONPATH=TREE/src:TREE/bench python bench/cpu_per_call.py TREE [--seconds 10] [--relay] [--rounds 1]
+                                                             [--rate 500] [--inline-scoring]
 
 TREE is the checkout whose floodwall and bench helpers run (this repo, or a worktree of another commit).
 --relay also measures bench/bare_relay.py on the same model server, interleaved: what the hop alone costs
-the event loop. Prints a JSON line a run: CPU ms per call, the event loop's, calls/s, p50 and p99 ms.
+the event loop. --inline-scoring: prompts scored by the worker itself (screening.process off). Prints a JSON
+line a run: CPU ms per call, the event loop's, calls/s, p50 and p99 ms.
 """
 
 from __future__ import annotations
@@ -39,12 +41,14 @@ def server_pid(port: int) -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU time of a process and its children (granian's workers)."""
-    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    total = 0.0
-    for each in [pid, *map(int, children)]:
-        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of a process and its descendants (granian's workers, floodwall's prompt scorer)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        each = todo.pop()
+        with contextlib.suppress(FileNotFoundError):
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        todo += map(int, subprocess.run(["pgrep", "-P", str(each)], capture_output=True, text=True).stdout.split())
     return total
 
 
@@ -54,6 +58,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--relay", action="store_true", help="also the bare relay, interleaved")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rate", type=int, default=500, help="calls/s offered over the 64 connections")
+    parser.add_argument("--inline-scoring", action="store_true",
+                        help="prompts scored in the worker (screening.process off), not by the scorer process")
     args = parser.parse_args()
     sys.path.insert(0, str(args.tree / "bench"))
     import edge  # the tree's own bench helpers: its policy file, its settings
@@ -72,7 +79,8 @@ def main() -> int:
     (tmp / "policy.toml").write_text(policy.replace("in_flight = { established = 16,",
                                                     "in_flight = { established = 100000,"))
     upstream = f"http://127.0.0.1:{model_port}/v1"
-    env = edge.settings_env(tmp, edge={"policy": str(tmp / "policy.toml")}, upstream={"url": upstream})
+    env = edge.settings_env(tmp, edge={"policy": str(tmp / "policy.toml")}, upstream={"url": upstream},
+                            **({"screening": {"process": False}} if args.inline_scoring else {}))
     model = [*edge.GRANIAN, "--factory", "--port", str(model_port), "floodwall.sim.model:app_from_env"]
     relay = [*edge.GRANIAN, "--port", str(relay_port), "bare_relay:app"]
     url = f"http://127.0.0.1:{port}"
@@ -88,9 +96,10 @@ def main() -> int:
             for name, where, key in targets:
                 pid = server_pid(where)
                 chat = f"http://127.0.0.1:{where}/v1/chat/completions"
-                wrk(chat, script, 3, 64, method="POST", key=key, delay_ms=128)  # warm-up
+                pause = max(1, round(64 * 1000 / args.rate))
+                wrk(chat, script, 3, 64, method="POST", key=key, delay_ms=pause)  # warm-up
                 before, loop_before = cpu_seconds(pid), loop_seconds(pid)
-                found = wrk(chat, script, args.seconds, 64, method="POST", key=key, delay_ms=128)
+                found = wrk(chat, script, args.seconds, 64, method="POST", key=key, delay_ms=pause)
                 used, loop_used = cpu_seconds(pid) - before, loop_seconds(pid) - loop_before
                 calls = found["rps"] * args.seconds
                 print(json.dumps({"server": name, "cpu_ms_per_call": round(used / calls * 1000, 3),

@@ -45,6 +45,7 @@ from floodwall.db.signing import Signer
 from floodwall.defense.detector import Detector
 from floodwall.defense.probing import Probes
 from floodwall.defense.prompts import Campaigns, Screen, load_rules
+from floodwall.defense.scorer import Scorer
 from floodwall.defense.scoring import Scoring
 from floodwall.defense.screening import PromptGuard
 from floodwall.defense.watch import Watch
@@ -115,8 +116,9 @@ def build_app(settings: Settings) -> Gate:
     incidents = Incidents(db)
     templates = pages.templates()
     traffic = Traffic(NewSources(networks=networks))
+    scorer = Scorer() if settings.screening.process else None
     prompt_guard = PromptGuard(policies.prompts, Screen(load_rules()), Campaigns(), store,
-                               functools.partial(policy.buckets, "prompt-strike"), traffic)
+                               functools.partial(policy.buckets, "prompt-strike"), traffic, scorer=scorer)
     upstream = Upstream(settings.upstream, Canaries(settings.screening.canaries, prompt_guard.strike, traffic))
     admission = Admission(policies.admission, store, lambda: control.level, traffic, figures=upstream.figures,
                           board=board_name(settings) if settings.upstream.shared else None)
@@ -169,6 +171,8 @@ def build_app(settings: Settings) -> Gate:
         await services.upstream.start()
         await services.upstream.probe()
         await services.usage.start()
+        if scorer is not None:
+            await scorer.start()
         # what start-up made lives as long as the process: out of the collector's sight, full collections
         # stop walking it, and their pauses (measured: the p99 of a proxied call) shrink
         gc.collect()
@@ -177,6 +181,8 @@ def build_app(settings: Settings) -> Gate:
             yield
         finally:
             services.prompt_guard.settle()  # the prompts still aside are logged and spend their strikes
+            if scorer is not None:
+                await scorer.stop()
             await mailer.drain()
             await services.usage.stop()
             await services.upstream.close()

@@ -289,6 +289,9 @@ class ScreeningSettings:
     # strings no answer may carry (a marker in your system prompt, a secret it holds): an answer that does is
     # withheld, or its stream ended, and the account spends a prompt strike (inference/canaries.py)
     canaries: list[str] = dataclasses.field(default_factory=list)
+    # score the prompts left aside (where the level logs or flags) in a process of their own, beside each
+    # worker: their CPU (0.1-1 ms a prompt) is then not the event loop's. Off: in the worker, as before
+    process: bool = True
 
 
 @dataclasses.dataclass

@@ -111,6 +111,16 @@ class ServiceCollector(Collector):
         yield rules
         yield GaugeMetricFamily(f"{PREFIX}_state_healthy", "1 while the shared state (Store) answers",
                                 value=1.0 if control.healthy and watch.healthy else 0.0)
+        scorer = self.config.prompt_guard.scorer
+        if scorer is not None:
+            yield GaugeMetricFamily(f"{PREFIX}_prompt_scorer_ready", "1 while the prompt scorer process takes "
+                                    "prompts", value=1.0 if scorer.ready else 0.0)
+            scored = CounterMetricFamily(f"{PREFIX}_prompt_scorer_prompts", "Prompts left aside, by where they "
+                                         "were scored: by the scorer process, or by this worker (the process "
+                                         "was starting, behind, or failed the prompt)", labels=["by"])
+            scored.add_metric(["process"], scorer.answered)
+            scored.add_metric(["worker"], scorer.declined)
+            yield scored
 
     def _model(self) -> Iterator[Metric]:
         admission = self.config.admission

@@ -16,6 +16,7 @@ from floodwall import logs
 from floodwall.defense.classifier import PromptModel, shipped
 from floodwall.defense.prompts import Campaigns, PromptPolicy, Screen, prompt_text
 from floodwall.defense.prompts import Verdict as PromptVerdict
+from floodwall.defense.scorer import Scorer, Scores
 from floodwall.errors import ApiError
 from floodwall.limits import Bucket, Caller, Verdict
 from floodwall.principal import Principal
@@ -28,17 +29,38 @@ MODEL = "model"  # the reason's name when the classifier flagged a prompt the ru
 
 
 class Aside:
-    """A prompt's scoring left off its call's path: run once, when the call ends (`run`), AFTER seconds into
+    """A prompt's scoring left off its call's path: run once, when the call ends (`end`), AFTER seconds into
     it, or when its account's next call is screened (PromptGuard.check), whichever comes first, so a long
-    stream's strike still counts soon and never after the account's next call was let through. `judge`
-    says whether it spent a strike; `done` is told once it has run."""
+    stream's strike still counts soon and never after the account's next call was let through. Where the
+    scorer process was sent the prompt (`awaits`), the call's end waits for its answer (`scored`) instead
+    of scoring it here. `judge` says whether it spent a strike; `done` is told once it has run."""
 
     AFTER = 0.05
 
-    def __init__(self, judge: Callable[[], bool], done: Callable[[Aside], None] | None = None) -> None:
-        self._judge: Callable[[], bool] | None = judge
+    def __init__(self, judge: Callable[[Scores | None], bool], done: Callable[[Aside], None] | None = None) -> None:
+        self._judge: Callable[[Scores | None], bool] | None = judge
         self._done = done
+        self._scores: Scores | None = None
+        self._awaited = False
+        self._ended = False
         self._timer = asyncio.get_running_loop().call_later(self.AFTER, self.run)
+
+    def awaits(self) -> None:
+        """The scorer process has the prompt: its answer, not the call's end, runs this."""
+        self._awaited = True
+
+    def scored(self, scores: Scores | None) -> None:
+        """The scorer process's answer (None: it could not score the prompt, so this does)."""
+        self._awaited = False
+        self._scores = scores
+        if self._ended:
+            self.run()
+
+    def end(self) -> None:
+        """The call's answer is out."""
+        self._ended = True
+        if not self._awaited:
+            self.run()
 
     def run(self) -> bool:
         """Score the prompt unless that was done; True when that spent a strike."""
@@ -48,18 +70,20 @@ class Aside:
         self._timer.cancel()
         if self._done is not None:
             self._done(self)
-        return judge()
+        return judge(self._scores)
 
 
 class PromptGuard:
     """The policy's [prompts] table applied to one call: `strike_buckets` gives an account's prompt-strike
     limits (the edge policy's rules for the prompt-strike class). `model` is the classifier beside the rules,
-    the shipped one unless told."""
+    the shipped one unless told. `scorer`, a process running the shipped rules and classifier, scores the
+    prompts left aside, where it can."""
 
     def __init__(self, policy: PromptPolicy, screen: Screen, campaigns: Campaigns, store: Store,
                  strike_buckets: Callable[[str, Caller], list[Bucket]], traffic: Traffic | None = None,
-                 model: PromptModel | None = None) -> None:
+                 model: PromptModel | None = None, scorer: Scorer | None = None) -> None:
         self.policy = policy
+        self.scorer = scorer
         self.screen = screen
         self.model = model or shipped()
         self._model_failed_at = 0.0
@@ -111,6 +135,8 @@ class PromptGuard:
         aside = Aside(functools.partial(self._judge_aside, principal, text, action, level, strikes),
                       functools.partial(self._settled, principal.user_id))
         self._asides.setdefault(principal.user_id, set()).add(aside)
+        if self.scorer is not None and self.scorer.submit(text, self._asks_model(level), aside.scored):
+            aside.awaits()
         return aside
 
     async def _peek(self, buckets: list[Bucket]) -> list[tuple[Bucket, Verdict]]:
@@ -134,11 +160,11 @@ class PromptGuard:
                 del self._asides[account]
 
     def judge(self, principal: Principal, text: str, action: str, level: str,
-              strikes: Sequence[tuple[Bucket, Verdict]]) -> bool:
-        """Score the prompt by the rules, the classifier and the campaigns; when that flags it, log it and
-        spend a strike (flag, refuse), and raise the refusal (refuse). True when a strike was spent."""
-        verdict = self.screen.score(text)
-        probability = self.probability(text, level)
+              strikes: Sequence[tuple[Bucket, Verdict]], scores: Scores | None = None) -> bool:
+        """Score the prompt by the rules, the classifier (unless the scorer process did: `scores`) and the
+        campaigns; when that flags it, log it and spend a strike (flag, refuse), and raise the refusal
+        (refuse). True when a strike was spent."""
+        verdict, probability = scores or (self.screen.score(text), self.probability(text, level))
         senders = self.campaigns.seen(text, principal.user_id)
         reason = self._reason(verdict, probability, senders, level)
         if reason is None:
@@ -159,9 +185,9 @@ class PromptGuard:
         return spent
 
     def _judge_aside(self, principal: Principal, text: str, action: str, level: str,
-                     strikes: Sequence[tuple[Bucket, Verdict]]) -> bool:
+                     strikes: Sequence[tuple[Bucket, Verdict]], scores: Scores | None) -> bool:
         try:
-            return self.judge(principal, text, action, level, strikes)
+            return self.judge(principal, text, action, level, strikes, scores)
         except Exception:  # a callback's exception would reach only the loop's handler
             self.traffic.event("prompt.screening_error")
             log.exception("prompt screening failed after the call went on")
@@ -181,7 +207,7 @@ class PromptGuard:
         """The classifier's probability that the prompt is an attack (0 when the policy turned it off at this
         level, or when it could not read the prompt: a filter, not the service; counted, and logged once a
         minute)."""
-        if self.policy.model_threshold(level) >= 1:
+        if not self._asks_model(level):
             return 0.0
         try:
             return self.model.probability(text)
@@ -191,6 +217,9 @@ class PromptGuard:
                 self._model_failed_at = time.monotonic()
                 log.exception("the prompt classifier failed; the prompt goes on by the rules alone")
             return 0.0
+
+    def _asks_model(self, level: str) -> bool:
+        return self.policy.model_threshold(level) < 1
 
     def _reason(self, verdict: PromptVerdict, probability: float, senders: int, level: str) -> str | None:
         """One verdict from the three: the heaviest rule when the rules flag the prompt, else the model when

@@ -74,7 +74,7 @@ def call(scope: Scope, principal: Principal, endpoint: str, body: dict[str, Any]
             await inference(scope, receive, send)
         finally:
             # once this app has returned: the server ends the answer then, not when its last byte was sent
-            asyncio.get_running_loop().call_soon(aside.run)
+            asyncio.get_running_loop().call_soon(aside.end)
 
     return then_screen
 
