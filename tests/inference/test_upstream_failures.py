@@ -110,7 +110,7 @@ def test_refused_calls_are_not_charged(gateway_without_model: str, tmp_path: Pat
         key = account.new_key()
         httpx.post(f"{gateway_without_model}/v1/chat/completions", json={"model": CHAT, "messages": MESSAGES},
                    headers={"authorization": f"Bearer {key}"})
-        time.sleep(1.0)  # longer than the usage writer's batching interval
+        time.sleep(1.5)  # longer than the usage writer's batching interval (1 s)
         assert account.web.get("/account/usage").json()["requests"] == 0
     finally:
         account.close()

@@ -59,6 +59,27 @@ async def test_calls_of_a_moment_share_a_row(database_url: str) -> None:
     await engine.dispose()
 
 
+async def test_a_keys_last_use_is_written_at_most_once_a_minute(database_url: str) -> None:
+    await asyncio.to_thread(upgrade, database_url)
+    engine = create_engine(database_url)
+    accounts = AccountService(sessionmaker(engine), Passwords("fast"), session_lifetime=3600)
+    principal, key_id = await signed_up(accounts)
+
+    async def last_used() -> dict[int, object]:
+        return {key.id: key.last_used_at for key, _, _ in await accounts.list_keys(principal)}
+
+    await accounts.record_usage([call(principal, key_id, 1, 1)])
+    first = (await last_used())[key_id]
+    assert first is not None
+    other, _ = await accounts.create_key(principal, "other", CLIENT)
+    await accounts.record_usage([call(principal, key_id, 1, 1), call(principal, other.id, 1, 1)])
+    seen = await last_used()
+    assert seen[key_id] == first  # within the minute: not written again
+    assert seen[other.id] is not None  # a key not written yet is, at once
+    assert (await accounts.usage_totals(principal))["requests"] == 3  # the usage itself, every time
+    await engine.dispose()
+
+
 async def test_what_the_database_refuses_is_written_when_it_is_back(tmp_path: Path,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     url = f"sqlite:///{tmp_path}/usage.db"

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import math
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
 
@@ -37,6 +39,8 @@ KEY_PREFIX = "fw_"
 VISIBLE_PREFIX_LENGTH = len(KEY_PREFIX) + 8
 MAX_PASSWORD_LENGTH = 1024
 SESSION_SECRET_LENGTH = 43  # secrets.token_urlsafe(32)
+KEY_USE_PRECISION = 60.0  # seconds: how stale a key's last_used_at may be (the pages show it to the minute)
+MAX_KEYS_REMEMBERED = 100_000
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 # a local part, and a domain of two or more DNS labels: what can receive mail, not all RFC 5322 allows
 _EMAIL = re2.compile(rf"^[^@\s]{{1,64}}@{_LABEL}(?:\.{_LABEL})+$")
@@ -103,6 +107,7 @@ class AccountService:
         self.keys: TTLCache[Principal | None] = TTLCache(key_cache_ttl, max_entries=100_000)
         self.sessions: TTLCache[Principal | None] = TTLCache(key_cache_ttl, max_entries=100_000)
         self._lookups: dict[str, asyncio.Future[Principal | None]] = {}
+        self._keys_used: dict[int, float] = {}  # key id: when this process last wrote its last_used_at
 
     # registration and login
 
@@ -485,13 +490,21 @@ class AccountService:
         return {"requests": int(row[0]), "prompt_tokens": int(row[1]), "completion_tokens": int(row[2])}
 
     async def record_usage(self, records: Sequence[dict[str, object]]) -> None:
+        # a key's last use is shown to the minute: written at most once a minute a key (the update was half
+        # of a write's cost on the event loop, measured: 1.3 of 3.1 ms)
+        now = time.monotonic()
+        used = self._keys_used
+        key_ids = {key for r in records if isinstance(key := r["key_id"], int)
+                   and now - used.get(key, -math.inf) >= KEY_USE_PRECISION}
         async with self.db() as db:
             # a Core insert of the table: the ORM's bulk path costs several times as much a row
             await db.execute(insert(cast(Table, Usage.__table__)), list(records))
-            key_ids = {r["key_id"] for r in records if r["key_id"] is not None}
             if key_ids:
                 await db.execute(update(ApiKey).where(ApiKey.id.in_(key_ids)).values(last_used_at=utcnow()))
             await db.commit()
+        if len(used) + len(key_ids) > MAX_KEYS_REMEMBERED:
+            used.clear()
+        used.update(dict.fromkeys(key_ids, now))
 
 
 
