@@ -14,7 +14,7 @@ import pytest
 from floodwall.defense.classifier import shipped
 from floodwall.defense.prompts import Campaigns, PromptPolicy, Screen, load_rules
 from floodwall.defense.scorer import Scorer, Scores
-from floodwall.defense.screening import PromptGuard
+from floodwall.defense.screening import Aside, PromptGuard
 from floodwall.limits import Bucket
 from floodwall.principal import Principal
 from floodwall.state.memory import MemoryStore
@@ -113,7 +113,9 @@ def test_a_process_that_dies_leaves_its_prompts_to_the_worker_and_is_started_aga
     [sys.executable, "-c", "import sys; sys.exit(3)"],  # exits at once, again and again
     [sys.executable, "-c", "import sys, time; sys.stdout.buffer.write(b'\\x05\\x00\\x00\\x00junk!'); "
      "sys.stdout.flush(); time.sleep(30)"],  # answers what is not a frame of ours
-], ids=["missing", "exits", "garbage"])
+    [sys.executable, "-c", "import sys, time; sys.stdout.buffer.write(b'\\xff\\xff\\xff\\x7f' + b'x' * 65536); "
+     "sys.stdout.flush(); time.sleep(30)"],  # announces an answer of 2 GiB
+], ids=["missing", "exits", "garbage", "huge"])
 def test_a_broken_process_never_fails_a_prompt(command: list[str]) -> None:
     async def scenario(scorer: Scorer) -> None:
         scorer.RESTART = (0.05, 0.1)
@@ -155,5 +157,84 @@ def test_a_flagged_prompt_aside_spends_its_strike_by_the_process_answer(answer_f
         assert verdict.remaining == 8  # of 9
         assert model.asked == 0 and scorer.answered == 1
         assert not aside.run()  # once only
+
+    run(scenario)
+
+
+def test_it_runs_on_idle_cpu_and_one_start_is_one_process() -> None:
+    async def scenario(scorer: Scorer) -> None:
+        first = scorer.pid
+        await scorer.start()  # a second start (a lifespan run twice) leaves no process behind
+        assert scorer.pid == first and first is not None
+        if hasattr(os, "sched_getscheduler"):
+            assert os.sched_getscheduler(first) == os.SCHED_IDLE
+
+    run(scenario)
+
+
+def test_a_hung_process_is_ended_and_its_prompts_left_to_the_worker() -> None:
+    async def scenario(scorer: Scorer) -> None:
+        scorer.RESTART, scorer.HUNG = (0.2, 0.4), 0.3
+        await until(lambda: scorer.ready)
+        first = scorer.pid
+        assert first is not None
+        answers: list[Scores | None] = []
+        os.kill(first, signal.SIGSTOP)
+        assert scorer.submit(PROMPTS[1], True, answers.append)
+        await asyncio.sleep(0.4)
+        assert not scorer.submit(PROMPTS[1], True, answers.append)  # the oldest waited too long: ended
+        await until(lambda: answers == [None])
+        await until(lambda: scorer.ready and scorer.pid != first)
+
+    run(scenario)
+
+
+async def paused_aside(scorer: Scorer, traffic: Traffic, store: MemoryStore, model: Model) -> Aside:
+    """An attack's aside, sent to a process that is then paused: its answer comes when it is let go on."""
+    await until(lambda: scorer.ready)
+    screening = PromptGuard(PromptPolicy(), Screen(load_rules()), Campaigns(), store, lambda *_: [STRIKE],
+                            traffic, model=model, scorer=scorer)  # type: ignore[arg-type]
+    os.kill(scorer.pid or 0, signal.SIGSTOP)
+    aside = await screening.check(WHO, ATTACK, "established", "normal")
+    assert aside is not None
+    return aside
+
+
+@pytest.mark.parametrize("call_ends", [False, True], ids=["stream", "ended"])
+def test_a_late_answer_is_waited_for_then_the_worker_scores(monkeypatch: pytest.MonkeyPatch, call_ends: bool) -> None:
+    """The process is behind: past AFTER the aside waits for its answer (no double scoring), and past LATE
+    the worker scores the prompt itself; the answer that comes later changes nothing."""
+    monkeypatch.setattr(Aside, "LATE", 0.3)
+    traffic, store, model = Traffic(), MemoryStore(), Model()
+
+    async def scenario(scorer: Scorer) -> None:
+        aside = await paused_aside(scorer, traffic, store, model)
+        try:
+            if call_ends:
+                aside.end()
+            await asyncio.sleep(Aside.AFTER * 3)
+            assert model.asked == 0 and traffic.current.get(event_key("prompt.flag")) is None
+            await until(lambda: traffic.current.get(event_key("prompt.flag")) == 1)  # LATE: scored here
+            assert model.asked == 1
+        finally:
+            os.kill(scorer.pid or 0, signal.SIGCONT)
+        await until(lambda: scorer.answered == 1)
+        assert traffic.current.get(event_key("prompt.flag")) == 1 and model.asked == 1
+
+    run(scenario)
+
+
+def test_a_long_calls_prompt_is_judged_when_the_answer_comes_after_a_moment() -> None:
+    """A stream lasts minutes: past AFTER, the process's answer spends the strike when it comes."""
+    traffic, store, model = Traffic(), MemoryStore(), Model()
+
+    async def scenario(scorer: Scorer) -> None:
+        await paused_aside(scorer, traffic, store, model)
+        try:
+            await asyncio.sleep(Aside.AFTER * 2)
+        finally:
+            os.kill(scorer.pid or 0, signal.SIGCONT)
+        await until(lambda: traffic.current.get(event_key("prompt.flag")) == 1)  # the call still goes on
+        assert model.asked == 0
 
     run(scenario)

@@ -33,17 +33,26 @@ class Aside:
     it, or when its account's next call is screened (PromptGuard.check), whichever comes first, so a long
     stream's strike still counts soon and never after the account's next call was let through. Where the
     scorer process was sent the prompt (`awaits`), the call's end waits for its answer (`scored`) instead
-    of scoring it here. `judge` says whether it spent a strike; `done` is told once it has run."""
+    of scoring it here, and so does the timer, up to LATE (past which the process is behind, and this scores
+    it). `judge` says whether it spent a strike; `done` is told once it has run."""
 
     AFTER = 0.05
+    LATE = 1.0
 
     def __init__(self, judge: Callable[[Scores | None], bool], done: Callable[[Aside], None] | None = None) -> None:
         self._judge: Callable[[Scores | None], bool] | None = judge
         self._done = done
         self._scores: Scores | None = None
         self._awaited = False
-        self._ended = False
-        self._timer = asyncio.get_running_loop().call_later(self.AFTER, self.run)
+        self._ended = self._overdue = False
+        self._timer = asyncio.get_running_loop().call_later(self.AFTER, self._due)
+
+    def _due(self) -> None:
+        self._overdue = True
+        if self._awaited:  # the process's answer runs it, unless it comes LATE
+            self._timer = asyncio.get_running_loop().call_later(self.LATE - self.AFTER, self.run)
+        else:
+            self.run()
 
     def awaits(self) -> None:
         """The scorer process has the prompt: its answer, not the call's end, runs this."""
@@ -53,7 +62,7 @@ class Aside:
         """The scorer process's answer (None: it could not score the prompt, so this does)."""
         self._awaited = False
         self._scores = scores
-        if self._ended:
+        if self._ended or self._overdue:
             self.run()
 
     def end(self) -> None:

@@ -38,6 +38,7 @@ from floodwall.telemetry.traffic import Traffic
 log = logging.getLogger("floodwall.inference")
 Tier = Literal["established", "new", "anonymous"]  # the callers admission tells apart, first served first
 TIER_ORDER: tuple[str, ...] = get_args(Tier)
+_LOWER_TIERS = TIER_ORDER[1:]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -477,6 +478,9 @@ class Admission:
     def _note_idle(self) -> None:
         """What the reserve leaves idle is measured on every change of the slots and queues."""
         limit = self.limit
+        if not any(self.queues[tier] for tier in _LOWER_TIERS):  # nobody below waits: nothing is idle for them
+            self.reserve_budget.note(0, limit, False, 0)
+            return
         terms = self.policy.terms(self.level())
         usable = 0  # the waiting lower-tier calls that could start, their shares allowing, if the slots were free
         for tier in TIER_ORDER[1:]:
