@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -161,15 +162,26 @@ def test_a_flagged_prompt_aside_spends_its_strike_by_the_process_answer(answer_f
     run(scenario)
 
 
-def test_it_runs_on_idle_cpu_and_one_start_is_one_process() -> None:
+def test_it_scores_on_idle_cpu_one_start_is_one_process_and_a_stop_is_prompt() -> None:
     async def scenario(scorer: Scorer) -> None:
         first = scorer.pid
         await scorer.start()  # a second start (a lifespan run twice) leaves no process behind
         assert scorer.pid == first and first is not None
+        await until(lambda: scorer.ready)
         if hasattr(os, "sched_getscheduler"):
-            assert os.sched_getscheduler(first) == os.SCHED_IDLE
+            assert os.sched_getscheduler(first) == os.SCHED_IDLE  # once loaded: its start ran at normal priority
+        os.kill(first, signal.SIGSTOP)  # a process that cannot see its input end (on a busy machine, on idle CPU)
+        started = time.monotonic()
+        await scorer.stop()
+        assert time.monotonic() - started < 1.0
+        await until(lambda: not os.path.exists(f"/proc/{first}") or _state(first) == "Z")
 
     run(scenario)
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
 
 
 def test_a_hung_process_is_ended_and_its_prompts_left_to_the_worker() -> None:

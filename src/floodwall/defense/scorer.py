@@ -49,7 +49,9 @@ class Scorer:
     MAX_BUFFERED = 1 << 20  # bytes not yet written to the pipe
     MAX_FRAME = 1 << 20  # bytes of an answer: a longer one is not our process speaking
     RESTART = (1.0, 30.0)  # seconds before a start again: the first, the most
-    HUNG = 30.0  # seconds the oldest prompt may wait for its answer before the process is ended and started again
+    # seconds the oldest prompt may wait for its answer before the process is ended and started again: long,
+    # since on idle CPU it may only be starved by a busy machine (the worker scores meanwhile)
+    HUNG = 120.0
 
     def __init__(self, command: Sequence[str] | None = None) -> None:
         self.command = list(command or (sys.executable, "-m", "floodwall.defense.scorer"))
@@ -96,7 +98,6 @@ class Scorer:
             return
         self._transport = transport
         self._pipe = transport.get_pipe_transport(0)  # type: ignore[assignment]
-        _idle_priority(transport.get_pid())
 
     def submit(self, text: str, with_model: bool, reply: Reply) -> bool:
         """Send a prompt to be scored (the part the rules and classifier read); False when the process cannot
@@ -170,13 +171,17 @@ class Scorer:
         if transport is None:
             return
         if self._pipe is not None:
-            self._pipe.close()  # its input ends: the process exits
-        for _ in range(100):
+            self._pipe.close()
+        # it holds nothing to keep, and on idle CPU a busy machine may not let it see its input end, or end at
+        # all: back at normal priority (where the system allows it), then killed
+        with contextlib.suppress(AttributeError, OSError):
+            os.sched_setscheduler(transport.get_pid(), os.SCHED_OTHER, os.sched_param(0))
+        with contextlib.suppress(ProcessLookupError):
+            transport.kill()
+        for _ in range(20):  # (a process on idle CPU may take a while to end on a busy machine: not waited for)
             if transport.get_returncode() is not None:
                 break
-            await asyncio.sleep(0.02)
-        else:
-            transport.kill()
+            await asyncio.sleep(0.01)
         self._exited()
 
 
@@ -210,16 +215,17 @@ class _Protocol(asyncio.SubprocessProtocol):
         self.scorer._exited()
 
 
-def _idle_priority(pid: int) -> None:
-    """The process runs on what CPU the machine leaves idle (SCHED_IDLE, from its start: its imports too), so
-    its wake-up never takes a core from the event loop. Measured on 2 cores shared with the model server
-    and the load: at normal priority, the added p50 at 500 calls/s rose by a fifth (bench/cpu_per_call.py).
-    Where no CPU is left idle it falls behind, and the worker scores the prompts, as it did before."""
+def _idle_priority() -> None:
+    """Once loaded, the process scores on what CPU the machine leaves idle (SCHED_IDLE), so that its wake-ups
+    never take a core from the event loop. Measured on 2 cores shared with the model server and the load: at
+    normal priority, the client's p50 at 500 calls/s rose by a fifth (bench/cpu_per_call.py). Where no CPU is
+    left idle it falls behind, and the worker scores the prompts, as it did before. Its start (imports, the
+    model: about 0.4 s) is at normal priority: at idle priority a busy machine would never let it finish."""
     try:
-        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):  # not Linux: the lowest priority there is
         with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, pid, 19)
+            os.setpriority(os.PRIO_PROCESS, 0, 19)
 
 
 def _send(out: IO[bytes], message: object) -> None:
@@ -234,6 +240,7 @@ def serve(source: IO[bytes], out: IO[bytes]) -> None:
     from floodwall.defense.prompts import load_rules
 
     screen, model = Screen(load_rules()), shipped()
+    _idle_priority()
     _send(out, _READY)
     while True:
         head = source.read(_FRAME.size)
