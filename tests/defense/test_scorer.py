@@ -14,7 +14,7 @@ import pytest
 
 from floodwall.defense.classifier import shipped
 from floodwall.defense.prompts import Campaigns, PromptPolicy, Screen, load_rules
-from floodwall.defense.scorer import Scorer, Scores
+from floodwall.defense.scorer import Scorer, Scores, _Protocol
 from floodwall.defense.screening import Aside, PromptGuard
 from floodwall.limits import Bucket
 from floodwall.principal import Principal
@@ -248,5 +248,23 @@ def test_a_long_calls_prompt_is_judged_when_the_answer_comes_after_a_moment() ->
             os.kill(scorer.pid or 0, signal.SIGCONT)
         await until(lambda: traffic.current.get(event_key("prompt.flag")) == 1)  # the call still goes on
         assert model.asked == 0
+
+    run(scenario)
+
+
+def test_an_earlier_process_that_ends_late_leaves_the_new_one_alone() -> None:
+    """On a busy machine a process on idle CPU may end well after stop() stopped waiting for it: if the
+    scorer was started again meanwhile, that end is not the new process's."""
+    async def scenario(scorer: Scorer) -> None:
+        await until(lambda: scorer.ready)
+        earlier = _Protocol(scorer, scorer._generation)
+        await scorer.stop()
+        await scorer.start()
+        await until(lambda: scorer.ready)
+        now = scorer.pid
+        earlier.process_exited()  # the earlier process's end, seen late
+        earlier.pipe_data_received(1, b"\x05\x00\x00\x00junk!")  # and what it said before it
+        assert scorer.ready and scorer.pid == now and scorer._restart is None
+        assert await scored(scorer, PROMPTS[0]) is not None
 
     run(scenario)

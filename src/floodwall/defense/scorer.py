@@ -25,6 +25,7 @@ from floodwall.defense.prompts import Screen, Verdict, bounded
 log = logging.getLogger("floodwall.defense")
 _FRAME = struct.Struct("<I")  # a frame's length, then a pickle: both ends are floodwall's own
 _READY = "ready"
+_ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 class Scores(NamedTuple):
@@ -63,6 +64,7 @@ class Scorer:
         self._stopping = False
         self._restart: asyncio.TimerHandle | None = None
         self._spawning: asyncio.Task[None] | None = None
+        self._generation = 0  # of the process: what an earlier one says, or its exit, is no longer news
         self._backoff = self.RESTART[0]
         self._started_at = 0.0
         self.answered = 0  # prompts the process scored
@@ -86,10 +88,13 @@ class Scorer:
         self._restart = None
         self._started_at = time.monotonic()
         loop = asyncio.get_running_loop()
+        self._generation += 1
+        generation = self._generation
         try:
+            # one thread: numpy's BLAS would start threads of its own, at normal priority
             transport, _ = await loop.subprocess_exec(
-                lambda: _Protocol(self), *self.command, stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, stderr=None)
+                lambda: _Protocol(self, generation), *self.command, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=None, env={**os.environ, **_ONE_THREAD})
         except Exception as exc:  # a filter, not the service: the worker scores prompts while this is down
             logs.event(log, "scorer_start_failed", logging.ERROR, error=repr(exc))
             if isinstance(exc, NotImplementedError):  # an event loop without subprocesses: it never will
@@ -137,8 +142,10 @@ class Scorer:
         if self._transport is not None:
             self._transport.kill()  # its exit (process_exited) fails what is pending and starts it again
 
-    def _exited(self) -> None:
+    def _exited(self, generation: int | None = None) -> None:
         """The process is gone: what it had not answered is scored by the callers, and it starts again."""
+        if generation is not None and generation != self._generation:
+            return  # an earlier process's end, after a stop and a start
         self._ready = False
         self._pipe = None
         if self._transport is not None:
@@ -173,7 +180,7 @@ class Scorer:
         if self._pipe is not None:
             self._pipe.close()
         # it holds nothing to keep, and on idle CPU a busy machine may not let it see its input end, or end at
-        # all: back at normal priority (where the system allows it), then killed
+        # all: back at normal priority (where the system allows it: root, or CAP_SYS_NICE), then killed
         with contextlib.suppress(AttributeError, OSError):
             os.sched_setscheduler(transport.get_pid(), os.SCHED_OTHER, os.sched_param(0))
         with contextlib.suppress(ProcessLookupError):
@@ -183,14 +190,18 @@ class Scorer:
                 break
             await asyncio.sleep(0.01)
         self._exited()
+        self._generation += 1  # its end, if it comes later, is not taken for a new process's
 
 
 class _Protocol(asyncio.SubprocessProtocol):
-    def __init__(self, scorer: Scorer) -> None:
+    def __init__(self, scorer: Scorer, generation: int) -> None:
         self.scorer = scorer
+        self.generation = generation
         self.buffer = bytearray()
 
     def pipe_data_received(self, fd: int, data: bytes | bytearray) -> None:
+        if self.generation != self.scorer._generation:
+            return
         buffer = self.buffer
         buffer += data
         start = 0
@@ -212,7 +223,7 @@ class _Protocol(asyncio.SubprocessProtocol):
         del buffer[:start]
 
     def process_exited(self) -> None:
-        self.scorer._exited()
+        self.scorer._exited(self.generation)
 
 
 def _idle_priority() -> None:
@@ -223,8 +234,8 @@ def _idle_priority() -> None:
     model: about 0.4 s) is at normal priority: at idle priority a busy machine would never let it finish."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):  # not Linux: the lowest priority there is
-        with contextlib.suppress(OSError):
+    except (AttributeError, OSError):  # not Linux: the lowest priority there is, where there is one
+        with contextlib.suppress(AttributeError, OSError):
             os.setpriority(os.PRIO_PROCESS, 0, 19)
 
 
