@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any, NamedTuple
 
 from floodwall import logs
-from floodwall.defense.classifier import PromptModel
 from floodwall.defense.prompts import Screen, Verdict, bounded
 
 log = logging.getLogger("floodwall.defense")
@@ -31,11 +30,6 @@ _ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THR
 class Scores(NamedTuple):
     verdict: Verdict  # the rules'
     probability: float  # the classifier's; 0 when it was not asked
-
-
-def score(screen: Screen, model: PromptModel, text: str, with_model: bool) -> Scores:
-    """A prompt's scores, the same in the scorer process as in the worker."""
-    return Scores(screen.score(text), model.probability(text) if with_model else 0.0)
 
 
 Reply = Callable[[Scores | None], None]  # None: the process could not score it; the caller does
@@ -117,8 +111,7 @@ class Scorer:
             self.declined += 1
             return False
         self._next += 1
-        data = pickle.dumps((self._next, bounded(text), with_model), pickle.HIGHEST_PROTOCOL)
-        pipe.write(_FRAME.pack(len(data)) + data)
+        pipe.write(_frame((self._next, bounded(text), with_model)))
         pending[self._next] = (reply, now)
         return True
 
@@ -239,9 +232,13 @@ def _idle_priority() -> None:
             os.setpriority(os.PRIO_PROCESS, 0, 19)
 
 
-def _send(out: IO[bytes], message: object) -> None:
+def _frame(message: object) -> bytes:
     data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
-    out.write(_FRAME.pack(len(data)) + data)
+    return _FRAME.pack(len(data)) + data
+
+
+def _send(out: IO[bytes], message: object) -> None:
+    out.write(_frame(message))
     out.flush()
 
 
@@ -260,9 +257,9 @@ def serve(source: IO[bytes], out: IO[bytes]) -> None:
         (size,) = _FRAME.unpack(head)
         ident, text, with_model = pickle.loads(source.read(size))
         try:
-            found = score(screen, model, text, with_model)
-            probability = found.probability if math.isfinite(found.probability) else 0.0
-            _send(out, (ident, (found.verdict.score, found.verdict.rules), probability))
+            verdict = screen.score(text)
+            probability = model.probability(text) if with_model else 0.0
+            _send(out, (ident, (verdict.score, verdict.rules), probability if math.isfinite(probability) else 0.0))
         except Exception:  # one prompt the scoring could not read: the caller scores it (and says so)
             _send(out, (ident, None, 0.0))
 
