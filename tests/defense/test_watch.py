@@ -27,7 +27,7 @@ POLICY = """
 [detector]
 warmup = 2
 hold = 2
-cooldown = "3s"
+cooldown = "2s"
 [[detector.rule]]
 name = "flood"
 level = "under_attack"
@@ -97,7 +97,7 @@ def test_a_flood_moves_the_level_and_it_comes_back(watched: str) -> None:
         stop.set()
         flooder.join()
     assert took < 10
-    wait_for(watched, "normal", within=20)  # two steps down, each after 3 quiet seconds
+    wait_for(watched, "normal", within=20)  # two steps down, each after 2 quiet seconds
     history = [entry["level"] for entry in level(watched)["history"]]
     assert history[:3] == ["normal", "elevated", "under_attack"]
 

@@ -64,7 +64,7 @@ async def test_a_board_that_cannot_be_read_once_does_not_make_a_replica_take_the
     Redis connections is busy, as under a flood of decisions; a timeout does the same): the replica keeps
     the others' last figures, rather than admitting the whole limit again on top of theirs."""
     prefix = f"fwtest-review-{id(object())}:"
-    holder = RedisStore(f"{REDIS}?prefix={prefix}")
+    holder = redis_store(prefix)
     flaky = RedisStore(f"{REDIS}?prefix={prefix}", timeout=0.05, max_connections=1)
     one, two = Admission(policy(4), holder, lambda: "normal"), Admission(policy(4), flaky, lambda: "normal")
     one.SHARE_EVERY = two.SHARE_EVERY = 0.05

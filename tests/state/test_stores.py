@@ -9,6 +9,7 @@ import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -21,8 +22,11 @@ from floodwall.state.store import Store
 REDIS = os.environ.get("FLOODWALL_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
-def redis_store() -> RedisStore:
-    return RedisStore(f"{REDIS}?prefix=fwtest-{secrets.token_hex(4)}:")
+def redis_store(prefix: str | None = None, **options: Any) -> RedisStore:
+    """A store under its own prefix, with generous timeouts: the suite's other processes load this machine,
+    and a fallback to local limits (the product's fail-fast 0.25 s) would blur what a test counts."""
+    options.setdefault("timeout", 2.0)
+    return RedisStore(f"{REDIS}?prefix={prefix or f'fwtest-{secrets.token_hex(4)}:'}", **options)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -98,8 +102,7 @@ async def test_levels_and_lists(store: Store) -> None:
 async def test_two_redis_clients_share_one_limit() -> None:
     """Two processes' worth of clients on one prefix: together they get the limit once, not twice."""
     prefix = f"fwtest-{secrets.token_hex(4)}:"
-    # generous timeouts: the suite's other processes load this machine, and a fallback would blur the count
-    one, two = (RedisStore(f"{REDIS}?prefix={prefix}", timeout=2.0) for _ in range(2))
+    one, two = redis_store(prefix), redis_store(prefix)
     try:
         bucket = per_minute(600, burst=100)
         results = await asyncio.gather(*[(one if i % 2 else two).hit([bucket]) for i in range(300)])
@@ -156,7 +159,7 @@ async def test_traffic_counts_are_summed_across_processes(store: Store) -> None:
 
 async def test_traffic_is_shared_by_two_redis_clients() -> None:
     prefix = f"fwtest-{secrets.token_hex(4)}:"
-    first, second = RedisStore(f"{REDIS}?prefix={prefix}"), RedisStore(f"{REDIS}?prefix={prefix}")
+    first, second = redis_store(prefix), redis_store(prefix)
     try:
         await first.add_traffic(7, {"arrivals": 5})
         await second.add_traffic(7, {"arrivals": 6})
@@ -246,7 +249,7 @@ async def test_charges_with_no_decision_to_ride_along_go_on_their_own() -> None:
         store.charge_later([bucket._replace(cost=-3.0)])
     finally:
         await store.close()  # what waits is sent before the connection closes
-    again = RedisStore(f"{REDIS}?prefix={store.prefix.split('=')[-1]}")
+    again = redis_store(store.prefix)
     try:
         assert (await again.peek([bucket]))[0].remaining == 9
     finally:
@@ -268,7 +271,7 @@ async def test_a_charge_made_later_is_seen_by_the_next_decision_of_its_bucket(st
 
 
 async def test_charges_taken_by_a_cancelled_decision_wait_again() -> None:
-    store = RedisStore(f"{REDIS}?prefix=fwtest-{secrets.token_hex(4)}:", max_connections=1)
+    store = redis_store(max_connections=1)
     try:
         bucket = per_minute(60, burst=5)
         store.charge_later([bucket._replace(cost=3.0)])
