@@ -90,6 +90,25 @@ def test_until_ready_and_past_its_pending_bound_the_worker_scores() -> None:
     run(scenario)
 
 
+def test_prompts_submitted_together_go_in_one_write_once_the_call_yields() -> None:
+    """A write that wakes the process costs the loop tens of µs: not on the call's path before its request
+    goes upstream, and one for all the prompts submitted in a turn of the loop."""
+    async def scenario(scorer: Scorer) -> None:
+        await until(lambda: scorer.ready)
+        pipe = scorer._pipe
+        assert pipe is not None
+        writes: list[bytes] = []
+        write = pipe.write
+        pipe.write = lambda data: (writes.append(bytes(data)), write(data))[1]  # type: ignore[method-assign]
+        answers: list[Scores | None] = []
+        assert all(scorer.submit(text, True, answers.append) for text in PROMPTS[:5])
+        assert writes == []  # the call goes on first
+        await until(lambda: len(answers) == 5)
+        assert len(writes) == 1 and all(answer is not None for answer in answers)
+
+    run(scenario)
+
+
 def test_a_process_that_dies_leaves_its_prompts_to_the_worker_and_is_started_again() -> None:
     async def scenario(scorer: Scorer) -> None:
         scorer.RESTART = (0.2, 0.4)
