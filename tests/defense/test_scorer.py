@@ -109,6 +109,53 @@ def test_prompts_submitted_together_go_in_one_write_once_the_call_yields() -> No
     run(scenario)
 
 
+@pytest.mark.parametrize("between", ["killed", "stopped", "restarted"])
+def test_prompts_not_yet_written_are_answered_once_whatever_happens_before_the_write(between: str) -> None:
+    """Submitted, then (in the same turn of the loop) the process is killed, the scorer stopped, or stopped and
+    started again: each prompt gets exactly one answer, its scores or None (the worker scores it), and
+    none reaches a later process."""
+    async def scenario(scorer: Scorer) -> None:
+        scorer.RESTART = (0.2, 0.4)
+        await until(lambda: scorer.ready)
+        answers: dict[int, list[Scores | None]] = {n: [] for n in range(4)}
+        for n, text in enumerate(PROMPTS[:4]):
+            assert scorer.submit(text, True, answers[n].append)
+        if between == "killed":
+            os.kill(scorer.pid or 0, signal.SIGKILL)
+        else:
+            await scorer.stop()
+            if between == "restarted":
+                await scorer.start()
+                await until(lambda: scorer.ready)
+        await until(lambda: all(answers.values()))
+        await asyncio.sleep(0.3)
+        assert all(len(got) == 1 for got in answers.values()), answers
+        if between == "stopped":
+            assert all(got == [None] for got in answers.values()) and not scorer.ready
+            return
+        if between == "restarted":
+            assert all(got == [None] for got in answers.values())
+        await until(lambda: scorer.ready)
+        assert await scored(scorer, PROMPTS[1]) is not None  # the process (a new one) scores on
+
+    run(scenario)
+
+
+def test_a_burst_of_long_prompts_is_bounded_by_what_it_writes() -> None:
+    """The bytes waiting for the pipe (MAX_BUFFERED) are counted as written: a turn of the loop takes as many
+    long prompts as fit in 1 MiB, not a quarter of them."""
+    async def scenario(scorer: Scorer) -> None:
+        await until(lambda: scorer.ready)
+        os.kill(scorer.pid or 0, signal.SIGSTOP)  # it reads nothing: the burst stays with the worker's pipe
+        try:
+            taken = sum(scorer.submit("a" * 20000, True, lambda _: None) for _ in range(200))
+            assert 60 <= taken <= 70, taken  # 1 MiB of frames of 16 KiB (bounded) each
+        finally:
+            os.kill(scorer.pid or 0, signal.SIGCONT)
+
+    run(scenario)
+
+
 def test_a_process_that_dies_leaves_its_prompts_to_the_worker_and_is_started_again() -> None:
     async def scenario(scorer: Scorer) -> None:
         scorer.RESTART = (0.2, 0.4)

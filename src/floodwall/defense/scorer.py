@@ -56,7 +56,7 @@ class Scorer:
         self._pending: dict[int, tuple[Reply, float]] = {}  # by prompt: its reply, when it was sent
         # prompts submitted, written to the pipe together once the loop comes round: a write that wakes the
         # process costs the loop some 40 µs, which a call would otherwise pay before its request goes upstream
-        self._outbox: list[tuple[int, str, bool]] = []
+        self._outbox: list[bytes] = []
         self._outbox_bytes = 0
         self._next = 0
         self._stopping = False
@@ -114,12 +114,12 @@ class Scorer:
                 or pipe.get_write_buffer_size() + self._outbox_bytes > self.MAX_BUFFERED):
             self.declined += 1
             return False
+        frame = _frame((self._next + 1, bounded(text), with_model))  # (a few µs: the write is what costs)
         self._next += 1
-        text = bounded(text)
         if not self._outbox:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._outbox.append((self._next, text, with_model))
-        self._outbox_bytes += len(text) * 4  # at most, in UTF-8 (it is pickled at the write)
+        self._outbox.append(frame)
+        self._outbox_bytes += len(frame)
         pending[self._next] = (reply, now)
         return True
 
@@ -127,7 +127,7 @@ class Scorer:
         outbox, self._outbox, self._outbox_bytes = self._outbox, [], 0
         pipe = self._pipe
         if outbox and pipe is not None and not pipe.is_closing():
-            pipe.write(b"".join(_frame(message) for message in outbox))
+            pipe.write(b"".join(outbox))
         # else the process is gone: its end fails what is pending, these prompts too
 
     def _answer(self, message: Any) -> None:
