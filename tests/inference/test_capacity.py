@@ -71,6 +71,34 @@ def test_a_slowdown_without_more_concurrency_is_not_queueing() -> None:
     assert limit.limit < 6 and limit.floor < 0.5
 
 
+def test_a_late_event_loop_never_makes_calls_look_faster_than_usual() -> None:
+    """Issue 23 at 16 slots: under the flood the worker's own lateness (its loop's lag) was taken off each
+    call's latency down to zero, so the flooded worker's calls read faster than any the server had served,
+    the baseline followed them down, every call then looked slow, and the limit fell to half the slots. The
+    lag may explain a slow call, never make one look faster than usual."""
+    import random
+
+    clock = Clock()
+    limit = GradientLimit(initial=16, minimum=1, maximum=64, clock=clock)
+    limit.generating(0)  # streamed calls (none generating here): the floor is theirs to set
+    for _ in range(600):  # calm: 20 ms to the first token at sixteen calls, the loop on time
+        clock.now += 0.02
+        limit.sample("ttft", 0.02, in_flight=limit.limit)
+    calm = limit.limit
+    assert calm >= 16
+    noise = random.Random(7)
+    for _ in range(600):  # flooded: the loop runs 0-15 ms late, and each call's latency carries its share
+        clock.now += 0.02
+        lag = noise.uniform(0.0, 0.015)
+        limit.sample("ttft", 0.02 + noise.uniform(0.0, 2 * lag), in_flight=limit.limit, excused=3 * lag)
+    assert limit.baseline["ttft"] > 0.018 and limit.limit >= calm
+    for _ in range(300):  # the server itself queues: the calls are slower than the loop's lag explains
+        clock.now += 0.02
+        lag = noise.uniform(0.0, 0.015)
+        limit.sample("ttft", 0.2, in_flight=limit.limit, excused=3 * lag)
+    assert limit.limit < calm
+
+
 def test_the_model_servers_own_figures_set_the_limit() -> None:
     figures = FiguresLimit(initial=8, minimum=1, maximum=64)
     figures.observe(Reading(running=8, waiting=0, cache=0.5, at=0), in_flight=8)  # all in use, none waits

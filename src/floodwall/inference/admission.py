@@ -548,7 +548,7 @@ class Admission:
     def _sample(self, kind: str, latency: float, in_flight: int, ticket: Ticket) -> None:
         """Learnt even while figures set the limit: it stands in when they go stale. A call's latency spans a
         few trips through this event loop: what the loop added is taken out."""
-        self.limiter.sample(kind, max(0.0, latency - 3 * self.loop_lag.lag), in_flight, ticket.started)
+        self.limiter.sample(kind, latency, in_flight, ticket.started, excused=3 * self.loop_lag.lag)
 
     async def reconcile(self, ticket: Ticket, used: int) -> None:
         """Charge the token budgets what the call really used instead of the estimate."""

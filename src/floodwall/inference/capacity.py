@@ -80,14 +80,24 @@ class GradientLimit:
                 self._served = (served, now)
             self._window, self._integral = now, 0.0
 
-    def sample(self, kind: str, latency: float, in_flight: int, started: float | None = None) -> None:
+    def sample(self, kind: str, latency: float, in_flight: int, started: float | None = None,
+               excused: float = 0.0) -> None:
         """A call's latency (`kind`: to its first token, or per token), `in_flight` calls out when it ended,
         it began at `started` (this clock): the limit comes down at most once a round, by calls begun after
         it last did, as TCP's window does once a round trip: the calls already out when it came down were
         admitted under the old limit and say nothing of the new one, and a short stall of the machine (its
         calls all slow at once) would otherwise cut it again and again. A round lasts at most ROUND seconds:
         where the server queues deep, calls begun since the cut wait long for their first token, and the
-        limit must still come down."""
+        limit must still come down.
+
+        `excused`: what of the latency the caller's own lateness may explain (its event loop's lag), taken off,
+        but never below the baseline: lateness may explain a slow call, never show one faster than usual. Taken
+        off to zero, as it was, the calls of a flooded worker read faster than any the server has served, the
+        baseline (which follows a fall quickly) fell to half, every call then looked slow, and the limit fell to
+        half the server's slots while calls waited (bench/saturation.py, 16 slots)."""
+        if excused > 0.0:
+            usual_latency = self.baseline.get(kind, latency)
+            latency = max(latency - excused, min(latency, usual_latency))
         recent = self.recent.get(kind, latency) * (1 - self.smoothing) + latency * self.smoothing
         self.recent[kind] = recent
         # the baseline is the long-run average (about 500 calls), not the best ever seen: a model server's
