@@ -286,3 +286,32 @@ async def test_a_replica_whose_peers_stop_publishing_uses_the_whole_limit_again(
     await asyncio.sleep(0.2)
     assert one.others.replicas == 0 and one.own_limit(one.limit) == 2 and len(held) == 2
     await one.stop()
+
+
+@pytest.mark.parametrize("lag", [0.0, 0.01])
+async def test_a_whole_answers_per_token_time_is_excused_only_its_share_of_the_loops_lag(lag: float) -> None:
+    """Review of issue 23: a whole answer's latency is its time per token, and the loop's lateness delays the
+    call once, not every token: what is excused is the lag's share of one token (the lag in whole seconds
+    hid answers three times slower than usual, and the limit never came down)."""
+    from collections import deque
+
+    from tests.conftest import Clock
+
+    clock = Clock()
+    gate = Admission(AdmissionPolicy.from_data({"initial_limit": 16, "min_limit": 1, "max_limit": 64}, "t"),
+                     MemoryStore(), lambda: "normal")
+    gate.limiter = capacity.GradientLimit(initial=16, minimum=1, maximum=16, clock=clock)  # at the limit
+    gate.limiter.generating(0)  # the floor is the streams' to set (none here)
+    gate.loop_lag.lag = lag  # a flooded worker's loop, 10 ms late
+    out = deque([await gate.admit(who(n), "established", "normal", body()) for n in range(16)])
+    for per_token, calls in ((0.02, 400), (0.06, 200)):  # 200-token answers: usual, then three times slower
+        for n in range(calls):
+            clock.now += 0.05
+            gate.release(out.popleft(), latency=("tpot", per_token, 201))
+            while gate.in_flight < gate.limit:  # as many out as the limit lets (never waiting here)
+                out.append(await gate.admit(who(100 + n), "established", "normal", body()))
+        if per_token == 0.02:
+            usual = gate.limit
+    assert gate.limit < usual
+    for ticket in out:
+        gate.release(ticket)

@@ -526,7 +526,10 @@ class Admission:
         self._retry = None
         self._dispatch()
 
-    def release(self, ticket: Ticket, *, latency: tuple[str, float] | None = None, overloaded: bool = False) -> None:
+    def release(self, ticket: Ticket, *, latency: tuple[str, float] | tuple[str, float, int] | None = None,
+                overloaded: bool = False) -> None:
+        """`latency`: (kind, seconds), or (kind, seconds a part, parts) where the call's time was shared out
+        (a whole answer's per token)."""
         if ticket.released:
             return
         ticket.released = True
@@ -542,13 +545,14 @@ class Admission:
             self.limiter.overloaded()
             self.by_figures.overloaded()
         elif latency is not None:
-            self._sample(*latency, self.total_in_flight + 1, ticket)
+            self._sample(latency[0], latency[1], self.total_in_flight + 1, ticket, *latency[2:])
         self._dispatch()
 
-    def _sample(self, kind: str, latency: float, in_flight: int, ticket: Ticket) -> None:
+    def _sample(self, kind: str, latency: float, in_flight: int, ticket: Ticket, parts: int = 1) -> None:
         """Learnt even while figures set the limit: it stands in when they go stale. A call's latency spans a
-        few trips through this event loop: what the loop added is taken out."""
-        self.limiter.sample(kind, latency, in_flight, ticket.started, excused=3 * self.loop_lag.lag)
+        few trips through this event loop: what the loop added is taken out (its share, where the call's time
+        was shared out over `parts`)."""
+        self.limiter.sample(kind, latency, in_flight, ticket.started, excused=3 * self.loop_lag.lag / parts)
 
     async def reconcile(self, ticket: Ticket, used: int) -> None:
         """Charge the token budgets what the call really used instead of the estimate."""

@@ -152,7 +152,8 @@ class InferenceCall:
         finally:
             latency = None  # (a stream's time to first token was sampled when it came: Admission.first_token)
             if not outcome.first_token_at and outcome.finished_at:
-                latency = ("tpot", (outcome.finished_at - ticket.started) / (outcome.completion_tokens + 1))
+                parts = outcome.completion_tokens + 1
+                latency = ("tpot", (outcome.finished_at - ticket.started) / parts, parts)
             self.admission.release(ticket, latency=latency, overloaded=overloaded)
             self._reconcile = (ticket, outcome)
 
