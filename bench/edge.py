@@ -71,6 +71,14 @@ def settings_env(tmp: Path, **sections: dict[str, Any]) -> dict[str, str]:
     return {SETTINGS_ENV: settings.to_json()}
 
 
+def latency_policy() -> str:
+    """The default rules, with budgets no benchmark client reaches: what the latency is measured with is the
+    machinery, not a limit."""
+    policy = DEFAULT_POLICY.read_text().replace("established = 200000", "established = 1000000000")
+    policy = policy.replace('"120/1m burst 30"', '"1000000/1m burst 100000"')
+    return policy.replace("in_flight = { established = 16,", "in_flight = { established = 100000,")
+
+
 def rejection(tmp: Path, args: argparse.Namespace, script: Path) -> dict[str, Any]:
     (tmp / "flood.toml").write_text(FLOOD_POLICY)
     bare_port, fw_port = free_port(), free_port()
@@ -91,11 +99,7 @@ def rejection(tmp: Path, args: argparse.Namespace, script: Path) -> dict[str, An
 def latency(tmp: Path, args: argparse.Namespace, script: Path) -> dict[str, Any]:
     model_port, relay_port, fw_port = free_port(), free_port(), free_port()
     model_env = fast_model_env()
-    # the default rules, with budgets no benchmark client reaches: this measures the machinery, not a limit
-    policy = DEFAULT_POLICY.read_text().replace("established = 200000", "established = 1000000000")
-    policy = policy.replace('"120/1m burst 30"', '"1000000/1m burst 100000"')
-    policy = policy.replace("in_flight = { established = 16,", "in_flight = { established = 100000,")
-    (tmp / "latency.toml").write_text(policy)
+    (tmp / "latency.toml").write_text(latency_policy())
     upstream = f"http://127.0.0.1:{model_port}/v1"
     env = settings_env(tmp, edge={"policy": str(tmp / "latency.toml")}, upstream={"url": upstream})
     model_cmd = [*GRANIAN, "--factory", "--port", str(model_port), "floodwall.sim.model:app_from_env"]

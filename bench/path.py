@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from _common import CHAT, GRANIAN, fast_model_env, process
-from edge import settings_env
+from edge import latency_policy, settings_env
 from floodwall.config import SETTINGS_ENV, Settings
-from floodwall.edge.policy import DEFAULT_POLICY
 from floodwall.server import free_port
 
 OUT = Path(__file__).with_name("out")
@@ -168,11 +167,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
-        # as bench/edge.py's latency part: the default rules, with budgets no benchmark client reaches
-        policy = DEFAULT_POLICY.read_text().replace("established = 200000", "established = 1000000000")
-        policy = policy.replace('"120/1m burst 30"', '"1000000/1m burst 100000"')
-        policy = policy.replace("in_flight = { established = 16,", "in_flight = { established = 100000,")
-        (tmp / "policy.toml").write_text(policy)
+        (tmp / "policy.toml").write_text(latency_policy())  # as bench/edge.py's latency part
         model_port = free_port()
         upstream = f"http://127.0.0.1:{model_port}/v1"
         env = settings_env(tmp, edge={"policy": str(tmp / "policy.toml")}, upstream={"url": upstream})
