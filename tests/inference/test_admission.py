@@ -106,6 +106,36 @@ async def test_lower_tiers_hold_only_their_share_of_the_limit() -> None:
     second_new.cancel()
 
 
+async def test_where_the_level_lets_them_lower_tiers_take_the_slots_nobody_waits_for() -> None:
+    """Work-conserving (issue 23): with `spare`, a share is what a tier is sure of, not a cap; established
+    calls still go first, and a tier beyond its share never takes a slot another waits for within its own."""
+    gate = admission(initial_limit=4, max_limit=4, reserve_half_life="1ms",
+                     normal={"share": {"new": 0.25, "anonymous": 0.25}, "spare": True})
+    news = [asyncio.create_task(gate.admit(who(n), "new", "normal", body())) for n in (1, 2, 3)]
+    assert all([await started(task) for task in news])  # 25% of 4 is one, but nobody else waits
+    regular = asyncio.create_task(gate.admit(who(10), "established", "normal", body()))
+    fourth_new = asyncio.create_task(gate.admit(who(4), "new", "normal", body()))
+    assert await started(regular) and not await started(fourth_new)  # the last slot: established first
+    guest = asyncio.create_task(gate.admit(who(20), "anonymous", "normal", body()))
+    assert not await started(guest)
+    gate.release(regular.result())
+    # the new tier holds three, beyond its share; the guest waits within its own: the freed slot is the guest's
+    assert await started(guest) and not await started(fourth_new)
+    gate.release(news[0].result())
+    assert await started(fourth_new)
+
+
+async def test_a_tier_at_its_share_does_not_hold_back_the_tiers_below_it() -> None:
+    gate = admission(initial_limit=4, max_limit=4, reserve_half_life="1ms",
+                     normal={"share": {"new": 0.25, "anonymous": 0.25}})
+    await gate.admit(who(1), "new", "normal", body())
+    second_new = asyncio.create_task(gate.admit(who(2), "new", "normal", body()))
+    assert not await started(second_new)  # without `spare` the share is a cap
+    guest = asyncio.create_task(gate.admit(who(20), "anonymous", "normal", body()))
+    assert await started(guest)  # the new tier waits for its share, not for slots: the guest's share is free
+    second_new.cancel()
+
+
 async def test_full_queue_sheds_the_newest_of_the_lowest_tier() -> None:
     gate = admission(queue_size=2)
     await gate.admit(who(1), "established", "normal", body())
@@ -224,6 +254,8 @@ def test_bad_admission_policy_is_named() -> None:
 
     with pytest.raises(ConfigError, match="share"):
         AdmissionPolicy.from_data({"normal": {"share": {"new": 2}}}, "p")
+    with pytest.raises(ConfigError, match="spare"):
+        AdmissionPolicy.from_data({"normal": {"spare": "yes"}}, "p")
     with pytest.raises(ConfigError, match=r"normal in_flight: .*vip.*one of anonymous, established, new"):
         AdmissionPolicy.from_data({"normal": {"in_flight": {"vip": 2}}}, "p")
     with pytest.raises(ConfigError, match="initial_limit"):

@@ -4,7 +4,8 @@ Before the call: a cost estimate (prompt tokens + max_tokens) against per-accoun
 budgets (GCRA in the Store, reconciled with the real usage afterwards), and an in-flight cap per account.
 Then a concurrency limit learnt from the model server's latency (gradient, after Netflix's Gradient2) and
 its 503s, with a bounded priority queue: established accounts first, then new ones, then the rest. A lower
-tier may only use its share of the limit, is shed first when the queue is full, and waits less.
+tier is sure of its share of the limit (and, where the level lets it, takes the slots nobody else waits for),
+is shed first when the queue is full, and waits less.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class LevelTerms:
     tokens_per_minute: Mapping[str, int]
     in_flight: Mapping[str, int]
     max_choices: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    # lower tiers may take slots beyond their share that no call waits for (work-conserving); else each
+    # share is a cap, and slots beyond the shares idle while lower tiers wait
+    spare: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +79,7 @@ class AdmissionPolicy:
     def from_data(cls, data: Mapping[str, Any], where: str) -> AdmissionPolicy:
         table = msgspec.structs.asdict(typed(_ADMISSION, data, where))
         levels = {level: LevelTerms(terms.share, terms.max_tokens, terms.tokens_per_minute, terms.in_flight,
-                                    terms.max_choices)
+                                    terms.max_choices, terms.spare)
                   for level in LEVELS if (terms := table.pop(level)) is not None}
         waits = {tier: float(seconds) for tier, seconds in table.pop("max_wait").items()}
         policy = cls(**table, max_wait={**cls().max_wait, **waits}, levels=levels)
@@ -95,6 +99,7 @@ class _TermsTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tokens_per_minute: dict[Tier, Positive] = {}
     in_flight: dict[Tier, Positive] = {}
     max_choices: dict[Tier, Positive] = {}
+    spare: bool = False
 
 
 _ADMISSION = per_level("AdmissionTable", _TermsTable | None, None,
@@ -391,7 +396,8 @@ class Admission:
         if buckets:
             self.store.charge_later([b._replace(cost=-b.cost) for b in buckets])
 
-    def _may_start(self, tier: str, terms: LevelTerms) -> bool:
+    def _may_start(self, tier: str, terms: LevelTerms, spare: bool = False) -> bool:
+        """Whether a call of `tier` may start now: within its share, or (`spare`) beyond it."""
         limit = self.limit
         if self.in_flight >= self.own_limit(limit):
             return False
@@ -403,7 +409,7 @@ class Admission:
         # still hold the established calls of the recent peak, and only its share of the limit
         if self.total_in_flight + self._reserve(limit) >= limit:
             return False
-        return self._room(tier, terms, limit) > 0
+        return spare or self._room(tier, terms, limit) > 0
 
     def _room(self, tier: str, terms: LevelTerms, limit: int) -> float:
         """Calls the tier may still start within its share of the limit (at least one call's share)."""
@@ -411,8 +417,8 @@ class Admission:
         return max(1, math.floor(share * limit)) - self.by_tier[tier] if share < 1.0 else math.inf
 
     async def _wait_turn(self, ticket: Ticket, terms: LevelTerms) -> None:
-        ahead = any(self.queues[t] for t in TIER_ORDER[: TIER_ORDER.index(ticket.tier) + 1])
-        if not ahead and self._may_start(ticket.tier, terms):
+        # beyond its share only while nobody waits: a lower tier's call waiting within its own share goes first
+        if not self._ahead(ticket.tier, terms) and self._may_start(ticket.tier, terms, terms.spare and not self.queued):
             self._start(ticket)
             return
         if self.queued >= self.policy.queue_size and not self._shed_lower(ticket.tier):
@@ -438,6 +444,14 @@ class Admission:
             if not self._leave(ticket) and ticket.started:
                 self.release(ticket)
             raise
+
+    def _ahead(self, tier: str, terms: LevelTerms) -> bool:
+        """Calls wait that go before one of `tier`: established ones, its own tier's, and those of the tiers
+        between that wait for slots (a tier waiting only for room within its share holds back none below)."""
+        for other in TIER_ORDER[: TIER_ORDER.index(tier) + 1]:
+            if self.queues[other] and (other in (tier, TIER_ORDER[0]) or self._room(other, terms, self.limit) > 0):
+                return True
+        return False
 
     def _leave(self, ticket: Ticket) -> bool:
         """Take a waiting ticket out of its queue; False if it had already been started."""
@@ -483,8 +497,9 @@ class Admission:
             return
         terms = self.policy.terms(self.level())
         usable = 0  # the waiting lower-tier calls that could start, their shares allowing, if the slots were free
-        for tier in TIER_ORDER[1:]:
-            usable += int(min(len(self.queues[tier]), max(0, self._room(tier, terms, limit))))
+        for tier in _LOWER_TIERS:
+            waiting = len(self.queues[tier])
+            usable += waiting if terms.spare else int(min(waiting, max(0, self._room(tier, terms, limit))))
         self.reserve_budget.note(min(limit - self.total_in_flight, usable), limit, usable > 0, self._reserve(limit))
 
     def _reserve(self, limit: int) -> int:
@@ -495,17 +510,27 @@ class Admission:
     def _dispatch(self) -> None:
         self._note_idle()
         terms = self.policy.terms(self.level())
-        for tier in TIER_ORDER:
-            queue = self.queues[tier]
-            while queue and self._may_start(tier, terms):
-                ticket = queue.popleft()
-                if ticket._future is not None and not ticket._future.done():
-                    self._start(ticket)
-                    ticket._future.set_result(None)
-            if queue:
-                if tier != TIER_ORDER[0]:
-                    self._look_again()
-                return  # strict priority: a lower tier never goes before a waiting higher one
+        first = TIER_ORDER[0]
+        if not self._start_waiting(first, terms, False):
+            return  # nothing goes before a waiting established call
+        # each lower tier its share, in tier order; then, where the level lets them, the slots left over
+        for spare in (False, True) if terms.spare else (False,):
+            for tier in _LOWER_TIERS:
+                if not self._start_waiting(tier, terms, spare) and not spare and \
+                        self._room(tier, terms, self.limit) > 0:
+                    break  # it waits for slots, not for its share: the tiers below it wait behind it
+        if any(self.queues[tier] for tier in _LOWER_TIERS):
+            self._look_again()
+
+    def _start_waiting(self, tier: str, terms: LevelTerms, spare: bool) -> bool:
+        """Start the tier's waiting calls while they may go; True when none is left waiting."""
+        queue = self.queues[tier]
+        while queue and self._may_start(tier, terms, spare):
+            ticket = queue.popleft()
+            if ticket._future is not None and not ticket._future.done():
+                self._start(ticket)
+                ticket._future.set_result(None)
+        return not queue
 
     def first_token(self, ticket: Ticket) -> None:
         """The call's first token: from now it is being generated, not waiting in the model server's queue."""
