@@ -106,6 +106,11 @@ class Screen:
 
 def prompt_text(body: Mapping[str, Any]) -> str:
     """What a caller asks the model, from a chat, completion or embedding body (already validated)."""
+    return whole("\n".join(prompt_parts(body)))  # JSON may carry lone surrogates ("\ud800"); RE2 reads UTF-8
+
+
+def prompt_parts(body: Mapping[str, Any]) -> list[str]:
+    """The texts of prompt_text, one a message (or a part of one, or a prompt), in the body's order."""
     parts: list[str] = []
     messages = body.get("messages")
     for message in messages if isinstance(messages, list) else ():
@@ -121,7 +126,7 @@ def prompt_text(body: Mapping[str, Any]) -> str:
             parts.append(value)
         elif isinstance(value, list):
             parts.extend(item for item in value if isinstance(item, str))
-    return whole("\n".join(parts))  # JSON may carry lone surrogates ("\\ud800"); RE2 and hashing read UTF-8
+    return parts
 
 
 SHINGLES = 200  # a campaign's prompts are alike from their start: the first 200 word pairs decide
