@@ -10,7 +10,7 @@ import pytest
 
 from floodwall.errors import ApiError
 from floodwall.inference import capacity
-from floodwall.inference.admission import Admission, AdmissionPolicy, estimate_cost
+from floodwall.inference.admission import Admission, AdmissionPolicy, Others, estimate_cost
 from floodwall.inference.model_metrics import Reading
 from floodwall.principal import Principal
 from floodwall.state.memory import MemoryStore
@@ -347,3 +347,35 @@ async def test_a_whole_answers_per_token_time_is_excused_only_its_share_of_the_l
     assert gate.limit < usual
     for ticket in out:
         gate.release(ticket)
+
+
+async def test_an_accounts_waiting_calls_count_toward_its_cap() -> None:
+    """The cap on an account's calls at once counts those waiting too: they would all start as slots free
+    (adversarial review of 608db8f: one anonymous account, capped at one, held three slots)."""
+    gate = admission(initial_limit=4, max_limit=4, queue_size=8, reserve_half_life="1ms",
+                     normal={"share": {"anonymous": 0.25}, "in_flight": {"anonymous": 1}, "spare": True})
+    regulars = [await gate.admit(who(n), "established", "normal", body()) for n in range(4)]
+    first = asyncio.create_task(gate.admit(who(20), "anonymous", "normal", body()))
+    assert not await started(first)  # it waits for a slot
+    with pytest.raises(ApiError) as capped:
+        await gate.admit(who(20), "anonymous", "normal", body())
+    assert capped.value.reason == "in-flight/account"
+    first.cancel()
+    await asyncio.sleep(0)
+    second = asyncio.create_task(gate.admit(who(20), "anonymous", "normal", body()))  # its first left the queue
+    for ticket in regulars:
+        gate.release(ticket)
+    assert await started(second) and gate.by_account[20] == 1 and not gate.waiting_by_account
+
+
+async def test_no_slot_beyond_a_share_is_lent_while_another_replica_has_calls_waiting() -> None:
+    """The board does not say which tier waits at the other replicas, or within which share: no lending then
+    (adversarial review of 608db8f: a flood of new calls at one replica starved the other's anonymous)."""
+    gate = admission(initial_limit=4, max_limit=4, reserve_half_life="1ms",
+                     normal={"share": {"new": 0.25}, "spare": True})
+    gate.others = Others(replicas=1, in_flight=0, demand=1)  # one call waiting there, none running
+    news = [asyncio.create_task(gate.admit(who(n), "new", "normal", body())) for n in range(3)]
+    assert [await started(task) for task in news] == [True, False, False]  # its share, no more
+    gate.others = Others(replicas=1, in_flight=1, demand=1)  # theirs started: nobody waits there now
+    gate._dispatch()
+    assert [await started(task) for task in news] == [True, True, False]  # its claim this round: half the free

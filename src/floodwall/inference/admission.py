@@ -204,6 +204,7 @@ class Admission:
         self.in_flight = 0
         self.by_tier: collections.Counter[str] = collections.Counter()
         self.by_account: collections.Counter[int] = collections.Counter()
+        self.waiting_by_account: collections.Counter[int] = collections.Counter()  # its calls in the queues
         self.queues: dict[str, collections.deque[Ticket]] = {tier: collections.deque() for tier in TIER_ORDER}
         self.shed: collections.Counter[str] = collections.Counter()
         self.admitted: collections.Counter[str] = collections.Counter()
@@ -370,7 +371,9 @@ class Admission:
             tightest = min(verdicts, key=lambda v: v.remaining)
             headers = ratelimit("tokens", terms.tokens_per_minute[tier], tightest.remaining, tightest.reset_after)
         cap_in_flight = terms.in_flight.get(tier)
-        if cap_in_flight is not None and self.by_account[principal.user_id] >= cap_in_flight:
+        # its calls waiting count too: they all start as soon as slots free
+        if cap_in_flight is not None and \
+                self.by_account[principal.user_id] + self.waiting_by_account[principal.user_id] >= cap_in_flight:
             await self._refund(buckets)
             raise ApiError(429, f"Too many calls at once on this account (at most {cap_in_flight}).",
                            "too_many_concurrent_requests", retry_after=1, reason="in-flight/account")
@@ -409,7 +412,11 @@ class Admission:
         # still hold the established calls of the recent peak, and only its share of the limit
         if self.total_in_flight + self._reserve(limit) >= limit:
             return False
-        return spare or self._room(tier, terms, limit) > 0
+        if self._room(tier, terms, limit) > 0:
+            return True
+        # beyond its share: only where no other replica has calls waiting (the board does not say of which
+        # tier, or whether within their shares: they may be owed these slots)
+        return spare and self.others.demand <= self.others.in_flight
 
     def _room(self, tier: str, terms: LevelTerms, limit: int) -> float:
         """Calls the tier may still start within its share of the limit (at least one call's share)."""
@@ -426,6 +433,7 @@ class Admission:
             raise _busy(ticket.tier)
         ticket._future = asyncio.get_running_loop().create_future()
         self.queues[ticket.tier].append(ticket)
+        self.waiting_by_account[ticket.account] += 1
         if ticket.tier != TIER_ORDER[0]:
             self._note_idle()
             self._look_again()
@@ -457,16 +465,24 @@ class Admission:
         """Take a waiting ticket out of its queue; False if it had already been started."""
         try:
             self.queues[ticket.tier].remove(ticket)
-            self._note_idle()
-            return True
         except ValueError:
             return False
+        self._dequeued(ticket)
+        self._note_idle()
+        return True
+
+    def _dequeued(self, ticket: Ticket) -> None:
+        waiting = self.waiting_by_account
+        waiting[ticket.account] -= 1
+        if waiting[ticket.account] <= 0:
+            del waiting[ticket.account]
 
     def _shed_lower(self, tier: str) -> bool:
         """Make room by turning away the newest waiter of the lowest tier below `tier`."""
         for lower in reversed(TIER_ORDER[TIER_ORDER.index(tier) + 1:]):
             if self.queues[lower]:
                 victim = self.queues[lower].pop()
+                self._dequeued(victim)
                 self._count_shed(lower)
                 if victim._future is not None and not victim._future.done():
                     victim._future.set_exception(_busy(lower))
@@ -527,6 +543,7 @@ class Admission:
         queue = self.queues[tier]
         while queue and self._may_start(tier, terms, spare):
             ticket = queue.popleft()
+            self._dequeued(ticket)
             if ticket._future is not None and not ticket._future.done():
                 self._start(ticket)
                 ticket._future.set_result(None)
@@ -539,7 +556,10 @@ class Admission:
             self.limiter.generating(+1)
             # sampled now, not when the call ends: a round of the limit is then a first token's wait, not a
             # whole generation (minutes, for a long one)
+            limit = self.limit
             self._sample("ttft", time.monotonic() - ticket.started, self.total_in_flight, ticket)
+            if self.limit > limit and self.queued:
+                self._dispatch()  # (no call ended to say so)
 
     def _look_again(self) -> None:
         """A lower tier waits with slots free: the established tier's reserve holds it back, and the reserve
