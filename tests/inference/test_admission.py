@@ -10,7 +10,7 @@ import pytest
 
 from floodwall.errors import ApiError
 from floodwall.inference import capacity
-from floodwall.inference.admission import Admission, AdmissionPolicy, Others, estimate_cost
+from floodwall.inference.admission import Admission, AdmissionPolicy, Others, Ticket, estimate_cost
 from floodwall.inference.model_metrics import Reading
 from floodwall.principal import Principal
 from floodwall.state.memory import MemoryStore
@@ -301,6 +301,19 @@ async def test_replicas_sharing_a_model_server_keep_to_one_limit_between_them(sh
         await one.stop()
         await two.stop()
         await store.close()
+
+
+def test_a_replica_wanting_most_leaves_the_others_the_slot_they_are_owed() -> None:
+    """Both replicas round their fair shares up; the one wanting most must not round into the one slot a
+    small one is owed (adversarial review of 608db8f: 24 calls wanted against 1, 4 slots, it claimed all 4
+    and took each freed slot back before the other's next round)."""
+    gate = admission(initial_limit=4, max_limit=4)
+    gate.queues["new"].extend(Ticket("new", n, None, [], 1, None) for n in range(24))
+    gate._published = 4  # it told the others it ran four: its claim this round is all four
+    gate.others = Others(replicas=1, in_flight=0, demand=1)
+    assert gate.own_limit(4) == 3
+    gate.others = Others(replicas=3, in_flight=0, demand=2)  # at most two of the three want any
+    assert gate.own_limit(4) == 2
 
 
 async def test_a_replica_whose_peers_stop_publishing_uses_the_whole_limit_again() -> None:

@@ -287,8 +287,11 @@ class Admission:
         else:
             rest, others_rest = mine - mine_first, others.demand - others_first
             fair = mine_first + (limit - every_first) * rest / max(1, rest + others_rest)
-        # rounded up: the shares' remainders are used (the others' figures, read, bound what this one takes)
-        return min(free, claim, max(1, math.ceil(fair)))
+        # rounded up: the shares' remainders are used (the others' figures, read, bound what this one takes);
+        # but never the slot each other replica with calls wanted is owed (at least one): else the replica that
+        # wants most takes back each slot as it frees, and a small one is starved between its rounds
+        owed = min(others.replicas, others.demand)
+        return min(free, claim, max(1, math.ceil(fair)), max(1, limit - owed))
 
     @property
     def queued(self) -> int:
