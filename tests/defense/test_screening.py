@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from floodwall.defense.conversations import Conversations
 from floodwall.defense.prompts import Campaigns, PromptPolicy, Screen, load_rules
-from floodwall.defense.screening import Aside, Charged, PromptGuard
+from floodwall.defense.screening import Aside, PromptGuard
 from floodwall.errors import ApiError
 from floodwall.limits import Bucket
 from floodwall.principal import Principal
@@ -231,18 +232,55 @@ def test_at_a_refuse_level_a_conversation_holding_a_flagged_message_is_still_ref
     assert strikes_left(store) == 8  # the second refusal is the first's conversation: no strike of its own
 
 
-def test_what_was_charged_is_kept_per_account_for_a_while_and_bounded() -> None:
+def test_a_branch_or_a_long_new_turn_is_another_attempt() -> None:
+    """Going on from a charged conversation is free once from each point: a second call from the same point (one
+    jailbreak, then payload after payload) spends its strike; so does a trailing message that only pads a retry,
+    and a new turn too long to score again on the event loop (adversarial review of 37d0a56)."""
+    model, store, traffic = Model(), MemoryStore(), Traffic()
+    screening = guard(model, store, traffic)
+    attack = ATTACK["messages"][0]["content"]
+
+    async def call(body: dict[str, Any]) -> None:
+        aside = await screening.check(WHO, body, "established", "normal")
+        assert aside is not None
+        aside.run()
+
+    asyncio.run(call(turns(attack)))
+    asyncio.run(call(turns(attack, "First question?")))  # the conversation goes on: free
+    asyncio.run(call(turns(attack, "Second question?")))  # from the same point again: a branch
+    padded = {"messages": [*ATTACK["messages"], {"role": "user", "content": " \n "}]}
+    asyncio.run(call(padded))  # whitespace is not a message: the same prompt again
+    asyncio.run(call(turns(attack, "Second question?", "x" * (Conversations.FRESH + 1))))
+    assert strikes_left(store) == 5  # of 9: four spent
+
+
+def test_conversations_are_bounded_and_forgotten() -> None:
     now = [0.0]
-    charged = Charged(clock=lambda: now[0])
-    charged.add(1, ["attack", "answer"])
-    assert charged.fresh(1, ["attack", "answer", "next"]) == ["next"]
-    assert charged.fresh(2, ["attack", "next"]) is None  # another account's are its own
-    assert charged.fresh(1, ["other"]) is None  # nothing of it charged before
-    now[0] = Charged.TTL + 1
-    assert charged.fresh(1, ["attack", "next"]) is None  # forgotten
-    charged.add(1, [f"m{i}" for i in range(Charged.PER_ACCOUNT + 10)])
-    assert charged.fresh(1, ["m0", "x"]) is None and charged.fresh(1, ["m300", "x"]) is None
-    assert charged.fresh(1, [f"m{Charged.PER_ACCOUNT + 9}", "x"]) == ["x"]
-    for account in range(2, Charged.ACCOUNTS + 2):
-        charged.add(account, ["a"])
-    assert len(charged._by_account) == Charged.ACCOUNTS and 1 not in charged._by_account  # the oldest went
+    book = Conversations(clock=lambda: now[0])
+    first = book.chain(["attack", "answer", "next"])
+    assert first is not None and book.went_on(1, first) is None
+    book.charged(1, first[:1])
+    assert book.went_on(1, first) == 1 and book.went_on(2, first) is None  # another account's are its own
+    assert book.went_on(1, first[:1]) is None  # the same call again does not go on from itself
+    book.charged(1, first, 1)
+    assert book.went_on(1, [*first, 7]) == 3 and book.went_on(1, first) is None  # the point was used up
+    now[0] = Conversations.TTL + 1
+    assert book.went_on(1, [*first, 7]) is None  # forgotten
+    assert book.chain(["m"] * (Conversations.PARTS + 1)) is None
+    for n in range(Conversations.HEADS + 3):
+        book.charged(1, [100 + n])
+    assert len(book._heads[1]) == Conversations.HEADS
+    for account in range(2, Conversations.ACCOUNTS + 2):
+        book.charged(account, [5])
+    assert len(book._heads) == Conversations.ACCOUNTS and 1 not in book._heads  # the least lately charged went
+
+
+def test_a_body_of_many_messages_is_read_within_a_bound() -> None:
+    """A completions body may carry a list of any length: a flagged one costs one pass over it, and what is kept
+    of it is one hash (the review: remembering every part took O(n^2), seconds of the event loop)."""
+    model, store, traffic = Model(), MemoryStore(), Traffic()
+    screening = guard(model, store, traffic)
+    body = {"prompt": [ATTACK["messages"][0]["content"], *map(str, range(60_000))]}
+    with pytest.raises(ApiError):
+        asyncio.run(screening.check(WHO, body, "established", "under_attack"))
+    assert screening.conversations._heads == {}  # past PARTS: another attempt each time, nothing kept

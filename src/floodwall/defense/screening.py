@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from floodwall import logs
 from floodwall.defense.classifier import PromptModel, shipped
+from floodwall.defense.conversations import Conversations
 from floodwall.defense.prompts import Campaigns, PromptPolicy, Screen, prompt_parts
 from floodwall.defense.prompts import Verdict as PromptVerdict
 from floodwall.defense.request_parts import whole
@@ -84,41 +84,6 @@ class Aside:
         return judge(self._scores)
 
 
-class Charged:
-    """The messages of an account's flagged prompts lately (their hashes): a conversation sends its whole
-    history with every call, so a flagged message in it would otherwise spend a strike every turn, and a
-    benign one the screening got wrong would run the account out of strikes within a dozen turns. A flagged
-    call whose flag comes from messages charged before, and whose own new messages pass, is that conversation
-    going on, not another attempt. Bounded: PER_ACCOUNT hashes for each of ACCOUNTS accounts, kept TTL."""
-
-    PER_ACCOUNT, ACCOUNTS, TTL = 256, 10_000, 3600.0
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self._by_account: dict[int, dict[int, float]] = {}  # account: {hash of a message: kept until}
-
-    def fresh(self, account: int, parts: Sequence[str]) -> list[str] | None:
-        """The parts not charged lately, or None when none was (nothing of this prompt was flagged before)."""
-        seen = self._by_account.get(account)
-        if not seen:
-            return None
-        now = self.clock()
-        new = [part for part in parts if seen.get(hash(part), -math.inf) < now]
-        return None if len(new) == len(parts) else new
-
-    def add(self, account: int, parts: Sequence[str]) -> None:
-        seen = self._by_account.pop(account, None) or {}  # put back last: the oldest account goes first
-        while len(self._by_account) >= self.ACCOUNTS:
-            del self._by_account[next(iter(self._by_account))]
-        until = self.clock() + self.TTL
-        for part in parts:
-            seen.pop(hash(part), None)
-            seen[hash(part)] = until
-        while len(seen) > self.PER_ACCOUNT:
-            del seen[next(iter(seen))]
-        self._by_account[account] = seen
-
-
 class PromptGuard:
     """The policy's [prompts] table applied to one call: `strike_buckets` gives an account's prompt-strike
     limits (the edge policy's rules for the prompt-strike class). `model` is the classifier beside the rules,
@@ -138,7 +103,7 @@ class PromptGuard:
         self.strike_buckets = strike_buckets
         self.traffic = traffic or Traffic()
         self._asides: dict[int, set[Aside]] = {}  # per account, its calls' prompts not scored yet
-        self.charged = Charged()
+        self.conversations = Conversations()
 
     def action(self, level: str) -> str:
         return self.policy.actions.get(level, "off")
@@ -154,7 +119,7 @@ class PromptGuard:
         action = self.action(level)
         if action == "off":
             return None
-        parts = [part for part in prompt_parts(body) if part]
+        parts = [part for part in prompt_parts(body) if part.strip()]
         text = whole("\n".join(parts))
         if not text:
             return None
@@ -211,8 +176,8 @@ class PromptGuard:
               strikes: Sequence[tuple[Bucket, Verdict]], scores: Scores | None = None,
               parts: Sequence[str] = ()) -> bool:
         """Score the prompt by the rules, the classifier (unless the scorer process did: `scores`) and the
-        campaigns; when that flags it, log it and spend a strike (flag, refuse; not where the flag is the
-        history's, see Charged: `parts` are the prompt's messages), and raise the refusal (refuse). True when
+        campaigns; when that flags it, log it and spend a strike (flag, refuse; not where a charged conversation
+        goes on, defense/conversations.py: `parts` are the prompt's messages), and raise the refusal (refuse). True when
         a strike was spent."""
         verdict, probability = scores or (self.screen.score(text), self.probability(text, level))
         senders = self.campaigns.seen(text, principal.user_id)
@@ -220,17 +185,22 @@ class PromptGuard:
         if reason is None:
             return False
         rules = verdict.rules + ((CAMPAIGN,) if senders >= self.policy.campaign else ())
-        fresh = self.charged.fresh(principal.user_id, parts) if parts else None
-        # the conversation going on: its new messages pass, and what flags it was charged before
-        history = bool(fresh) and not self._flags(whole("\n".join(fresh or ())), level)
+        charging = action in ("flag", "refuse") and bool(strikes)
+        chain = self.conversations.chain(parts) if charging and parts else None
+        went_on = self.conversations.went_on(principal.user_id, chain) if chain else None
+        history = False
+        if went_on is not None:  # a charged conversation going on: unless its new messages flag on their own
+            new = parts[went_on:]
+            history = sum(map(len, new)) + len(new) <= Conversations.FRESH and \
+                not self._flags(whole("\n".join(new)), level)
         self.traffic.event("prompt.history" if history else f"prompt.{action}")
         logs.event(log, "prompt_flagged", logging.INFO if history else logging.WARNING, account=principal.user_id,
                    key=principal.key_id, score=verdict.score, model_probability=round(probability, 4),
                    rules=list(rules), campaign_accounts=senders, action=action, reason=reason, defense_level=level,
                    history=history)
-        spent = action in ("flag", "refuse") and bool(strikes) and not history
-        if parts and action in ("flag", "refuse"):
-            self.charged.add(principal.user_id, parts)
+        spent = charging and not history
+        if chain is not None:
+            self.conversations.charged(principal.user_id, chain, went_on if history else None)
         if spent:
             # a strike is spent without asking, with the call's other reconciliations: no round trip of its own
             self.store.charge_later([bucket for bucket, _ in strikes])
