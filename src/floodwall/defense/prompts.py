@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -106,11 +106,17 @@ class Screen:
 
 def prompt_text(body: Mapping[str, Any]) -> str:
     """What a caller asks the model, from a chat, completion or embedding body (already validated)."""
-    return whole("\n".join(prompt_parts(body)))  # JSON may carry lone surrogates ("\ud800"); RE2 reads UTF-8
+    return joined(prompt_parts(body))
+
+
+def joined(parts: Sequence[str]) -> str:
+    """Texts as one prompt, a line apart: JSON may carry lone surrogates ("\\ud800"); RE2 and hashing read UTF-8."""
+    return whole("\n".join(parts))
 
 
 def prompt_parts(body: Mapping[str, Any]) -> list[str]:
-    """The texts of prompt_text, one a message (or a part of one, or a prompt), in the body's order."""
+    """The texts of prompt_text, one a message (or a part of one, or a prompt), in the body's order; those
+    of only whitespace left out (they are no message)."""
     parts: list[str] = []
     messages = body.get("messages")
     for message in messages if isinstance(messages, list) else ():
@@ -126,7 +132,7 @@ def prompt_parts(body: Mapping[str, Any]) -> list[str]:
             parts.append(value)
         elif isinstance(value, list):
             parts.extend(item for item in value if isinstance(item, str))
-    return parts
+    return [part for part in parts if part.strip()]
 
 
 SHINGLES = 200  # a campaign's prompts are alike from their start: the first 200 word pairs decide

@@ -15,9 +15,8 @@ from typing import Any
 from floodwall import logs
 from floodwall.defense.classifier import PromptModel, shipped
 from floodwall.defense.conversations import Conversations
-from floodwall.defense.prompts import Campaigns, PromptPolicy, Screen, prompt_parts
+from floodwall.defense.prompts import Campaigns, PromptPolicy, Screen, joined, prompt_parts
 from floodwall.defense.prompts import Verdict as PromptVerdict
-from floodwall.defense.request_parts import whole
 from floodwall.defense.scorer import Scorer, Scores
 from floodwall.errors import ApiError
 from floodwall.limits import Bucket, Caller, Verdict
@@ -119,8 +118,8 @@ class PromptGuard:
         action = self.action(level)
         if action == "off":
             return None
-        parts = [part for part in prompt_parts(body) if part.strip()]
-        text = whole("\n".join(parts))
+        parts = prompt_parts(body)
+        text = joined(parts)
         if not text:
             return None
         if strikes is None:
@@ -192,7 +191,7 @@ class PromptGuard:
         if went_on is not None:  # a charged conversation going on: unless its new messages flag on their own
             new = parts[went_on:]
             history = sum(map(len, new)) + len(new) <= Conversations.FRESH and \
-                not self._flags(whole("\n".join(new)), level)
+                not self._flags(joined(new), level)
         self.traffic.event("prompt.history" if history else f"prompt.{action}")
         logs.event(log, "prompt_flagged", logging.INFO if history else logging.WARNING, account=principal.user_id,
                    key=principal.key_id, score=verdict.score, model_probability=round(probability, 4),
@@ -249,8 +248,7 @@ class PromptGuard:
 
     def _flags(self, text: str, level: str) -> bool:
         """The rules or the classifier flag this text (the campaigns aside: they are whole prompts')."""
-        return self.screen.score(text).score >= self.policy.threshold or \
-            self.probability(text, level) >= self.policy.model_threshold(level)
+        return self._reason(self.screen.score(text), self.probability(text, level), 0, level) is not None
 
     def _reason(self, verdict: PromptVerdict, probability: float, senders: int, level: str) -> str | None:
         """One verdict from the three: the heaviest rule when the rules flag the prompt, else the model when
