@@ -185,8 +185,8 @@ class Model:
         return 0.0
 
 
-@pytest.mark.parametrize("answer_first", [False, True], ids=["end-first", "answer-first"])
-def test_a_flagged_prompt_aside_spends_its_strike_by_the_process_answer(answer_first: bool) -> None:
+@pytest.mark.parametrize("long_call", [False, True], ids=["short-call", "long-call"])
+def test_a_flagged_prompt_aside_spends_its_strike_by_the_process_answer(long_call: bool) -> None:
     traffic, store, model = Traffic(), MemoryStore(), Model()
 
     async def scenario(scorer: Scorer) -> None:
@@ -195,9 +195,11 @@ def test_a_flagged_prompt_aside_spends_its_strike_by_the_process_answer(answer_f
                                 traffic, model=model, scorer=scorer)  # type: ignore[arg-type]
         aside = await screening.check(WHO, ATTACK, "established", "normal")
         assert aside is not None
-        if answer_first:
-            await until(lambda: scorer.answered == 1)
-            assert traffic.current.get(event_key("prompt.flag")) is None  # the call has not ended
+        # nothing is written to the process on the call's path: the write waits for the answer to be out
+        assert not scorer._pending and scorer.answered == 0
+        if long_call:  # past Aside.AFTER into the call: the prompt goes then, and its answer spends the strike
+            await until(lambda: traffic.current.get(event_key("prompt.flag")) == 1)
+            assert scorer.answered == 1
         aside.end()  # the call's answer is out: the scoring runs with the process's answer
         await until(lambda: traffic.current.get(event_key("prompt.flag")) == 1)
         (verdict,) = await store.peek([STRIKE])

@@ -112,9 +112,6 @@ class Scorer:
             self.declined += 1
             return False
         self._next += 1
-        # written now, before the call's request goes upstream, though the write (it wakes the process) costs
-        # the loop 30-50 µs: written once the call first waited instead, the answer came back as the model's
-        # did and the call's p50 through floodwall rose by 0.15 ms (bench/path.py --pause-ms 2, four runs)
         pipe.write(_frame((self._next, bounded(text), with_model)))
         pending[self._next] = (reply, now)
         return True
