@@ -15,7 +15,6 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -69,6 +68,7 @@ from floodwall.web import pages
 from floodwall.web import routes as web_routes
 from floodwall.web import status as status_routes
 from floodwall.web import two_factor as two_factor_routes
+from floodwall.web.direct import Direct, fixed_routes
 from floodwall.web.openapi import openapi
 from floodwall.web.security_headers import SecurityHeaders
 from floodwall.web.services import Services
@@ -214,7 +214,6 @@ def build_app(settings: Settings) -> Gate:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(SecurityHeaders, https=settings.server.public_url.startswith("https://"))],
         exception_handlers={
             errors.ApiError: errors.on_api_error,
             HTTPException: errors.on_http_exception,
@@ -227,7 +226,10 @@ def build_app(settings: Settings) -> Gate:
         },
     )
     app.state.services = services
-    gate = Gate(app, policy=policy, store=store, control=control, principals=accounts, trusted_proxies=trusted,
+    # the security headers on every answer, the app's 500s included; the model calls before Starlette's router
+    inner = SecurityHeaders(Direct(app, fixed_routes(inference_routes.routes)),
+                            https=settings.server.public_url.startswith("https://"))
+    gate = Gate(inner, policy=policy, store=store, control=control, principals=accounts, trusted_proxies=trusted,
                 new_account_age=settings.defense.new_account_age, networks=services.networks, traffic=traffic,
                 known_device=services.guard.known_device,
                 scoring=Scoring(policies.scoring) if policies.scoring is not None else None,

@@ -25,7 +25,7 @@ from floodwall.edge.credentials import DEVICE_COOKIE, cookie_value, credential
 from floodwall.edge.fetch_metadata import CROSS_SITE, cross_site
 from floodwall.edge.policy import Policy, classify
 from floodwall.errors import ApiError, send_error
-from floodwall.headers import ratelimit, with_headers
+from floodwall.headers import ratelimit
 from floodwall.identity import Networks, TrustedProxies, client_address
 from floodwall.inspection import Described, ProbeWatch, RequestScoring, Score
 from floodwall.limits import Bucket, Caller, Verdict, first_refusal
@@ -162,10 +162,9 @@ class Gate:
             return
         # established accounts are not counted as scanners: their own app's 404s are not a scan
         watch = self._probe_watch(text, scope) if self.probes is not None and found.tier != "established" else None
-        send = _observed(send, traffic, klass, watch)
-        if found.verdicts and klass.startswith("api"):
-            send = _with_ratelimit_headers(send, found.buckets, found.verdicts)
-        await self.app(scope, receive, send)
+        headers = _ratelimit_headers(found.buckets, found.verdicts) if found.verdicts and klass.startswith("api") \
+            else None
+        await self.app(scope, receive, _observed(send, traffic, klass, watch, headers))
 
     async def decide(self, scope: Scope, klass: str, text: str, spend: bool = True) -> Decision:
         """The gate's decision for a request, in its fixed order: a refusal remembered a moment ago, the
@@ -455,25 +454,28 @@ def _wait(verdicts: Sequence[Verdict], refusal: ApiError) -> float:
     return max(waits) if waits else float(refusal.retry_after or 0)
 
 
-def _observed(send: Send, traffic: Traffic, klass: str, watch: Callable[[int], None] | None = None) -> Send:
-    """Count the answer's status class once it starts (and show refusals to the probe watch)."""
+def _observed(send: Send, traffic: Traffic, klass: str, watch: Callable[[int], None] | None = None,
+              headers: list[tuple[bytes, bytes]] | None = None) -> Send:
+    """Count the answer's status class once it starts (and show refusals to the probe watch), adding
+    `headers` to it. One wrapper of the send, not one for each: each costs every message of the answer."""
     async def observe(message: Message) -> None:
         if message["type"] == "http.response.start":
             status = message["status"]
             traffic.answered(klass, status)
             if watch is not None and status >= 400:
                 watch(status)
+            if headers:
+                message = {**message, "headers": [*message.get("headers", ()), *headers]}
         await send(message)
 
     return observe
 
 
-def _with_ratelimit_headers(send: Send, buckets: Sequence[Bucket], verdicts: Sequence[Verdict]) -> Send:
+def _ratelimit_headers(buckets: Sequence[Bucket], verdicts: Sequence[Verdict]) -> list[tuple[bytes, bytes]]:
     # the tightest limit is the one the client must pace itself by
     index = min(range(len(verdicts)), key=lambda i: verdicts[i].remaining)
     bucket, verdict = buckets[index], verdicts[index]
-    return with_headers(send, ratelimit("requests", round(bucket.tolerance / bucket.interval), verdict.remaining,
-                                        verdict.reset_after))
+    return ratelimit("requests", round(bucket.tolerance / bucket.interval), verdict.remaining, verdict.reset_after)
 
 
 def _blocked(reason: str) -> ApiError:
