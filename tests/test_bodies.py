@@ -82,3 +82,19 @@ def test_a_body_that_does_not_come_is_a_408_in_a_task_cancelled_before(monkeypat
     with pytest.raises(ApiError) as refused:
         asyncio.run(scenario())
     assert refused.value.status == 408
+
+
+@pytest.mark.parametrize("declared", [b"2", None])
+def test_a_body_of_its_declared_length_is_whole_without_the_servers_last_message(declared: bytes | None) -> None:
+    """granian sends a body in full with more_body, then an empty last message (a hop through its I/O thread):
+    the declared length says the body is whole. Without one, the last message is what says it."""
+    headers = [(b"content-length", declared)] if declared else []
+    parts = [{"type": "http.request", "body": b"", "more_body": False},
+             {"type": "http.request", "body": b"}", "more_body": True},
+             {"type": "http.request", "body": b"{", "more_body": True}]
+
+    async def receive() -> dict[str, Any]:
+        return parts.pop()
+
+    assert asyncio.run(receive_body({"type": "http", "headers": headers}, receive, 1 << 20)) == b"{}"
+    assert len(parts) == (1 if declared else 0)

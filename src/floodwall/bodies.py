@@ -20,6 +20,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 async def receive_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     declared = header(scope, b"content-length")
+    length = None
     if declared is not None:
         length = whole_number(declared)
         if length is None:
@@ -54,7 +55,9 @@ async def receive_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             if size > limit:
                 raise _too_large(limit)
             chunks.append(chunk)
-            if not message.get("more_body", False):
+            # the declared length is the body's end (HTTP/1.1 frames it so): the server's last, empty message
+            # is not waited for, a hop through its I/O thread that cost granian some 100 µs a call
+            if not message.get("more_body", False) or size == length:
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     except asyncio.CancelledError:
         # the timer's own cancel, and nobody else's (the client leaving, a shutdown): a 408
