@@ -363,7 +363,8 @@ class Admission:
         buckets = self._token_buckets(principal, tier, terms, estimate)
         headers: list[tuple[bytes, bytes]] = []
         if buckets:
-            verdicts = await self.store.hit(buckets)
+            # the memory store decides without I/O: no coroutine to build and await (as the gate)
+            verdicts = self.store.decide_now(buckets) or await self.store.hit(buckets)
             for bucket, verdict in zip(buckets, verdicts, strict=True):
                 if not verdict.allowed:
                     raise ApiError(
