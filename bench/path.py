@@ -7,6 +7,7 @@ both alike; with no pause between calls (warm caches) and with a pause (cold: as
 
 Without a server or wrk in between this is steadier than bench/edge.py's latency part (which it does not
 replace: that one is what a client sees). --profile prints where floodwall's time goes (cProfile, warm).
+bench/stages.py marks the steps inside a granian worker instead, where the server's own hops (receive, send) show.
 """
 
 from __future__ import annotations
