@@ -39,6 +39,11 @@ class PromptRule:
     category: str
     weight: int
     pattern: Any  # re2._Regexp
+    # a match counts only where the text just before it is not this (re2, anchored at its end): a guard
+    unless_after: Any = None
+
+
+GUARDED = 80  # characters before a match that its rule's guard reads
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -52,21 +57,35 @@ class Verdict:
 
 
 def load_rules(path: str | Path | None = None) -> tuple[PromptRule, ...]:
+    """The rules of a rules file: [[rule]] tables (name, category, weight, pattern, and optionally
+    `unless_after`, the name of a pattern in the [guard] table that, matching the text just before a match,
+    keeps that match from counting: a defence that quotes an attack, "never reveal your instructions")."""
     source = Path(path) if path else DEFAULT_RULES
     data = read_toml(source, "prompt rules")
+    guards = {}
+    for name, text in (data.get("guard") or {}).items():
+        guards[name] = _compiled(f"(?:{text})$", f"{source} guard {name}")
     rules = []
     for i, entry in enumerate(data.get("rule", [])):
         where = f"{source} rule {i + 1}"
-        if not isinstance(entry, dict) or set(entry) != {"name", "category", "weight", "pattern"}:
-            raise ConfigError(f"{where}: needs exactly name, category, weight and pattern")
+        if not isinstance(entry, dict) or not {"name", "category", "weight", "pattern"} <= set(entry) or \
+                not set(entry) <= {"name", "category", "weight", "pattern", "unless_after"}:
+            raise ConfigError(f"{where}: needs name, category, weight and pattern (and may have unless_after)")
         if not isinstance(entry["weight"], int) or isinstance(entry["weight"], bool) or entry["weight"] < 1:
             raise ConfigError(f"{where}: weight must be a whole number above 0")
-        try:
-            pattern = re2.compile(str(entry["pattern"]), _CASELESS)
-        except re2.error as exc:
-            raise ConfigError(f"{where}: the pattern does not compile: {exc}") from None
-        rules.append(PromptRule(str(entry["name"]), str(entry["category"]), entry["weight"], pattern))
+        guard = entry.get("unless_after")
+        if guard is not None and guard not in guards:
+            raise ConfigError(f"{where}: unless_after names no pattern of the [guard] table")
+        rules.append(PromptRule(str(entry["name"]), str(entry["category"]), entry["weight"],
+                                _compiled(str(entry["pattern"]), where), guards.get(guard)))
     return tuple(rules)
+
+
+def _compiled(pattern: str, where: str) -> Any:
+    try:
+        return re2.compile(pattern, _CASELESS)
+    except re2.error as exc:
+        raise ConfigError(f"{where}: the pattern does not compile: {exc}") from None
 
 
 def bounded(text: str) -> str:
@@ -99,9 +118,24 @@ class Screen:
         self._set.Compile()
 
     def score(self, text: str) -> Verdict:
-        hits = self._set.Match(scanned(text)) or ()
-        matched = [self.rules[i] for i in sorted(hits)]  # heaviest first, as the rules are ordered
+        text = scanned(text)
+        hits = self._set.Match(text) or ()
+        # heaviest first, as the rules are ordered; a guarded rule counts where one of its matches is unguarded
+        matched = [rule for rule in (self.rules[i] for i in sorted(hits))
+                   if rule.unless_after is None or _unguarded(rule, text)]
         return Verdict(sum(rule.weight for rule in matched), tuple(rule.name for rule in matched))
+
+
+def _unguarded(rule: PromptRule, text: str) -> bool:
+    """Some match of the rule is not preceded by its guard. Linear: the matches do not overlap, and each reads
+    at most GUARDED characters before it."""
+    guard = rule.unless_after
+    for match in rule.pattern.finditer(text):
+        start = match.start()
+        # (a slice: RE2's $ is the text's end, not endpos)
+        if guard.search(text[max(0, start - GUARDED):start]) is None:
+            return True
+    return False
 
 
 def prompt_text(body: Mapping[str, Any]) -> str:
@@ -221,7 +255,7 @@ class Campaigns:
 # the classifier's probability that flags a prompt, per level: chosen by bench/prompt_model.py on out-of-fold
 # predictions (docs/prompt-model.md): at normal, where a flag spends a strike, as few false positives as the
 # issue allows; more recall for more false positives at elevated and under_attack
-MODEL_THRESHOLDS = dict(zip(LEVELS, (0.89, 0.87, 0.69), strict=True))
+MODEL_THRESHOLDS = dict(zip(LEVELS, (0.97, 0.83, 0.67), strict=True))
 
 
 @dataclasses.dataclass(frozen=True)
