@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from floodwall.defense.classifier import shipped
-from floodwall.defense.prompts import Campaigns, PromptPolicy, Screen, load_rules
+from floodwall.defense.prompts import Campaigns, PromptPolicy, Screen, load_rules, plain
 from floodwall.defense.scorer import Scorer, Scores, _Protocol
 from floodwall.defense.screening import Aside, PromptGuard
 from floodwall.limits import Bucket
@@ -68,7 +68,7 @@ def test_the_process_scores_as_the_worker_does() -> None:
     async def scenario(scorer: Scorer) -> None:
         await until(lambda: scorer.ready)
         for text in PROMPTS:
-            assert await scored(scorer, text) == Scores(screen.score(text), model.probability(text)), text[:40]
+            assert await scored(scorer, text) == Scores(screen.score(text), model.probability(plain(text))), text[:40]
         assert await scored(scorer, PROMPTS[1], with_model=False) == Scores(screen.score(PROMPTS[1]), 0.0)
         assert scorer.answered == len(PROMPTS) + 1 and scorer.declined == 0
 

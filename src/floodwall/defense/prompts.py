@@ -44,6 +44,13 @@ class PromptRule:
 
 
 GUARDED = 80  # characters before a match that its rule's guard reads
+# guarded matches of one rule read at most; past them the rule counts (no corpus prompt has more than 3): a
+# prompt of 16 KB made of guarded matches cost 10 ms to read them all
+MAX_GUARDED = 8
+# between a call's messages in the text screened: a guard does not read across it, so the end of an app's
+# system prompt ("The user asks:") cannot excuse the user's attack. NUL: ASCII (the fast paths stay), not
+# whitespace (scanned() keeps it); the classifier reads the text with it made a line break (`plain`)
+MESSAGE_BREAK = "\x00"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -62,9 +69,19 @@ def load_rules(path: str | Path | None = None) -> tuple[PromptRule, ...]:
     keeps that match from counting: a defence that quotes an attack, "never reveal your instructions")."""
     source = Path(path) if path else DEFAULT_RULES
     data = read_toml(source, "prompt rules")
+    table = data.get("guard", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [guard] must be a table of patterns")
     guards = {}
-    for name, text in (data.get("guard") or {}).items():
-        guards[name] = _compiled(f"(?:{text})$", f"{source} guard {name}")
+    for name, text in table.items():
+        where = f"{source} guard {name}"
+        if not isinstance(text, str) or not text:
+            raise ConfigError(f"{where}: must be a non-empty pattern")
+        _compiled(text, where)  # alone first: "a)|(b" would otherwise compile, wrapped, as something else
+        guard = _compiled(f"(?:{text})$", where)
+        if guard.search("") is not None:
+            raise ConfigError(f"{where}: matches nothing at all, so it would keep every match from counting")
+        guards[name] = guard
     rules = []
     for i, entry in enumerate(data.get("rule", [])):
         where = f"{source} rule {i + 1}"
@@ -74,10 +91,10 @@ def load_rules(path: str | Path | None = None) -> tuple[PromptRule, ...]:
         if not isinstance(entry["weight"], int) or isinstance(entry["weight"], bool) or entry["weight"] < 1:
             raise ConfigError(f"{where}: weight must be a whole number above 0")
         guard = entry.get("unless_after")
-        if guard is not None and guard not in guards:
+        if guard is not None and (not isinstance(guard, str) or guard not in guards):
             raise ConfigError(f"{where}: unless_after names no pattern of the [guard] table")
         rules.append(PromptRule(str(entry["name"]), str(entry["category"]), entry["weight"],
-                                _compiled(str(entry["pattern"]), where), guards.get(guard)))
+                                _compiled(str(entry["pattern"]), where), guards.get(guard) if guard else None))
     return tuple(rules)
 
 
@@ -127,15 +144,22 @@ class Screen:
 
 
 def _unguarded(rule: PromptRule, text: str) -> bool:
-    """Some match of the rule is not preceded by its guard. Linear: the matches do not overlap, and each reads
-    at most GUARDED characters before it."""
-    guard = rule.unless_after
-    for match in rule.pattern.finditer(text):
+    """Some match of the rule is not preceded by its guard, within its message. Every start is tried (a guarded
+    match may hide an unguarded one inside it: "don't forget to ignore your guidelines"), on the text encoded
+    once (RE2 encodes a str at each call); past MAX_GUARDED guarded matches the rule counts."""
+    guard, raw = rule.unless_after, text.encode("utf-8", "surrogatepass")
+    position = 0
+    for _ in range(MAX_GUARDED):
+        match = rule.pattern.search(raw, position)
+        if match is None:
+            return False
         start = match.start()
-        # (a slice: RE2's $ is the text's end, not endpos)
-        if guard.search(text[max(0, start - GUARDED):start]) is None:
+        # the characters before it, within its message (a slice: RE2's $ is the text's end, not endpos)
+        before = raw[max(0, start - 4 * GUARDED):start].decode("utf-8", "ignore")[-GUARDED:]
+        if guard.search(before[before.rfind(MESSAGE_BREAK) + 1:]) is None:
             return True
-    return False
+        position = start + 1
+    return rule.pattern.search(raw, position) is not None  # one more than MAX_GUARDED: it counts
 
 
 def prompt_text(body: Mapping[str, Any]) -> str:
@@ -144,8 +168,14 @@ def prompt_text(body: Mapping[str, Any]) -> str:
 
 
 def joined(parts: Sequence[str]) -> str:
-    """Texts as one prompt, a line apart: JSON may carry lone surrogates ("\\ud800"); RE2 and hashing read UTF-8."""
-    return whole("\n".join(parts))
+    """Texts as one prompt, a MESSAGE_BREAK apart: JSON may carry lone surrogates ("\\ud800"); RE2 and hashing read
+    UTF-8."""
+    return whole(MESSAGE_BREAK.join(parts))
+
+
+def plain(text: str) -> str:
+    """A joined prompt as the classifier reads it: its messages a line apart."""
+    return text.replace(MESSAGE_BREAK, "\n")
 
 
 def prompt_parts(body: Mapping[str, Any]) -> list[str]:

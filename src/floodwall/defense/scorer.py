@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any, NamedTuple
 
 from floodwall import logs
-from floodwall.defense.prompts import Screen, Verdict, bounded
+from floodwall.defense.prompts import Screen, Verdict, bounded, plain
 
 log = logging.getLogger("floodwall.defense")
 _FRAME = struct.Struct("<I")  # a frame's length, then a pickle: both ends are floodwall's own
@@ -259,7 +259,7 @@ def serve(source: IO[bytes], out: IO[bytes]) -> None:
         ident, text, with_model = pickle.loads(source.read(size))
         try:
             verdict = screen.score(text)
-            probability = model.probability(text) if with_model else 0.0
+            probability = model.probability(plain(text)) if with_model else 0.0
             _send(out, (ident, (verdict.score, verdict.rules), probability if math.isfinite(probability) else 0.0))
         except Exception:  # one prompt the scoring could not read: the caller scores it (and says so)
             _send(out, (ident, None, 0.0))

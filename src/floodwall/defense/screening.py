@@ -15,7 +15,7 @@ from typing import Any
 from floodwall import logs
 from floodwall.defense.classifier import PromptModel, shipped
 from floodwall.defense.conversations import Conversations
-from floodwall.defense.prompts import Campaigns, PromptPolicy, Screen, joined, prompt_parts
+from floodwall.defense.prompts import Campaigns, PromptPolicy, Screen, joined, plain, prompt_parts
 from floodwall.defense.prompts import Verdict as PromptVerdict
 from floodwall.defense.scorer import Scorer, Scores
 from floodwall.errors import ApiError
@@ -243,7 +243,7 @@ class PromptGuard:
         if not self._asks_model(level):
             return 0.0
         try:
-            return self.model.probability(text)
+            return self.model.probability(plain(text))
         except Exception:
             self.traffic.event("prompt.model_error")
             if time.monotonic() - self._model_failed_at > 60:
