@@ -226,6 +226,10 @@ def evaluate(name: str, rows: list[dict[str, Any]], folds: list[str], rules: np.
     for what, flags in (("model", model_flags), ("rules", rules), ("both", both)):
         for part in ("hard", "ordinary"):
             summary[f"fp_{part}_{what}"] = rate(flags, seen & (kinds == part))
+    at_normal = (out_of_fold >= logit(levels["normal"]["threshold"])) | rules
+    for row in table:
+        in_fold = folds_ == row["fold"]
+        row["at_normal"] = [rate(at_normal, in_fold & (kinds == part)) for part in ("attack", "hard", "ordinary")]
     for values in levels.values():
         flags = (out_of_fold >= logit(values["threshold"])) | rules
         values["recall_both"] = float(np.mean([rate(flags, (folds_ == row["fold"]) & (kinds == "attack"))
@@ -258,6 +262,10 @@ def report(result: dict[str, Any]) -> None:
           + ", ".join(f"{row['fold']} {percent(row['recall_padded_model'])}"
                       for row in result["folds"] if row["attacks"])
           + f"; average **{percent(s['recall_padded_model'])}** (unpadded {percent(s['recall_model'])})")
+    normal = result["levels"]["normal"]
+    print(f"\nper fold at normal's threshold {normal['threshold']:.2f}, rules and model together (recall, hard FP, "
+          "ordinary FP): " + "; ".join(f"{row['fold']} {percent(row['at_normal'][0])}, {percent(row['at_normal'][1])}, "
+                                       f"{percent(row['at_normal'][2])}" for row in result["folds"]))
     print("\nthresholds per level, rules and model together (recall averaged over folds, hard FP, ordinary FP):")
     for level, v in result["levels"].items():
         print(f"- {level}: {v['threshold']:.2f}{'' if v['within'] else ' (over the budget: the rules alone are)'}: "
@@ -348,14 +356,18 @@ def main() -> int:
         weights, bias = fit(features[train], [rows[i]["label"] for i in train])
         model = trainer.quantized(featurizer, weights, bias)
         held = np.flatnonzero(folds_ == HELD_OUT)
-        cut = logit(results[0]["threshold"])
-        probability = scores(model, features[held]) >= cut
-        flagged = rules[held]
-        out["held_out"] = {"fold": HELD_OUT, "attacks": len(held), "recall_model": float(probability.mean()),
-                           "recall_rules": float(flagged.mean()), "recall_both": float((probability | flagged).mean())}
-        print(f"\nheld out, {name} trained on every other fold, threshold {results[0]['threshold']:.2f}: "
-              f"{HELD_OUT} ({len(held)} attacks, no benign rows): model {percent(out['held_out']['recall_model'])}, "
-              f"rules {percent(out['held_out']['recall_rules'])}, both {percent(out['held_out']['recall_both'])}")
+        held_logits, flagged = scores(model, features[held]), rules[held]
+        out["held_out"] = {"fold": HELD_OUT, "attacks": len(held)}
+        # at the candidate's own threshold, and at what the policy ships for `normal` (the levels' procedure)
+        for label, threshold in (("model alone within budget", results[0]["threshold"]),
+                                 ("normal", results[0]["levels"]["normal"]["threshold"])):
+            probability = held_logits >= logit(threshold)
+            found = {"threshold": threshold, "recall_model": float(probability.mean()),
+                     "recall_rules": float(flagged.mean()), "recall_both": float((probability | flagged).mean())}
+            out["held_out"][label] = found
+            print(f"\nheld out, {name} trained on every other fold, threshold {threshold:.2f} ({label}): {HELD_OUT} "
+                  f"({len(held)} attacks, no benign rows): model {percent(found['recall_model'])}, "
+                  f"rules {percent(found['recall_rules'])}, both {percent(found['recall_both'])}")
         out["time"] = timings(rows, screen, model)
         print_time(out["time"])
         found = subprocess.run([sys.executable, "-c", RSS], capture_output=True, text=True, check=True).stdout
