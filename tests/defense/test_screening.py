@@ -5,6 +5,7 @@ contained, counted and logged."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -135,6 +136,32 @@ def test_the_accounts_prompts_aside_are_scored_before_its_next_call_goes_on(look
 
     assert asyncio.run(scenario()) == ["let through"] * 10 + ["prompt_strikes"] * 2
     assert len(model.asked) == 10 and traffic.current.get(event_key("prompt.flag")) == 10
+
+
+def test_a_strike_spent_after_the_gates_look_is_counted() -> None:
+    """The gate looks at the strikes before the body is read; an earlier call's prompt scored in between (the
+    scorer's answer as the call ended, a burst's settle) spends one that look did not see. Without a second
+    look, each time the strikes ran out one more flagged prompt went through (an adversarial review: 6 where 5
+    allow 5, over real HTTP, memory and Redis)."""
+    model, store, traffic = Model(), MemoryStore(), Traffic()
+    screening = guard(model, store, traffic)
+
+    async def scenario() -> list[str]:
+        answers, previous = [], None
+        for _ in range(12):
+            gate = list(zip([STRIKE], await store.peek([STRIKE]), strict=True))
+            looked = time.monotonic()
+            if previous is not None:
+                previous.run()  # its answer lands between the gate's look and this call's body
+            try:
+                previous = await screening.check(WHO, ATTACK, "established", "normal", gate, looked)
+                answers.append("let through")
+            except ApiError as error:
+                answers.append(error.code)
+                previous = None
+        return answers
+
+    assert asyncio.run(scenario()) == ["let through"] * 10 + ["prompt_strikes"] * 2
 
 
 def test_prompts_aside_wait_while_the_strikes_suffice_and_are_scored_once() -> None:

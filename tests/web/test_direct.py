@@ -79,3 +79,29 @@ async def test_the_answers_are_the_apps(client: httpx.AsyncClient) -> None:
         assert (await client.post("/v1/call?unhandled")).status_code == 500
         broken = await client.post("/v1/call?after")
         assert broken.status_code == 200 and broken.content == b""
+
+
+async def test_the_catch_all_handler_answers_then_the_server_sees_the_error() -> None:
+    """As Starlette's outermost handler: the answer is the app's, and the error goes on to the server, which logs
+    its traceback ("Internal error; it has been logged")."""
+    async def on_anything(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": "internal"}, status_code=500)
+
+    app = Starlette(routes=ROUTES, exception_handlers={Teapot: on_teapot, Exception: on_anything})
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b""}
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/call", "query_string": b"unhandled", "headers": [],
+             "root_path": "", "scheme": "http", "server": ("t", 80)}
+    with pytest.raises(KeyError):
+        await Direct(app, fixed_routes(ROUTES))(scope, receive, send)
+    assert sent[0]["status"] == 500 and b"internal" in sent[1]["body"]  # type: ignore[operator]
+    # a handled error is answered and ends there
+    sent.clear()
+    await Direct(app, fixed_routes(ROUTES))({**scope, "query_string": b"before"}, receive, send)
+    assert sent[0]["status"] == 418

@@ -6,8 +6,10 @@ a prompt."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -97,6 +99,8 @@ class PromptGuard:
     the shipped one unless told. `scorer`, a process running the shipped rules and classifier, scores the
     prompts left aside, where it can."""
 
+    SPENT = 65536
+
     def __init__(self, policy: PromptPolicy, screen: Screen, campaigns: Campaigns, store: Store,
                  strike_buckets: Callable[[str, Caller], list[Bucket]], traffic: Traffic | None = None,
                  model: PromptModel | None = None, scorer: Scorer | None = None) -> None:
@@ -110,15 +114,18 @@ class PromptGuard:
         self.strike_buckets = strike_buckets
         self.traffic = traffic or Traffic()
         self._asides: dict[int, set[Aside]] = {}  # per account, its calls' prompts not scored yet
+        # per account, when this process last spent one of its strikes (the SPENT most recent accounts)
+        self._spent: collections.OrderedDict[int, float] = collections.OrderedDict()
         self.conversations = Conversations()
 
     def action(self, level: str) -> str:
         return self.policy.actions.get(level, "off")
 
     async def check(self, principal: Principal, body: dict[str, object], tier: str, level: str,
-                    strikes: Sequence[tuple[Bucket, Verdict]] | None = None) -> Aside | None:
+                    strikes: Sequence[tuple[Bucket, Verdict]] | None = None, looked: float = 0.0) -> Aside | None:
         """Raise the refusal when the policy refuses this prompt (or its account is out of strikes). The gate
-        looked at the account's strikes in its own round trip (`strikes`); without it they are looked at here.
+        looked at the account's strikes in its own round trip (`strikes`, at `looked`); without it, or where
+        this process spent one of the account's strikes since, they are looked at here.
 
         Where the level's action only logs or flags, the prompt's score cannot change this call's answer (a
         strike counts against the account's next calls): the scoring is returned, to run once the call has
@@ -130,6 +137,10 @@ class PromptGuard:
         text = joined(parts)
         if not text:
             return None
+        if strikes is not None and self._spent.get(principal.user_id, -math.inf) >= looked:
+            # a strike spent after the gate's look (an aside's answer came between it and this body, or a burst's
+            # settle): that look would let one more flagged prompt through each time strikes run out
+            strikes = None
         if strikes is None:
             buckets = self.strike_buckets(level, Caller(0, 0, tier, principal.user_id, principal.key_id))
             strikes = await self._peek(buckets)
@@ -211,6 +222,7 @@ class PromptGuard:
         if spent:
             # a strike is spent without asking, with the call's other reconciliations: no round trip of its own
             self.store.charge_later([bucket for bucket, _ in strikes])
+            self._spending(principal.user_id)
         if action == "refuse":
             raise ApiError(400, "This request was refused by the service's prompt screening (it looks like an "
                            "attempt to override the model's instructions or safeguards).", "content_policy_violation",
@@ -234,7 +246,15 @@ class PromptGuard:
         buckets = self.strike_buckets(level, Caller(0, 0, tier, principal.user_id, principal.key_id))
         if buckets:
             self.store.charge_later(buckets)
+            self._spending(principal.user_id)
         return bool(buckets)
+
+    def _spending(self, account: int) -> None:
+        spent = self._spent
+        spent[account] = time.monotonic()
+        spent.move_to_end(account)
+        if len(spent) > self.SPENT:  # the oldest first: what a flood of other accounts' strikes pushes out is
+            spent.popitem(last=False)  # a look older than theirs
 
     def probability(self, text: str, level: str) -> float:
         """The classifier's probability that the prompt is an attack (0 when the policy turned it off at this

@@ -53,6 +53,7 @@ class EdgeInfo:
     level: str
     principal: Principal | None
     strikes: list[tuple[Bucket, Verdict]] = dataclasses.field(default_factory=list)
+    looked: float = 0.0  # when the limits and strikes were looked at (time.monotonic())
 
 
 def edge_info(request: HTTPConnection) -> EdgeInfo | None:
@@ -156,7 +157,7 @@ class Gate:
             await send_error(scope, send, refusal)
             return
         scope.setdefault("state", {})["edge"] = EdgeInfo(klass, text, found.tier, found.level, found.principal,
-                                                          found.strikes)
+                                                          found.strikes, time.monotonic())
         if found.allow_listed:  # never limited, never banned
             await self.app(scope, receive, _observed(send, traffic, klass))
             return

@@ -84,8 +84,9 @@ async def screen(scope: Scope, principal: Principal, body: dict[str, Any]) -> As
     scoring left for the call's end, where the level only logs or flags."""
     config: Services = scope["app"].state.services
     edge = scope_edge_info(scope)
-    strikes = edge.strikes if edge is not None and edge.klass == "api-inference" else None
-    return await config.prompt_guard.check(principal, body, *tier_and_level(scope), strikes)
+    if edge is None or edge.klass != "api-inference":
+        return await config.prompt_guard.check(principal, body, *tier_and_level(scope))
+    return await config.prompt_guard.check(principal, body, *tier_and_level(scope), edge.strikes, edge.looked)
 
 
 def tier_and_level(scope: Scope) -> tuple[str, str]:

@@ -52,14 +52,10 @@ class Direct:
         try:
             await endpoint(scope, receive, sending)
         except Exception as exc:
-            handler = self._handler(exc)
-            if started or handler is None:
+            kind = next((kind for kind in type(exc).__mro__ if kind in self.handlers), None)
+            if started or kind is None:
                 raise  # as under Starlette: an answer begun cannot become an error page
-            response = await handler(Request(scope, receive), exc)
+            response = await self.handlers[kind](Request(scope, receive), exc)
             await response(scope, receive, send)
-
-    def _handler(self, exc: Exception) -> Any:
-        for kind in type(exc).__mro__:
-            if kind in self.handlers:
-                return self.handlers[kind]
-        return None
+            if kind is Exception:
+                raise  # as Starlette's outermost handler: answered, then the server logs its traceback
