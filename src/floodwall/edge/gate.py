@@ -339,7 +339,7 @@ class Gate:
         if mode == "closed":
             return REGISTRATION_CLOSED
         if mode == "limited":
-            found.buckets.append(self.policy.trickle)
+            found.buckets = [*found.buckets, self.policy.trickle]  # (an account's list is the policy's: kept)
         if mode == "queued":
             found.decision, found.reason = "queue", "registration/queued"
         elif path == "/auth/register" and self.policy.challenge[found.level]:
