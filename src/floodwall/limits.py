@@ -118,8 +118,8 @@ def _refusal(klass: str, rule: str, wait: int) -> ApiError:
 class LimitRules(Protocol):
     """The limit rules as data (edge/policy.py's Policy), as the login guard and prompt screening ask them."""
 
-    def buckets(self, klass: str, level: str, caller: Caller) -> list[Bucket]:
-        """The buckets a caller's request of this class falls in at this level."""
+    def buckets(self, klass: str, level: str, caller: Caller) -> Sequence[Bucket]:
+        """The buckets a caller's request of this class falls in at this level (kept: not to be changed)."""
         ...
 
     def rule_names(self, key: str, excluding_tier: str) -> frozenset[str]:

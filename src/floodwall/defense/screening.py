@@ -102,7 +102,7 @@ class PromptGuard:
     SPENT = 65536
 
     def __init__(self, policy: PromptPolicy, screen: Screen, campaigns: Campaigns, store: Store,
-                 strike_buckets: Callable[[str, Caller], list[Bucket]], traffic: Traffic | None = None,
+                 strike_buckets: Callable[[str, Caller], Sequence[Bucket]], traffic: Traffic | None = None,
                  model: PromptModel | None = None, scorer: Scorer | None = None) -> None:
         self.policy = policy
         self.scorer = scorer
@@ -170,7 +170,7 @@ class PromptGuard:
         self._asides.setdefault(principal.user_id, set()).add(aside)
         return aside
 
-    async def _peek(self, buckets: list[Bucket]) -> list[tuple[Bucket, Verdict]]:
+    async def _peek(self, buckets: Sequence[Bucket]) -> list[tuple[Bucket, Verdict]]:
         return list(zip(buckets, await self.store.peek(buckets), strict=True)) if buckets else []
 
     def settle(self) -> None:

@@ -79,7 +79,7 @@ class Decision:
     principal: Principal | None = None
     refusal: ApiError | None = None
     reason: str = ""
-    buckets: list[Bucket] = dataclasses.field(default_factory=list)
+    buckets: Sequence[Bucket] = ()
     verdicts: list[Verdict] = dataclasses.field(default_factory=list)
     # for a model call: the account's prompt-strike limits, looked at in the same round trip (prompt screening
     # reads them instead of asking the Store again)
@@ -226,18 +226,18 @@ class Gate:
             found.decision, found.refusal, found.reason = "refuse", refusal, refusal.reason or refusal.code
         return found
 
-    async def _limits(self, buckets: list[Bucket], strikes: list[Bucket], spend: bool) -> list[Verdict]:
+    async def _limits(self, buckets: Sequence[Bucket], strikes: Sequence[Bucket], spend: bool) -> list[Verdict]:
         if not spend:
             return await self.store.peek([*buckets, *strikes])
         # the memory store decides without I/O: no coroutine to build and await on the flood path
         verdicts = self.store.decide_now(buckets, strikes)
         return verdicts if verdicts is not None else await self.store.hit(buckets, strikes)
 
-    def strike_buckets(self, found: Decision) -> list[Bucket]:
+    def strike_buckets(self, found: Decision) -> Sequence[Bucket]:
         """A model call's prompt-strike limits (an account's flagged prompts), looked at with its limits."""
         principal = found.principal
         if principal is None:
-            return []
+            return ()
         caller = Caller(0, 0, found.tier, principal.user_id, principal.key_id)
         return self.policy.buckets("prompt-strike", found.level, caller)
 
@@ -416,7 +416,7 @@ class Gate:
         return await self.principals.session_principal(secret)
 
     def buckets(self, klass: str, level: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address,
-                 tier: str, principal: Principal | None, device: str | None = None) -> list[Bucket]:
+                 tier: str, principal: Principal | None, device: str | None = None) -> Sequence[Bucket]:
         ip, network = self.networks.keys(address)
         caller = Caller(ip, network, tier, principal.user_id if principal else None,
                         principal.key_id if principal else None, None, device)

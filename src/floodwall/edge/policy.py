@@ -104,7 +104,7 @@ class Policy:
                     )
         # an account's buckets for a (class, level, caller), as last worked out: its calls come again and again
         # from one address (anonymous callers are not kept: a flood's addresses would only churn it)
-        self._accounts: dict[tuple[str, str, Caller], list[Bucket]] = {}
+        self._accounts: dict[tuple[str, str, Caller], tuple[Bucket, ...]] = {}
 
     @classmethod
     def from_data(cls, rules: Any, registration: Any, where: str) -> Policy:
@@ -127,9 +127,9 @@ class Policy:
         """The sign-up mode in force: the operator's pin, else the level's column."""
         return pinned if pinned in REGISTRATION_MODES else self.registration.get(level, "open")
 
-    def buckets(self, klass: str, level: str, caller: Caller) -> list[Bucket]:
-        """The buckets of the rules for (class, level, the caller's tier), keyed on the caller. Not to be changed:
-        an account's list is kept for its next call (measured in the granian worker: the gate's decision
+    def buckets(self, klass: str, level: str, caller: Caller) -> tuple[Bucket, ...]:
+        """The buckets of the rules for (class, level, the caller's tier), keyed on the caller. A tuple: an
+        account's is kept for its next call (measured in the granian worker: the gate's decision
         85-117 µs, of which working out the buckets about 20)."""
         if caller.account is None:
             return self._buckets(klass, level, caller)
@@ -141,13 +141,13 @@ class Policy:
             found = self._accounts[key] = self._buckets(klass, level, caller)
         return found
 
-    def _buckets(self, klass: str, level: str, caller: Caller) -> list[Bucket]:
+    def _buckets(self, klass: str, level: str, caller: Caller) -> tuple[Bucket, ...]:
         found = []
         for rule, limit in self._index[(klass, level, caller.tier)]:
             ident = _ident(rule.key, caller)
             if ident is not None:
                 found.append(Bucket(rule.name, ident, limit.interval, limit.tolerance))
-        return found
+        return tuple(found)
 
     def rule_names(self, key: str, excluding_tier: str) -> frozenset[str]:
         """The rules keyed by `key` that do not apply to `excluding_tier` (the login guard's account-wide ones)."""
