@@ -20,14 +20,15 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 async def receive_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     declared = header(scope, b"content-length")
-    length = None  # (where the server framed it by chunks, a Content-Length beside them says nothing: h11)
+    length = None
     if declared is not None:
         length = whole_number(declared)
         if length is None:
             raise ApiError(400, "Content-Length must be a non-negative integer.", "invalid_content_length")
         if length > limit:
             raise _too_large(limit)
-    chunked = header(scope, b"transfer-encoding")
+        if header(scope, b"transfer-encoding") is not None:
+            length = None  # framed by chunks, a Content-Length beside them says nothing of the end (h11)
     chunks: list[bytes] = []
     size = 0
     # the whole body arrives within the timeout, or the client is told so and its connection ends: a body
@@ -58,7 +59,7 @@ async def receive_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             chunks.append(chunk)
             # the declared length is the body's end (HTTP/1.1 frames it so): the server's last, empty message
             # is not waited for, a hop through its I/O thread that cost granian some 100 µs a call
-            if not message.get("more_body", False) or (size == length and chunked is None):
+            if not message.get("more_body", False) or size == length:
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     except asyncio.CancelledError:
         # the timer's own cancel, and nobody else's (the client leaving, a shutdown): a 408
