@@ -84,7 +84,7 @@ async def relay(proxy: InferenceCall, events: list[bytes], streams: int) -> floa
     started = time.process_time()
     for _ in range(streams):
         outcome = Outcome()
-        await proxy._relay_stream(Recorded(events), send, outcome)  # type: ignore[arg-type]
+        await proxy._relay_stream(Recorded(events), send, outcome, [])  # type: ignore[arg-type]
         assert outcome.status == "ok" and outcome.completion_tokens > 0
     return time.process_time() - started
 

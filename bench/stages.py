@@ -4,6 +4,7 @@ gap between consecutive marks over the calls. Both apps in one process, so the m
 threads are the same for both; unlike bench/path.py, granian's own hops (a receive(), a send) are in it.
 
     python bench/stages.py [--rate 100] [--seconds 8] [--runs 2] [--detail decide|admit|after]
+    PYTHONPATH=TREE/src python bench/stages.py ...   (another checkout's floodwall, for an A/B)
 
 Found with it (2026-12-07): a receive() costs the worker 100-145 µs (granian's I/O thread), so a body whole
 at its declared length no longer waits for the server's last, empty message; the pipe write to the scorer
@@ -37,8 +38,11 @@ def _mark(name: str) -> None:
 
 
 def _around(owner: Any, attr: str, name: str) -> None:
-    """Marks at the entry and the exit of owner.attr (a coroutine function or a plain one)."""
-    inner = getattr(owner, attr)
+    """Marks at the entry and the exit of owner.attr (a coroutine function or a plain one), where it exists
+    (another tree's floodwall may not have it)."""
+    inner = getattr(owner, attr, None)
+    if inner is None:
+        return
     if asyncio.iscoroutinefunction(inner):
         @functools.wraps(inner)
         async def marked(*args: Any, **kwargs: Any) -> Any:
@@ -60,13 +64,14 @@ def _around(owner: Any, attr: str, name: str) -> None:
 
 def _steps(detail: str) -> None:
     from floodwall.accounts.service import AccountService
+    from floodwall.defense.screening import PromptGuard
     from floodwall.edge import gate
     from floodwall.inference import admission, http1, proxy, upstream
     from floodwall.state.memory import MemoryStore
     from floodwall.web import api
 
     for owner, attr, name in ((gate.Gate, "decide", "gate"), (api.InferenceEndpoint, "__call__", "endpoint"),
-                              (api, "receive_json_object", "body"), (api, "screen", "screening"),
+                              (api, "receive_body", "body"), (PromptGuard, "check", "screening"),
                               (proxy.InferenceCall, "__call__", "call"), (admission.Admission, "admit", "admission"),
                               (upstream.Upstream, "open", "upstream"), (http1.Pool, "request", "model"),
                               (proxy, "read_with_timeout", "read")):
@@ -76,7 +81,7 @@ def _steps(detail: str) -> None:
                    (gate.Gate, "tier"), (gate.Gate, "buckets"), (gate.Gate, "strike_buckets"),
                    (AccountService, "cached_principal"), (MemoryStore, "decide_now")],
         "admit": [(admission, "estimate_cost"), (admission, "hold_length"), (admission, "ratelimit"),
-                  (admission.Admission, "_wait_turn"), (admission.Admission, "_start"), (MemoryStore, "decide_now")],
+                  (admission.Admission, "_starts_now"), (admission.Admission, "_start"), (MemoryStore, "decide_now")],
         "after": [(admission.Admission, "release"), (admission.Admission, "reconcile"),
                   (proxy.InferenceCall, "_account"), (proxy.DisconnectWatch, "stop")],
     }
@@ -109,16 +114,18 @@ def _timed(app: Any, name: str) -> Any:
     return timed
 
 
-def figures() -> dict[str, dict[str, float]]:
-    """Per app, the median gap between consecutive marks, in µs (the gaps seen in most calls)."""
-    found: dict[str, dict[str, float]] = {}
+def figures() -> dict[str, dict[str, Any]]:
+    """Per app, the median and 99th percentile gap between consecutive marks, in µs (the gaps seen in most
+    calls)."""
+    found: dict[str, dict[str, Any]] = {}
     for name, calls in _CALLS.items():
         gaps: dict[str, list[float]] = collections.defaultdict(list)
         for marks in calls:
             for (before, t0), (after, t1) in itertools.pairwise(marks):
                 gaps[f"{before} -> {after}"].append((t1 - t0) * 1e6)
-        found[name] = {step: round(statistics.median(times), 1) for step, times in gaps.items()
-                       if len(times) >= len(calls) // 2}
+        found[name] = {step: (round(statistics.median(times), 1),
+                              round(statistics.quantiles(times, n=100)[98] if len(times) > 1 else times[0], 1))
+                       for step, times in gaps.items() if len(times) >= max(1, len(calls) // 2)}
         found[name]["calls"] = len(calls)
     return found
 
@@ -171,7 +178,8 @@ def main() -> None:
         upstream = f"http://127.0.0.1:{model_port}/v1"
         (tmp / "policy.toml").write_text(latency_policy())
         env = {**settings_env(tmp, edge={"policy": str(tmp / "policy.toml")}, upstream={"url": upstream}),
-               "PYTHONPATH": str(Path(__file__).parent), "BENCH_UPSTREAM": upstream, "BENCH_DETAIL": args.detail}
+               "BENCH_UPSTREAM": upstream, "BENCH_DETAIL": args.detail,
+               "PYTHONPATH": os.pathsep.join(filter(None, (str(Path(__file__).parent), os.environ.get("PYTHONPATH"))))}
         script = write_lua(tmp)
         model = [*GRANIAN, "--factory", "--port", str(model_port), "floodwall.sim.model:app_from_env"]
         with process(model, fast_model_env(), f"http://127.0.0.1:{model_port}/health", tmp / "model.log"), \
@@ -185,9 +193,9 @@ def main() -> None:
                         method="POST", key=token, delay_ms=delay_ms)
             found = httpx.get(f"http://127.0.0.1:{port}/stages", timeout=30).json()
     for name, steps in found.items():
-        print(f"{name} ({steps.pop('calls')} calls), median µs between marks:")
-        for step, micros in steps.items():
-            print(f"  {step:40s} {micros:8.1f}")
+        print(f"{name} ({steps.pop('calls')} calls), µs between marks, median and p99:")
+        for step, (median, p99) in steps.items():
+            print(f"  {step:40s} {median:8.1f} {p99:8.1f}")
     print(json.dumps(found))
 
 

@@ -68,6 +68,9 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
         ("[server]\nworkers = 0\n", "server.workers"),
         ("[defense]\nlevel = 'panic'\n", "defense.level"),
         ("[upstream]\nurl = 'localhost:8000'\n", "upstream.url"),
+        ("[upstream]\nurl = 'http://a..b/v1'\n", "upstream.url"),  # an empty label: no Host header
+        ("[upstream]\nurl = 'http://" + "x" * 64 + ".example/v1'\n", "upstream.url"),
+        ("[upstream]\nurl = 'http://localhost:99999/v1'\n", "upstream.url"),
         ("[database]\nurl = 'mysql://x/y'\n", "database.url"),
         ("[state]\nurl = 'memcached://x'\n", "state.url"),
         ("server = 3\n", "must be a table"),

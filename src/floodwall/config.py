@@ -15,6 +15,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -479,6 +480,8 @@ def _check(settings: Settings) -> None:
     url = settings.upstream.url
     if url and not url.startswith(("http://", "https://")):
         raise ConfigError(f"upstream.url must be an http(s) URL ending in /v1, not {url!r}")
+    if url and not _host_name(url):
+        raise ConfigError(f"upstream.url: {url!r} does not name a valid host and port")
     if not settings.state.url.startswith(("memory://", "redis://", "rediss://", "valkey://")):
         raise ConfigError(f"state.url must be memory:// or redis://host:port/db, not {settings.state.url!r}")
     if settings.mail.url and not settings.mail.url.startswith(("smtp://", "smtps://")):
@@ -491,6 +494,17 @@ def _check(settings: Settings) -> None:
     if not settings.database.url.startswith(("sqlite:", "postgresql:", "postgresql+", "postgres:")):
         raise ConfigError("database.url must be sqlite:///path or postgresql://...")
     _check_canaries(settings.screening.canaries)
+
+
+def _host_name(url: str) -> bool:
+    """Whether an http(s) URL names a host (and port) a request can be sent to: the Host header is encoded by
+    the idna codec, which refuses an empty label or one over 63 characters."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (out of range: ValueError)
+        return bool(parts.hostname and parts.hostname.encode("idna"))
+    except (ValueError, UnicodeError):
+        return False
 
 
 def _check_canaries(canaries: list[str]) -> None:

@@ -110,11 +110,12 @@ def test_prompts_not_yet_written_are_answered_once_whatever_happens_before_the_w
         await until(lambda: all(answers.values()))
         await asyncio.sleep(0.3)
         assert all(len(got) == 1 for got in answers.values()), answers
+        # the prompts were written at submit: the old process may score some before it is killed (it runs on
+        # the other core), and those answers are read while stop() waits for its end; the others are None
+        assert all(got[0] is None or isinstance(got[0], Scores) for got in answers.values()), answers
         if between == "stopped":
-            assert all(got == [None] for got in answers.values()) and not scorer.ready
+            assert not scorer.ready
             return
-        if between == "restarted":
-            assert all(got == [None] for got in answers.values())
         await until(lambda: scorer.ready)
         assert await scored(scorer, PROMPTS[1]) is not None  # the process (a new one) scores on
 

@@ -151,3 +151,21 @@ def test_fields_that_change_generation_are_typed(field: str, value: object, mess
         with pytest.raises(ApiError) as refused:
             check({**body, field: value})
         assert refused.value.status == 400 and refused.value.param == field and message in refused.value.message
+
+
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"stream_options": {"include_usage": True}, "max_tokens": 0}, "stream_options"),
+    ({"stream": False, "stream_options": {"include_usage": True}, "temperature": "0.7"}, "stream_options"),
+    ({"stream_options": {"include_usage": 1}, "n": 0}, "include_usage"),
+    ({"n": 200, "max_tokens": 0}, "max_tokens"),
+    ({"user": 200, "max_tokens": 0}, "max_tokens"),
+])
+def test_of_several_wrong_fields_the_same_one_is_named_whatever_their_order(fields: dict[str, object],
+                                                                              param: str) -> None:
+    """The checks run in one fixed order (the stream's options, then the lengths' and counts' minimums, then
+    the counts' maximums, then the rest), not in the order the client wrote the fields."""
+    for ordered in (fields, dict(reversed(fields.items()))):
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **ordered}
+        with pytest.raises(ApiError) as refused:
+            chat_completion(body)
+        assert refused.value.status == 400 and refused.value.param == param, (ordered, refused.value.param)

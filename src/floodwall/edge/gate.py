@@ -199,7 +199,8 @@ class Gate:
             credential(scope, self.session_cookie)[0] is not None
         # admin routes take the admin token, not an account's key: it is never looked up as one
         if (refusal is None or forgivable) and klass != "admin":
-            found.principal, looked_up = await self._principal_or_refusal(scope, address, level, spend)
+            found.principal, looked_up = self._known_principal(scope) or \
+                await self._principal_or_refusal(scope, address, level, spend)
             found.tier = self.tier(found.principal)
             if refusal is None:
                 refusal = looked_up
@@ -215,7 +216,9 @@ class Gate:
         if refusal is None:
             strikes = self.strike_buckets(found) if klass == "api-inference" else []
             if found.buckets or strikes:
-                verdicts = await self._limits(found.buckets, strikes, spend)
+                # the memory store decides without I/O: no coroutine to build and await on the flood path
+                verdicts = (self.store.decide_now(found.buckets, strikes) if spend else None) or \
+                    await self._limits(found.buckets, strikes, spend)
                 found.verdicts = verdicts[:len(found.buckets)]
                 found.strikes = list(zip(strikes, verdicts[len(found.buckets):], strict=True))
             refusal = first_refusal(klass, found.buckets, found.verdicts)
@@ -227,11 +230,8 @@ class Gate:
         return found
 
     async def _limits(self, buckets: Sequence[Bucket], strikes: Sequence[Bucket], spend: bool) -> list[Verdict]:
-        if not spend:
-            return await self.store.peek([*buckets, *strikes])
-        # the memory store decides without I/O: no coroutine to build and await on the flood path
-        verdicts = self.store.decide_now(buckets, strikes)
-        return verdicts if verdicts is not None else await self.store.hit(buckets, strikes)
+        """Where the store could not decide now (decide_now): hit the limits, or only look (explain)."""
+        return await (self.store.hit(buckets, strikes) if spend else self.store.peek([*buckets, *strikes]))
 
     def strike_buckets(self, found: Decision) -> Sequence[Bucket]:
         """A model call's prompt-strike limits (an account's flagged prompts), looked at with its limits."""
@@ -379,6 +379,15 @@ class Gate:
             return "anonymous"
         age = time.time() - principal.created_at.timestamp()
         return "established" if age >= self.new_account_age else "new"
+
+    def _known_principal(self, scope: Scope) -> tuple[Principal | None, None] | None:
+        """_principal_or_refusal's answer where no lookup is needed (no credential, or one the cache knows),
+        without a coroutine; None where one is."""
+        secret, is_key = credential(scope, self.session_cookie)
+        if secret is None:
+            return None, None
+        known, cached = self.principals.cached_principal(secret, is_key)
+        return (cached, None) if known else None
 
     async def _principal_or_refusal(self, scope: Scope, address: ipaddress.IPv4Address | ipaddress.IPv6Address,
                                     level: str, spend: bool = True) -> tuple[Principal | None, ApiError | None]:

@@ -382,6 +382,8 @@ class Admission:
             raise ApiError(429, f"Too many calls at once on this account (at most {cap_in_flight}).",
                            "too_many_concurrent_requests", retry_after=1, reason="in-flight/account")
         ticket = Ticket(tier, principal.user_id, principal.key_id, buckets, estimate, cap, headers)
+        if self._starts_now(ticket, terms):
+            return ticket  # no coroutine to build and await for a call that does not wait
         try:
             await self._wait_turn(ticket, terms)
         except BaseException:
@@ -427,11 +429,15 @@ class Admission:
         share = terms.share.get(tier, 1.0)
         return max(1, math.floor(share * limit)) - self.by_tier[tier] if share < 1.0 else math.inf
 
-    async def _wait_turn(self, ticket: Ticket, terms: LevelTerms) -> None:
+    def _starts_now(self, ticket: Ticket, terms: LevelTerms) -> bool:
         # beyond its share only while nobody waits: a lower tier's call waiting within its own share goes first
         if not self._ahead(ticket.tier, terms) and self._may_start(ticket.tier, terms, terms.spare and not self.queued):
             self._start(ticket)
-            return
+            return True
+        return False
+
+    async def _wait_turn(self, ticket: Ticket, terms: LevelTerms) -> None:
+        """Wait in the tier's queue for the call's turn (it could not start now), or raise the refusal."""
         if self.queued >= self.policy.queue_size and not self._shed_lower(ticket.tier):
             self._count_shed(ticket.tier)
             raise _busy(ticket.tier)

@@ -292,6 +292,10 @@ class Pool:
         if ":" in self.host:  # an IPv6 literal
             authority = f"[{self.host}]" if default_port else f"[{self.host}]:{self.port}"
         self.authority = authority
+        try:  # encoded once: the idna codec is pure Python, some ten calls on every request
+            self._host = authority.encode("idna")
+        except UnicodeError:  # an empty label, or one over 63 characters
+            raise ValueError(f"not a valid host name in {url!r}") from None
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         # upstream servers close idle connections after a few seconds (uvicorn, so vLLM: 5 s); retire ours first
@@ -309,7 +313,7 @@ class Pool:
         size = b"" if length is None else b"content-length: %d\r\n" % length
         target = (self.base_path + path).encode("latin-1")
         return b"%s %s HTTP/1.1\r\nhost: %s\r\n%s%s\r\n" % (
-            method.encode("ascii"), target, self.authority.encode("idna"), headers, size)
+            method.encode("ascii"), target, self._host, headers, size)
 
     async def request(self, method: str, path: str, body: bytes | None = None, headers: bytes = b"") -> Response:
         head = self.head(method, path, headers, None if body is None and method == "GET" else len(body or b""))
@@ -318,7 +322,7 @@ class Pool:
         # goes again on a fresh one; a POST does not (it may have started a generation)
         attempts = 2 if method == "GET" else 1
         for attempt in range(attempts):
-            connection, reused = await self._checkout()
+            connection, reused = self._idle_one() or await self._checkout()
             try:
                 return await connection.send(request, self.read_timeout)
             except ConnectionClosed:
@@ -331,15 +335,22 @@ class Pool:
                 raise
         raise AssertionError("unreachable")
 
+    def _idle_one(self) -> tuple[Connection, bool] | None:
+        """A kept connection still fresh (closing the stale ones on the way), without a coroutine; None if none."""
+        now = asyncio.get_running_loop().time()
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.closed and now - connection.idle_since < self.idle_expiry:
+                return connection, True
+            connection.close()
+        return None
+
     async def _checkout(self) -> tuple[Connection, bool]:
         loop = asyncio.get_running_loop()
         while True:
-            now = loop.time()
-            while self._idle:
-                connection = self._idle.pop()
-                if not connection.closed and now - connection.idle_since < self.idle_expiry:
-                    return connection, True
-                connection.close()
+            idle = self._idle_one()
+            if idle is not None:
+                return idle
             if len(self._open) + self._connecting < self.max_connections:
                 return await self._connect(), False
             # every connection is busy: wait until one is given back or closed

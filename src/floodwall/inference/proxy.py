@@ -5,10 +5,10 @@ event without buffering, cancelled when the client goes away, and its token usag
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -74,8 +74,10 @@ class InferenceCall:
         body: dict[str, Any],
         tier: str = "established",
         level: str = "normal",
+        after: Callable[[], None] | None = None,
     ) -> None:
         self.upstream = upstream
+        self.after = after  # run once this app has returned (the prompt's scoring left aside)
         self.recorder = recorder
         self.admission = admission
         self.principal = principal
@@ -96,24 +98,29 @@ class InferenceCall:
             body["stream_options"] = {**options, "include_usage": True}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        outcome = Outcome()
-        task = asyncio.current_task()
-        assert task is not None
-        watch = DisconnectWatch(receive, task)
         try:
-            await self._relay(scope, send, outcome)
-        except asyncio.CancelledError:
-            # the client left: the cancelled upstream connection is closed, and vLLM and Ollama abort a
-            # generation whose connection is closed
-            if not watch.fired or task.uncancel() > 0:
-                raise
-            outcome.status = "cancelled"
+            outcome = Outcome()
+            task = asyncio.current_task()
+            assert task is not None
+            watch = DisconnectWatch(receive, task)
+            try:
+                await self._relay(scope, send, outcome)
+            except asyncio.CancelledError:
+                # the client left: the cancelled upstream connection is closed, and vLLM and Ollama abort a
+                # generation whose connection is closed
+                if not watch.fired or task.uncancel() > 0:
+                    raise
+                outcome.status = "cancelled"
+            finally:
+                watch.stop()
+                self._account(outcome)
+            if self._reconcile is not None:
+                ticket, done = self._reconcile
+                await self.admission.reconcile(ticket, done.prompt_tokens + done.completion_tokens)
         finally:
-            watch.stop()
-            self._account(outcome)
-        if self._reconcile is not None:
-            ticket, done = self._reconcile
-            await self.admission.reconcile(ticket, done.prompt_tokens + done.completion_tokens)
+            if self.after is not None:
+                # once this app has returned: the server ends the answer then, not when its last byte was sent
+                asyncio.get_running_loop().call_soon(self.after)
 
     async def _relay(self, scope: Scope, send: Send, outcome: Outcome) -> None:
         try:
@@ -140,13 +147,12 @@ class InferenceCall:
                 await send_error(scope, send, error)
                 return
             outcome.accepted = True
-            if ticket.headers:
-                send = with_headers(send, ticket.headers)
             try:
+                # the token budget's headers go in the answer's own (not a wrapper of send: it costs each message)
                 if self.stream and response.content_type == "text/event-stream":
-                    await self._relay_stream(response, send, outcome)
+                    await self._relay_stream(response, send, outcome, ticket.headers)
                 else:
-                    await self._relay_whole(scope, response, send, outcome)
+                    await self._relay_whole(scope, response, send, outcome, ticket.headers)
             finally:
                 response.release()
         finally:
@@ -157,31 +163,34 @@ class InferenceCall:
             self.admission.release(ticket, latency=latency, overloaded=overloaded)
             self._reconcile = (ticket, outcome)
 
-    async def _relay_whole(self, scope: Scope, response: Response, send: Send, outcome: Outcome) -> None:
+    async def _relay_whole(self, scope: Scope, response: Response, send: Send, outcome: Outcome,
+                           extra: list[tuple[bytes, bytes]]) -> None:
         try:
             raw = await read_with_timeout(response)
         except ApiError as error:
             outcome.status = error.reason
-            await send_error(scope, send, error)
+            await send_error(scope, with_headers(send, extra), error)
             return
         outcome.finished_at = time.monotonic()
-        answer: Any = None
-        with contextlib.suppress(ValueError):
-            answer = orjson.loads(raw)
+        try:
+            answer: Any = orjson.loads(raw)
+        except ValueError:
+            answer = None
         if isinstance(answer, dict):
             outcome.take_usage(answer.get("usage"))
         canaries = self.upstream.canaries
         leak = canaries.in_answer(answer, raw) if canaries else None
         if leak is not None:
             self._withhold(leak, outcome)
-            await send_error(scope, send, leak_error())
+            await send_error(scope, with_headers(send, extra), leak_error())
             return
-        headers = [*response_headers(response), (b"content-length", str(len(raw)).encode())]
+        headers = [*response_headers(response), (b"content-length", str(len(raw)).encode()), *extra]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": raw})
 
-    async def _relay_stream(self, response: Response, send: Send, outcome: Outcome) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
+    async def _relay_stream(self, response: Response, send: Send, outcome: Outcome,
+                            extra: list[tuple[bytes, bytes]]) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [*_STREAM_HEADERS, *extra]})
         splitter = sse.EventSplitter()
         finished = False
         # the model's text, watched for the operator's canaries: the event that completes one is not sent, nor

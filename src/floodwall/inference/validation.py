@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from floodwall.errors import ApiError
-from floodwall.inference.fields import CHOICE_FIELDS, LENGTH_FIELDS, MAX_CHOICES
+from floodwall.inference.fields import CHOICE_FIELDS, LENGTH_FIELDS, MAX_CHOICES, MIN_LENGTH_FIELD
 
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
 
@@ -32,10 +32,23 @@ def _require_type(body: dict[str, Any], param: str, kinds: tuple[type, ...], lab
         raise _fail(param, f"Invalid type for '{param}': expected {label}, but got {_type_name(value)}.")
 
 
-def _positive_int(body: dict[str, Any], param: str) -> None:
-    _require_type(body, param, (int,), "an integer")
-    if body.get(param) is not None and body[param] < 1:
-        raise _fail(param, f"Invalid '{param}': must be at least 1, got {body[param]}.")
+# the fields floodwall relies on, checked in this order (the first failing one is the one named) when present
+# and not null: (field, types or None for a bound alone, their name in the error, least, most). A table read
+# in one loop, not a function called for each of two dozen fields. Model-server extensions that change how much
+# is generated count too, where the operator forwards them.
+_Check = tuple[str, tuple[type, ...] | None, str, int | None, int | None]
+_CHECKS: tuple[_Check, ...] = (
+    ("stream", (bool,), "a boolean", None, None),
+    ("stream_options", (dict,), "an object", None, None),  # then its own fields (_stream_options)
+    *((param, (int,), "an integer", 1, None) for param in (*LENGTH_FIELDS, *CHOICE_FIELDS)),
+    *((param, None, "", None, MAX_CHOICES) for param in CHOICE_FIELDS),
+    (MIN_LENGTH_FIELD, (int,), "an integer", 0, None),
+    *((param, (bool,), "a boolean", None, None) for param in ("ignore_eos", "use_beam_search")),
+    *((param, (int, float), "a number", None, None)
+      for param in ("temperature", "top_p", "presence_penalty", "frequency_penalty")),
+    ("stop", (str, list), "a string or an array", None, None),
+    ("user", (str,), "a string", None, None),
+)
 
 
 def _common(body: dict[str, Any]) -> None:
@@ -44,27 +57,20 @@ def _common(body: dict[str, Any]) -> None:
         raise _fail("model", "Missing required parameter: 'model'.")
     if not isinstance(model, str) or not model.strip():
         raise _fail("model", "Invalid 'model': expected a non-empty string.")
-    _require_type(body, "stream", (bool,), "a boolean")
-    _require_type(body, "stream_options", (dict,), "an object")
-    if isinstance(body.get("stream_options"), dict):
-        _require_type(body["stream_options"], "include_usage", (bool,), "a boolean")
-        if body.get("stream") is not True:
-            raise _fail("stream_options", "'stream_options' is only allowed when 'stream' is true.")
-    for param in (*LENGTH_FIELDS, *CHOICE_FIELDS):
-        _positive_int(body, param)
-    for param in CHOICE_FIELDS:
-        if body.get(param) is not None and body[param] > MAX_CHOICES:
-            raise _fail(param, f"Invalid '{param}': must be at most {MAX_CHOICES}, got {body[param]}.")
-    # model-server extensions that change how much is generated, where the operator forwards them
-    _require_type(body, "min_tokens", (int,), "an integer")
-    if body.get("min_tokens") is not None and body["min_tokens"] < 0:
-        raise _fail("min_tokens", f"Invalid 'min_tokens': must be at least 0, got {body['min_tokens']}.")
-    for param in ("ignore_eos", "use_beam_search"):
-        _require_type(body, param, (bool,), "a boolean")
-    for param in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
-        _require_type(body, param, (int, float), "a number")
-    _require_type(body, "stop", (str, list), "a string or an array")
-    _require_type(body, "user", (str,), "a string")
+    for param, kinds, label, least, most in _CHECKS:
+        value = body.get(param)
+        if value is None:
+            continue
+        if kinds is not None and ((isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds)):
+            raise _fail(param, f"Invalid type for '{param}': expected {label}, but got {_type_name(value)}.")
+        if least is not None and isinstance(value, int) and value < least:
+            raise _fail(param, f"Invalid '{param}': must be at least {least}, got {value}.")
+        if most is not None and isinstance(value, int) and value > most:
+            raise _fail(param, f"Invalid '{param}': must be at most {most}, got {value}.")
+        if param == "stream_options":
+            _require_type(value, "include_usage", (bool,), "a boolean")
+            if body.get("stream") is not True:
+                raise _fail("stream_options", "'stream_options' is only allowed when 'stream' is true.")
 
 
 def chat_completion(body: dict[str, Any]) -> None:

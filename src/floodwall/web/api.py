@@ -6,8 +6,7 @@ path of every admitted call, and the proxy answers on the ASGI send itself.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -15,14 +14,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from floodwall.bodies import receive_json_object
+from floodwall.bodies import check_json_content_type, parse_json_object, receive_body
 from floodwall.defense.screening import Aside
 from floodwall.edge.gate import scope_edge_info
 from floodwall.errors import ApiError, log_scope_refusal, send_error
 from floodwall.inference import validation
 from floodwall.inference.proxy import InferenceCall
 from floodwall.principal import Principal
-from floodwall.web.auth import api_principal, key_principal, require_verified
+from floodwall.web.auth import api_principal, gate_key_principal, key_principal, require_verified
 from floodwall.web.services import Services, services
 
 
@@ -43,50 +42,42 @@ class InferenceEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         config: Services = scope["app"].state.services
         try:
-            principal = await key_principal(scope, config.accounts)
+            principal = gate_key_principal(scope) or await key_principal(scope, config.accounts)
             require_verified(scope, principal)
-            body = await receive_json_object(scope, receive, config.settings.server.max_body_size)
+            check_json_content_type(scope)
+            body = parse_json_object(await receive_body(scope, receive, config.settings.server.max_body_size))
             config.upstream.fields.apply(self.endpoint, body)
             self.check(body)
-            aside = await screen(scope, principal, body) if self.screened else None
+            aside = await screen(scope, principal, body, config) if self.screened else None
         except ClientDisconnect:
             return
         except ApiError as error:
             log_scope_refusal(scope, error)
             await send_error(scope, send, error)
             return
-        await call(scope, principal, self.endpoint, body, aside)(scope, receive, send)
+        await call(scope, principal, self.endpoint, body, aside, config)(scope, receive, send)
 
 
 def call(scope: Scope, principal: Principal, endpoint: str, body: dict[str, Any],
-         aside: Aside | None = None) -> ASGIApp:
+         aside: Aside | None = None, config: Services | None = None) -> ASGIApp:
     """One inference call, with the caller's tier and the level in force as the gate saw them; then the
     prompt's scoring left aside (screen), once the answer is out."""
-    config: Services = scope["app"].state.services
+    config = config or scope["app"].state.services
     tier, level = tier_and_level(scope)
-    inference = InferenceCall(config.upstream, config.usage, config.admission, principal, endpoint, body, tier,
-                              level)
-    if aside is None:
-        return inference
-
-    async def then_screen(scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await inference(scope, receive, send)
-        finally:
-            # once this app has returned: the server ends the answer then, not when its last byte was sent
-            asyncio.get_running_loop().call_soon(aside.end)
-
-    return then_screen
+    return InferenceCall(config.upstream, config.usage, config.admission, principal, endpoint, body, tier, level,
+                         aside.end if aside is not None else None)
 
 
-async def screen(scope: Scope, principal: Principal, body: dict[str, Any]) -> Aside | None:
+def screen(scope: Scope, principal: Principal, body: dict[str, Any],
+           config: Services | None = None) -> Awaitable[Aside | None]:
     """Prompt screening for this call, with the prompt strikes the gate looked at in its round trip; the
-    scoring left for the call's end, where the level only logs or flags."""
-    config: Services = scope["app"].state.services
+    scoring left for the call's end, where the level only logs or flags. (The check's own coroutine, not one
+    around it.)"""
+    config = config or scope["app"].state.services
     edge = scope_edge_info(scope)
     if edge is None or edge.klass != "api-inference":
-        return await config.prompt_guard.check(principal, body, *tier_and_level(scope))
-    return await config.prompt_guard.check(principal, body, *tier_and_level(scope), edge.strikes, edge.looked)
+        return config.prompt_guard.check(principal, body, *tier_and_level(scope))
+    return config.prompt_guard.check(principal, body, edge.tier, edge.level, edge.strikes, edge.looked)
 
 
 def tier_and_level(scope: Scope) -> tuple[str, str]:

@@ -23,6 +23,29 @@ async def api_principal(request: Request) -> Principal:
 
 async def key_principal(scope: Scope, accounts: AccountService) -> Principal:
     """The account behind the request's API key, or the 401 that says what is wrong with the header."""
+    found = gate_key_principal(scope)
+    if found is not None:
+        return found
+    principal = await accounts.key_principal(_bearer(scope))
+    if principal is None:
+        raise _incorrect_key()
+    return principal
+
+
+def gate_key_principal(scope: Scope) -> Principal | None:
+    """key_principal's answer where the gate resolved the key (or declined to look it up: no second lookup),
+    without a coroutine; None where no gate ran."""
+    _bearer(scope)
+    edge = scope_edge_info(scope)
+    if edge is None:
+        return None
+    if edge.principal is None or edge.principal.key_id is None:
+        raise _incorrect_key()
+    return edge.principal
+
+
+def _bearer(scope: Scope) -> str:
+    """The key in the Authorization header, or the 401 that says what is wrong with the header."""
     header = bodies.header(scope, b"authorization") or ""
     scheme, _, secret = header.partition(" ")
     if not header:
@@ -30,16 +53,12 @@ async def key_principal(scope: Scope, accounts: AccountService) -> Principal:
                        "create keys on the API keys page.", "missing_api_key")
     if scheme.lower() != "bearer" or not secret.strip():
         raise ApiError(401, "The Authorization header must be 'Bearer YOUR_KEY'.", "invalid_api_key")
-    edge = scope_edge_info(scope)
-    if edge is not None:
-        # the gate already resolved the credential (or declined to look it up): no second lookup
-        principal = edge.principal if edge.principal is not None and edge.principal.key_id is not None else None
-    else:
-        principal = await accounts.key_principal(secret.strip())
-    if principal is None:
-        raise ApiError(401, "Incorrect API key provided. Keys are shown once at creation; create a new one "
-                       "if it is lost.", "invalid_api_key")
-    return principal
+    return secret.strip()
+
+
+def _incorrect_key() -> ApiError:
+    return ApiError(401, "Incorrect API key provided. Keys are shown once at creation; create a new one if it is "
+                    "lost.", "invalid_api_key")
 
 
 async def session_principal(request: Request) -> Principal | None:
