@@ -295,7 +295,7 @@ class Admission:
 
     @property
     def queued(self) -> int:
-        return sum(len(q) for q in self.queues.values())
+        return sum(map(len, self.queues.values()))  # (no generator: a frame for each tier, on every call)
 
     @property
     def source(self) -> str:
@@ -518,7 +518,7 @@ class Admission:
     def _note_idle(self) -> None:
         """What the reserve leaves idle is measured on every change of the slots and queues."""
         limit = self.limit
-        if not any(self.queues[tier] for tier in _LOWER_TIERS):  # nobody below waits: nothing is idle for them
+        if not any(map(self.queues.__getitem__, _LOWER_TIERS)):  # nobody below waits: nothing is idle for them
             self.reserve_budget.note(0, limit, False, 0)
             return
         terms = self.policy.terms(self.level())
@@ -535,6 +535,8 @@ class Admission:
 
     def _dispatch(self) -> None:
         self._note_idle()
+        if not any(self.queues.values()):
+            return  # nobody waits (most calls' end, in calm): nothing to start
         terms = self.policy.terms(self.level())
         first = TIER_ORDER[0]
         if not self._start_waiting(first, terms, False):
@@ -545,7 +547,7 @@ class Admission:
                 if not self._start_waiting(tier, terms, spare) and not spare and \
                         self._room(tier, terms, self.limit) > 0:
                     break  # it waits for slots, not for its share: the tiers below it wait behind it
-        if any(self.queues[tier] for tier in _LOWER_TIERS):
+        if any(map(self.queues.__getitem__, _LOWER_TIERS)):
             self._look_again()
 
     def _start_waiting(self, tier: str, terms: LevelTerms, spare: bool) -> bool:
