@@ -18,7 +18,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     return await receive_body(request.scope, request.receive, limit)
 
 
-async def receive_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+async def receive_body(scope: Scope, receive: Receive, limit: int, within: float | None = None) -> bytes:
+    """The body, read whole within `within` seconds (the app's server.body_timeout when not given)."""
     declared = header(scope, b"content-length")
     length = None
     if declared is not None:
@@ -45,7 +46,7 @@ async def receive_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         expired = True
         task.cancel()
 
-    timer = loop.call_at(loop.time() + _body_timeout(scope), expire)
+    timer = loop.call_at(loop.time() + (_body_timeout(scope) if within is None else within), expire)
     try:
         # chunked uploads have no Content-Length: count while reading so a huge body is never held
         while True:

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import operator
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -111,15 +112,20 @@ _ADMISSION = per_level("AdmissionTable", _TermsTable | None, None,
                        ("max_wait", dict[Tier, Seconds], {}))
 
 
+_REMAINING = operator.attrgetter("remaining")
+
+
 def estimate_cost(body: Mapping[str, Any], default_max_tokens: int) -> tuple[int, int]:
     """(prompt tokens, completion tokens) a call may use, before it is made: the prompt as fields.py reads it,
     and the completions' length (default_max_tokens if no field sets one) times how many it generates."""
     length = completion_length(body)
-    # every completion the call generates, each as long as the longest length field lets it be
-    completion = (default_max_tokens if length is None else length) * choices(body)[0]
-    if "input" in body:  # embeddings generate nothing
-        completion = 0
-    return prompt_tokens(body) + 4, completion
+    return _cost(body, default_max_tokens if length is None else length, choices(body)[0])
+
+
+def _cost(body: Mapping[str, Any], length: int, count: int) -> tuple[int, int]:
+    # every completion the call generates, each as long as the longest length field lets it be; embeddings
+    # generate nothing
+    return prompt_tokens(body) + 4, 0 if "input" in body else length * count
 
 
 @dataclasses.dataclass(eq=False)
@@ -350,9 +356,11 @@ class Admission:
                            f"{'s' if most > 1 else ''} a call ({field}).", "too_many_choices", param=field,
                            reason="admission/choices")
         cap = terms.max_tokens.get(tier)
+        length = 0
         if "input" not in body:  # a generation: its length is bounded, whichever field the model server reads
-            hold_length(body, self.policy.default_max_tokens, cap)
-        prompt, completion = estimate_cost(body, self.policy.default_max_tokens)
+            # (what estimate_cost would read from the fields once held: the longest is the held length)
+            length = hold_length(body, self.policy.default_max_tokens, cap)
+        prompt, completion = _cost(body, length, count)
         estimate = prompt + completion
         budget = terms.tokens_per_minute.get(tier)
         if budget is not None and estimate > budget:
@@ -372,12 +380,13 @@ class Admission:
                         f"Please retry in {max(1, round(verdict.retry_after))}s or ask for fewer max_tokens.",
                         "rate_limit_exceeded", type="tokens", retry_after=verdict.retry_after, reason=bucket.rule)
             # OpenAI's token headers, for the tighter of the account's and the key's budgets
-            tightest = min(verdicts, key=lambda v: v.remaining)
+            tightest = min(verdicts, key=_REMAINING)
             headers = ratelimit("tokens", terms.tokens_per_minute[tier], tightest.remaining, tightest.reset_after)
         cap_in_flight = terms.in_flight.get(tier)
         # its calls waiting count too: they all start as soon as slots free
         if cap_in_flight is not None and \
-                self.by_account[principal.user_id] + self.waiting_by_account[principal.user_id] >= cap_in_flight:
+                self.by_account.get(principal.user_id, 0) + self.waiting_by_account.get(principal.user_id, 0) >= \
+                cap_in_flight:
             await self._refund(buckets)
             raise ApiError(429, f"Too many calls at once on this account (at most {cap_in_flight}).",
                            "too_many_concurrent_requests", retry_after=1, reason="in-flight/account")
@@ -614,7 +623,8 @@ class Admission:
     async def reconcile(self, ticket: Ticket, used: int) -> None:
         """Charge the token budgets what the call really used instead of the estimate."""
         if ticket.buckets and used != ticket.estimate:
-            self.store.charge_later([b._replace(cost=used - ticket.estimate) for b in ticket.buckets])
+            more = used - ticket.estimate  # (a Bucket built, not _replace: two Python calls a bucket)
+            self.store.charge_later([Bucket(b.rule, b.ident, b.interval, b.tolerance, more) for b in ticket.buckets])
 
 
 def _busy(tier: str) -> ApiError:

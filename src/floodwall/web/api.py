@@ -43,9 +43,10 @@ class InferenceEndpoint:
         config: Services = scope["app"].state.services
         try:
             principal = gate_key_principal(scope) or await key_principal(scope, config.accounts)
-            require_verified(scope, principal)
+            require_verified(scope, principal, config)
             check_json_content_type(scope)
-            body = parse_json_object(await receive_body(scope, receive, config.settings.server.max_body_size))
+            server = config.settings.server
+            body = parse_json_object(await receive_body(scope, receive, server.max_body_size, server.body_timeout))
             config.upstream.fields.apply(self.endpoint, body)
             self.check(body)
             aside = await screen(scope, principal, body, config) if self.screened else None

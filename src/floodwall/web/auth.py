@@ -14,7 +14,7 @@ from floodwall.accounts.service import AccountService
 from floodwall.edge.gate import edge_info, scope_edge_info
 from floodwall.errors import ApiError
 from floodwall.principal import Principal
-from floodwall.web.services import services
+from floodwall.web.services import Services, services
 
 
 async def api_principal(request: Request) -> Principal:
@@ -82,10 +82,11 @@ async def require_session(request: Request) -> Principal:
     return principal
 
 
-def require_verified(request: Request | Scope, principal: Principal) -> None:
+def require_verified(request: Request | Scope, principal: Principal, config: Services | None = None) -> None:
     """Where confirming the e-mail address is required, an account not confirmed (one made before it was, and
     still signed in) may look around, but not chat, call the model with a key it made then, or make keys."""
-    config = services(request) if isinstance(request, Request) else request["app"].state.services
+    if config is None:
+        config = services(request) if isinstance(request, Request) else request["app"].state.services
     if config.verification.required and not principal.email_verified:
         raise ApiError(403, f"Confirm your e-mail address first: open the link sent to {principal.email} "
                        "(or ask for a new one from the chat page).", "email_not_verified")

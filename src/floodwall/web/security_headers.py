@@ -29,9 +29,13 @@ class SecurityHeaders:
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
-                kind = next((value for name, value in headers if name == b"content-type"), b"")
+                page = False
+                for name, value in headers:  # (a loop, not a generator: a frame on every answer)
+                    if name == b"content-type":
+                        page = value.startswith(b"text/html")
+                        break
                 headers += ALWAYS
-                if kind.startswith(b"text/html"):
+                if page:
                     headers += PAGES
                 if self.https:
                     headers.append(HSTS)
