@@ -150,7 +150,11 @@ async def measure(args: argparse.Namespace, upstream: str, settings: Settings) -
                 await asyncio.sleep(1.5)  # what a call leaves for later (usage, scoring) is counted too
                 profile.disable()
                 stats = pstats.Stats(profile)
-                print(f"{name}: {stats.total_calls / args.calls:.0f} Python function calls a call")  # type: ignore[attr-defined]
+                # frames (Python functions, a coroutine's each resumption) apart from calls into C (builtins): a
+                # frame costs some 0.3 µs more at the cold caches a call meets between others
+                frames = sum(row[1] for where, row in stats.stats.items() if where[0] != "~")  # type: ignore[attr-defined]
+                print(f"{name}: {stats.total_calls / args.calls:.0f} Python function calls a call, "  # type: ignore[attr-defined]
+                      f"{frames / args.calls:.0f} of them Python-level")
                 if name == "floodwall":
                     stats.sort_stats("ncalls").print_stats(60)
                     stats.sort_stats("cumulative").print_stats("floodwall", 45)

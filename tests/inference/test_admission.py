@@ -208,6 +208,10 @@ async def test_under_attack_caps_max_tokens_instead_of_refusing() -> None:
     both = {**body(max_tokens=4000), "max_completion_tokens": 1}
     ticket = await gate.admit(who(4), "new", "under_attack", both)
     assert (both["max_tokens"], both["max_completion_tokens"]) == (64, 1) and ticket.estimate == 6 + 64
+    # a null max_tokens (no limit, to the model server) is held to the cap and costed at it (review of 949efb6)
+    null = {**body(), "max_tokens": None, "n": 2}
+    ticket = await gate.admit(who(5), "new", "under_attack", null)
+    assert null["max_tokens"] == 64 and ticket.estimate == 6 + 64 * 2
 
 
 async def test_a_tier_may_be_held_to_one_completion_a_call() -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from floodwall.config import ConfigError
 from floodwall.errors import ApiError
+from floodwall.inference import validation
 from floodwall.inference.admission import estimate_cost
 from floodwall.inference.fields import (
     OPENAI_FIELDS,
@@ -95,6 +96,14 @@ def test_a_cap_holds_every_length_field_and_max_tokens_is_always_written() -> No
     assert hold_length(small, 512, cap=64) == 8 and small == chat(max_completion_tokens=8, max_tokens=8)
     longer = chat(max_completion_tokens=300, max_tokens=2)
     assert hold_length(longer, 512) == 300 and longer == chat(max_completion_tokens=300, max_tokens=2)
+    # a null max_tokens (validation takes it for "not given") is no way past the cap: the model server reads it
+    # as no limit, so the cap is written over it, and the call costed at the cap it is held to
+    null = chat(max_tokens=None, n=2)
+    validation.chat_completion(null)
+    assert hold_length(null, 512, cap=64) == 64 and null["max_tokens"] == 64
+    assert estimate_cost(null, 512)[1] == 64 * 2
+    left = chat(max_tokens=None)
+    assert hold_length(left, 512) == 512 and left == chat(max_tokens=None)  # no cap: as OpenAI's API has it
 
 
 def test_the_prompt_estimate_reads_every_text_the_model_reads() -> None:

@@ -110,9 +110,10 @@ def choices(body: Mapping[str, Any]) -> tuple[int, str]:
 def hold_length(body: dict[str, Any], default: int, cap: int | None = None) -> int:
     """The length of each completion the call may generate: what its fields ask (`default` when none does),
     at most `cap`. Where a field or a cap sets it, each length field present is held to it and max_tokens is
-    written, so that whichever field the model server reads, it generates no more. A call that sets no length
-    and meets no cap is left as OpenAI's API has it (the model server's own limit: it may reject a written
-    length its context cannot hold), costed at `default`, and charged what it used afterwards."""
+    written (over a null one too: the model server reads null as no limit), so that whichever field the model
+    server reads, it generates no more. A call that sets no length and meets no cap is left as OpenAI's API has
+    it (the model server's own limit: it may reject a written length its context cannot hold), costed at
+    `default`, and charged what it used afterwards."""
     asked = completion_length(body)
     if asked is None and cap is None:
         return default
@@ -123,7 +124,8 @@ def hold_length(body: dict[str, Any], default: int, cap: int | None = None) -> i
         value = body.get(field)
         if isinstance(value, int) and not isinstance(value, bool) and value > length:
             body[field] = length
-    if "max_tokens" not in body:
+    written = body.get("max_tokens")
+    if not isinstance(written, int) or isinstance(written, bool):  # absent, or null (which validation lets by)
         body["max_tokens"] = length
     return length
 
