@@ -1,14 +1,16 @@
 """Where an admitted call's time goes inside the server: floodwall and the bare relay (bare_relay.py, under
-/relay) served by one granian worker, marks taken at the entry and exit of the path's steps, and the median
-gap between consecutive marks over the calls. Both apps in one process, so the machine, the server and its
-threads are the same for both; unlike bench/path.py, granian's own hops (a receive(), a send) are in it.
+/relay) served by one granian worker, marks taken at the entry and exit of the path's steps, and the median and
+99th percentile gap between consecutive marks over the calls. Both apps in one process, so the machine, the
+server and its threads are the same for both; unlike bench/path.py, granian's own hops (a receive(), a send)
+are in it.
 
     python bench/stages.py [--rate 100] [--seconds 8] [--runs 2] [--detail decide|admit|after]
     PYTHONPATH=TREE/src python bench/stages.py ...   (another checkout's floodwall, for an A/B)
 
 Found with it (2026-12-07): a receive() costs the worker 100-145 µs (granian's I/O thread), so a body whole
 at its declared length no longer waits for the server's last, empty message; the pipe write to the scorer
-process left the call's path. A mark costs about a microsecond, so short steps read long.
+process left the call's path. A mark costs about a microsecond, so short steps read long. The same steps take
+about twice as long at 100 calls/s as at 500: between calls 10 ms apart, what a call touches leaves the caches.
 """
 
 from __future__ import annotations
