@@ -113,6 +113,14 @@ def test_anonymous_flood_is_cut_while_an_established_user_on_the_same_address_is
         # and OpenAI's token headers, from the account's token budget (200,000 a minute by default)
         assert last.headers["x-ratelimit-limit-tokens"] == "200000"
         assert 0 < int(last.headers["x-ratelimit-remaining-tokens"]) < 200000
+        # a streamed answer carries both kinds too (the token headers are in its own start, not added by a wrapper)
+        streamed = user.post("/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                             json={"model": "floodwall-simulated-chat", "max_tokens": 2, "stream": True,
+                                   "messages": [{"role": "user", "content": "still here?"}]})
+        assert streamed.status_code == 200 and streamed.headers["content-type"].startswith("text/event-stream")
+        assert streamed.headers["x-ratelimit-limit-requests"] == "30"
+        assert streamed.headers["x-ratelimit-limit-tokens"] == "200000"
+        assert 0 < int(streamed.headers["x-ratelimit-remaining-tokens"]) < 200000
 
 
 def test_new_accounts_get_less_under_attack(edge_url: str, level: Any) -> None:

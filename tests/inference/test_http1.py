@@ -368,3 +368,7 @@ def test_the_host_header_names_the_origin() -> None:
     assert pool("http://127.0.0.1:8000/").head("GET", "/v1/models", b"", None).startswith(b"GET /v1/models ")
     with pytest.raises(ValueError):
         pool("ftp://example.com/v1")
+    # the header is encoded once, when the pool is made: a host it cannot carry is refused then, not per call
+    for host in ("a..b", "x" * 64 + ".example"):
+        with pytest.raises(ValueError, match="not a valid host name"):
+            pool(f"http://{host}/v1")

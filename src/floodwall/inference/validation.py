@@ -39,7 +39,7 @@ def _require_type(body: dict[str, Any], param: str, kinds: tuple[type, ...], lab
 _Check = tuple[str, tuple[type, ...] | None, str, int | None, int | None]
 _CHECKS: tuple[_Check, ...] = (
     ("stream", (bool,), "a boolean", None, None),
-    ("stream_options", (dict,), "an object", None, None),  # then its own fields (_stream_options)
+    ("stream_options", (dict,), "an object", None, None),  # then its own fields, in _common's loop
     *((param, (int,), "an integer", 1, None) for param in (*LENGTH_FIELDS, *CHOICE_FIELDS)),
     *((param, None, "", None, MAX_CHOICES) for param in CHOICE_FIELDS),
     (MIN_LENGTH_FIELD, (int,), "an integer", 0, None),

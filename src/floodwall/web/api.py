@@ -44,6 +44,7 @@ class InferenceEndpoint:
         try:
             principal = gate_key_principal(scope) or await key_principal(scope, config.accounts)
             require_verified(scope, principal, config)
+            # bodies.receive_json_object's steps, without its coroutine around them (a frame on every call)
             check_json_content_type(scope)
             server = config.settings.server
             body = parse_json_object(await receive_body(scope, receive, server.max_body_size, server.body_timeout))
