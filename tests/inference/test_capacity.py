@@ -102,9 +102,9 @@ def test_a_late_event_loop_never_makes_calls_look_faster_than_usual() -> None:
 def test_the_model_servers_own_figures_set_the_limit() -> None:
     figures = FiguresLimit(initial=8, minimum=1, maximum=64)
     figures.observe(Reading(running=8, waiting=0, cache=0.5, at=0), in_flight=8)  # all in use, none waits
-    assert figures.value == 9
+    assert figures.value == 10  # a quarter more
     figures.observe(Reading(running=4, waiting=0, cache=0.5, at=0), in_flight=4)  # room to spare: hold
-    assert figures.value == 9
+    assert figures.value == 10
     figures.observe(Reading(running=6, waiting=3, cache=1.0, at=0), in_flight=9)  # requests wait inside
     assert figures.value == 6 and figures.capacity == 6
     # a queue longer than all floodwall has out is others' (or a stale gauge): it does not lower floodwall's
@@ -113,6 +113,34 @@ def test_the_model_servers_own_figures_set_the_limit() -> None:
     for odd in (float("inf"), float("nan")):
         figures.observe(Reading(running=odd, waiting=odd, cache=None, at=0), in_flight=6)
         assert figures.value == 6
+
+
+def test_the_figures_limit_grows_by_a_quarter_to_the_capacity_and_one_at_a_time_past_it() -> None:
+    """Slow start: while the server runs all floodwall sends and nothing waits, a quarter more a reading (one
+    a reading took 2 s to go from 12 to 16); never past the capacity the server showed in one step, and past
+    it one more every PROBE_EVERY. Held below the limit (`pressed`, not using it all): one at a time."""
+    figures = FiguresLimit(initial=12, minimum=1, maximum=64)
+    at = 0.0
+    seen = []
+    for _ in range(3):
+        at += 0.25
+        figures.observe(Reading(running=figures.value, waiting=0, cache=None, at=at), in_flight=figures.value)
+        seen.append(figures.value)
+    assert seen == [15, 18, 22]
+    figures.observe(Reading(running=16, waiting=6, cache=None, at=at + 0.25), in_flight=22)  # the server's 16
+    assert figures.value == 16 and figures.capacity == 16
+    figures.value = 10  # (a moment of low figures)
+    steps = []
+    for k in range(1, 5):
+        figures.observe(Reading(running=figures.value, waiting=0, cache=None, at=at + 0.25 + k * 0.25),
+                        in_flight=figures.value)
+        steps.append(figures.value)
+    assert steps == [12, 15, 16, 16]  # back to the capacity, not past it; past it only after PROBE_EVERY
+    figures.observe(Reading(running=16, waiting=0, cache=None, at=at + 3.0), in_flight=16)
+    assert figures.value == 17
+    pressed = FiguresLimit(initial=12, minimum=1, maximum=64)
+    pressed.observe(Reading(running=9, waiting=0, cache=None, at=0.25), in_flight=9, pressed=True)
+    assert pressed.value == 13
 
 
 def test_the_limit_comes_down_once_a_round_not_once_a_call() -> None:

@@ -128,7 +128,8 @@ class FiguresLimit:
     """The limit by the model server's own figures: keep its waiting queue near empty, so that floodwall's
     tiered queue, not the server's FIFO, decides who goes next. Requests waiting inside: the server runs what
     it can, and floodwall's share of that is what it has out less what waits; none waiting while floodwall
-    uses all it may: one more. The capacity is what the server ran when requests began to wait.
+    uses all it may: a quarter more (GROWTH), up to the capacity, which is what the server ran when requests
+    began to wait.
 
     Below that capacity the limit comes back at once (a reading is a little old: a call that ended since
     makes what floodwall has out look one short). Past it, one more is tried only after none has waited for
@@ -137,6 +138,10 @@ class FiguresLimit:
     does grow, as long prompts end and free its cache, but not every quarter second)."""
 
     PROBE_EVERY = 2.0
+    # below the capacity, the limit grows by this share a reading while the server runs all it is sent: a
+    # try that overshoots queues at most this share of a round's calls in the server, about as long a wait
+    # for a call behind them (one more a reading took two seconds to find 16 slots from 12: docs/benchmarks.md)
+    GROWTH = 0.25
     RECALL = 10.0  # a capacity not seen again (no queue) for this long is forgotten: it was a moment's
 
     def __init__(self, initial: int, minimum: int, maximum: int) -> None:
@@ -157,12 +162,17 @@ class FiguresLimit:
             if reading.waiting <= in_flight:  # a queue longer than all floodwall has out is not (all) ours
                 self.value = max(self.minimum, min(self.value, int(in_flight - reading.waiting)))
         elif reading.waiting == 0 and (in_flight >= self.value or pressed):
-            beyond = (self.capacity is not None and self.value >= self.capacity
-                      and reading.at - self._waited_at < self.RECALL)
-            if not beyond or reading.at - max(self._waited_at, self._tried_at) >= self.PROBE_EVERY:
-                self.value = min(self.maximum, self.value + 1)
-                if beyond:
+            capacity = self.capacity if reading.at - self._waited_at < self.RECALL else None
+            if capacity is not None and self.value >= capacity:  # past it: one more, once in a while
+                if reading.at - max(self._waited_at, self._tried_at) >= self.PROBE_EVERY:
+                    self.value = min(self.maximum, self.value + 1)
                     self._tried_at = reading.at  # (the next try after as long again)
+                return
+            # below it, or none seen: the server ran everything floodwall had out with nothing waiting, so a
+            # GROWTH more (slow start), up to the capacity seen; only pressed (held below the limit), one
+            step = max(1, int(self.value * self.GROWTH)) if in_flight >= self.value else 1
+            ceiling = self.maximum if capacity is None else max(self.value + 1, int(capacity))
+            self.value = min(self.maximum, ceiling, self.value + step)
 
     def overloaded(self) -> None:
         self.value = max(self.minimum, int(self.value * 0.8))
