@@ -39,6 +39,7 @@ from floodwall.telemetry.traffic import Traffic
 
 log = logging.getLogger("floodwall.inference")
 Tier = Literal["established", "new", "anonymous"]  # the callers admission tells apart, first served first
+Spare = Literal["none", "idle", "all"]
 TIER_ORDER: tuple[str, ...] = get_args(Tier)
 _LOWER_TIERS = TIER_ORDER[1:]
 
@@ -50,9 +51,10 @@ class LevelTerms:
     tokens_per_minute: Mapping[str, int]
     in_flight: Mapping[str, int]
     max_choices: Mapping[str, int] = dataclasses.field(default_factory=dict)
-    # lower tiers may take slots beyond their share that no call waits for (work-conserving); else each
-    # share is a cap, and slots beyond the shares idle while lower tiers wait
-    spare: bool = False
+    # the slots beyond the shares that no call waits for: "none" (a share is a cap, and they idle while lower
+    # tiers wait), "idle" (lent, as many as keep the slots idle at most reserve_idle of the time lower tiers
+    # wait, halved when an established call waits: capacity.IdleBudget), "all" (work-conserving)
+    spare: Spare = "none"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +82,7 @@ class AdmissionPolicy:
     def from_data(cls, data: Mapping[str, Any], where: str) -> AdmissionPolicy:
         table = msgspec.structs.asdict(typed(_ADMISSION, data, where))
         levels = {level: LevelTerms(terms.share, terms.max_tokens, terms.tokens_per_minute, terms.in_flight,
-                                    terms.max_choices, terms.spare)
+                                    terms.max_choices, _spare(terms.spare))
                   for level in LEVELS if (terms := table.pop(level)) is not None}
         waits = {tier: float(seconds) for tier, seconds in table.pop("max_wait").items()}
         policy = cls(**table, max_wait={**cls().max_wait, **waits}, levels=levels)
@@ -100,7 +102,11 @@ class _TermsTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tokens_per_minute: dict[Tier, Positive] = {}
     in_flight: dict[Tier, Positive] = {}
     max_choices: dict[Tier, Positive] = {}
-    spare: bool = False
+    spare: Spare | bool = "none"  # (true and false: "all" and "none")
+
+
+def _spare(value: Spare | bool) -> Spare:
+    return ("all" if value else "none") if isinstance(value, bool) else value
 
 
 _ADMISSION = per_level("AdmissionTable", _TermsTable | None, None,
@@ -333,6 +339,7 @@ class Admission:
                 "loop_lag_ms": round(self.loop_lag.lag * 1000, 2),
                 "reserve": {"peak": round(self.first_demand.value, 2),  # most: None until measured (the whole peak)
                             "most": self.reserve_budget.slots if math.isfinite(self.reserve_budget.most) else None},
+                "lent": self.reserve_budget.lent,  # slots lower tiers may take beyond their shares (spare "idle")
                 "replicas": 1 + self.others.replicas, "others_in_flight": self.others.in_flight,
                 "in_flight": self.in_flight, "by_tier": dict(self.by_tier),
                 "queued": {t: len(q) for t, q in self.queues.items()}, "shed": dict(self.shed),
@@ -430,8 +437,14 @@ class Admission:
         if self._room(tier, terms, limit) > 0:
             return True
         # beyond its share: only where no other replica has calls waiting (the board does not say of which
-        # tier, or whether within their shares: they may be owed these slots)
-        return spare and self.others.demand <= self.others.in_flight
+        # tier, or whether within their shares: they may be owed these slots), and as many as are lent
+        if not spare or self.others.demand > self.others.in_flight:
+            return False
+        return terms.spare == "all" or self._lent(terms, limit) < self.reserve_budget.lent
+
+    def _lent(self, terms: LevelTerms, limit: int) -> int:
+        """The lower tiers' calls running beyond their shares."""
+        return sum(int(max(0.0, -self._room(tier, terms, limit))) for tier in _LOWER_TIERS)
 
     def _room(self, tier: str, terms: LevelTerms, limit: int) -> float:
         """Calls the tier may still start within its share of the limit (at least one call's share)."""
@@ -440,7 +453,8 @@ class Admission:
 
     def _starts_now(self, ticket: Ticket, terms: LevelTerms) -> bool:
         # beyond its share only while nobody waits: a lower tier's call waiting within its own share goes first
-        if not self._ahead(ticket.tier, terms) and self._may_start(ticket.tier, terms, terms.spare and not self.queued):
+        if not self._ahead(ticket.tier, terms) and \
+                self._may_start(ticket.tier, terms, terms.spare != "none" and not self.queued):
             self._start(ticket)
             return True
         return False
@@ -532,10 +546,18 @@ class Admission:
             return
         terms = self.policy.terms(self.level())
         usable = 0  # the waiting lower-tier calls that could start, their shares allowing, if the slots were free
+        beyond = 0  # ...and those their shares hold back
         for tier in _LOWER_TIERS:
             waiting = len(self.queues[tier])
-            usable += waiting if terms.spare else int(min(waiting, max(0, self._room(tier, terms, limit))))
-        self.reserve_budget.note(min(limit - self.total_in_flight, usable), limit, usable > 0, self._reserve(limit))
+            within = waiting if terms.spare == "all" else int(min(waiting, max(0, self._room(tier, terms, limit))))
+            usable += within
+            beyond += waiting - within
+        free, reserve = limit - self.total_in_flight, self._reserve(limit)
+        # where the level lends: what only the shares keep idle (the slots free beyond the reserve, as far as
+        # the calls beyond them could use)
+        unlent = min(max(0, free - reserve), beyond) if beyond and terms.spare == "idle" else -1
+        self.reserve_budget.note(min(free, usable), limit, usable > 0, reserve, unlent,
+                                 bool(self.queues[TIER_ORDER[0]]))
 
     def _reserve(self, limit: int) -> int:
         """Slots kept free of lower tiers for the established tier's next calls."""
@@ -551,7 +573,7 @@ class Admission:
         if not self._start_waiting(first, terms, False):
             return  # nothing goes before a waiting established call
         # each lower tier its share, in tier order; then, where the level lets them, the slots left over
-        for spare in (False, True) if terms.spare else (False,):
+        for spare in (False, True) if terms.spare != "none" else (False,):
             for tier in _LOWER_TIERS:
                 if not self._start_waiting(tier, terms, spare) and not spare and \
                         self._room(tier, terms, self.limit) > 0:

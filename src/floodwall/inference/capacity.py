@@ -203,15 +203,22 @@ class Peak:
 
 
 class IdleBudget:
-    """How many slots the established tier's reserve may keep free: as many as leave the limit idle at most
-    `budget` of the time lower tiers' calls wait (a slot kept free while calls wait is a slot idle).
+    """The idle budget's two figures: how many slots the established tier's reserve may keep free, and how
+    many lower tiers may borrow beyond their shares (`lent`, where a level lends them: `spare = "idle"`).
+    Both as leave the limit idle at most `budget` of the time lower tiers' calls wait (a slot kept free
+    while calls wait is a slot idle).
 
     Where the established calls fill what is kept for them (a model they nearly fill alone), the reserve
     idles little and may be large; where they do not (a large model), it idles about its whole size and must
     be small. Measured, not guessed: every PERIOD seconds in which lower tiers waited, the most the reserve
     may keep comes down by the slots idle beyond the budget, or goes up by one while at most half of it, or
     while nobody waits. Idle counts only as far as the waiting calls could use it (`note`'s caller): one
-    call waiting does not cost the established tier its whole reserve."""
+    call waiting does not cost the established tier its whole reserve.
+
+    A share is a cap that idles slots too, when the established calls dip. In each period in which calls
+    waited beyond their shares, the slots lent go up by those the shares alone kept idle beyond the budget,
+    are halved when an established call waited for a slot (a lent slot cannot be taken back), and stay as
+    they were otherwise; a period in which no call waited beyond its share ends the lending."""
 
     PERIOD = 1.0
 
@@ -219,22 +226,33 @@ class IdleBudget:
         self.budget = budget
         self.clock = clock
         self.most = math.inf  # until measured: the whole reserve
+        self.lent = 0
         self._at = self._period = clock()
         self._idle = self._waited = 0.0  # slot-seconds idle, limit-seconds waited, while lower tiers waited
         self._held = 0  # the most the reserve kept in the period
-        self._state = (0, 0, False)  # (idle slots, limit, lower tiers waiting) since `_at`
+        # slot-seconds the shares alone kept idle, limit-seconds, while calls waited beyond their shares
+        self._unlent = self._beyond = 0.0
+        self._first_waited = False  # an established call waited in the period
+        self._state = (0, 0, False, 0)  # (idle slots, limit, lower tiers waiting, slots the shares keep idle)
 
-    def note(self, idle: int, limit: int, waiting: bool, reserve: int) -> None:
-        """The slots idle of `limit` now, whether lower tiers' calls wait, and the slots the reserve keeps:
-        the state until the next note."""
+    def note(self, idle: int, limit: int, waiting: bool, reserve: int, unlent: int = -1,
+             first_waiting: bool = False) -> None:
+        """The slots idle of `limit` now, whether lower tiers' calls wait (as far as they could use them),
+        the slots the reserve keeps, the slots free that only the shares keep from the calls waiting beyond
+        them (-1: none waits beyond its share), and whether an established call waits: the state until the
+        next note."""
         now = self.clock()
-        was_idle, was_limit, was_waiting = self._state
+        was_idle, was_limit, was_waiting, was_unlent = self._state
         if was_waiting:
             self._idle += max(0, was_idle) * (now - self._at)
             self._waited += was_limit * (now - self._at)
-        self._at, self._state = now, (idle, limit, waiting)
+        if was_unlent >= 0:
+            self._unlent += was_unlent * (now - self._at)
+            self._beyond += was_limit * (now - self._at)
+        self._at, self._state = now, (idle, limit, waiting, unlent)
         if waiting:
             self._held = max(self._held, reserve)
+        self._first_waited = self._first_waited or first_waiting
         if now - self._period < self.PERIOD:
             return
         if self._waited > 0:
@@ -246,7 +264,14 @@ class IdleBudget:
                 self.most = min(self.most + 1, float(limit))
         elif math.isfinite(self.most):  # nobody waited: keeping slots cost nothing, and the next wave may come
             self.most = min(self.most + 1, float(limit))
+        if self._beyond <= 0:
+            self.lent = 0
+        elif self._first_waited:
+            self.lent //= 2
+        elif (share := self._unlent / self._beyond) > self.budget:
+            self.lent = min(limit, self.lent + math.ceil((share - self.budget) * self._beyond / (now - self._period)))
         self._period, self._idle, self._waited, self._held = now, 0.0, 0.0, 0
+        self._unlent, self._beyond, self._first_waited = 0.0, 0.0, False
 
     @property
     def slots(self) -> int:
