@@ -125,6 +125,70 @@ async def test_where_the_level_lets_them_lower_tiers_take_the_slots_nobody_waits
     assert await started(fourth_new)
 
 
+async def test_where_the_level_lends_lower_tiers_borrow_what_their_shares_leave_idle(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """spare = "idle" (issue 23, work conservation): slots that only the shares keep idle while calls wait
+    beyond them are lent, measured each period; an established call that waits for a slot halves the lending,
+    and goes first for the next slot."""
+    monkeypatch.setattr(capacity.IdleBudget, "PERIOD", 0.05)
+    gate = admission(initial_limit=8, min_limit=8, max_limit=8, queue_size=16, reserve_half_life="1ms",
+                     normal={"share": {"new": 0.25}, "spare": "idle"})
+    news = [asyncio.create_task(gate.admit(who(10 + n), "new", "normal", body())) for n in range(6)]
+    await asyncio.sleep(0.01)
+    assert gate.in_flight == 2  # a quarter of 8, at first
+    async with asyncio.timeout(2):  # then 4 of 8 idle while four wait beyond the share: lent
+        await asyncio.gather(*news)
+    assert gate.in_flight == 6 and gate.stats()["lent"] >= 4
+    regulars = [await gate.admit(who(n), "established", "normal", body()) for n in (1, 2)]  # the slots left
+    more_new = asyncio.create_task(gate.admit(who(30), "new", "normal", body()))
+    waiting_regular = asyncio.create_task(gate.admit(who(3), "established", "normal", body()))
+    assert not await started(waiting_regular)
+    await asyncio.sleep(0.1)  # a period in which an established call waited (measured at the next change)
+    gate.release(news[5].result())
+    assert await started(waiting_regular) and not await started(more_new)
+    assert gate.stats()["lent"] == 2
+    for ticket in (*regulars, waiting_regular.result()):
+        gate.release(ticket)
+    # new accounts hold 5 of 8 (a share of 2, 3 lent): the new call waits until the lending grows again
+    assert not more_new.done()
+    async with asyncio.timeout(2):
+        await more_new
+    more_new.result()
+
+
+async def test_an_established_call_waiting_while_nothing_is_lent_leaves_the_lending(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """It waits for what the shares hold, as it would without lending: no reason to lend less."""
+    monkeypatch.setattr(capacity.IdleBudget, "PERIOD", 0.05)
+    gate = admission(initial_limit=8, min_limit=8, max_limit=8, queue_size=16, reserve_half_life="1ms",
+                     normal={"share": {"new": 0.25}, "spare": "idle"})
+    news = [asyncio.create_task(gate.admit(who(10 + n), "new", "normal", body())) for n in range(6)]
+    async with asyncio.timeout(2):
+        await asyncio.gather(*news)
+    lent = gate.stats()["lent"]
+    assert lent >= 4
+    for task in news[2:]:
+        gate.release(task.result())  # the new tier back at its share: nothing lent is out
+    regulars = [await gate.admit(who(n), "established", "normal", body()) for n in range(1, 7)]
+    waiting_regular = asyncio.create_task(gate.admit(who(7), "established", "normal", body()))
+    more_new = asyncio.create_task(gate.admit(who(30), "new", "normal", body()))
+    assert not await started(waiting_regular) and not await started(more_new)
+    await asyncio.sleep(0.1)
+    gate.release(regulars[0])
+    assert await started(waiting_regular) and gate.stats()["lent"] >= lent
+    more_new.cancel()
+
+
+async def test_a_lending_level_with_nothing_idle_lends_nothing() -> None:
+    gate = admission(initial_limit=2, min_limit=2, max_limit=2, reserve_half_life="1ms",
+                     normal={"share": {"new": 0.5}, "spare": "idle"})
+    await gate.admit(who(1), "new", "normal", body())
+    second = asyncio.create_task(gate.admit(who(2), "new", "normal", body()))
+    await gate.admit(who(3), "established", "normal", body())
+    assert not await started(second) and gate.stats()["lent"] == 0
+    second.cancel()
+
+
 async def test_a_tier_at_its_share_does_not_hold_back_the_tiers_below_it() -> None:
     gate = admission(initial_limit=4, max_limit=4, reserve_half_life="1ms",
                      normal={"share": {"new": 0.25, "anonymous": 0.25}})

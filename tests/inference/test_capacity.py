@@ -217,3 +217,43 @@ def test_idle_slots_that_are_not_the_reserves_take_it_to_nothing() -> None:
     budget = IdleBudget(0.1, clock=clock)
     wait_periods(budget, clock, 1, idle=6, reserve=0)
     assert budget.slots == 0
+
+
+def lend_periods(budget: IdleBudget, clock: Clock, seconds: int, unlent: int, first_waiting: bool = False,
+                 limit: int = 16) -> None:
+    """`seconds` of calls waiting beyond their shares with `unlent` slots free that only the shares keep idle."""
+    for _ in range(seconds * 8):
+        budget.note(idle=0, limit=limit, waiting=False, reserve=0, unlent=unlent, first_waiting=first_waiting)
+        clock.now += 0.125
+    budget.note(idle=0, limit=limit, waiting=False, reserve=0, unlent=unlent, first_waiting=first_waiting)
+
+
+def test_slots_the_shares_alone_keep_idle_are_lent_and_taken_back_when_established_calls_wait() -> None:
+    """spare = "idle": a share is a cap that idles slots when the established calls dip. Each second in which
+    calls waited beyond their shares, the slots lent go up by those idle beyond the budget, stay while the
+    lending keeps the slots busy, halve when an established call waited, and end with the wave."""
+    clock = Clock()
+    budget = IdleBudget(0.05, clock=clock)
+    assert budget.lent == 0
+    lend_periods(budget, clock, 1, unlent=3)  # 3 of 16 idle (19%): 14% of 16 beyond the budget, 2.24 slots
+    assert budget.lent == 3
+    lend_periods(budget, clock, 1, unlent=1)  # 1 of 16 (6%) is still beyond the 5%: one more
+    assert budget.lent == 4
+    lend_periods(budget, clock, 2, unlent=0)  # busy: the lending stands
+    assert budget.lent == 4
+    lend_periods(budget, clock, 1, unlent=0, first_waiting=True)  # an established call waited for a slot
+    assert budget.lent == 2
+    lend_periods(budget, clock, 1, unlent=-1)  # nobody waited beyond a share for a whole second: the wave is over
+    assert budget.lent == 0
+    lend_periods(budget, clock, 3, unlent=8, first_waiting=True)  # established calls waiting: nothing is lent
+    assert budget.lent == 0
+    lend_periods(budget, clock, 5, unlent=16)  # never more than the limit
+    assert budget.lent == 16
+
+
+def test_lending_does_not_move_the_reserve() -> None:
+    clock = Clock()
+    budget = IdleBudget(0.05, clock=clock)
+    wait_periods(budget, clock, 1, idle=0, reserve=3)
+    lend_periods(budget, clock, 2, unlent=4)
+    assert budget.slots == 1 << 30 and budget.lent > 0

@@ -556,8 +556,9 @@ class Admission:
         # where the level lends: what only the shares keep idle (the slots free beyond the reserve, as far as
         # the calls beyond them could use)
         unlent = min(max(0, free - reserve), beyond) if beyond and terms.spare == "idle" else -1
+        # an established call waiting while slots are lent: the lending may be what it waits for
         self.reserve_budget.note(min(free, usable), limit, usable > 0, reserve, unlent,
-                                 bool(self.queues[TIER_ORDER[0]]))
+                                 unlent >= 0 and bool(self.queues[TIER_ORDER[0]]) and self._lent(terms, limit) > 0)
 
     def _reserve(self, limit: int) -> int:
         """Slots kept free of lower tiers for the established tier's next calls."""

@@ -217,8 +217,10 @@ class IdleBudget:
 
     A share is a cap that idles slots too, when the established calls dip. In each period in which calls
     waited beyond their shares, the slots lent go up by those the shares alone kept idle beyond the budget,
-    are halved when an established call waited for a slot (a lent slot cannot be taken back), and stay as
-    they were otherwise; a period in which no call waited beyond its share ends the lending."""
+    are halved when an established call waited for a slot while some were lent (a lent slot cannot be taken
+    back), and stay as they were otherwise; a period in which no call waited beyond its share ends the
+    lending. (An established call that waits while none is lent waits for what the shares hold, as it would
+    without lending: that says nothing against it.)"""
 
     PERIOD = 1.0
 
@@ -239,8 +241,8 @@ class IdleBudget:
              first_waiting: bool = False) -> None:
         """The slots idle of `limit` now, whether lower tiers' calls wait (as far as they could use them),
         the slots the reserve keeps, the slots free that only the shares keep from the calls waiting beyond
-        them (-1: none waits beyond its share), and whether an established call waits: the state until the
-        next note."""
+        them (-1: none waits beyond its share), and whether an established call waits while slots are lent:
+        the state until the next note."""
         now = self.clock()
         was_idle, was_limit, was_waiting, was_unlent = self._state
         if was_waiting:
