@@ -221,34 +221,52 @@ def test_idle_slots_that_are_not_the_reserves_take_it_to_nothing() -> None:
 
 def lend_periods(budget: IdleBudget, clock: Clock, seconds: int, unlent: int, first_waiting: bool = False,
                  limit: int = 16) -> None:
-    """`seconds` of calls waiting beyond their shares with `unlent` slots free that only the shares keep idle."""
+    """`seconds` of calls waiting beyond their shares with `unlent` slots free that only the shares keep idle
+    (`first_waiting`: and an established call waiting while slots are lent)."""
     for _ in range(seconds * 8):
-        budget.note(idle=0, limit=limit, waiting=False, reserve=0, unlent=unlent, first_waiting=first_waiting)
+        budget.note(idle=0, limit=limit, waiting=False, reserve=0, unlent=unlent, lent_waited=first_waiting)
         clock.now += 0.125
-    budget.note(idle=0, limit=limit, waiting=False, reserve=0, unlent=unlent, first_waiting=first_waiting)
+    budget.note(idle=0, limit=limit, waiting=False, reserve=0, unlent=unlent, lent_waited=first_waiting)
 
 
 def test_slots_the_shares_alone_keep_idle_are_lent_and_taken_back_when_established_calls_wait() -> None:
     """spare = "idle": a share is a cap that idles slots when the established calls dip. Each second in which
-    calls waited beyond their shares, the slots lent go up by those idle beyond the budget, stay while the
-    lending keeps the slots busy, halve when an established call waited, and end with the wave."""
+    calls waited beyond their shares with slots idle beyond the budget, one more is lent; the lending stands
+    while it keeps the slots busy, halves for each second an established call waited while some were lent,
+    never passes its bound, and ends with the wave."""
     clock = Clock()
     budget = IdleBudget(0.05, clock=clock)
     assert budget.lent == 0
-    lend_periods(budget, clock, 1, unlent=3)  # 3 of 16 idle (19%): 14% of 16 beyond the budget, 2.24 slots
-    assert budget.lent == 3
-    lend_periods(budget, clock, 1, unlent=1)  # 1 of 16 (6%) is still beyond the 5%: one more
+    lend_periods(budget, clock, 1, unlent=3)  # 3 of 16 idle (19%): one more, not all three at once
+    assert budget.lent == 1
+    lend_periods(budget, clock, 3, unlent=1)  # 1 of 16 (6%) is still beyond the 5%
     assert budget.lent == 4
     lend_periods(budget, clock, 2, unlent=0)  # busy: the lending stands
     assert budget.lent == 4
-    lend_periods(budget, clock, 1, unlent=0, first_waiting=True)  # an established call waited for a slot
+    lend_periods(budget, clock, 1, unlent=0, first_waiting=True)  # an established call waited while lent
     assert budget.lent == 2
-    lend_periods(budget, clock, 1, unlent=-1)  # nobody waited beyond a share for a whole second: the wave is over
+    # nobody waits beyond a share (the established call still waiting as the second began: halved once more),
+    # then for a whole second: the wave is over
+    lend_periods(budget, clock, 2, unlent=-1)
     assert budget.lent == 0
-    lend_periods(budget, clock, 3, unlent=8, first_waiting=True)  # established calls waiting: nothing is lent
+    lend_periods(budget, clock, 3, unlent=8, first_waiting=True)
     assert budget.lent == 0
-    lend_periods(budget, clock, 5, unlent=16)  # never more than the limit
-    assert budget.lent == 16
+    for _ in range(20):
+        budget.note(idle=0, limit=16, waiting=False, reserve=0, unlent=16, lendable=2)
+        clock.now += 1
+    assert budget.lent == 2  # never past its bound
+    budget.note(idle=0, limit=4, waiting=False, reserve=0, unlent=0, lendable=0)
+    assert budget.lent == 0  # the limit fell: the bound with it, at once
+
+
+def test_a_long_wait_with_no_change_between_halves_the_lending_for_each_second() -> None:
+    clock = Clock()
+    budget = IdleBudget(0.05, clock=clock)
+    budget.lent = 8
+    budget.note(idle=0, limit=16, waiting=False, reserve=0, unlent=0, lent_waited=True)
+    clock.now += 3.0
+    budget.note(idle=0, limit=16, waiting=False, reserve=0, unlent=0, lent_waited=True)
+    assert budget.lent == 1
 
 
 def test_lending_does_not_move_the_reserve() -> None:
@@ -257,3 +275,25 @@ def test_lending_does_not_move_the_reserve() -> None:
     wait_periods(budget, clock, 1, idle=0, reserve=3)
     lend_periods(budget, clock, 2, unlent=4)
     assert budget.slots == 1 << 30 and budget.lent > 0
+
+
+def test_a_refusal_by_the_server_is_not_undone_by_the_next_reading() -> None:
+    """A 503 from the server cuts the limit by a fifth: the slow start must not take it back at the next
+    reading (adversarial review of the slow start); past the cut, one more every PROBE_EVERY."""
+    figures = FiguresLimit(initial=20, minimum=1, maximum=64)
+    figures.observe(Reading(running=18, waiting=0, cache=None, at=0.0), in_flight=18)
+    figures.overloaded()
+    assert figures.value == 16
+    figures.observe(Reading(running=16, waiting=0, cache=None, at=0.25), in_flight=16)
+    assert figures.value == 16
+    figures.observe(Reading(running=16, waiting=0, cache=None, at=2.0), in_flight=16)
+    assert figures.value == 17
+
+
+def test_a_reading_behind_the_calls_out_grows_the_limit_by_one() -> None:
+    """The server shows fewer than floodwall has sent (the reading is older than the calls): it has not run
+    them yet, so that is no evidence for a quarter more."""
+    figures = FiguresLimit(initial=16, minimum=1, maximum=64)
+    for k in range(1, 5):
+        figures.observe(Reading(running=16, waiting=0, cache=None, at=k * 0.25), in_flight=figures.value)
+    assert figures.value == 23  # 20 (a quarter of 16: the server ran all 16), then one a reading: 21, 22, 23

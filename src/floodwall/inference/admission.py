@@ -440,7 +440,8 @@ class Admission:
         # tier, or whether within their shares: they may be owed these slots), and as many as are lent
         if not spare or self.others.demand > self.others.in_flight:
             return False
-        return terms.spare == "all" or self._lent(terms, limit) < self.reserve_budget.lent
+        return terms.spare == "all" or self._lent(terms, limit) < min(self.reserve_budget.lent,
+                                                                      self._lendable(terms, limit))
 
     def _lent(self, terms: LevelTerms, limit: int) -> int:
         """The lower tiers' calls running beyond their shares."""
@@ -467,8 +468,8 @@ class Admission:
         ticket._future = asyncio.get_running_loop().create_future()
         self.queues[ticket.tier].append(ticket)
         self.waiting_by_account[ticket.account] += 1
+        self._note_idle()  # (an established call waiting is noted too: lending may be what it waits for)
         if ticket.tier != TIER_ORDER[0]:
-            self._note_idle()
             self._look_again()
         try:
             # (asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that lands as the turn comes)
@@ -539,10 +540,13 @@ class Admission:
         self._note_idle()
 
     def _note_idle(self) -> None:
-        """What the reserve leaves idle is measured on every change of the slots and queues."""
+        """What the reserve leaves idle (and the shares, where the level lends) is measured on every change of
+        the slots and queues."""
         limit = self.limit
+        # an established call waiting while slots are lent: the lending may be what it waits for
+        lent_waited = bool(self.queues[TIER_ORDER[0]]) and self._lent(self.policy.terms(self.level()), limit) > 0
         if not any(map(self.queues.__getitem__, _LOWER_TIERS)):  # nobody below waits: nothing is idle for them
-            self.reserve_budget.note(0, limit, False, 0)
+            self.reserve_budget.note(0, limit, False, 0, -1, lent_waited)
             return
         terms = self.policy.terms(self.level())
         usable = 0  # the waiting lower-tier calls that could start, their shares allowing, if the slots were free
@@ -553,12 +557,23 @@ class Admission:
             usable += within
             beyond += waiting - within
         free, reserve = limit - self.total_in_flight, self._reserve(limit)
-        # where the level lends: what only the shares keep idle (the slots free beyond the reserve, as far as
-        # the calls beyond them could use)
-        unlent = min(max(0, free - reserve), beyond) if beyond and terms.spare == "idle" else -1
-        # an established call waiting while slots are lent: the lending may be what it waits for
-        self.reserve_budget.note(min(free, usable), limit, usable > 0, reserve, unlent,
-                                 unlent >= 0 and bool(self.queues[TIER_ORDER[0]]) and self._lent(terms, limit) > 0)
+        unlent, lendable = -1, None
+        if beyond and terms.spare == "idle":
+            lendable = self._lendable(terms, limit)
+            # what only the lending's bound keeps idle: the slots free beyond the reserve, as far as the calls
+            # beyond their shares could use them; none where something else holds them back (the other
+            # replicas' waiting calls, this replica's part of the limit, a lending already at its bound)
+            held_else = self.others.demand > self.others.in_flight or self.in_flight >= self.own_limit(limit) or \
+                self._lent(terms, limit) >= lendable
+            unlent = 0 if held_else else min(max(0, free - reserve), beyond)
+        self.reserve_budget.note(min(free, usable), limit, usable > 0, reserve, unlent, lent_waited, lendable)
+
+    def _lendable(self, terms: LevelTerms, limit: int) -> int:
+        """The most slots lent beyond the shares: half of what the lower tiers' shares leave the established
+        tier alone, so that lending never takes away more than half of what it is sure of with spare "none"."""
+        shares = sum(max(1, math.floor(share * limit)) for tier in _LOWER_TIERS
+                     if (share := terms.share.get(tier, 1.0)) < 1.0)  # (a share of 1.0 is no cap: nothing to lend)
+        return max(0, limit - shares) // 2
 
     def _reserve(self, limit: int) -> int:
         """Slots kept free of lower tiers for the established tier's next calls."""

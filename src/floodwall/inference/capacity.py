@@ -151,31 +151,41 @@ class FiguresLimit:
         self.capacity: float | None = None  # requests the server ran when its queue last began
         self._waited_at = float("-inf")  # when a reading last showed requests waiting
         self._tried_at = float("-inf")  # when the limit last went past the capacity
+        self._read_at = float("-inf")  # the last reading's
 
     def observe(self, reading: Reading, in_flight: int, pressed: bool = False) -> None:
         """A reading, with the calls floodwall has out; `pressed`: calls wait that the limit holds back
         (with the established tier's reserve, floodwall may be held below the limit and still want more)."""
         if not (math.isfinite(reading.running) and math.isfinite(reading.waiting)):
             return
+        self._read_at = reading.at
         if reading.waiting > 0:
             self.capacity, self._waited_at = reading.running, reading.at
             if reading.waiting <= in_flight:  # a queue longer than all floodwall has out is not (all) ours
                 self.value = max(self.minimum, min(self.value, int(in_flight - reading.waiting)))
         elif reading.waiting == 0 and (in_flight >= self.value or pressed):
-            capacity = self.capacity if reading.at - self._waited_at < self.RECALL else None
-            if capacity is not None and self.value >= capacity:  # past it: one more, once in a while
+            capacity = self.capacity
+            recent = capacity is not None and reading.at - self._waited_at < self.RECALL
+            if recent and capacity is not None and self.value >= capacity:  # past it: one more, now and then
                 if reading.at - max(self._waited_at, self._tried_at) >= self.PROBE_EVERY:
                     self.value = min(self.maximum, self.value + 1)
                     self._tried_at = reading.at  # (the next try after as long again)
                 return
-            # below it, or none seen: the server ran everything floodwall had out with nothing waiting, so a
-            # GROWTH more (slow start), up to the capacity seen; only pressed (held below the limit), one
-            step = max(1, int(self.value * self.GROWTH)) if in_flight >= self.value else 1
-            ceiling = self.maximum if capacity is None else max(self.value + 1, int(capacity))
+            # below the capacity (even one forgotten: the best guess of where a queue starts), or none seen,
+            # and the server has seen all floodwall sent (a reading may be older than the calls out) and ran
+            # it with nothing waiting: a GROWTH more (slow start), never past that capacity in one step.
+            # Else (past a capacity forgotten, pressed, a reading behind) one more, as before.
+            below = capacity is None or self.value < capacity
+            seen = reading.running + reading.waiting >= self.value
+            step = max(1, int(self.value * self.GROWTH)) if below and seen and in_flight >= self.value else 1
+            ceiling = self.maximum if capacity is None or not below else max(self.value + 1, int(capacity))
             self.value = min(self.maximum, ceiling, self.value + step)
 
     def overloaded(self) -> None:
+        """The server refused a call as full (503, 429): a fifth less, and that is its capacity for a while
+        (past it one more only every PROBE_EVERY, where a slow start would undo the cut at the next reading)."""
         self.value = max(self.minimum, int(self.value * 0.8))
+        self.capacity, self._waited_at = float(self.value), self._read_at
 
 
 class Peak:
@@ -216,11 +226,12 @@ class IdleBudget:
     call waiting does not cost the established tier its whole reserve.
 
     A share is a cap that idles slots too, when the established calls dip. In each period in which calls
-    waited beyond their shares, the slots lent go up by those the shares alone kept idle beyond the budget,
-    are halved when an established call waited for a slot while some were lent (a lent slot cannot be taken
-    back), and stay as they were otherwise; a period in which no call waited beyond its share ends the
-    lending. (An established call that waits while none is lent waits for what the shares hold, as it would
-    without lending: that says nothing against it.)"""
+    waited beyond their shares, the slots lent go up by one where the shares alone kept slots idle beyond the
+    budget, and stay as they were otherwise; they are halved for each PERIOD in which an established call
+    waited while some were lent (a lent slot cannot be taken back); a period in which no call waited beyond
+    its share ends the lending. Never more than `lendable` (the caller's bound, with the limit of the moment).
+    (An established call that waits while none is lent waits for what the shares hold, as it would without
+    lending: that says nothing against it.)"""
 
     PERIOD = 1.0
 
@@ -232,17 +243,17 @@ class IdleBudget:
         self._at = self._period = clock()
         self._idle = self._waited = 0.0  # slot-seconds idle, limit-seconds waited, while lower tiers waited
         self._held = 0  # the most the reserve kept in the period
-        # slot-seconds the shares alone kept idle, limit-seconds, while calls waited beyond their shares
+        # slot-seconds only the shares kept idle, limit-seconds, while calls waited beyond their shares
         self._unlent = self._beyond = 0.0
-        self._first_waited = False  # an established call waited in the period
-        self._state = (0, 0, False, 0)  # (idle slots, limit, lower tiers waiting, slots the shares keep idle)
+        self._lent_waited = False  # an established call waited while slots were lent, in the period
+        self._state = (0, 0, False, 0)  # (idle slots, limit, lower tiers waiting, slots only the shares keep idle)
 
     def note(self, idle: int, limit: int, waiting: bool, reserve: int, unlent: int = -1,
-             first_waiting: bool = False) -> None:
+             lent_waited: bool = False, lendable: int | None = None) -> None:
         """The slots idle of `limit` now, whether lower tiers' calls wait (as far as they could use them),
         the slots the reserve keeps, the slots free that only the shares keep from the calls waiting beyond
-        them (-1: none waits beyond its share), and whether an established call waits while slots are lent:
-        the state until the next note."""
+        them (-1: none waits beyond its share), whether an established call waits while slots are lent, and
+        the most that may be lent now (None: as it was): the state until the next note."""
         now = self.clock()
         was_idle, was_limit, was_waiting, was_unlent = self._state
         if was_waiting:
@@ -254,7 +265,9 @@ class IdleBudget:
         self._at, self._state = now, (idle, limit, waiting, unlent)
         if waiting:
             self._held = max(self._held, reserve)
-        self._first_waited = self._first_waited or first_waiting
+        self._lent_waited = self._lent_waited or lent_waited
+        if lendable is not None:
+            self.lent = min(self.lent, lendable)
         if now - self._period < self.PERIOD:
             return
         if self._waited > 0:
@@ -266,14 +279,14 @@ class IdleBudget:
                 self.most = min(self.most + 1, float(limit))
         elif math.isfinite(self.most):  # nobody waited: keeping slots cost nothing, and the next wave may come
             self.most = min(self.most + 1, float(limit))
-        if self._beyond <= 0:
+        if self._lent_waited:  # (halved for each period gone by: a long wait with no change between)
+            self.lent >>= max(1, min(32, int((now - self._period) / self.PERIOD)))
+        elif self._beyond <= 0:
             self.lent = 0
-        elif self._first_waited:
-            self.lent //= 2
-        elif (share := self._unlent / self._beyond) > self.budget:
-            self.lent = min(limit, self.lent + math.ceil((share - self.budget) * self._beyond / (now - self._period)))
+        elif self._unlent / self._beyond > self.budget:
+            self.lent = min(limit if lendable is None else lendable, self.lent + 1)
         self._period, self._idle, self._waited, self._held = now, 0.0, 0.0, 0
-        self._unlent, self._beyond, self._first_waited = 0.0, 0.0, False
+        self._unlent, self._beyond, self._lent_waited = 0.0, 0.0, lent_waited  # (still waiting: counts on)
 
     @property
     def slots(self) -> int:
