@@ -182,7 +182,7 @@ class FiguresLimit:
             self.value = min(self.maximum, ceiling, self.value + step)
 
     def overloaded(self) -> None:
-        """The server refused a call as full (503, 429): a fifth less, and that is its capacity for a while
+        """The server refused a call as full (a 503 or 504): a fifth less, and that is its capacity for a while
         (past it one more only every PROBE_EVERY, where a slow start would undo the cut at the next reading)."""
         self.value = max(self.minimum, int(self.value * 0.8))
         self.capacity, self._waited_at = float(self.value), self._read_at
