@@ -297,3 +297,48 @@ def test_a_reading_behind_the_calls_out_grows_the_limit_by_one() -> None:
     for k in range(1, 5):
         figures.observe(Reading(running=16, waiting=0, cache=None, at=k * 0.25), in_flight=figures.value)
     assert figures.value == 23  # 20 (a quarter of 16: the server ran all 16), then one a reading: 21, 22, 23
+
+
+def test_refusals_sent_at_one_limit_cut_it_once() -> None:
+    """Eight calls refused together (a server that refuses past its capacity rather than queueing) were sent
+    at one limit: one cut, not 0.8 ** 8, which would then stand as the capacity (second review)."""
+    figures = FiguresLimit(initial=40, minimum=1, maximum=64)
+    figures.observe(Reading(running=32, waiting=0, cache=None, at=1.0), in_flight=32)
+    for _ in range(8):
+        figures.overloaded()
+    assert figures.value == 32 and figures.capacity == 32
+    figures.observe(Reading(running=30, waiting=0, cache=None, at=1.25), in_flight=30)
+    figures.overloaded()
+    assert figures.value == 25  # the next reading's refusals: a cut again
+
+
+def test_a_refusal_before_any_reading_cuts_without_a_capacity() -> None:
+    figures = FiguresLimit(initial=20, minimum=1, maximum=64)
+    figures.overloaded()
+    assert figures.value == 16 and figures.capacity is None
+
+
+def test_a_wait_noted_as_a_period_closes_halves_nothing_yet() -> None:
+    """The established call that queues at the note closing a period has not waited in it (second review)."""
+    clock = Clock()
+    budget = IdleBudget(0.05, clock=clock)
+    budget.lent = 2
+    budget.note(idle=0, limit=16, waiting=False, reserve=0, unlent=0)
+    clock.now += 1.5
+    budget.note(idle=0, limit=16, waiting=False, reserve=0, unlent=0, lent_waited=True)
+    assert budget.lent == 2
+    clock.now += 0.7  # then it waits 0.7 s, across no boundary: one halving at the next period's close
+    budget.note(idle=0, limit=16, waiting=False, reserve=0, unlent=0)
+    clock.now += 0.5
+    budget.note(idle=0, limit=16, waiting=False, reserve=0, unlent=0)
+    assert budget.lent == 1
+
+
+def test_a_wave_that_ended_ends_the_lending_though_an_established_call_waited() -> None:
+    clock = Clock()
+    budget = IdleBudget(0.05, clock=clock)
+    budget.lent = 4
+    budget.note(idle=0, limit=16, waiting=False, reserve=0, unlent=-1, lent_waited=True)
+    clock.now += 1.5
+    budget.note(idle=0, limit=16, waiting=False, reserve=0, unlent=-1)
+    assert budget.lent == 0

@@ -339,7 +339,8 @@ class Admission:
                 "loop_lag_ms": round(self.loop_lag.lag * 1000, 2),
                 "reserve": {"peak": round(self.first_demand.value, 2),  # most: None until measured (the whole peak)
                             "most": self.reserve_budget.slots if math.isfinite(self.reserve_budget.most) else None},
-                "lent": self.reserve_budget.lent,  # slots lower tiers may take beyond their shares (spare "idle")
+                # slots lower tiers may take beyond their shares (spare "idle"), as _may_start bounds them
+                "lent": min(self.reserve_budget.lent, self._lendable(self.policy.terms(self.level()), self.limit)),
                 "replicas": 1 + self.others.replicas, "others_in_flight": self.others.in_flight,
                 "in_flight": self.in_flight, "by_tier": dict(self.by_tier),
                 "queued": {t: len(q) for t, q in self.queues.items()}, "shed": dict(self.shed),

@@ -152,6 +152,7 @@ class FiguresLimit:
         self._waited_at = float("-inf")  # when a reading last showed requests waiting
         self._tried_at = float("-inf")  # when the limit last went past the capacity
         self._read_at = float("-inf")  # the last reading's
+        self._cut_at = float("nan")  # the reading after which the last 503 cut the limit
 
     def observe(self, reading: Reading, in_flight: int, pressed: bool = False) -> None:
         """A reading, with the calls floodwall has out; `pressed`: calls wait that the limit holds back
@@ -182,10 +183,15 @@ class FiguresLimit:
             self.value = min(self.maximum, ceiling, self.value + step)
 
     def overloaded(self) -> None:
-        """The server refused a call as full (a 503 or 504): a fifth less, and that is its capacity for a while
+        """The server refused a call as full (a 503 or 504; a 429 of its own reads as a 503): a fifth less, once
+        a reading (the calls refused together were sent at one limit), and that is its capacity for a while
         (past it one more only every PROBE_EVERY, where a slow start would undo the cut at the next reading)."""
+        if self._cut_at == self._read_at:
+            return
         self.value = max(self.minimum, int(self.value * 0.8))
-        self.capacity, self._waited_at = float(self.value), self._read_at
+        self._cut_at = self._read_at
+        if math.isfinite(self._read_at):  # (before any reading there is no time to keep it by)
+            self.capacity, self._waited_at = float(self.value), self._read_at
 
 
 class Peak:
@@ -245,8 +251,10 @@ class IdleBudget:
         self._held = 0  # the most the reserve kept in the period
         # slot-seconds only the shares kept idle, limit-seconds, while calls waited beyond their shares
         self._unlent = self._beyond = 0.0
-        self._lent_waited = False  # an established call waited while slots were lent, in the period
-        self._state = (0, 0, False, 0)  # (idle slots, limit, lower tiers waiting, slots only the shares keep idle)
+        self._lent_waited = 0.0  # seconds an established call waited while slots were lent, in the period
+        # (idle slots, limit, lower tiers waiting, slots only the shares keep idle, an established call waiting
+        # while slots are lent)
+        self._state = (0, 0, False, 0, False)
 
     def note(self, idle: int, limit: int, waiting: bool, reserve: int, unlent: int = -1,
              lent_waited: bool = False, lendable: int | None = None) -> None:
@@ -255,17 +263,18 @@ class IdleBudget:
         them (-1: none waits beyond its share), whether an established call waits while slots are lent, and
         the most that may be lent now (None: as it was): the state until the next note."""
         now = self.clock()
-        was_idle, was_limit, was_waiting, was_unlent = self._state
+        was_idle, was_limit, was_waiting, was_unlent, was_lent_waited = self._state
         if was_waiting:
             self._idle += max(0, was_idle) * (now - self._at)
             self._waited += was_limit * (now - self._at)
         if was_unlent >= 0:
             self._unlent += was_unlent * (now - self._at)
             self._beyond += was_limit * (now - self._at)
-        self._at, self._state = now, (idle, limit, waiting, unlent)
+        if was_lent_waited:
+            self._lent_waited += now - self._at
+        self._at, self._state = now, (idle, limit, waiting, unlent, lent_waited)
         if waiting:
             self._held = max(self._held, reserve)
-        self._lent_waited = self._lent_waited or lent_waited
         if lendable is not None:
             self.lent = min(self.lent, lendable)
         if now - self._period < self.PERIOD:
@@ -279,14 +288,14 @@ class IdleBudget:
                 self.most = min(self.most + 1, float(limit))
         elif math.isfinite(self.most):  # nobody waited: keeping slots cost nothing, and the next wave may come
             self.most = min(self.most + 1, float(limit))
-        if self._lent_waited:  # (halved for each period gone by: a long wait with no change between)
-            self.lent >>= max(1, min(32, int((now - self._period) / self.PERIOD)))
-        elif self._beyond <= 0:
+        if self._beyond <= 0:
             self.lent = 0
+        elif self._lent_waited > 0:  # halved for each PERIOD of it (a long wait with no change between)
+            self.lent >>= max(1, min(32, int(self._lent_waited / self.PERIOD)))
         elif self._unlent / self._beyond > self.budget:
             self.lent = min(limit if lendable is None else lendable, self.lent + 1)
         self._period, self._idle, self._waited, self._held = now, 0.0, 0.0, 0
-        self._unlent, self._beyond, self._lent_waited = 0.0, 0.0, lent_waited  # (still waiting: counts on)
+        self._unlent, self._beyond, self._lent_waited = 0.0, 0.0, 0.0
 
     @property
     def slots(self) -> int:
