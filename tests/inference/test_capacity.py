@@ -270,11 +270,21 @@ def test_a_long_wait_with_no_change_between_halves_the_lending_for_each_second()
 
 
 def test_lending_does_not_move_the_reserve() -> None:
-    clock = Clock()
-    budget = IdleBudget(0.05, clock=clock)
-    wait_periods(budget, clock, 1, idle=0, reserve=3)
-    lend_periods(budget, clock, 2, unlent=4)
-    assert budget.slots == 1 << 30 and budget.lent > 0
+    """The same seconds of waiting, with and without slots only the shares keep idle: the reserve is cut and
+    grows back alike; only the lending differs."""
+    budgets = []
+    for unlent in (-1, 4):
+        clock = Clock()
+        budget = IdleBudget(0.05, clock=clock)
+        for idle, seconds in ((8, 1), (0, 3)):  # half the limit idle for a second (cut), then busy (back up)
+            for _ in range(seconds * 8):
+                budget.note(idle=idle, limit=16, waiting=True, reserve=8, unlent=unlent)
+                clock.now += 0.125
+            budget.note(idle=idle, limit=16, waiting=True, reserve=8, unlent=unlent)
+        budgets.append(budget)
+    without, lending = budgets
+    assert without.slots == lending.slots < 8
+    assert without.lent == 0 and lending.lent > 0
 
 
 def test_a_refusal_by_the_server_is_not_undone_by_the_next_reading() -> None:

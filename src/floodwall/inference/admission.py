@@ -52,8 +52,8 @@ class LevelTerms:
     in_flight: Mapping[str, int]
     max_choices: Mapping[str, int] = dataclasses.field(default_factory=dict)
     # the slots beyond the shares that no call waits for: "none" (a share is a cap, and they idle while lower
-    # tiers wait), "idle" (lent, as many as keep the slots idle at most reserve_idle of the time lower tiers
-    # wait, halved when an established call waits: capacity.IdleBudget), "all" (work-conserving)
+    # tiers wait), "idle" (lent one more a second while they idle beyond reserve_idle, at most _lendable, halved
+    # while an established call waits with some lent: capacity.IdleBudget), "all" (work-conserving)
     spare: Spare = "none"
 
 
@@ -544,12 +544,16 @@ class Admission:
         """What the reserve leaves idle (and the shares, where the level lends) is measured on every change of
         the slots and queues."""
         limit = self.limit
+        lower_waiting = any(map(self.queues.__getitem__, _LOWER_TIERS))
+        established_waiting = bool(self.queues[TIER_ORDER[0]])
+        # (the level's terms only where something waits: not on a calm call's path)
+        terms = self.policy.terms(self.level()) if lower_waiting or established_waiting else None
         # an established call waiting while slots are lent: the lending may be what it waits for
-        lent_waited = bool(self.queues[TIER_ORDER[0]]) and self._lent(self.policy.terms(self.level()), limit) > 0
-        if not any(map(self.queues.__getitem__, _LOWER_TIERS)):  # nobody below waits: nothing is idle for them
+        lent_waited = terms is not None and established_waiting and terms.spare == "idle" and \
+            self._lent(terms, limit) > 0
+        if terms is None or not lower_waiting:  # nobody below waits: nothing is idle for them
             self.reserve_budget.note(0, limit, False, 0, -1, lent_waited)
             return
-        terms = self.policy.terms(self.level())
         usable = 0  # the waiting lower-tier calls that could start, their shares allowing, if the slots were free
         beyond = 0  # ...and those their shares hold back
         for tier in _LOWER_TIERS:
