@@ -1,8 +1,8 @@
 """CPU per admitted chat call: the floodwall process's CPU time (its workers' and its prompt scorer's too, from
 /proc) over a paced run of /v1/chat/completions (64 connections, about 500 calls/s or --rate, an established
-account, the latency policy of bench/edge.py), divided by the calls; and the event loop's share (the worker's
-busiest thread: granian's I/O runs in threads of its own). Less noisy than added latency on a shared machine,
-for A/B runs of two trees:
+account, the latency policy of bench/edge.py), divided by the calls; the prompt scorer process's share; and
+the event loop's (the worker's busiest thread: granian's I/O runs in threads of its own). Less noisy than
+added latency on a shared machine, for A/B runs of two trees:
 
     PYTHONPATH=TREE/src:TREE/bench python bench/cpu_per_call.py TREE [--seconds 10] [--relay] [--rounds 1]
                                                              [--rate 500] [--inline-scoring]
@@ -40,9 +40,13 @@ def server_pid(port: int) -> int:
     return int(found.stdout.split()[0])
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time of a process and its descendants (granian's workers, floodwall's prompt scorer)."""
+def cpu_seconds(pid: int, depth: int = 0) -> float:
+    """CPU time of a process and its descendants (granian's workers, floodwall's prompt scorer); with `depth`,
+    of the descendants that many generations down only (2: the workers' children, the scorer)."""
     total, todo = 0.0, [pid]
+    for _ in range(depth):
+        todo = [int(c) for each in todo
+                for c in subprocess.run(["pgrep", "-P", str(each)], capture_output=True, text=True).stdout.split()]
     while todo:
         each = todo.pop()
         with contextlib.suppress(FileNotFoundError):
@@ -98,12 +102,14 @@ def main() -> int:
                 chat = f"http://127.0.0.1:{where}/v1/chat/completions"
                 pause = max(1, round(64 * 1000 / args.rate))
                 wrk(chat, script, 3, 64, method="POST", key=key, delay_ms=pause)  # warm-up
-                before, loop_before = cpu_seconds(pid), loop_seconds(pid)
+                before, loop_before, aside_before = cpu_seconds(pid), loop_seconds(pid), cpu_seconds(pid, 2)
                 found = wrk(chat, script, args.seconds, 64, method="POST", key=key, delay_ms=pause)
                 used, loop_used = cpu_seconds(pid) - before, loop_seconds(pid) - loop_before
+                aside_used = cpu_seconds(pid, 2) - aside_before
                 calls = found["rps"] * args.seconds
                 print(json.dumps({"server": name, "cpu_ms_per_call": round(used / calls * 1000, 3),
                                   "loop_ms_per_call": round(loop_used / calls * 1000, 3),
+                                  "scorer_ms_per_call": round(aside_used / calls * 1000, 3),
                                   "calls_per_s": found["rps"], "p50_ms": found["p50_ms"],
                                   "p99_ms": found.get("p99_ms")}), flush=True)
     return 0

@@ -156,7 +156,7 @@ async def measure(args: argparse.Namespace, upstream: str, settings: Settings) -
                 print(f"{name}: {stats.total_calls / args.calls:.0f} Python function calls a call, "  # type: ignore[attr-defined]
                       f"{frames / args.calls:.0f} of them Python-level")
                 if name == "floodwall":
-                    stats.sort_stats("ncalls").print_stats(60)
+                    stats.sort_stats("tottime").print_stats(60)
                     stats.sort_stats("cumulative").print_stats("floodwall", 45)
     finally:
         await relay.stop()
