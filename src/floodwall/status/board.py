@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import gzip
 import html
 import json
@@ -20,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from jinja2 import Environment
+from markupsafe import Markup
 
 from floodwall import logs
 from floodwall.background import cancel
@@ -168,9 +170,18 @@ class StatusBoard:
         bars = {}
         for key in COMPONENTS:
             percent, days = parts.uptime(self.records, key, now)
-            bars[key] = {"percent": percent, "days": days}
+            bars[key] = {"percent": percent, "days": days, "cells": Markup("".join(map(_bar, days)))}
         return {"summary": summary, "open": open_, "past": [r for r in self.records if not r.open][:20],
                 "bars": bars, "name": self.settings.name, "stale": self.stale, "now": now}
+
+
+@functools.lru_cache(maxsize=1024)
+def _bar(day: tuple[dt.date, str]) -> str:
+    """A day's cell in a component's 90-day bar, made here, not in the template: 450 cells through Jinja's
+    filters and escaping were most of a render's 6 ms on the event loop (every refresh_interval)."""
+    date, status = day
+    return f'<span class="bar status-{html.escape(status)}" title="{date.isoformat()}: ' \
+           f'{html.escape(status.replace("_", " "))}"></span>'
 
 
 def _timeline_html(record: Record) -> str:
