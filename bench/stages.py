@@ -111,7 +111,7 @@ def _timed(app: Any, name: str) -> Any:
 
         def receiving() -> Any:
             # not a coroutine: where the server's receive() starts its work when called (granian), so does
-            # this (floodwall asks for a model call's body before the gate decides: bodies.receive_early)
+            # this, as the app sees it without the marks
             nonlocal received
             received += 1
             _mark(f"receive{received}>")

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-import warnings
 from typing import Any
 
 import pytest
 
-from floodwall.bodies import receive_body, receive_early
+from floodwall.bodies import receive_body
 from floodwall.errors import ApiError
 
 SCOPE: dict[str, Any] = {"type": "http", "headers": [(b"content-type", b"application/json")]}
@@ -103,46 +101,3 @@ def test_a_body_of_its_declared_length_is_whole_without_the_servers_last_message
 
     assert asyncio.run(receive_body({"type": "http", "headers": headers}, receive, 1 << 20)) == b"{}"
     assert len(parts) == left
-
-
-def test_a_body_asked_for_early_comes_first_then_the_rest_from_the_server() -> None:
-    """Where the server's receive() starts its work when called (granian's returns a future, not a
-    coroutine), the first message is asked for at once and handed to the app's first receive()."""
-    asked: list[int] = []
-
-    async def scenario() -> list[dict[str, Any]]:
-        loop = asyncio.get_running_loop()
-        messages = [{"type": "http.request", "body": b"{}", "more_body": True},
-                    {"type": "http.request", "body": b"", "more_body": False}]
-
-        def receive() -> asyncio.Future[dict[str, Any]]:  # as granian's: the work starts when called
-            asked.append(len(asked))
-            future = loop.create_future()
-            loop.call_soon(future.set_result, messages[len(asked) - 1])
-            return future
-
-        early = receive_early(SCOPE, receive)  # type: ignore[arg-type]
-        assert asked == [0]  # asked before the app asks
-        return [await early(), await early()]
-
-    assert [m["body"] for m in asyncio.run(scenario())] == [b"{}", b""] and asked == [0, 1]
-
-
-def test_no_body_is_asked_for_early_from_a_client_waiting_for_100_continue_or_a_coroutine_server() -> None:
-    calls: list[str] = []
-
-    def server_receive() -> Any:
-        calls.append("asked")
-        return object()  # never reached
-
-    expecting = {**SCOPE, "headers": [*SCOPE["headers"], (b"expect", b"100-continue")]}
-    assert receive_early(expecting, server_receive) is server_receive and calls == []  # type: ignore[arg-type]
-
-    async def coroutine_receive() -> dict[str, Any]:  # uvicorn's kind: nothing starts until awaited
-        calls.append("started")
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a coroutine left unawaited would warn
-        assert receive_early(SCOPE, coroutine_receive) is coroutine_receive and calls == []
-        gc.collect()

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable
 from typing import Any
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
-from starlette.types import Message, Receive, Scope
+from starlette.types import Receive, Scope
 
 from floodwall.config import ServerSettings
 from floodwall.errors import ApiError
@@ -71,36 +70,6 @@ async def receive_body(scope: Scope, receive: Receive, limit: int, within: float
         raise
     finally:
         timer.cancel()
-
-
-def receive_early(scope: Scope, receive: Receive) -> Receive:
-    """`receive`, with the body's first message asked for now, where asking starts the server reading it
-    (granian: its I/O thread reads it while the event loop decides about the request, where a receive()
-    awaited after the decision cost 250 µs of the call's time, and 100 µs asked for before). Not where
-    the client waits to be told to send its body (Expect: 100-continue): a request the gate refuses is not
-    invited to upload. Where receive() returns a coroutine (uvicorn, test clients) nothing started, and
-    `receive` is returned as it is."""
-    if header(scope, b"expect") is not None:
-        return receive
-    first = receive()
-    if asyncio.iscoroutine(first):
-        first.close()  # never started: nothing was asked of the server
-        return receive
-    return _Early(receive, first)
-
-
-class _Early:
-    """A receive whose first message was asked for before the app asked (receive_early)."""
-
-    __slots__ = ("_first", "_receive")
-
-    def __init__(self, receive: Receive, first: Awaitable[Message]) -> None:
-        self._receive = receive
-        self._first: Awaitable[Message] | None = first
-
-    async def __call__(self) -> Message:
-        first, self._first = self._first, None
-        return await (self._receive() if first is None else first)
 
 
 def _body_timeout(scope: Scope) -> float:

@@ -20,7 +20,6 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from floodwall import cookies, logs
-from floodwall.bodies import receive_early
 from floodwall.edge.control import Control
 from floodwall.edge.credentials import DEVICE_COOKIE, cookie_value, credential
 from floodwall.edge.fetch_metadata import CROSS_SITE, cross_site
@@ -141,8 +140,6 @@ class Gate:
             await self.app(scope, receive, send)
             return
         klass = classify(scope["method"], scope["path"])
-        if klass == "api-inference":  # the model calls' bodies are read while the gate decides
-            receive = receive_early(scope, receive)
         text = client_address(scope, self.trusted)
         traffic = self.traffic
         traffic.arrived(text)
