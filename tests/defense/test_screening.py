@@ -332,3 +332,34 @@ def test_a_body_of_many_messages_is_read_within_a_bound() -> None:
     with pytest.raises(ApiError):
         asyncio.run(screening.check(WHO, body, "established", "under_attack"))
     assert screening.conversations._heads == {}  # past PARTS: another attempt each time, nothing kept
+
+
+def test_a_strike_spent_while_the_checks_look_at_redis_is_in_flight_is_looked_at_again() -> None:
+    """A look at the strikes is a round trip to Redis: the account's last strike, spent while it is in flight
+    (its previous call ends then), is in neither that look nor the prompts aside (it left them). Without a
+    second look the next flagged prompt went through one strike beyond (an adversarial review: 11 through
+    where 10 allow 10, and up to 18 with 20 calls in flight)."""
+    from tests.state.test_stores import redis_store
+
+    async def scenario() -> tuple[str, int]:
+        store = redis_store()
+        screening = guard(Model(), store, Traffic())  # type: ignore[arg-type]
+        try:
+            for _ in range(9):  # nine flagged calls, each over before the next: one strike left
+                aside = await screening.check(WHO, ATTACK, "established", "normal")
+                assert aside is not None
+                aside.run()
+            tenth = await screening.check(WHO, ATTACK, "established", "normal")  # the last strike, in flight
+            assert tenth is not None
+            asyncio.get_running_loop().call_soon(tenth.run)  # it ends while the next call's look is on its way
+            try:
+                await screening.check(WHO, ATTACK, "established", "normal")
+                answer = "let through"
+            except ApiError as error:
+                answer = error.code
+            (verdict,) = await store.peek([STRIKE])
+            return answer, verdict.remaining
+        finally:
+            await store.close()
+
+    assert asyncio.run(scenario()) == ("prompt_strikes", 0)

@@ -104,6 +104,7 @@ class PromptGuard:
     prompts left aside, where it can."""
 
     SPENT = 65536
+    LOOKS = 16  # looks at the strikes a check takes at most, while strikes are spent as they are in flight
 
     def __init__(self, policy: PromptPolicy, screen: Screen, campaigns: Campaigns, store: Store,
                  strike_buckets: Callable[[str, Caller], Sequence[Bucket]], traffic: Traffic | None = None,
@@ -141,22 +142,29 @@ class PromptGuard:
         text = joined(parts)
         if not text:
             return None
-        if strikes is not None and self._spent.get(principal.user_id, -math.inf) >= looked:
+        account = principal.user_id
+        if strikes is not None and self._spent.get(account, -math.inf) >= looked:
             # a strike spent after the gate's look (an aside's answer came between it and this body, or a burst's
             # settle): that look would let one more flagged prompt through each time strikes run out
             strikes = None
-        if strikes is None:
-            buckets = self.strike_buckets(level, Caller(0, 0, tier, principal.user_id, principal.key_id))
-            strikes = await self._peek(buckets)
+        buckets = self.strike_buckets(level, Caller(0, 0, tier, account, principal.key_id)) if strikes is None \
+            else [bucket for bucket, _ in strikes]
         # the account's prompts still aside could spend the strikes this call needs (each spends at most one):
         # then they are scored first, as if each had been on its call's path (else a burst of flagged prompts,
         # or streams sent one after another, all passed within Aside.AFTER). The strikes are looked at afresh:
-        # the gate's look came before the body was read, and asides may have spent some since.
-        if self._asides.get(principal.user_id) and strikes and action != "log":
-            buckets = [bucket for bucket, _ in strikes]
+        # the gate's look came before the body was read, and asides may have spent some since. A look is a
+        # round trip (Redis): a strike this process spent while it was in flight (a call's end, the scorer's
+        # answer) is in neither that look nor the asides (it left them), so it is looked at again.
+        look = strikes is None or (bool(self._asides.get(account)) and bool(strikes) and action != "log")
+        for _ in range(self.LOOKS):
+            if not look:
+                break
+            at = time.monotonic()
             strikes = await self._peek(buckets)
-            if self._settle_beyond(principal.user_id, min(v.remaining for _, v in strikes)):
-                strikes = await self._peek(buckets)
+            if self._asides.get(account) and strikes and action != "log":
+                self._settle_beyond(account, min(v.remaining for _, v in strikes))
+            look = self._spent.get(account, -math.inf) >= at
+        assert strikes is not None  # (looked at once at least, where the gate had not)
         if strikes and action != "log":
             waits = [verdict.retry_after for _, verdict in strikes if not verdict.allowed]
             if waits:

@@ -143,6 +143,7 @@ class Gate:
         text = client_address(scope, self.trusted)
         traffic = self.traffic
         traffic.arrived(text)
+        looked = time.monotonic()  # before the round trip: a strike spent while it is in flight comes after
         found = await self.decide(scope, klass, text)
         refusal = found.refusal
         if refusal is not None:
@@ -157,7 +158,7 @@ class Gate:
             await send_error(scope, send, refusal)
             return
         scope.setdefault("state", {})["edge"] = EdgeInfo(klass, text, found.tier, found.level, found.principal,
-                                                          found.strikes, time.monotonic())
+                                                          found.strikes, looked)
         if found.allow_listed:  # never limited, never banned
             await self.app(scope, receive, _observed(send, traffic, klass))
             return
