@@ -189,28 +189,27 @@ class PromptGuard:
         for account in list(self._asides):
             self._settle(account)
 
-    def _settle(self, account: int) -> bool:
-        """Score the account's prompts still aside, now; True when that spent a strike."""
-        asides = self._asides.pop(account, None)
-        return any([aside.run() for aside in asides]) if asides else False
+    def _settle(self, account: int) -> None:
+        """Score the account's prompts still aside, now."""
+        for aside in self._asides.pop(account, ()):
+            aside.run()
 
-    def _settle_beyond(self, account: int, remaining: int) -> bool:
+    def _settle_beyond(self, account: int, remaining: int) -> None:
         """Score the account's prompts aside, one at a time, until those left could not spend more than the
-        `remaining` strikes; True when that spent one. Not all of them: an API client's many calls in flight
-        (more than its strikes while the scorer process is behind) cost the event loop the few beyond, not a
-        scoring each (at 500 calls/s on one account, 17% of prompts were scored on the loop, ten at a time)."""
+        `remaining` strikes. Not all of them: an API client's many calls in flight (more than its strikes while
+        the scorer process is behind) cost the event loop the few beyond, not a scoring each (at 500 calls/s on
+        one account, 17% of prompts were scored on the loop, ten at a time). What they spend, check() sees in
+        `_spent`."""
         asides = self._asides.get(account)
         if not asides or len(asides) <= remaining:
-            return False
-        spent = False
+            return
         # the prompts not yet sent to the scorer process first: their scoring is not done twice
         for aside in sorted(asides, key=Aside.awaited):
             if len(asides) <= remaining:
                 break
             if aside.run():
-                spent, remaining = True, remaining - 1
+                remaining -= 1
             asides.discard(aside)  # (run() does, through _settled: once more where it had run before)
-        return spent
 
     def _settled(self, account: int, aside: Aside) -> None:
         asides = self._asides.get(account)

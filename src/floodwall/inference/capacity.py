@@ -133,10 +133,10 @@ class FiguresLimit:
 
     Below that capacity the limit grows back by GROWTH a reading, never past it in one step (a reading is a
     little old: a call that ended since makes what floodwall has out look one short). Past it, one more is
-    tried only after none has waited for
-    PROBE_EVERY seconds: each try puts a call in the server's queue, where an established call may then wait
-    behind it, so a limit that tried again on every empty reading would keep one there (a server's capacity
-    does grow, as long prompts end and free its cache, but not every quarter second)."""
+    tried only after none has waited for PROBE_EVERY seconds: each try puts a call in the server's queue,
+    where an established call may then wait behind it, so a limit that tried again on every empty reading
+    would keep one there (a server's capacity does grow, as long prompts end and free its cache, but not
+    every quarter second)."""
 
     PROBE_EVERY = 2.0
     # below the capacity, the limit grows by this share a reading while the server runs all it is sent: a

@@ -170,7 +170,7 @@ class StatusBoard:
         bars = {}
         for key in COMPONENTS:
             percent, days = parts.uptime(self.records, key, now)
-            bars[key] = {"percent": percent, "days": days, "cells": Markup("".join(map(_bar, days)))}
+            bars[key] = {"percent": percent, "cells": Markup("".join(map(_bar, days)))}
         return {"summary": summary, "open": open_, "past": [r for r in self.records if not r.open][:20],
                 "bars": bars, "name": self.settings.name, "stale": self.stale, "now": now}
 
