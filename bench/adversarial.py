@@ -60,7 +60,7 @@ from floodwall.defense import request_parts as rp
 from floodwall.edge import credentials, identity
 from floodwall.edge import gate as gates
 from floodwall.errors import ApiError
-from floodwall.inference import admission, validation
+from floodwall.inference import terms, validation
 from floodwall.policy import PolicyFile
 from floodwall.server import free_port
 from floodwall.state import open_store
@@ -272,7 +272,7 @@ def chat_route(raw: bytes) -> None:
     text = prompts.prompt_text(body)
     SCREEN.score(text)
     prompts.signature(text)
-    admission.estimate_cost(body, 512)
+    terms.estimate_cost(body, 512)
 
 
 def parsers(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, str]]:

@@ -16,7 +16,7 @@ from floodwall.defense.probing import ProbingPolicy
 from floodwall.defense.prompts import PromptPolicy
 from floodwall.defense.scoring import ScoringPolicy
 from floodwall.edge import policy as edge_policy
-from floodwall.inference.admission import AdmissionPolicy
+from floodwall.inference.terms import AdmissionPolicy
 
 DEFAULT_POLICY = edge_policy.DEFAULT_POLICY
 TABLES = frozenset({"rule", "admission", "registration", "detector", "prompts", "probing", "scoring", "sign_in"})

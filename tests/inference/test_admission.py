@@ -10,8 +10,10 @@ import pytest
 
 from floodwall.errors import ApiError
 from floodwall.inference import capacity
-from floodwall.inference.admission import Admission, AdmissionPolicy, Others, Ticket, estimate_cost
+from floodwall.inference.admission import Admission, Ticket
 from floodwall.inference.model_metrics import Reading
+from floodwall.inference.replicas import Others
+from floodwall.inference.terms import AdmissionPolicy, estimate_cost
 from floodwall.principal import Principal
 from floodwall.state.memory import MemoryStore
 

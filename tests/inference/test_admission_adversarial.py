@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from floodwall.inference import capacity
-from floodwall.inference.admission import Admission, AdmissionPolicy
+from floodwall.inference.admission import Admission
 from floodwall.inference.capacity import FiguresLimit, GradientLimit, IdleBudget
 from floodwall.inference.model_metrics import Reading
+from floodwall.inference.terms import AdmissionPolicy
 from floodwall.principal import Principal
 from floodwall.state.memory import MemoryStore
 from tests.conftest import Clock

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from floodwall.inference.admission import Admission, AdmissionPolicy
+from floodwall.inference.admission import Admission
+from floodwall.inference.terms import AdmissionPolicy
 from floodwall.state.memory import MemoryStore
 from floodwall.state.redis import RedisStore
 from tests.inference.test_admission import body, who

@@ -11,7 +11,6 @@ import pytest
 from floodwall.config import ConfigError
 from floodwall.errors import ApiError
 from floodwall.inference import validation
-from floodwall.inference.admission import estimate_cost
 from floodwall.inference.fields import (
     OPENAI_FIELDS,
     Fields,
@@ -20,6 +19,7 @@ from floodwall.inference.fields import (
     hold_length,
     prompt_tokens,
 )
+from floodwall.inference.terms import estimate_cost
 from floodwall.inference.validation import chat_completion, completion
 
 

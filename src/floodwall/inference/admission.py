@@ -19,119 +19,24 @@ import math
 import operator
 import secrets
 import time
-from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Literal, get_args
-
-import msgspec
+from collections.abc import Callable
+from typing import Any
 
 from floodwall.background import cancel
-from floodwall.config import ConfigError, Seconds, per_level, typed
 from floodwall.errors import ApiError
 from floodwall.headers import ratelimit
-from floodwall.inference.capacity import FiguresLimit, GradientLimit, IdleBudget, Peak
-from floodwall.inference.fields import choices, completion_length, hold_length, prompt_tokens
+from floodwall.inference.capacity import FiguresLimit, GradientLimit, IdleBudget, LoopLag, Peak
+from floodwall.inference.fields import choices, hold_length
 from floodwall.inference.model_metrics import Reading
-from floodwall.levels import LEVELS
+from floodwall.inference.replicas import Others
+from floodwall.inference.terms import LOWER_TIERS, TIER_ORDER, AdmissionPolicy, LevelTerms, cost
 from floodwall.limits import Bucket
 from floodwall.principal import Principal
 from floodwall.state.store import Store
 from floodwall.telemetry.traffic import Traffic
 
 log = logging.getLogger("floodwall.inference")
-Tier = Literal["established", "new", "anonymous"]  # the callers admission tells apart, first served first
-Spare = Literal["none", "idle", "all"]
-TIER_ORDER: tuple[str, ...] = get_args(Tier)
-_LOWER_TIERS = TIER_ORDER[1:]
-
-
-@dataclasses.dataclass(frozen=True)
-class LevelTerms:
-    share: Mapping[str, float]
-    max_tokens: Mapping[str, int]
-    tokens_per_minute: Mapping[str, int]
-    in_flight: Mapping[str, int]
-    max_choices: Mapping[str, int] = dataclasses.field(default_factory=dict)
-    # the slots beyond the shares that no call waits for: "none" (a share is a cap, and they idle while lower
-    # tiers wait), "idle" (lent one more a second while they idle beyond reserve_idle, at most _lendable, halved
-    # while an established call waits with some lent: capacity.IdleBudget), "all" (work-conserving)
-    spare: Spare = "none"
-
-
-@dataclasses.dataclass(frozen=True)
-class AdmissionPolicy:
-    initial_limit: int = 8
-    min_limit: int = 1
-    max_limit: int = 512
-    queue_size: int = 512
-    default_max_tokens: int = 512
-    # latency above the baseline by less than this is jitter, whatever the ratio: a fast model server's
-    # calls of a millisecond or two double in latency when the machine is busy, with nothing queued inside
-    latency_slack: float = 0.005
-    # the established tier's recent peak of calls, kept free of lower tiers, halves over this many seconds
-    reserve_half_life: float = 30.0
-    # ...but it may leave at most this share of the limit idle while lower tiers' calls wait
-    reserve_idle: float = 0.05
-    max_wait: Mapping[str, float] = dataclasses.field(
-        default_factory=lambda: {"established": 60.0, "new": 20.0, "anonymous": 10.0})
-    levels: Mapping[str, LevelTerms] = dataclasses.field(default_factory=dict)
-
-    def terms(self, level: str) -> LevelTerms:
-        return self.levels.get(level) or LevelTerms({}, {}, {}, {})
-
-    @classmethod
-    def from_data(cls, data: Mapping[str, Any], where: str) -> AdmissionPolicy:
-        table = msgspec.structs.asdict(typed(_ADMISSION, data, where))
-        levels = {level: LevelTerms(terms.share, terms.max_tokens, terms.tokens_per_minute, terms.in_flight,
-                                    terms.max_choices, _spare(terms.spare))
-                  for level in LEVELS if (terms := table.pop(level)) is not None}
-        waits = {tier: float(seconds) for tier, seconds in table.pop("max_wait").items()}
-        policy = cls(**table, max_wait={**cls().max_wait, **waits}, levels=levels)
-        if not policy.min_limit <= policy.initial_limit <= policy.max_limit:
-            raise ConfigError(f"{where}: needs min_limit <= initial_limit <= max_limit")
-        return policy
-
-
-Positive = Annotated[int, msgspec.Meta(ge=1)]
-
-
-class _TermsTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """One level's column of [admission]: per tier, a share of the model, caps and budgets."""
-
-    share: dict[Tier, Annotated[float, msgspec.Meta(ge=0, le=1)]] = {}
-    max_tokens: dict[Tier, Positive] = {}
-    tokens_per_minute: dict[Tier, Positive] = {}
-    in_flight: dict[Tier, Positive] = {}
-    max_choices: dict[Tier, Positive] = {}
-    spare: Spare | bool = "none"  # (true and false: "all" and "none")
-
-
-def _spare(value: Spare | bool) -> Spare:
-    return ("all" if value else "none") if isinstance(value, bool) else value
-
-
-_ADMISSION = per_level("AdmissionTable", _TermsTable | None, None,
-                       *((name, Positive, getattr(AdmissionPolicy, name)) for name in
-                         ("initial_limit", "min_limit", "max_limit", "queue_size", "default_max_tokens")),
-                       ("latency_slack", Seconds, Seconds(AdmissionPolicy.latency_slack)),
-                       ("reserve_half_life", Seconds, Seconds(AdmissionPolicy.reserve_half_life)),
-                       ("reserve_idle", Annotated[float, msgspec.Meta(ge=0, le=1)], AdmissionPolicy.reserve_idle),
-                       ("max_wait", dict[Tier, Seconds], {}))
-
-
 _REMAINING = operator.attrgetter("remaining")
-
-
-def estimate_cost(body: Mapping[str, Any], default_max_tokens: int) -> tuple[int, int]:
-    """(prompt tokens, completion tokens) a call may use, before it is made: the prompt as fields.py reads it,
-    and the completions' length (default_max_tokens if no field sets one) times how many it generates."""
-    length = completion_length(body)
-    return _cost(body, default_max_tokens if length is None else length, choices(body)[0])
-
-
-def _cost(body: Mapping[str, Any], length: int, count: int) -> tuple[int, int]:
-    # every completion the call generates, each as long as the longest length field lets it be; embeddings
-    # generate nothing
-    return prompt_tokens(body) + 4, 0 if "input" in body else length * count
 
 
 @dataclasses.dataclass(eq=False)
@@ -147,49 +52,6 @@ class Ticket:
     generating: bool = False  # its first token has come: the model server is serving it
     released: bool = False
     _future: asyncio.Future[None] | None = None
-
-
-class LoopLag:
-    """How late this process's event loop runs its callbacks: a latency sample taken under a flood includes
-    floodwall's own delay, which says nothing about the model server and must not shrink its limit."""
-
-    def __init__(self, interval: float = 0.02) -> None:
-        self.interval = interval
-        self.lag = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-lag")
-
-    async def stop(self) -> None:
-        await cancel(self._task)
-
-    async def _run(self) -> None:
-        while True:
-            before = time.monotonic()
-            await asyncio.sleep(self.interval)
-            late = time.monotonic() - before - self.interval
-            self.lag = self.lag * 0.8 + max(0.0, late) * 0.2
-
-
-@dataclasses.dataclass(frozen=True)
-class Others:
-    """What the other replicas sharing the model server admit, summed from their last figures (the Store's
-    board): calls in flight, established calls in flight and waiting, and calls wanted (in flight and
-    waiting)."""
-
-    replicas: int = 0
-    in_flight: int = 0
-    established: int = 0
-    established_waiting: int = 0
-    demand: int = 0
-
-    @classmethod
-    def summed(cls, boards: list[dict[str, int]]) -> Others:
-        def total(name: str) -> int:
-            return sum(max(0, min(board.get(name, 0), 1_000_000)) for board in boards)  # what others say, bounded
-        return cls(len(boards), total("in_flight"), total("established"), total("established_waiting"),
-                   total("demand"))
 
 
 class Admission:
@@ -277,33 +139,12 @@ class Admission:
         return self.in_flight + self.others.in_flight
 
     def own_limit(self, limit: int) -> int:
-        """This replica's part of the limit: what the others leave free, of which it claims at most its part
-        (free slots / replicas) each round of the board, so that replicas a burst reaches at once do not each
-        take them all; when all the replicas together want more than the limit, at most its fair share (at
-        least one call), so none is starved: the established calls' share by what each replica's established
-        callers want, then the rest by what the others want."""
-        others = self.others
-        if not others.replicas:
+        """This replica's part of the limit (replicas.Others.part); the whole of it where it is the only one."""
+        if not self.others.replicas:
             return limit
-        free = limit - others.in_flight
-        claim = self._published + math.ceil(max(0, free - self._published) / (1 + others.replicas))
         first = TIER_ORDER[0]
-        mine = self.in_flight + self.queued
-        if mine + others.demand <= limit:
-            return min(free, claim)
-        mine_first = self.by_tier[first] + len(self.queues[first])
-        others_first = others.established + others.established_waiting
-        every_first = mine_first + others_first
-        if every_first >= limit:
-            fair = limit * mine_first / every_first
-        else:
-            rest, others_rest = mine - mine_first, others.demand - others_first
-            fair = mine_first + (limit - every_first) * rest / max(1, rest + others_rest)
-        # rounded up: the shares' remainders are used (the others' figures, read, bound what this one takes);
-        # but never the slot each other replica with calls wanted is owed (at least one): else the replica that
-        # wants most takes back each slot as it frees, and a small one is starved between its rounds
-        owed = min(others.replicas, others.demand)
-        return min(free, claim, max(1, math.ceil(fair)), max(1, limit - owed))
+        return self.others.part(limit, self._published, self.in_flight, self.queued,
+                                self.by_tier[first] + len(self.queues[first]))
 
     @property
     def queued(self) -> int:
@@ -368,7 +209,7 @@ class Admission:
         if "input" not in body:  # a generation: its length is bounded, whichever field the model server reads
             # (what estimate_cost would read from the fields once held: the longest is the held length)
             length = hold_length(body, self.policy.default_max_tokens, cap)
-        prompt, completion = _cost(body, length, count)
+        prompt, completion = cost(body, length, count)
         estimate = prompt + completion
         budget = terms.tokens_per_minute.get(tier)
         if budget is not None and estimate > budget:
@@ -446,7 +287,7 @@ class Admission:
 
     def _lent(self, terms: LevelTerms, limit: int) -> int:
         """The lower tiers' calls running beyond their shares."""
-        return sum(int(max(0.0, -self._room(tier, terms, limit))) for tier in _LOWER_TIERS)
+        return sum(int(max(0.0, -self._room(tier, terms, limit))) for tier in LOWER_TIERS)
 
     def _room(self, tier: str, terms: LevelTerms, limit: int) -> float:
         """Calls the tier may still start within its share of the limit (at least one call's share)."""
@@ -544,7 +385,7 @@ class Admission:
         """What the reserve leaves idle (and the shares, where the level lends) is measured on every change of
         the slots and queues."""
         limit = self.limit
-        lower_waiting = any(map(self.queues.__getitem__, _LOWER_TIERS))
+        lower_waiting = any(map(self.queues.__getitem__, LOWER_TIERS))
         established_waiting = bool(self.queues[TIER_ORDER[0]])
         # (the level's terms only where something waits: not on a calm call's path)
         terms = self.policy.terms(self.level()) if lower_waiting or established_waiting else None
@@ -556,7 +397,7 @@ class Admission:
             return
         usable = 0  # the waiting lower-tier calls that could start, their shares allowing, if the slots were free
         beyond = 0  # ...and those their shares hold back
-        for tier in _LOWER_TIERS:
+        for tier in LOWER_TIERS:
             waiting = len(self.queues[tier])
             within = waiting if terms.spare == "all" else int(min(waiting, max(0, self._room(tier, terms, limit))))
             usable += within
@@ -576,7 +417,7 @@ class Admission:
     def _lendable(self, terms: LevelTerms, limit: int) -> int:
         """The most slots lent beyond the shares: half of what the lower tiers' shares leave the established
         tier alone, so that lending never takes away more than half of what it is sure of with spare "none"."""
-        shares = sum(max(1, math.floor(share * limit)) for tier in _LOWER_TIERS
+        shares = sum(max(1, math.floor(share * limit)) for tier in LOWER_TIERS
                      if (share := terms.share.get(tier, 1.0)) < 1.0)  # (a share of 1.0 is no cap: nothing to lend)
         return max(0, limit - shares) // 2
 
@@ -595,11 +436,11 @@ class Admission:
             return  # nothing goes before a waiting established call
         # each lower tier its share, in tier order; then, where the level lets them, the slots left over
         for spare in (False, True) if terms.spare != "none" else (False,):
-            for tier in _LOWER_TIERS:
+            for tier in LOWER_TIERS:
                 if not self._start_waiting(tier, terms, spare) and not spare and \
                         self._room(tier, terms, self.limit) > 0:
                     break  # it waits for slots, not for its share: the tiers below it wait behind it
-        if any(map(self.queues.__getitem__, _LOWER_TIERS)):
+        if any(map(self.queues.__getitem__, LOWER_TIERS)):
             self._look_again()
 
     def _start_waiting(self, tier: str, terms: LevelTerms, spare: bool) -> bool:

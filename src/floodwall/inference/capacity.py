@@ -5,10 +5,12 @@ shown it serves.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
 
+from floodwall.background import cancel
 from floodwall.inference.model_metrics import Reading
 
 
@@ -301,3 +303,26 @@ class IdleBudget:
     @property
     def slots(self) -> int:
         return int(self.most) if math.isfinite(self.most) else 1 << 30
+
+
+class LoopLag:
+    """How late this process's event loop runs its callbacks: a latency sample taken under a flood includes
+    floodwall's own delay, which says nothing about the model server and must not shrink its limit."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.lag = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-lag")
+
+    async def stop(self) -> None:
+        await cancel(self._task)
+
+    async def _run(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(self.interval)
+            late = time.monotonic() - before - self.interval
+            self.lag = self.lag * 0.8 + max(0.0, late) * 0.2
