@@ -363,3 +363,40 @@ def test_a_strike_spent_while_the_checks_look_at_redis_is_in_flight_is_looked_at
             await store.close()
 
     assert asyncio.run(scenario()) == ("prompt_strikes", 0)
+
+
+def test_processes_sharing_the_strikes_split_the_prompts_aside_between_them() -> None:
+    """Each process keeps prompts aside of its own, bounded by the strikes left: two workers (or replicas) on one
+    Redis each let through as many unscored flagged prompts as one process alone, and four four times as many
+    (from a review). Told how many processes spend the strikes, each keeps its part: together they let through
+    about what one alone does (at most one more a process: the others sized theirs by older looks), and
+    exactly that where the calls come further apart than Aside.AFTER."""
+    from tests.state.test_stores import redis_store
+
+    async def let_through(processes: int, told: int, calls: int = 50, pause: float = 0.0) -> int:
+        store = redis_store()
+        guards = [PromptGuard(PromptPolicy(), Screen(load_rules()), Campaigns(), store, lambda *_: [STRIKE],
+                              Traffic(), model=Model(), processes=lambda: told)  # type: ignore[arg-type]
+                  for _ in range(processes)]
+        through = 0
+        try:
+            for call in range(calls):  # one account's flagged prompts, spread over the processes
+                try:
+                    await guards[call % processes].check(WHO, ATTACK, "established", "normal")
+                except ApiError as error:
+                    assert error.code == "prompt_strikes"
+                    continue
+                through += 1
+                await asyncio.sleep(pause)
+            return through
+        finally:
+            for guard in guards:
+                guard.settle()
+            await store.close()
+
+    alone = asyncio.run(let_through(1, 1))
+    assert alone == 10  # the strike rule's burst
+    for processes in (2, 4):
+        assert asyncio.run(let_through(processes, 1)) == processes * alone  # not told: each its own allowance
+        assert alone <= asyncio.run(let_through(processes, processes)) <= alone + processes - 1
+        assert asyncio.run(let_through(processes, processes, 12, Aside.AFTER + 0.02)) == alone
