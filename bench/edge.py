@@ -131,9 +131,17 @@ def latency(tmp: Path, args: argparse.Namespace, script: Path) -> dict[str, Any]
             row = results[f"{rate}_rps"]
             for pct in ("p50", "p99"):
                 # what floodwall adds over what the hop alone adds, measured in the same run (issue 23)
-                relay = row[f"relay_added_{pct}_ms"]
-                row[f"added_{pct}_over_relay"] = round(row[f"added_{pct}_ms"] / relay, 2) if relay > 0 else None
+                row[f"added_{pct}_over_relay"] = _ratio(row[f"added_{pct}_ms"], row[f"relay_added_{pct}_ms"])
+                # ...and in each run of the three apps, to show the spread the medians hide
+                row[f"runs_{pct}_over_relay"] = [_ratio(fw[f"{pct}_ms"] - direct[f"{pct}_ms"],
+                                                        hop[f"{pct}_ms"] - direct[f"{pct}_ms"])
+                                                 for direct, hop, fw in zip(runs["direct"], runs["relay"],
+                                                                            runs["floodwall"], strict=True)]
     return {**results, "target": "added latency <= 1.5x the bare relay's, p50 and p99"}
+
+
+def _ratio(added: float, relay: float) -> float | None:
+    return round(added / relay, 2) if relay > 0 else None
 
 
 def _rss_mb() -> float:
