@@ -117,17 +117,8 @@ def build_app(settings: Settings) -> Gate:
     templates = pages.templates()
     traffic = Traffic(NewSources(networks=networks))
     scorer = Scorer() if settings.screening.process else None
-    # the processes spending the same strikes: those on admission's board (the replicas and workers before this
-    # model server, sharing the Store), and at least this replica's workers where the Store is theirs together
-    # (with memory://, each worker's strikes are its own)
-    workers = 1 if settings.state.url.startswith("memory://") else settings.server.workers
-
-    def processes() -> int:
-        return max(1 + admission.others.replicas, workers)
-
     prompt_guard = PromptGuard(policies.prompts, Screen(load_rules()), Campaigns(), store,
-                               functools.partial(policy.buckets, "prompt-strike"), traffic, scorer=scorer,
-                               processes=processes)
+                               functools.partial(policy.buckets, "prompt-strike"), traffic, scorer=scorer)
     upstream = Upstream(settings.upstream, Canaries(settings.screening.canaries, prompt_guard.strike, traffic))
     admission = Admission(policies.admission, store, lambda: control.level, traffic, figures=upstream.figures,
                           board=board_name(settings) if settings.upstream.shared else None)

@@ -108,11 +108,8 @@ class PromptGuard:
 
     def __init__(self, policy: PromptPolicy, screen: Screen, campaigns: Campaigns, store: Store,
                  strike_buckets: Callable[[str, Caller], Sequence[Bucket]], traffic: Traffic | None = None,
-                 model: PromptModel | None = None, scorer: Scorer | None = None,
-                 processes: Callable[[], int] = lambda: 1) -> None:
+                 model: PromptModel | None = None, scorer: Scorer | None = None) -> None:
         self.policy = policy
-        # the processes that spend the same strikes (through the Store), each with prompts aside of its own
-        self.processes = processes
         self.scorer = scorer
         self.screen = screen
         self.model = model or shipped()
@@ -165,7 +162,7 @@ class PromptGuard:
             at = time.monotonic()
             strikes = await self._peek(buckets)
             if self._asides.get(account) and strikes and action != "log":
-                self._settle_beyond(account, self._allowance(strikes))
+                self._settle_beyond(account, min(v.remaining for _, v in strikes))
             look = self._spent.get(account, -math.inf) >= at
         assert strikes is not None  # (looked at once at least, where the gate had not)
         if strikes and action != "log":
@@ -174,8 +171,7 @@ class PromptGuard:
                 raise ApiError(429, "Too many of this account's prompts were flagged by the service's prompt "
                                "screening. Please wait and try again.", "prompt_strikes", type="requests",
                                retry_after=max(waits), reason=strikes[0][0].rule)
-        if action == "refuse" or (strikes and action != "log" and self._allowance(strikes) < 0):
-            # (too few strikes left for a prompt aside in every process: this one's is scored on its path)
+        if action == "refuse":
             self.judge(principal, text, action, level, strikes, parts=parts)
             return None
         scorer = self.scorer
@@ -184,14 +180,6 @@ class PromptGuard:
                       functools.partial(scorer.submit, text, self._asks_model(level)) if scorer is not None else None)
         self._asides.setdefault(principal.user_id, set()).add(aside)
         return aside
-
-    def _allowance(self, strikes: Sequence[tuple[Bucket, Verdict]]) -> int:
-        """The prompts the account may keep aside in this process beside this call's, which is let through: its
-        part of the strikes left and this call's, shared with the other processes spending them (each keeps
-        prompts aside of its own). Below 0, this call's prompt is scored on its path. (The others sized theirs
-        by their last look: where this one's spent strikes since, all together may hold a few more, about one
-        a process, than the strikes left. Counting them exactly needs a round trip of their own.)"""
-        return (min(verdict.remaining for _, verdict in strikes) + 1) // max(1, self.processes()) - 1
 
     async def _peek(self, buckets: Sequence[Bucket]) -> list[tuple[Bucket, Verdict]]:
         return list(zip(buckets, await self.store.peek(buckets), strict=True)) if buckets else []
