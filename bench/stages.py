@@ -82,7 +82,7 @@ def _steps(detail: str) -> None:
         "decide": [(gate, "cross_site"), (gate, "credential"), (gate, "first_refusal"), (gate.Gate, "blocked"),
                    (gate.Gate, "tier"), (gate.Gate, "buckets"), (gate.Gate, "strike_buckets"),
                    (AccountService, "cached_principal"), (MemoryStore, "decide_now")],
-        "admit": [(admission, "_cost"), (admission, "hold_length"), (admission, "ratelimit"),
+        "admit": [(admission, "cost"), (admission, "hold_length"), (admission, "ratelimit"),
                   (admission.Admission, "_starts_now"), (admission.Admission, "_start"), (MemoryStore, "decide_now")],
         "after": [(admission.Admission, "release"), (admission.Admission, "reconcile"),
                   (proxy.InferenceCall, "_account"), (proxy.DisconnectWatch, "stop")],

@@ -363,3 +363,33 @@ def test_a_strike_spent_while_the_checks_look_at_redis_is_in_flight_is_looked_at
             await store.close()
 
     assert asyncio.run(scenario()) == ("prompt_strikes", 0)
+
+
+@pytest.mark.xfail(strict=True, reason="each process keeps prompts aside of its own: N processes on one Redis let "
+                   "N times the strikes' flagged prompts through in a burst (2: 20 where 10 allow 10). Splitting "
+                   "them by process count was tried and reverted: a clean client's prompts were then scored on its "
+                   "call's path (all of them past 10 processes at normal, 5 at elevated). An exact count needs a "
+                   "Store counter of the prompts aside, read with the strikes")
+def test_processes_sharing_the_strikes_let_through_no_more_flagged_prompts_than_one_alone() -> None:
+    from tests.state.test_stores import redis_store
+
+    async def let_through(processes: int) -> int:
+        prefix = f"fwtest-{time.monotonic_ns()}:"
+        stores = [redis_store(prefix) for _ in range(processes)]  # a store each, as workers and replicas have
+        guards = [guard(Model(), store, Traffic()) for store in stores]  # type: ignore[arg-type]
+        through = 0
+        try:
+            for call in range(30):  # one account's flagged prompts, a burst spread over the processes
+                try:
+                    await guards[call % processes].check(WHO, ATTACK, "established", "normal")
+                    through += 1
+                except ApiError as error:
+                    assert error.code == "prompt_strikes"
+            return through
+        finally:
+            for each, store in zip(guards, stores, strict=True):
+                each.settle()
+                await store.close()
+
+    assert asyncio.run(let_through(1)) == 10  # the strike rule's burst
+    assert asyncio.run(let_through(2)) <= 10

@@ -19,8 +19,6 @@ TIER_ORDER: tuple[str, ...] = get_args(Tier)
 LOWER_TIERS = TIER_ORDER[1:]
 
 
-
-
 @dataclasses.dataclass(frozen=True)
 class LevelTerms:
     share: Mapping[str, float]
@@ -93,7 +91,6 @@ _ADMISSION = per_level("AdmissionTable", _TermsTable | None, None,
                        ("reserve_half_life", Seconds, Seconds(AdmissionPolicy.reserve_half_life)),
                        ("reserve_idle", Annotated[float, msgspec.Meta(ge=0, le=1)], AdmissionPolicy.reserve_idle),
                        ("max_wait", dict[Tier, Seconds], {}))
-
 
 
 def estimate_cost(body: Mapping[str, Any], default_max_tokens: int) -> tuple[int, int]:
