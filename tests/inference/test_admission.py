@@ -156,6 +156,29 @@ async def test_where_the_level_lends_lower_tiers_borrow_what_their_shares_leave_
         task.cancel()
 
 
+async def test_where_the_level_lends_the_slots_the_reserve_keeps_idle_count_against_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reserve's slots idle while lower tiers wait only beyond their shares: at a level that lends, those
+    calls could take them, so they count against the reserve's budget as the ones waiting within their
+    shares do (before, such a slot was in neither measure: at 16 slots under a flood, most of the idle)."""
+    monkeypatch.setattr(capacity.IdleBudget, "PERIOD", 0.05)
+    gate = admission(initial_limit=8, min_limit=8, max_limit=8, queue_size=16, reserve_half_life="1h",
+                     reserve_idle=0.1, normal={"share": {"new": 0.25}, "spare": "idle"})
+    regulars = [await gate.admit(who(n), "established", "normal", body()) for n in range(6)]
+    for ticket in regulars[1:]:
+        gate.release(ticket)
+    news = [asyncio.create_task(gate.admit(who(10 + n), "new", "normal", body())) for n in range(6)]
+    await asyncio.sleep(0.01)
+    assert gate.in_flight == 3  # the new tier at its share (2 of 8), five kept for the established peak of six
+    # the reserve idled beyond its budget while new calls waited beyond their share: it is cut, and they borrow,
+    # one more each look (every 0.25 s), at most half of what the share leaves: 3
+    done, waiting = await asyncio.wait(news, timeout=2)
+    assert len(done) == 2 + 3 and len(waiting) == 1 and gate.in_flight == 1 + 2 + 3
+    assert gate.stats()["reserve"]["most"] < 5 and gate.stats()["lent"] == 3
+    for task in news:
+        task.cancel()
+
+
 async def test_an_established_call_waiting_while_nothing_is_lent_leaves_the_lending(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """It waits for what the shares hold, as it would without lending: no reason to lend less."""

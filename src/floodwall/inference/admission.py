@@ -404,15 +404,20 @@ class Admission:
             beyond += waiting - within
         free, reserve = limit - self.total_in_flight, self._reserve(limit)
         unlent, lendable = -1, None
+        could = usable  # the waiting calls the slots the reserve keeps idle could serve
         if beyond and terms.spare == "idle":
             lendable = self._lendable(terms, limit)
+            lent = self._lent(terms, limit)
             # what only the lending's bound keeps idle: the slots free beyond the reserve, as far as the calls
             # beyond their shares could use them; none where something else holds them back (the other
             # replicas' waiting calls, this replica's part of the limit, a lending already at its bound)
             held_else = self.others.demand > self.others.in_flight or self.in_flight >= self.own_limit(limit) or \
-                self._lent(terms, limit) >= lendable
+                lent >= lendable
             unlent = 0 if held_else else min(max(0, free - reserve), beyond)
-        self.reserve_budget.note(min(free, usable), limit, usable > 0, reserve, unlent, lent_waited, lendable)
+            # ...and where the level lends, the reserve's own slots idle for those calls too, as far as the lending
+            # could take them: else a slot it keeps while the lower tiers are at their shares is in neither measure
+            could += 0 if held_else else min(beyond, lendable - lent)
+        self.reserve_budget.note(min(free, could), limit, could > 0, reserve, unlent, lent_waited, lendable)
 
     def _lendable(self, terms: LevelTerms, limit: int) -> int:
         """The most slots lent beyond the shares: half of what the lower tiers' shares leave the established
