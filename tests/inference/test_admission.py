@@ -179,6 +179,47 @@ async def test_where_the_level_lends_the_slots_the_reserve_keeps_idle_count_agai
         task.cancel()
 
 
+async def test_the_lendings_own_idle_slots_are_not_charged_to_the_reserve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a review: free slots beyond the reserve, which the lending leaves idle while it grows a slot a
+    period, are the lending's measure, not the reserve's. Charged to the reserve too, they cut it to nothing
+    while it held nothing (established calls at their peak), and the next wave of established calls waited
+    for a newcomer's generation to end. (Periods longer than the 0.25 s look, as the real one is.)"""
+    monkeypatch.setattr(capacity.IdleBudget, "PERIOD", 0.3)
+    gate = admission(initial_limit=12, min_limit=12, max_limit=12, queue_size=32, reserve_half_life="1h",
+                     reserve_idle=0.1, normal={"share": {"new": 0.25}, "spare": "idle"})
+    regulars = [await gate.admit(who(n), "established", "normal", body()) for n in range(6)]
+    news = [asyncio.create_task(gate.admit(who(100 + n), "new", "normal", body())) for n in range(12)]
+    await asyncio.sleep(1.2)  # the new tier at its share (3), the lending growing on the slots beyond
+    assert gate.stats()["lent"] >= 1
+    for ticket in regulars:
+        gate.release(ticket)
+    await asyncio.sleep(0.6)
+    wave = [asyncio.create_task(gate.admit(who(n), "established", "normal", body())) for n in range(6)]
+    done, _ = await asyncio.wait(wave, timeout=0.05)
+    assert len(done) == 6  # the reserve kept the peak's six
+    for task in news:
+        task.cancel()
+
+
+async def test_a_lending_that_fits_beyond_the_reserve_leaves_the_reserve_whole(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lending's bound (4) fits in the slots free beyond the reserve (5): it never needs the reserve's
+    slots, so their idle is not the reserve's to answer for (from a review: it fell to 0 for some 18 periods)."""
+    monkeypatch.setattr(capacity.IdleBudget, "PERIOD", 0.3)
+    gate = admission(initial_limit=12, min_limit=12, max_limit=12, queue_size=32, reserve_half_life="1h",
+                     reserve_idle=0.1, normal={"share": {"new": 0.25}, "spare": "idle"})
+    for ticket in [await gate.admit(who(n), "established", "normal", body()) for n in range(4)]:
+        gate.release(ticket)  # a peak of four: four kept
+    news = [asyncio.create_task(gate.admit(who(100 + n), "new", "normal", body())) for n in range(12)]
+    for _ in range(6):
+        await asyncio.sleep(0.3)
+        assert gate._reserve(12) == 4
+    lent = gate.stats()["lent"]
+    assert lent >= 3 and gate.in_flight == 3 + lent  # one more lent each period, up to (12 - 3) // 2
+    for task in news:
+        task.cancel()
+
+
 async def test_an_established_call_waiting_while_nothing_is_lent_leaves_the_lending(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """It waits for what the shares hold, as it would without lending: no reason to lend less."""

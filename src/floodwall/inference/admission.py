@@ -415,8 +415,9 @@ class Admission:
                 lent >= lendable
             unlent = 0 if held_else else min(max(0, free - reserve), beyond)
             # ...and where the level lends, the reserve's own slots idle for those calls too, as far as the lending
-            # could take them: else a slot it keeps while the lower tiers are at their shares is in neither measure
-            could += 0 if held_else else min(beyond, lendable - lent)
+            # could take them and the free slots beyond the reserve (the lending's measure, above) do not hold
+            # them: else a slot it keeps while the lower tiers are at their shares is in neither measure
+            could += 0 if held_else else max(0, min(beyond, lendable - lent) - max(0, free - reserve))
         self.reserve_budget.note(min(free, could), limit, could > 0, reserve, unlent, lent_waited, lendable)
 
     def _lendable(self, terms: LevelTerms, limit: int) -> int:

@@ -297,7 +297,8 @@ class IdleBudget:
             self.lent >>= max(1, min(32, int(self._lent_waited / self.PERIOD)))
         elif self._unlent / self._beyond > self.budget:
             self.lent = min(limit if lendable is None else lendable, self.lent + 1)
-        self._period, self._idle, self._waited, self._held = now, 0.0, 0.0, 0
+        # (the state carried into the next period counts there: calls still waiting, with the reserve of now)
+        self._period, self._idle, self._waited, self._held = now, 0.0, 0.0, reserve if waiting else 0
         self._unlent, self._beyond, self._lent_waited = 0.0, 0.0, 0.0
 
     @property
