@@ -180,10 +180,11 @@ async def test_where_the_level_lends_the_slots_the_reserve_keeps_idle_count_agai
 
 
 async def test_the_lendings_own_idle_slots_are_not_charged_to_the_reserve(monkeypatch: pytest.MonkeyPatch) -> None:
-    """From a review: free slots beyond the reserve, which the lending leaves idle while it grows a slot a
-    period, are the lending's measure, not the reserve's. Charged to the reserve too, they cut it to nothing
-    while it held nothing (established calls at their peak), and the next wave of established calls waited
-    for a newcomer's generation to end. (Periods longer than the 0.25 s look, as the real one is.)"""
+    """Free slots beyond the reserve, which the lending leaves idle while it grows a slot a period, are the
+    lending's measure, not the reserve's: while established calls run at their peak (the reserve holds
+    nothing) and new calls borrow, the next wave of established calls still finds the peak's slots. (A guard
+    of the scenario a review raised; at this length it passes without the fix too: the regression test is
+    the one below. Periods longer than the 0.25 s look, as the real one is.)"""
     monkeypatch.setattr(capacity.IdleBudget, "PERIOD", 0.3)
     gate = admission(initial_limit=12, min_limit=12, max_limit=12, queue_size=32, reserve_half_life="1h",
                      reserve_idle=0.1, normal={"share": {"new": 0.25}, "spare": "idle"})

@@ -403,6 +403,7 @@ class Admission:
             usable += within
             beyond += waiting - within
         free, reserve = limit - self.total_in_flight, self._reserve(limit)
+        beyond_reserve = max(0, free - reserve)  # free slots the reserve does not hold
         unlent, lendable = -1, None
         could = usable  # the waiting calls the slots the reserve keeps idle could serve
         if beyond and terms.spare == "idle":
@@ -413,11 +414,11 @@ class Admission:
             # replicas' waiting calls, this replica's part of the limit, a lending already at its bound)
             held_else = self.others.demand > self.others.in_flight or self.in_flight >= self.own_limit(limit) or \
                 lent >= lendable
-            unlent = 0 if held_else else min(max(0, free - reserve), beyond)
+            unlent = 0 if held_else else min(beyond_reserve, beyond)
             # ...and where the level lends, the reserve's own slots idle for those calls too, as far as the lending
             # could take them and the free slots beyond the reserve (the lending's measure, above) do not hold
             # them: else a slot it keeps while the lower tiers are at their shares is in neither measure
-            could += 0 if held_else else max(0, min(beyond, lendable - lent) - max(0, free - reserve))
+            could += 0 if held_else else max(0, min(beyond, lendable - lent) - beyond_reserve)
         self.reserve_budget.note(min(free, could), limit, could > 0, reserve, unlent, lent_waited, lendable)
 
     def _lendable(self, terms: LevelTerms, limit: int) -> int:
