@@ -343,13 +343,32 @@ def test_served_prompts_are_scored_by_the_scorer_process_and_metrics_say_so(serv
 def test_flagged_streams_sent_one_after_another_spend_their_strikes_in_turn(served: str) -> None:
     """A stream's prompt is scored aside (defense/screening.Aside): streams opened one after another, each read
     no further than its status, still meet the account's strikes at the eleventh (17 of 25 went through)."""
-    with new_key(served, "127.5.0.4") as api, contextlib.ExitStack() as streams:
+    with new_key(served, "127.5.0.4") as api:
+        assert open_streams(api, [f"{JAILBREAK} Now tell me a joke #{n}." for n in range(12)]) == [200] * 10 + [429] * 2
+
+
+def open_streams(api: httpx.Client, prompts: list[str]) -> list[int]:
+    """Streams opened one after another, each read no further than its status (all held open until the end)."""
+    with contextlib.ExitStack() as streams:
         statuses = []
-        for n in range(12):
-            body = {"model": "m", "max_tokens": 8, "stream": True,
-                    "messages": [{"role": "user", "content": f"{JAILBREAK} Now tell me a joke #{n}."}]}
+        for prompt in prompts:
+            body = {"model": "m", "max_tokens": 8, "stream": True, "messages": [{"role": "user", "content": prompt}]}
             statuses.append(streams.enter_context(api.stream("POST", "/v1/chat/completions", json=body)).status_code)
-        assert statuses == [200] * 10 + [429] * 2
+        return statuses
+
+
+def test_calls_that_never_reach_screening_give_their_held_strikes_back(served: str) -> None:
+    """The gate holds a strike for each model call's prompt in its round trip (state/store.Held): a call refused
+    after it (a body that is not a chat call) gives it back, so the account's flagged prompts still have all
+    their strikes; and clean streams in flight beyond the strikes are scored on their path, not refused."""
+    with new_key(served, "127.5.0.5") as api:
+        for _ in range(15):
+            bad = api.post("/v1/chat/completions", json={"model": "m", "messages": "not a list"})
+            assert bad.status_code == 400, bad.text
+        answers = [chat(api, f"{JAILBREAK} Now tell me a joke #{n}.").status_code for n in range(11)]
+        assert answers == [200] * 10 + [429]
+    with new_key(served, "127.5.0.6") as api:
+        assert open_streams(api, [f"Write a haiku about the sea, number {n}." for n in range(14)]) == [200] * 14
 
 
 def test_a_prompt_with_half_a_character_is_screened_not_a_crash(served: str) -> None:

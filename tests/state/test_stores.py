@@ -224,6 +224,26 @@ async def test_buckets_peeked_with_a_hit_spend_nothing_and_refuse_nothing(store:
     assert (await store.peek([strikes]))[0].remaining == 0
 
 
+async def test_buckets_held_with_a_hit_are_spent_only_with_it_and_all_or_none(store: Store) -> None:
+    """A strike held for a prompt (screening's Held): spent in the same round trip as the call's limits, where
+    they allow, and only where every held bucket has room; a full one refuses the hold, not the call."""
+    limit = per_minute(60, burst=3, rule="limit")
+    strikes, held = per_minute(60, burst=2, rule="strikes"), per_minute(60, burst=2, rule="strikes/held")
+    wide = per_minute(60, burst=5, rule="wide/held")
+    found = await store.hit([limit], [strikes], [held, wide])
+    assert [v.allowed for v in found] == [True, True, True, True]
+    found = await store.hit([limit], [strikes], [held, wide])
+    assert [v.allowed for v in found] == [True, True, True, True]
+    found = await store.hit([limit], [strikes], [held, wide])  # held is full: no hold, the call goes on
+    assert [v.allowed for v in found] == [True, True, False, True]
+    assert (await store.peek([wide]))[0].remaining == 2  # 2 spent: not the third, whose hold failed
+    assert not (await store.hit([limit], (), [wide]))[0].allowed  # the limit refuses: nothing held
+    assert (await store.peek([wide]))[0].remaining == 2
+    assert (await store.peek([strikes]))[0].remaining == 1  # peeked, never spent
+    store.charge_later([held._replace(cost=-1.0)])  # a hold given back rides along with the next hit
+    assert (await store.hit((), (), [held]))[0].allowed
+
+
 async def test_charges_made_later_arrive_merged(store: Store) -> None:
     bucket = per_minute(60, burst=10)
     for _ in range(4):

@@ -6,10 +6,8 @@ a prompt."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,21 +21,24 @@ from floodwall.defense.scorer import Scorer, Scores
 from floodwall.errors import ApiError
 from floodwall.limits import Bucket, Caller, Verdict
 from floodwall.principal import Principal
-from floodwall.state.store import Store
+from floodwall.state.store import Held, Store, held_buckets
 from floodwall.telemetry.traffic import Traffic
 
 log = logging.getLogger("floodwall.defense")
 CAMPAIGN = "campaign/near-duplicate"
+# how long a prompt refused for want of a strike to hold is told to wait: the prompts in flight holding the
+# account's strikes are scored within Aside.AFTER of their start, or at their end
+UNHELD_WAIT = 1.0
 MODEL = "model"  # the reason's name when the classifier flagged a prompt the rules let pass
 
 
 class Aside:
-    """A prompt's scoring left off its call's path: run once, when the call ends (`end`), AFTER seconds into
-    it, or when its account's next call is screened (PromptGuard.check), whichever comes first, so a long
-    stream's strike still counts soon and never after the account's next call was let through. At the first
-    two the prompt goes to the scorer process (`submit`) where it can take it, and its answer (`scored`)
-    runs this, up to LATE (past which the process is behind, and this scores it). `judge` says whether it
-    spent a strike; `done` is told once it has run.
+    """A prompt's scoring left off its call's path: run once, when the call ends (`end`) or AFTER seconds into
+    it, whichever comes first, so a long stream's strike still counts soon; until then a strike is held for
+    it in the Store (Held), so the account's next calls see it as spent. At either the prompt goes to the
+    scorer process (`submit`) where it can take it, and its answer (`scored`) runs this, up to LATE (past
+    which the process is behind, and this scores it). `judge` says whether it spent a strike; `done` is told
+    once it has run.
 
     Sent at the call's end, not when it was screened: the pipe write wakes the process and costs the loop
     30-50 µs, which then falls after the answer is out instead of before the upstream request."""
@@ -82,10 +83,6 @@ class Aside:
         if not self._sent():
             self.run()
 
-    def awaited(self) -> bool:
-        """Its prompt is with the scorer process, the answer not yet back."""
-        return self._awaited
-
     def run(self) -> bool:
         """Score the prompt unless that was done; True when that spent a strike."""
         judge, self._judge = self._judge, None
@@ -103,9 +100,6 @@ class PromptGuard:
     the shipped one unless told. `scorer`, a process running the shipped rules and classifier, scores the
     prompts left aside, where it can."""
 
-    SPENT = 65536
-    LOOKS = 16  # looks at the strikes a check takes at most, while strikes are spent as they are in flight
-
     def __init__(self, policy: PromptPolicy, screen: Screen, campaigns: Campaigns, store: Store,
                  strike_buckets: Callable[[str, Caller], Sequence[Bucket]], traffic: Traffic | None = None,
                  model: PromptModel | None = None, scorer: Scorer | None = None) -> None:
@@ -119,22 +113,25 @@ class PromptGuard:
         self.strike_buckets = strike_buckets
         self.traffic = traffic or Traffic()
         self._asides: dict[int, set[Aside]] = {}  # per account, its calls' prompts not scored yet
-        # per account, when this process last spent one of its strikes (the SPENT most recent accounts)
-        self._spent: collections.OrderedDict[int, float] = collections.OrderedDict()
         self.conversations = Conversations()
 
     def action(self, level: str) -> str:
         return self.policy.actions.get(level, "off")
 
     async def check(self, principal: Principal, body: dict[str, object], tier: str, level: str,
-                    strikes: Sequence[tuple[Bucket, Verdict]] | None = None, looked: float = 0.0) -> Aside | None:
+                    strikes: Sequence[tuple[Bucket, Verdict]] | None = None,
+                    held: Held | None = None) -> Aside | None:
         """Raise the refusal when the policy refuses this prompt (or its account is out of strikes). The gate
-        looked at the account's strikes in its own round trip (`strikes`, at `looked`); without it, or where
-        this process spent one of the account's strikes since, they are looked at here.
+        looked at the account's strikes in its own round trip (`strikes`) and held one of them for this prompt
+        there (`held`, None where none was left to hold: the account's strikes spent or held by its other
+        prompts in flight, in any process); without the gate's look, both are done here, in one round trip.
 
         Where the level's action only logs or flags, the prompt's score cannot change this call's answer (a
         strike counts against the account's next calls): the scoring is returned, to run once the call has
-        ended or AFTER into it (`Aside`), not on the call's path. Where it refuses, the call waits for it."""
+        ended or AFTER into it (`Aside`), not on the call's path. Where it refuses, the call waits for it. A
+        prompt that would go on unscored at a flag level without a strike held for it is scored now instead:
+        flagged, it is refused as the strikes' refusal, so the flagged prompts let through never outnumber the
+        strikes, whatever the number of processes that let them through."""
         action = self.action(level)
         if action == "off":
             return None
@@ -142,74 +139,52 @@ class PromptGuard:
         text = joined(parts)
         if not text:
             return None
-        account = principal.user_id
-        if strikes is not None and self._spent.get(account, -math.inf) >= looked:
-            # a strike spent after the gate's look (an aside's answer came between it and this body, or a burst's
-            # settle): that look would let one more flagged prompt through each time strikes run out
-            strikes = None
-        buckets = self.strike_buckets(level, Caller(0, 0, tier, account, principal.key_id)) if strikes is None \
-            else [bucket for bucket, _ in strikes]
-        # the account's prompts still aside could spend the strikes this call needs (each spends at most one):
-        # then they are scored first, as if each had been on its call's path (else a burst of flagged prompts,
-        # or streams sent one after another, all passed within Aside.AFTER). The strikes are looked at afresh:
-        # the gate's look came before the body was read, and asides may have spent some since. A look is a
-        # round trip (Redis): a strike this process spent while it was in flight (a call's end, the scorer's
-        # answer) is in neither that look nor the asides (it left them), so it is looked at again.
-        look = strikes is None or (bool(self._asides.get(account)) and bool(strikes) and action != "log")
-        for _ in range(self.LOOKS):
-            if not look:
-                break
-            at = time.monotonic()
-            strikes = await self._peek(buckets)
-            if self._asides.get(account) and strikes and action != "log":
-                self._settle_beyond(account, min(v.remaining for _, v in strikes))
-            look = self._spent.get(account, -math.inf) >= at
-        assert strikes is not None  # (looked at once at least, where the gate had not)
-        if strikes and action != "log":
-            waits = [verdict.retry_after for _, verdict in strikes if not verdict.allowed]
-            if waits:
-                raise ApiError(429, "Too many of this account's prompts were flagged by the service's prompt "
-                               "screening. Please wait and try again.", "prompt_strikes", type="requests",
-                               retry_after=max(waits), reason=strikes[0][0].rule)
-        if action == "refuse":
-            self.judge(principal, text, action, level, strikes, parts=parts)
-            return None
+        own: Held | None = None
+        try:
+            if strikes is None:
+                buckets = self.strike_buckets(level, Caller(0, 0, tier, principal.user_id, principal.key_id))
+                strikes, own = await self._look(buckets, hold=action == "flag")
+                held = own
+            if strikes and action != "log":
+                waits = [verdict.retry_after for _, verdict in strikes if not verdict.allowed]
+                if waits:
+                    raise _strikes_spent(strikes, max(waits))
+            if action == "refuse":
+                self.judge(principal, text, action, level, strikes, parts=parts, held=held)
+                return None
+            if action == "flag" and strikes and (held is None or not held.buckets):
+                self.traffic.event("prompt.unheld")
+                self.judge(principal, text, action, level, strikes, parts=parts, unheld=True)
+                return None
+            return self._aside(principal, text, action, level, strikes, parts, held.take() if held else None)
+        finally:
+            if own is not None:
+                own.release()  # (nothing, where the aside took it or the prompt spent it)
+
+    def _aside(self, principal: Principal, text: str, action: str, level: str,
+               strikes: Sequence[tuple[Bucket, Verdict]], parts: Sequence[str], held: Held | None) -> Aside:
         scorer = self.scorer
-        aside = Aside(functools.partial(self._judge_aside, principal, text, action, level, strikes, parts),
+        aside = Aside(functools.partial(self._judge_aside, principal, text, action, level, strikes, parts, held),
                       functools.partial(self._settled, principal.user_id),
                       functools.partial(scorer.submit, text, self._asks_model(level)) if scorer is not None else None)
         self._asides.setdefault(principal.user_id, set()).add(aside)
         return aside
 
-    async def _peek(self, buckets: Sequence[Bucket]) -> list[tuple[Bucket, Verdict]]:
-        return list(zip(buckets, await self.store.peek(buckets), strict=True)) if buckets else []
+    async def _look(self, buckets: Sequence[Bucket], hold: bool) -> tuple[list[tuple[Bucket, Verdict]], Held | None]:
+        """The account's strikes, and one held for this prompt where `hold` and one is left (a round trip)."""
+        if not buckets:
+            return [], None
+        holding = held_buckets(buckets) if hold else []
+        verdicts = await self.store.hit((), buckets, holding)
+        found = verdicts[len(buckets):]
+        return (list(zip(buckets, verdicts[:len(buckets)], strict=True)),
+                Held(self.store, holding) if holding and all(verdict.allowed for verdict in found) else None)
 
     def settle(self) -> None:
         """Score every prompt still aside, now: the service is stopping, and their timers would not fire."""
         for account in list(self._asides):
-            self._settle(account)
-
-    def _settle(self, account: int) -> None:
-        """Score the account's prompts still aside, now."""
-        for aside in self._asides.pop(account, ()):
-            aside.run()
-
-    def _settle_beyond(self, account: int, remaining: int) -> None:
-        """Score the account's prompts aside, one at a time, until those left could not spend more than the
-        `remaining` strikes. Not all of them: an API client's many calls in flight (more than its strikes while
-        the scorer process is behind) cost the event loop the few beyond, not a scoring each (at 500 calls/s on
-        one account, 17% of prompts were scored on the loop, ten at a time). What they spend, check() sees in
-        `_spent`."""
-        asides = self._asides.get(account)
-        if not asides or len(asides) <= remaining:
-            return
-        # the prompts not yet sent to the scorer process first: their scoring is not done twice
-        for aside in sorted(asides, key=Aside.awaited):
-            if len(asides) <= remaining:
-                break
-            if aside.run():
-                remaining -= 1
-            asides.discard(aside)  # (run() does, through _settled: once more where it had run before)
+            for aside in self._asides.pop(account, ()):
+                aside.run()
 
     def _settled(self, account: int, aside: Aside) -> None:
         asides = self._asides.get(account)
@@ -220,11 +195,12 @@ class PromptGuard:
 
     def judge(self, principal: Principal, text: str, action: str, level: str,
               strikes: Sequence[tuple[Bucket, Verdict]], scores: Scores | None = None,
-              parts: Sequence[str] = ()) -> bool:
+              parts: Sequence[str] = (), held: Held | None = None, unheld: bool = False) -> bool:
         """Score the prompt by the rules, the classifier (unless the scorer process did: `scores`) and the
         campaigns; when that flags it, log it and spend a strike (flag, refuse; not where a charged conversation
-        goes on, defense/conversations.py: `parts` are the prompt's messages), and raise the refusal (refuse). True when
-        a strike was spent."""
+        goes on, defense/conversations.py: `parts` are the prompt's messages): the one `held` for it where there
+        is one, and raise the refusal (refuse). `unheld`: no strike could be held for it, so a prompt that would
+        spend one is refused as the strikes' refusal instead. True when a strike was spent."""
         verdict, probability = scores or (self.screen.score(text), self.probability(text, level))
         senders = self.campaigns.seen(text, principal.user_id)
         reason = self._reason(verdict, probability, senders, level)
@@ -245,12 +221,12 @@ class PromptGuard:
                    rules=list(rules), campaign_accounts=senders, action=action, reason=reason, defense_level=level,
                    history=history)
         spent = charging and not history
+        if spent and unheld:
+            raise _strikes_spent(strikes, UNHELD_WAIT)  # (before the conversation counts it as charged)
         if chain is not None:
             self.conversations.charged(principal.user_id, chain, went_on if history else None)
         if spent:
-            # a strike is spent without asking, with the call's other reconciliations: no round trip of its own
-            self.store.charge_later([bucket for bucket, _ in strikes])
-            self._spending(principal.user_id)
+            self._spend([bucket for bucket, _ in strikes], held)
         if action == "refuse":
             raise ApiError(400, "This request was refused by the service's prompt screening (it looks like an "
                            "attempt to override the model's instructions or safeguards).", "content_policy_violation",
@@ -258,13 +234,17 @@ class PromptGuard:
         return spent
 
     def _judge_aside(self, principal: Principal, text: str, action: str, level: str,
-                     strikes: Sequence[tuple[Bucket, Verdict]], parts: Sequence[str], scores: Scores | None) -> bool:
+                     strikes: Sequence[tuple[Bucket, Verdict]], parts: Sequence[str], held: Held | None,
+                     scores: Scores | None) -> bool:
         try:
-            return self.judge(principal, text, action, level, strikes, scores, parts)
+            return self.judge(principal, text, action, level, strikes, scores, parts, held)
         except Exception:  # a callback's exception would reach only the loop's handler
             self.traffic.event("prompt.screening_error")
             log.exception("prompt screening failed after the call went on")
             return False
+        finally:
+            if held is not None:
+                held.release()  # (nothing, where the prompt spent it)
 
     def strike(self, principal: Principal, tier: str, level: str) -> bool:
         """Spend one of the account's prompt strikes where the level's action spends them on a flagged prompt
@@ -273,16 +253,14 @@ class PromptGuard:
             return False
         buckets = self.strike_buckets(level, Caller(0, 0, tier, principal.user_id, principal.key_id))
         if buckets:
-            self.store.charge_later(buckets)
-            self._spending(principal.user_id)
+            self._spend(buckets, None)
         return bool(buckets)
 
-    def _spending(self, account: int) -> None:
-        spent = self._spent
-        spent[account] = time.monotonic()
-        spent.move_to_end(account)
-        if len(spent) > self.SPENT:  # the oldest first: what a flood of other accounts' strikes pushes out is
-            spent.popitem(last=False)  # a look older than theirs
+    def _spend(self, strikes: Sequence[Bucket], held: Held | None) -> None:
+        """Charge a strike, without asking (with the call's other reconciliations: no round trip of its own):
+        the one held for the prompt stays counted as it; with none held, the held count takes it too, so that
+        it never falls below the strikes spent."""
+        self.store.charge_later(strikes if held is not None and held.spend() else [*strikes, *held_buckets(strikes)])
 
     def probability(self, text: str, level: str) -> float:
         """The classifier's probability that the prompt is an attack (0 when the policy turned it off at this
@@ -331,3 +309,9 @@ class PromptGuard:
                 "model_threshold": policy.model_threshold(level),
                 "campaign": {"name": CAMPAIGN, "accounts": senders, "threshold": policy.campaign} if senders else None,
                 "action": action, "level": level}
+
+
+def _strikes_spent(strikes: Sequence[tuple[Bucket, Verdict]], wait: float) -> ApiError:
+    return ApiError(429, "Too many of this account's prompts were flagged by the service's prompt screening, or are "
+                    "still being checked. Please wait and try again.", "prompt_strikes", type="requests",
+                    retry_after=wait, reason=strikes[0][0].rule)

@@ -30,7 +30,7 @@ from floodwall.identity import Networks, TrustedProxies, client_address
 from floodwall.inspection import Described, ProbeWatch, RequestScoring, Score
 from floodwall.limits import Bucket, Caller, Verdict, first_refusal
 from floodwall.principal import Principal, Principals
-from floodwall.state.store import Store
+from floodwall.state.store import Held, Store, held_buckets
 from floodwall.telemetry.traffic import Traffic
 
 log = logging.getLogger("floodwall.edge")
@@ -53,7 +53,9 @@ class EdgeInfo:
     level: str
     principal: Principal | None
     strikes: list[tuple[Bucket, Verdict]] = dataclasses.field(default_factory=list)
-    looked: float = 0.0  # when the limits and strikes were looked at (time.monotonic())
+    # a model call's strike held in the same round trip, for its prompt until it is scored (prompt screening
+    # takes it; the gate gives back what nobody took once the call is over)
+    held: Held | None = None
 
 
 def edge_info(request: HTTPConnection) -> EdgeInfo | None:
@@ -84,6 +86,7 @@ class Decision:
     # for a model call: the account's prompt-strike limits, looked at in the same round trip (prompt screening
     # reads them instead of asking the Store again)
     strikes: list[tuple[Bucket, Verdict]] = dataclasses.field(default_factory=list)
+    held: Held | None = None  # a strike held for the call's prompt (Held), where the account had one to hold
     score: Score | None = None
     remembered: bool = False  # the answer given a moment ago to this address, not decided again
     allow_listed: bool = False
@@ -143,7 +146,6 @@ class Gate:
         text = client_address(scope, self.trusted)
         traffic = self.traffic
         traffic.arrived(text)
-        looked = time.monotonic()  # before the round trip: a strike spent while it is in flight comes after
         found = await self.decide(scope, klass, text)
         refusal = found.refusal
         if refusal is not None:
@@ -157,8 +159,9 @@ class Gate:
                                  scope["method"], scope["path"])
             await send_error(scope, send, refusal)
             return
+        held = found.held
         scope.setdefault("state", {})["edge"] = EdgeInfo(klass, text, found.tier, found.level, found.principal,
-                                                          found.strikes, looked)
+                                                          found.strikes, held)
         if found.allow_listed:  # never limited, never banned
             await self.app(scope, receive, _observed(send, traffic, klass))
             return
@@ -166,7 +169,13 @@ class Gate:
         watch = self._probe_watch(text, scope) if self.probes is not None and found.tier != "established" else None
         headers = _ratelimit_headers(found.buckets, found.verdicts) if found.verdicts and klass.startswith("api") \
             else None
-        await self.app(scope, receive, _observed(send, traffic, klass, watch, headers))
+        if held is None:
+            await self.app(scope, receive, _observed(send, traffic, klass, watch, headers))
+            return
+        try:
+            await self.app(scope, receive, _observed(send, traffic, klass, watch, headers))
+        finally:
+            held.release()  # (nothing, where screening took it: a prompt aside holds it until scored)
 
     async def decide(self, scope: Scope, klass: str, text: str, spend: bool = True) -> Decision:
         """The gate's decision for a request, in its fixed order: a refusal remembered a moment ago, the
@@ -216,23 +225,32 @@ class Gate:
                 refusal = self.registration(found, scope["path"])
         if refusal is None:
             strikes = self.strike_buckets(found) if klass == "api-inference" else []
+            hold = held_buckets(strikes) if spend else []
             if found.buckets or strikes:
                 # the memory store decides without I/O: no coroutine to build and await on the flood path
-                verdicts = (self.store.decide_now(found.buckets, strikes) if spend else None) or \
-                    await self._limits(found.buckets, strikes, spend)
-                found.verdicts = verdicts[:len(found.buckets)]
-                found.strikes = list(zip(strikes, verdicts[len(found.buckets):], strict=True))
+                verdicts = (self.store.decide_now(found.buckets, strikes, hold) if spend else None) or \
+                    await self._limits(found.buckets, strikes, hold, spend)
+                spent, looked = len(found.buckets), len(found.buckets) + len(strikes)
+                found.verdicts = verdicts[:spent]
+                found.strikes = list(zip(strikes, verdicts[spent:looked], strict=True))
+                if hold and all(verdict.allowed for verdict in verdicts[:spent]) and \
+                        all(verdict.allowed for verdict in verdicts[looked:]):
+                    found.held = Held(self.store, hold)
             refusal = first_refusal(klass, found.buckets, found.verdicts)
         # established accounts are not scored: their own app's odd requests are not an attack on it
         if refusal is None and self.scoring is not None and found.tier != "established":
             refusal = self._scored_or_error(scope, found, spend)
         if refusal is not None:
             found.decision, found.refusal, found.reason = "refuse", refusal, refusal.reason or refusal.code
+            if found.held is not None:
+                found.held.release()
+                found.held = None
         return found
 
-    async def _limits(self, buckets: Sequence[Bucket], strikes: Sequence[Bucket], spend: bool) -> list[Verdict]:
+    async def _limits(self, buckets: Sequence[Bucket], strikes: Sequence[Bucket], hold: Sequence[Bucket],
+                      spend: bool) -> list[Verdict]:
         """Where the store could not decide now (decide_now): hit the limits, or only look (explain)."""
-        return await (self.store.hit(buckets, strikes) if spend else self.store.peek([*buckets, *strikes]))
+        return await (self.store.hit(buckets, strikes, hold) if spend else self.store.peek([*buckets, *strikes]))
 
     def strike_buckets(self, found: Decision) -> Sequence[Bucket]:
         """A model call's prompt-strike limits (an account's flagged prompts), looked at with its limits."""

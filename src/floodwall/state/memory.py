@@ -85,12 +85,18 @@ class MemoryStore:
     def __len__(self) -> int:
         return sum(len(table) for table in self._tat.values())
 
-    async def hit(self, buckets: Sequence[Bucket], peek: Sequence[Bucket] = ()) -> list[Verdict]:
-        return self.decide_now(buckets, peek)
+    async def hit(self, buckets: Sequence[Bucket], peek: Sequence[Bucket] = (),
+                  hold: Sequence[Bucket] = ()) -> list[Verdict]:
+        return self.decide_now(buckets, peek, hold)
 
-    def decide_now(self, buckets: Sequence[Bucket], peek: Sequence[Bucket] = ()) -> list[Verdict]:
+    def decide_now(self, buckets: Sequence[Bucket], peek: Sequence[Bucket] = (),
+                   hold: Sequence[Bucket] = ()) -> list[Verdict]:
         found = self.decide(buckets)
-        return found + self.decide(peek, spend=False) if peek else found
+        if peek:
+            found += self.decide(peek, spend=False)
+        if hold:
+            found += self.decide(hold, spend=all(verdict.allowed for verdict in found[:len(buckets)]))
+        return found
 
     async def peek(self, buckets: Sequence[Bucket]) -> list[Verdict]:
         return self.decide(buckets, spend=False)

@@ -35,20 +35,23 @@ RIDE_ALONG = 64  # charges one decision takes along at most (its round trip stay
 FLUSH_BATCH = 1_000  # charges one flush sends in a round trip
 
 # KEYS: one per bucket. ARGV: for each bucket interval, tolerance, cost; then the mode (0 peek, 1 hit,
-# 2 force), how many buckets from the first the mode applies to, and how many after those are only peeked.
-# The keys after those are charges riding along: forced (never refused, never before now) before anything is
-# decided, whatever the decision. Returns, for each bucket decided or peeked: allowed (0/1), retry_after,
-# remaining, reset_after (as strings: Lua numbers would be truncated to integers on the way back).
+# 2 force), how many buckets from the first the mode applies to, how many after those are only peeked, and how
+# many after those are held: hit (all or none) only where the first were. The keys after those are charges
+# riding along: forced (never refused, never before now) before anything is decided, whatever the decision.
+# Returns, for each bucket decided, peeked or held: allowed (0/1), retry_after, remaining, reset_after (as
+# strings: Lua numbers would be truncated to integers on the way back).
 GCRA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local n = #KEYS
 local mode = ARGV[n * 3 + 1]
 local spending = tonumber(ARGV[n * 3 + 2])
-local looked = spending + tonumber(ARGV[n * 3 + 3])
+local peeked = spending + tonumber(ARGV[n * 3 + 3])
+local looked = peeked + tonumber(ARGV[n * 3 + 4] or '0')
 local out = {}
 local tats = {}
 local all = true
+local held = true
 local function put(i, value)
   redis.call('SET', KEYS[i], string.format('%.17g', value), 'EX', math.ceil(value - now) + 1)
 end
@@ -68,7 +71,7 @@ for i = 1, looked do
   local new_tat = start + interval * cost
   local over = new_tat - now - tolerance
   if over > 1e-9 then
-    if i <= spending then all = false end
+    if i <= spending then all = false elseif i > peeked then held = false end
     local remaining = math.floor((tolerance - (start - now)) / interval)
     out[#out + 1] = {0, tostring(over), math.max(0, remaining), tostring(start - now)}
   else
@@ -81,6 +84,11 @@ if mode == '2' then
 elseif mode == '1' and all then
   for i = 1, spending do
     put(i, math.max(tats[i], now) + tonumber(ARGV[i * 3 - 2]) * tonumber(ARGV[i * 3]))
+  end
+  if held then
+    for i = peeked + 1, looked do
+      put(i, math.max(tats[i], now) + tonumber(ARGV[i * 3 - 2]) * tonumber(ARGV[i * 3]))
+    end
   end
 end
 return out
@@ -192,16 +200,16 @@ class RedisStore:
         self._failing = False
 
     async def _decide(self, buckets: Sequence[Bucket], spend: bool, force: bool = False,
-                      peek: Sequence[Bucket] = ()) -> list[Verdict]:
-        if not buckets and not peek and not self._pending:
+                      peek: Sequence[Bucket] = (), hold: Sequence[Bucket] = ()) -> list[Verdict]:
+        if not buckets and not peek and not hold and not self._pending:
             return []
         charges = self._pending_charges(RIDE_ALONG)  # riding along: no round trip of their own
-        every = [*buckets, *peek, *charges]
+        every = [*buckets, *peek, *hold, *charges]
         keys = [f"{self.prefix}rl:{b.rule}:{b.ident}" for b in every]
         args: list[str] = []
         for b in every:
             args += [repr(b.interval), repr(b.tolerance), repr(b.cost)]
-        args += ["2" if force else "1" if spend else "0", str(len(buckets)), str(len(peek))]
+        args += ["2" if force else "1" if spend else "0", str(len(buckets)), str(len(peek)), str(len(hold))]
         try:
             self.round_trips += 1
             rows = await self._gcra(keys=keys, args=args)
@@ -211,17 +219,20 @@ class RedisStore:
             if force:
                 self.local.force(buckets)
                 return []
-            return self.local.decide_now(buckets, peek) if spend else self.local.decide([*buckets, *peek], False)
+            return self.local.decide_now(buckets, peek, hold) if spend else \
+                self.local.decide([*buckets, *peek, *hold], False)
         except BaseException:  # cancelled on the way (a client gone, a shutdown): the charges wait again
             self._merge(charges)
             raise
         self._recovered()
         return [Verdict(bool(int(a)), float(r), int(rem), float(reset)) for a, r, rem, reset in rows]
 
-    async def hit(self, buckets: Sequence[Bucket], peek: Sequence[Bucket] = ()) -> list[Verdict]:
-        return await self._decide(buckets, True, peek=peek)
+    async def hit(self, buckets: Sequence[Bucket], peek: Sequence[Bucket] = (),
+                  hold: Sequence[Bucket] = ()) -> list[Verdict]:
+        return await self._decide(buckets, True, peek=peek, hold=hold)
 
-    def decide_now(self, buckets: Sequence[Bucket], peek: Sequence[Bucket] = ()) -> list[Verdict] | None:
+    def decide_now(self, buckets: Sequence[Bucket], peek: Sequence[Bucket] = (),
+                   hold: Sequence[Bucket] = ()) -> list[Verdict] | None:
         return None  # a decision is a round trip to Redis
 
     async def peek(self, buckets: Sequence[Bucket]) -> list[Verdict]:

@@ -25,12 +25,16 @@ class Ban:
 
 
 class Store(Protocol):
-    async def hit(self, buckets: Sequence[Bucket], peek: Sequence[Bucket] = ()) -> list[Verdict]:
+    async def hit(self, buckets: Sequence[Bucket], peek: Sequence[Bucket] = (),
+                  hold: Sequence[Bucket] = ()) -> list[Verdict]:
         """Check every bucket; spend on all of them only if all allow. The verdicts of `peek` follow, looked
-        at in the same round trip without spending and without a say in the others (prompt strikes)."""
+        at in the same round trip without spending and without a say in the others (prompt strikes); then
+        those of `hold`, spent (all or none, without a say in the others) only where `buckets` were: a prompt's
+        strike held until it is scored (Held)."""
         ...
 
-    def decide_now(self, buckets: Sequence[Bucket], peek: Sequence[Bucket] = ()) -> list[Verdict] | None:
+    def decide_now(self, buckets: Sequence[Bucket], peek: Sequence[Bucket] = (),
+                   hold: Sequence[Bucket] = ()) -> list[Verdict] | None:
         """hit() without waiting, where the store needs no I/O for it; None where it does (then await hit)."""
         ...
 
@@ -101,6 +105,43 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def held_buckets(strikes: Sequence[Bucket]) -> list[Bucket]:
+    """Beside each of an account's prompt-strike buckets, one that counts the strikes spent and those held for
+    its prompts let through before they were scored, in every process: the same rate and burst, so the two
+    drain alike and what one holds beyond the other is the prompts in flight."""
+    return [Bucket(bucket.rule + "/held", bucket.ident, bucket.interval, bucket.tolerance) for bucket in strikes]
+
+
+class Held:
+    """One prompt's strike, held in the Store (hit with `hold`) from before its call goes on until it is
+    scored: `spend` when the prompt was flagged (the hold becomes the strike, which is charged on its own
+    buckets), `release` otherwise. A flagged prompt goes through unscored only with one held, so however many
+    processes let an account's prompts through, no more flagged ones pass than it has strikes."""
+
+    __slots__ = ("buckets", "store")
+
+    def __init__(self, store: Store, buckets: Sequence[Bucket]) -> None:
+        self.store = store
+        self.buckets = buckets
+
+    def take(self) -> Held:
+        """What is held, moved to a new owner (a prompt aside, which outlives its call): this one holds nothing."""
+        taken = Held(self.store, self.buckets)
+        self.buckets = ()
+        return taken
+
+    def spend(self) -> bool:
+        """The prompt spent a strike: what was held stays counted. False where nothing was held (any more)."""
+        held, self.buckets = self.buckets, ()
+        return bool(held)
+
+    def release(self) -> None:
+        """The prompt was not flagged (or never went on): given back, once."""
+        held, self.buckets = self.buckets, ()
+        if held:
+            self.store.charge_later([bucket._replace(cost=-bucket.cost) for bucket in held])
 
 
 def charged(tat: float, now: float, bucket: Bucket) -> float:

@@ -72,14 +72,14 @@ def call(scope: Scope, principal: Principal, endpoint: str, body: dict[str, Any]
 
 def screen(scope: Scope, principal: Principal, body: dict[str, Any],
            config: Services | None = None) -> Awaitable[Aside | None]:
-    """Prompt screening for this call, with the prompt strikes the gate looked at in its round trip; the
-    scoring left for the call's end, where the level only logs or flags. (The check's own coroutine, not one
-    around it.)"""
+    """Prompt screening for this call, with the prompt strikes the gate looked at in its round trip and the one
+    it held there for this prompt; the scoring left for the call's end, where the level only logs or flags.
+    (The check's own coroutine, not one around it.)"""
     config = config or scope["app"].state.services
     edge = scope_edge_info(scope)
     if edge is None or edge.klass != "api-inference":
         return config.prompt_guard.check(principal, body, *tier_and_level(scope))
-    return config.prompt_guard.check(principal, body, edge.tier, edge.level, edge.strikes, edge.looked)
+    return config.prompt_guard.check(principal, body, edge.tier, edge.level, edge.strikes, edge.held)
 
 
 def tier_and_level(scope: Scope) -> tuple[str, str]:
