@@ -3,7 +3,13 @@ through the bare relay (bench/bare_relay.py), both against the same simulated mo
 entry to its answer's last send. Interleaved, one call of each in turn, so the machine's noise falls on
 both alike; with no pause between calls (warm caches) and with a pause (cold: as at 100 calls a second).
 
-    python bench/path.py [--calls 3000] [--pause-ms 0,2] [--profile]
+    python bench/path.py [--calls 3000] [--pause-ms 0,2] [--between sleep|spin|evict] [--skip gate,screening]
+                         [--rounds 1] [--profile]
+
+--between says how the pause passes: asleep on the event loop (as between a server's calls), spinning (the
+CPU awake, its caches kept) or spinning after reading 32 MiB (every cache emptied, the CPU awake): what a
+cold call costs apart from what sleeping costs. --skip takes parts of floodwall's path off it, to price
+them: the gate's decision remembered from the first call, prompt screening answering at once.
 
 Without a server or wrk in between this is steadier than bench/edge.py's latency part (which it does not
 replace: that one is what a client sees). --profile prints where floodwall's time goes (cProfile, warm).
@@ -30,6 +36,41 @@ from floodwall.config import SETTINGS_ENV, Settings
 from floodwall.server import free_port
 
 OUT = Path(__file__).with_name("out")
+EVICT = bytearray(32 * 2**20)  # more than this machine's last-level cache
+
+
+async def pause(ms: float, how: str) -> None:
+    if how == "sleep":
+        await asyncio.sleep(ms / 1000)
+        return
+    end = time.perf_counter() + ms / 1000
+    if how == "evict":
+        EVICT[:] = bytes(len(EVICT))  # written whole: every line passes through the caches
+    while time.perf_counter() < end:
+        pass
+
+
+def skipping(parts: list[str]) -> None:
+    """Take `parts` off floodwall's path (a price list, not a product): `gate`, its decision remembered from
+    the first call; `screening`, answering at once with nothing left aside."""
+    from floodwall.defense.screening import PromptGuard
+    from floodwall.edge.gate import Gate
+
+    if "gate" in parts:
+        decide = Gate.decide
+        remembered: dict[str, Any] = {}
+
+        async def remembered_decision(self: Gate, *args: Any, **kwargs: Any) -> Any:
+            if "found" not in remembered:
+                remembered["found"] = await decide(self, *args, **kwargs)
+            return remembered["found"]
+
+        Gate.decide = remembered_decision  # type: ignore[method-assign]
+    if "screening" in parts:
+        async def unscreened(self: PromptGuard, *args: Any, **kwargs: Any) -> None:
+            return None
+
+        PromptGuard.check = unscreened  # type: ignore[method-assign]
 
 
 class Lifespan:
@@ -120,26 +161,29 @@ async def measure(args: argparse.Namespace, upstream: str, settings: Settings) -
     results: dict[str, Any] = {}
     try:
         key = await make_key(gate)
+        skipping(args.skip)  # (after the key is made: the gate decided its sign-up)
         for _ in range(200):  # warm both: connections to the model open, caches filled
             await one_call(gate, key, floodwall.state, body)
             await one_call(bare_relay.app, "", relay.state, body)
-        for pause_ms in args.pause_ms:
-            times: dict[str, list[float]] = {"floodwall": [], "relay": []}
-            for _ in range(args.calls):
-                for name, app, token, state in (("floodwall", gate, key, floodwall.state),
-                                                ("relay", bare_relay.app, "", relay.state)):
-                    if pause_ms:
-                        await asyncio.sleep(pause_ms / 1000)
-                    times[name].append(await one_call(app, token, state, body))
-            row: dict[str, Any] = {}
-            for name, samples in times.items():
-                samples.sort()
-                row[name] = {"p50_ms": round(statistics.median(samples) * 1000, 3),
-                             "p90_ms": round(samples[int(len(samples) * 0.9)] * 1000, 3)}
-            row["over_relay_p50_ms"] = round(row["floodwall"]["p50_ms"] - row["relay"]["p50_ms"], 3)
-            results[f"pause_{pause_ms}ms"] = row
-            print(f"pause {pause_ms} ms: floodwall p50 {row['floodwall']['p50_ms']} ms, relay p50 "
-                  f"{row['relay']['p50_ms']} ms, floodwall over the relay {row['over_relay_p50_ms']} ms", flush=True)
+        for _ in range(args.rounds):
+            for pause_ms in args.pause_ms:
+                times: dict[str, list[float]] = {"floodwall": [], "relay": []}
+                for _ in range(args.calls):
+                    for name, app, token, state in (("floodwall", gate, key, floodwall.state),
+                                                    ("relay", bare_relay.app, "", relay.state)):
+                        if pause_ms:
+                            await pause(pause_ms, args.between)
+                        times[name].append(await one_call(app, token, state, body))
+                row: dict[str, Any] = {}
+                for name, samples in times.items():
+                    samples.sort()
+                    row[name] = {"p50_ms": round(statistics.median(samples) * 1000, 3),
+                                 "p90_ms": round(samples[int(len(samples) * 0.9)] * 1000, 3)}
+                row["over_relay_p50_ms"] = round(row["floodwall"]["p50_ms"] - row["relay"]["p50_ms"], 3)
+                results.setdefault(f"pause_{pause_ms}ms", []).append(row)
+                print(f"pause {pause_ms} ms ({args.between}): floodwall p50 {row['floodwall']['p50_ms']} ms, relay "
+                      f"p50 {row['relay']['p50_ms']} ms, floodwall over the relay {row['over_relay_p50_ms']} ms",
+                      flush=True)
         if args.profile:
             for name, app, token, state in (("relay", bare_relay.app, "", relay.state),
                                             ("floodwall", gate, key, floodwall.state)):
@@ -168,6 +212,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=3000, help="timed calls of each app, per pause")
     parser.add_argument("--pause-ms", default="0,2", type=lambda s: [float(x) for x in s.split(",")])
+    parser.add_argument("--between", default="sleep", choices=["sleep", "spin", "evict"],
+                        help="how a pause passes: asleep, spinning, or spinning after emptying the caches")
+    parser.add_argument("--skip", default=[], type=lambda s: [p for p in s.split(",") if p],
+                        help="parts taken off floodwall's path: gate, screening")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of every pause, one after another")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
