@@ -157,7 +157,8 @@ def test_a_burst_of_flagged_prompts_lets_through_no_more_than_the_strikes(looked
     # each prompt scored once: the ten aside when their time came, the two beyond on their call's path
     assert len(model.asked) == 12 and traffic.current.get(event_key("prompt.flag")) == 12
     assert traffic.current.get(event_key("prompt.unheld")) == 2  # scored on the path for want of a strike held
-    assert strikes_left(store) == 0 and holding(store) == 10
+    # the two refused spent theirs too (refused for nothing, they would tell a prober what flags at no cost)
+    assert strikes_left(store) == 0 and holding(store) == 12
 
 
 def test_a_strike_spent_after_the_gates_look_is_counted() -> None:

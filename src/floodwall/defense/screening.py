@@ -156,7 +156,9 @@ class PromptGuard:
                 self.traffic.event("prompt.unheld")
                 self.judge(principal, text, action, level, strikes, parts=parts, unheld=True)
                 return None
-            return self._aside(principal, text, action, level, strikes, parts, held.take() if held else None)
+            # (at log no strike is spent: nothing held, the gate gives it back once the call is over)
+            return self._aside(principal, text, action, level, strikes, parts,
+                               held.take() if held is not None and action == "flag" else None)
         finally:
             if own is not None:
                 own.release()  # (nothing, where the aside took it or the prompt spent it)
@@ -199,8 +201,8 @@ class PromptGuard:
         """Score the prompt by the rules, the classifier (unless the scorer process did: `scores`) and the
         campaigns; when that flags it, log it and spend a strike (flag, refuse; not where a charged conversation
         goes on, defense/conversations.py: `parts` are the prompt's messages): the one `held` for it where there
-        is one, and raise the refusal (refuse). `unheld`: no strike could be held for it, so a prompt that would
-        spend one is refused as the strikes' refusal instead. True when a strike was spent."""
+        is one, and raise the refusal (refuse). `unheld`: no strike could be held for it, so a prompt that spends
+        one is also refused as the strikes' refusal. True when a strike was spent."""
         verdict, probability = scores or (self.screen.score(text), self.probability(text, level))
         senders = self.campaigns.seen(text, principal.user_id)
         reason = self._reason(verdict, probability, senders, level)
@@ -221,12 +223,14 @@ class PromptGuard:
                    rules=list(rules), campaign_accounts=senders, action=action, reason=reason, defense_level=level,
                    history=history)
         spent = charging and not history
-        if spent and unheld:
-            raise _strikes_spent(strikes, UNHELD_WAIT)  # (before the conversation counts it as charged)
         if chain is not None:
             self.conversations.charged(principal.user_id, chain, went_on if history else None)
         if spent:
             self._spend([bucket for bucket, _ in strikes], held)
+        if spent and unheld:
+            # refused, and its strike spent all the same: refused for nothing, it would tell a prober which
+            # prompts flag at no cost (a strike an attempt is what bounds that)
+            raise _strikes_spent(strikes, UNHELD_WAIT)
         if action == "refuse":
             raise ApiError(400, "This request was refused by the service's prompt screening (it looks like an "
                            "attempt to override the model's instructions or safeguards).", "content_policy_violation",

@@ -95,8 +95,28 @@ class MemoryStore:
         if peek:
             found += self.decide(peek, spend=False)
         if hold:
-            found += self.decide(hold, spend=all(verdict.allowed for verdict in found[:len(buckets)]))
+            found += self._hold(peek, hold, all(verdict.allowed for verdict in found[:len(buckets)]))
         return found
+
+    def _hold(self, peek: Sequence[Bucket], hold: Sequence[Bucket], spend: bool) -> list[Verdict]:
+        """decide(hold), each held bucket counting at least what its peeked one (the same place) has spent."""
+        if len(hold) != len(peek):
+            return self.decide(hold, spend)
+        now = self.clock()
+        verdicts, tats = [], []
+        for held, strikes in zip(hold, peek, strict=True):
+            tat = max(self._tat.get(held.rule, {}).get(held.ident, 0.0),
+                      self._tat.get(strikes.rule, {}).get(strikes.ident, 0.0))
+            verdict, tat = gcra(tat, now, held)
+            verdicts.append(verdict)
+            tats.append(tat)
+        if spend and all(verdict.allowed for verdict in verdicts):
+            for held, tat in zip(hold, tats, strict=True):
+                table = self._tat.setdefault(held.rule, {})
+                if held.ident not in table:
+                    self._size += 1
+                table[held.ident] = self._shared(tat, held.interval)
+        return verdicts
 
     async def peek(self, buckets: Sequence[Bucket]) -> list[Verdict]:
         return self.decide(buckets, spend=False)

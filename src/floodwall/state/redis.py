@@ -36,7 +36,8 @@ FLUSH_BATCH = 1_000  # charges one flush sends in a round trip
 
 # KEYS: one per bucket. ARGV: for each bucket interval, tolerance, cost; then the mode (0 peek, 1 hit,
 # 2 force), how many buckets from the first the mode applies to, how many after those are only peeked, and how
-# many after those are held: hit (all or none) only where the first were. The keys after those are charges
+# many after those are held: hit (all or none) only where the first were, each counting at least what the
+# peeked one in its place has spent (where there are as many of both). The keys after those are charges
 # riding along: forced (never refused, never before now) before anything is decided, whatever the decision.
 # Returns, for each bucket decided, peeked or held: allowed (0/1), retry_after, remaining, reset_after (as
 # strings: Lua numbers would be truncated to integers on the way back).
@@ -52,6 +53,7 @@ local out = {}
 local tats = {}
 local all = true
 local held = true
+local paired = looked - peeked == peeked - spending
 local function put(i, value)
   redis.call('SET', KEYS[i], string.format('%.17g', value), 'EX', math.ceil(value - now) + 1)
 end
@@ -67,6 +69,7 @@ for i = 1, looked do
   local tolerance = tonumber(ARGV[i * 3 - 1])
   local cost = tonumber(ARGV[i * 3])
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if i > peeked and paired then tat = math.max(tat, tats[i - peeked + spending]) end
   local start = math.max(tat, now)
   local new_tat = start + interval * cost
   local over = new_tat - now - tolerance
@@ -219,10 +222,15 @@ class RedisStore:
             if force:
                 self.local.force(buckets)
                 return []
-            return self.local.decide_now(buckets, peek, hold) if spend else \
-                self.local.decide([*buckets, *peek, *hold], False)
-        except BaseException:  # cancelled on the way (a client gone, a shutdown): the charges wait again
-            self._merge(charges)
+            if not spend:
+                return self.local.decide([*buckets, *peek, *hold], False)
+            # no strike is held here: its release could not tell which store to go to (a prompt with none
+            # held is scored on its call's path instead)
+            return self.local.decide_now(buckets, peek) + [Verdict(False, 0.0, 0, 0.0)] * len(hold)
+        except BaseException:  # cancelled on the way (a client gone, a shutdown): the charges wait again, but
+            # not the refunds: Redis may have applied them already, and one given twice undoes a charge (a
+            # strike held), where one lost only errs toward the limit
+            self._merge([charge for charge in charges if charge.cost > 0])
             raise
         self._recovered()
         return [Verdict(bool(int(a)), float(r), int(rem), float(reset)) for a, r, rem, reset in rows]

@@ -30,7 +30,9 @@ class Store(Protocol):
         """Check every bucket; spend on all of them only if all allow. The verdicts of `peek` follow, looked
         at in the same round trip without spending and without a say in the others (prompt strikes); then
         those of `hold`, spent (all or none, without a say in the others) only where `buckets` were: a prompt's
-        strike held until it is scored (Held)."""
+        strike held until it is scored (Held). Given as many as `peek`, each held bucket counts at least what
+        the peeked one in its place has spent (a refund given twice, or strikes spent before it was kept,
+        cannot leave it below). Where the Store falls back to this process (Redis away), nothing is held."""
         ...
 
     def decide_now(self, buckets: Sequence[Bucket], peek: Sequence[Bucket] = (),

@@ -57,6 +57,13 @@ class InferenceEndpoint:
             log_scope_refusal(scope, error)
             await send_error(scope, send, error)
             return
+        finally:
+            # the strike the gate held for the prompt, given back now unless its prompt aside took it: not
+            # when the call ends (a slow call holding it for nothing would leave the account's next prompts
+            # none to hold)
+            edge = scope_edge_info(scope)
+            if edge is not None and edge.held is not None:
+                edge.held.release()
         await call(scope, principal, self.endpoint, body, aside, config)(scope, receive, send)
 
 
