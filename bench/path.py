@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import dataclasses
 import json
 import os
 import pstats
@@ -62,7 +63,11 @@ def skipping(parts: list[str]) -> None:
 
         async def remembered_decision(self: Gate, *args: Any, **kwargs: Any) -> Any:
             if "found" not in remembered:
-                remembered["found"] = await decide(self, *args, **kwargs)
+                found = await decide(self, *args, **kwargs)
+                if found.held is not None:
+                    found.held.release()
+                # no strikes looked at: a strike held once cannot serve every call (each would go unheld)
+                remembered["found"] = dataclasses.replace(found, held=None, strikes=[])
             return remembered["found"]
 
         Gate.decide = remembered_decision  # type: ignore[method-assign]
