@@ -190,8 +190,9 @@ def test_a_strike_spent_after_the_gates_look_is_counted() -> None:
 
 
 def test_a_prompt_that_does_not_go_on_gives_its_held_strike_back() -> None:
-    """A strike held for a prompt that is not scored aside (a clean one, one refused by its strikes or at a
-    refuse level, a level that only logs) is given back: the held count is the strikes spent again."""
+    """A strike held for a prompt that is not scored aside (one refused by its strikes or at a refuse level, a
+    clean one there, one with no text) is given back when the check returns, not when the call ends (the chat
+    page's stream): the held count is the strikes spent again. One aside holds it until it is scored."""
     model, store, traffic = Model(), MemoryStore(), Traffic()
     screening = guard(model, store, traffic)
     calm = {"messages": [{"role": "user", "content": "Write a haiku about the sea."}]}
@@ -200,23 +201,28 @@ def test_a_prompt_that_does_not_go_on_gives_its_held_strike_back() -> None:
         strikes, held = gate_look(store)
         try:
             aside = await screening.check(WHO, body, "established", level, strikes, held)
-            if aside is not None:
-                aside.run()
         except ApiError:
-            pass
-        finally:
-            if held is not None:
-                held.release()
+            aside = None
+        if aside is not None:
+            assert holding(store) == spent + 1  # until it is scored
+            aside.run()
+        # (the caller does not give it back: the check did, or the aside)
+
+    spent = 0
 
     async def scenario() -> None:
+        nonlocal spent
         await call(calm, "normal")
         assert holding(store) == 0
         await call(ATTACK, "normal")
+        spent = 1
         assert holding(store) == 1 and strikes_left(store) == 8
         await call(ATTACK, "under_attack")  # refused at once, its strike spent
+        spent = 2
         assert holding(store) == 2 and strikes_left(store) == 7
         await call(calm, "under_attack")
-        await call({"messages": []}, "normal")
+        await call({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+                   "normal")
         assert holding(store) == 2
 
     asyncio.run(scenario())

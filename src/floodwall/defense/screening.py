@@ -130,21 +130,20 @@ class PromptGuard:
         strike counts against the account's next calls): the scoring is returned, to run once the call has
         ended or AFTER into it (`Aside`), not on the call's path. Where it refuses, the call waits for it. A
         prompt that would go on unscored at a flag level without a strike held for it is scored now instead:
-        flagged, it is refused as the strikes' refusal, so the flagged prompts let through never outnumber the
-        strikes, whatever the number of processes that let them through."""
-        action = self.action(level)
-        if action == "off":
-            return None
-        parts = prompt_parts(body)
-        text = joined(parts)
-        if not text:
-            return None
-        own: Held | None = None
+        flagged, it spends its strike and is refused as the strikes' refusal, so the flagged prompts let through
+        never outnumber the strikes, whatever the number of processes that let them through. The strike held is
+        given back when this returns, unless the prompt aside took it or the prompt spent it."""
         try:
+            action = self.action(level)
+            if action == "off":
+                return None
+            parts = prompt_parts(body)
+            text = joined(parts)
+            if not text:
+                return None
             if strikes is None:
                 buckets = self.strike_buckets(level, Caller(0, 0, tier, principal.user_id, principal.key_id))
-                strikes, own = await self._look(buckets, hold=action == "flag")
-                held = own
+                strikes, held = await self._look(buckets, hold=action == "flag")
             if strikes and action != "log":
                 waits = [verdict.retry_after for _, verdict in strikes if not verdict.allowed]
                 if waits:
@@ -160,8 +159,8 @@ class PromptGuard:
             return self._aside(principal, text, action, level, strikes, parts,
                                held.take() if held is not None and action == "flag" else None)
         finally:
-            if own is not None:
-                own.release()  # (nothing, where the aside took it or the prompt spent it)
+            if held is not None:  # the gate's, or its own: given back now, unless the aside took it or the
+                held.release()    # prompt spent it (not when the call ends: a slow call would hold it for nothing)
 
     def _aside(self, principal: Principal, text: str, action: str, level: str,
                strikes: Sequence[tuple[Bucket, Verdict]], parts: Sequence[str], held: Held | None) -> Aside:
