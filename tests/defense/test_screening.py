@@ -123,8 +123,12 @@ def gate_look(store: MemoryStore) -> tuple[list[tuple[Bucket, Verdict]], Held | 
 
 def holding(store: MemoryStore) -> int:
     """The strikes spent and held, in the held count (as many as spent, once every prompt is scored)."""
-    (verdict,) = store.decide(held_buckets([STRIKE]), spend=False)
-    # how far the bucket's arrival time is ahead of now, in strikes (a peek's counts the one it looks at too)
+    return counted(store.decide(held_buckets([STRIKE]), spend=False)[0])
+
+
+def counted(verdict: Verdict) -> int:
+    """What a peeked bucket has counted: how far its arrival time is ahead of now, in strikes (a peek's
+    reset_after counts the one it looks at too, where that one is allowed)."""
     return round(verdict.reset_after / STRIKE.interval) - (1 if verdict.allowed else 0)
 
 
@@ -157,8 +161,11 @@ def test_a_burst_of_flagged_prompts_lets_through_no_more_than_the_strikes(looked
     # each prompt scored once: the ten aside when their time came, the two beyond on their call's path
     assert len(model.asked) == 12 and traffic.current.get(event_key("prompt.flag")) == 12
     assert traffic.current.get(event_key("prompt.unheld")) == 2  # scored on the path for want of a strike held
-    # the two refused spent theirs too (refused for nothing, they would tell a prober what flags at no cost)
-    assert strikes_left(store) == 0 and holding(store) == 12
+    # the two refused spent theirs too, where the account had one left as they came (refused for nothing, they
+    # would tell a prober what flags at no cost): never more than twice the burst, the prompts aside's own
+    # strikes coming after, so a burst of them cannot lock the account out for hours
+    assert strikes_left(store) == 0 and counted(store.decide([STRIKE], spend=False)[0]) == 12
+    assert holding(store) == 10
 
 
 def test_a_strike_spent_after_the_gates_look_is_counted() -> None:
@@ -447,6 +454,13 @@ def test_processes_sharing_the_strikes_let_through_no_more_flagged_prompts_than_
                     through += 1
                 except ApiError as error:
                     assert error.code == "prompt_strikes"
+            for each in guards:
+                each.settle()  # the prompts aside spend their strikes
+                await asyncio.gather(*each._hitting)  # and those refused with none held, where one is left
+            # 30 flagged, 10 strikes: at most twice the burst spent (an adversarial review, before the spends
+            # with none held were hits: 50 at once refused the account's prompts for 123 minutes)
+            (strikes,) = await stores[0].peek([STRIKE])
+            assert counted(strikes) <= 20
             return through
         finally:
             for each, store in zip(guards, stores, strict=True):

@@ -95,6 +95,9 @@ def test_an_accounts_buckets_are_kept_and_a_floods_are_not() -> None:
         ('[sign_in]\nnew_device = { normal = "maybe" }\n', r"\[sign_in\] new_device: .* allow, confirm"),
         ('[sign_in]\nconfirm = true\n', r"\[sign_in\]: .*unknown field confirm"),
         ('[scoring]\nbudget = "soon"\n', "budget: not a duration"),
+        # screening knows the account and its key: an address key would count every account's strikes as one
+        ('[[rule]]\nname = "x"\nclasses = ["prompt-strike"]\nkey = "ip"\n', "prompt-strike rules are keyed by"),
+        ('[[rule]]\nname = "x"\nclasses = ["prompt-strike"]\nkey = "account+network"\n', "keyed by account"),
     ],
 )
 def test_bad_rules_are_named(tmp_path: Path, text: str, message: str) -> None:

@@ -141,6 +141,23 @@ async def test_unreachable_redis_holds_nothing() -> None:
         await store.close()
 
 
+async def test_refunds_wait_for_redis_while_it_is_away() -> None:
+    """What is charged while Redis is away holds in this process; what is given back waits for Redis, which
+    holds what it undoes (a strike held there, given back while it was away, stayed held there for minutes)."""
+    store = RedisStore("redis://127.0.0.1:1/0", timeout=0.1)
+    try:
+        spent, given = per_minute(60, burst=3, rule="spent"), per_minute(60, burst=3, rule="given")
+        store.charge_later([spent, given._replace(cost=-1.0)])
+        assert (await store.hit([per_minute(60, rule="other")]))[0].allowed  # falls back, taking them along
+        assert list(store._pending) == [("given", 1, given.interval, given.tolerance)]
+        assert store.local.decide([spent], spend=False)[0].remaining == 1  # 3 - 1, less the one a peek asks
+        await store.flush()  # fails at once, and stops: no loop of failures
+        assert store._pending
+    finally:
+        store._pending.clear()
+        await store.close()
+
+
 async def test_a_hold_counts_at_least_the_strikes_spent(store: Store) -> None:
     """Strikes spent before the held count was kept (an upgrade), or a refund given twice, cannot leave the held
     bucket below its strike bucket: a hold starts from the later of the two."""

@@ -113,6 +113,7 @@ class PromptGuard:
         self.strike_buckets = strike_buckets
         self.traffic = traffic or Traffic()
         self._asides: dict[int, set[Aside]] = {}  # per account, its calls' prompts not scored yet
+        self._hitting: set[asyncio.Task[None]] = set()  # strikes being spent with none held (Redis)
         self.conversations = Conversations()
 
     def action(self, level: str) -> str:
@@ -260,10 +261,23 @@ class PromptGuard:
         return bool(buckets)
 
     def _spend(self, strikes: Sequence[Bucket], held: Held | None) -> None:
-        """Charge a strike, without asking (with the call's other reconciliations: no round trip of its own):
-        the one held for the prompt stays counted as it; with none held, the held count takes it too, so that
-        it never falls below the strikes spent."""
-        self.store.charge_later(strikes if held is not None and held.spend() else [*strikes, *held_buckets(strikes)])
+        """Spend a strike. The one held for the prompt becomes it: charged without asking, with the call's
+        other reconciliations (no round trip of its own). With none held, one is spent only where the account
+        has one left (a hit, not a charge): a burst of flagged prompts with none held cannot overdraw the
+        account into hours of refusals (an adversarial review: 50 at once, 123 minutes). The held count needs
+        no charge: a hold counts at least the strikes spent (Store.hit)."""
+        if held is not None and held.spend():
+            self.store.charge_later(strikes)
+        elif self.store.decide_now(strikes) is None:  # a round trip (Redis): not on the call's path
+            task = asyncio.get_running_loop().create_task(self._hit(strikes))
+            self._hitting.add(task)
+            task.add_done_callback(self._hitting.discard)
+
+    async def _hit(self, strikes: Sequence[Bucket]) -> None:
+        try:
+            await self.store.hit(strikes)
+        except Exception:  # (the Store falls back where Redis is away: anything else is a fault to see)
+            log.exception("a prompt strike could not be spent")
 
     def probability(self, text: str, level: str) -> float:
         """The classifier's probability that the prompt is an attack (0 when the policy turned it off at this

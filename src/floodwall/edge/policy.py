@@ -32,6 +32,7 @@ TIERS = frozenset(get_args(Tier))
 # `login` is the e-mail address a sign-in names (hashed; counted whether or not an account has it),
 # `device` the device cookie's id; keys join with "+", like "login+ip"
 KEYS = frozenset({"ip", "network", "account", "key", "global", "login", "device"})
+STRIKE_KEYS = frozenset({"account", "key", "global"})  # what prompt screening knows of a caller
 
 
 INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/app/chat"})
@@ -191,6 +192,9 @@ def _rule(entry: Any, where: str) -> Rule:
     parts = entry.key.split("+")
     if not set(parts) <= KEYS or (len(parts) > 1 and "global" in parts):
         raise ConfigError(f"{where}: key must be one of {', '.join(sorted(KEYS))}, or several joined with '+'")
+    if "prompt-strike" in entry.classes and not set(parts) <= STRIKE_KEYS:
+        # screening knows the account and its key, not the address: an address key would be one count for all
+        raise ConfigError(f"{where}: prompt-strike rules are keyed by {', '.join(sorted(STRIKE_KEYS))}")
     limits = {level: parse_limit(value, f"{where} {level}") if (value := getattr(entry, level)) is not None
               else None for level in LEVELS}
     return Rule(entry.name, frozenset(entry.classes), entry.key, frozenset(entry.tiers or TIERS), limits)

@@ -218,9 +218,13 @@ class RedisStore:
             rows = await self._gcra(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             self._failed(exc)
-            self.local.force(charges)
-            if force:
-                self.local.force(buckets)
+            # what is spent holds here meanwhile; what is given back waits for Redis, which holds what it undoes
+            # (a strike held there, given back while it is away: forced here, it stayed held there for minutes)
+            self.local.force([charge for charge in charges if charge.cost > 0])
+            self._merge([charge for charge in charges if charge.cost < 0])
+            if force:  # (a flush: its charges are as those riding along)
+                self.local.force([charge for charge in buckets if charge.cost > 0])
+                self._merge([charge for charge in buckets if charge.cost < 0])
                 return []
             if not spend:
                 return self.local.decide([*buckets, *peek, *hold], False)
@@ -284,11 +288,14 @@ class RedisStore:
                 for (rule, ident, interval, tolerance), cost in taken.items() if cost]
 
     async def flush(self) -> None:
-        """Send every charge waiting that no decision took along, FLUSH_BATCH to a round trip."""
+        """Send every charge waiting that no decision took along, FLUSH_BATCH to a round trip (until Redis
+        fails: the refunds it kept wait for the next decision or charge)."""
         while self._pending:
             charges = self._pending_charges(FLUSH_BATCH)
             if charges:
                 await self.charge(charges)
+                if self._failing:
+                    return
 
     async def queue(self, name: str, rate: float, burst: float, join: bool) -> tuple[int, float]:
         try:
