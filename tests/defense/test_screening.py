@@ -136,8 +136,8 @@ def counted(verdict: Verdict) -> int:
 def test_a_burst_of_flagged_prompts_lets_through_no_more_than_the_strikes(looked_at_by_the_gate: bool) -> None:
     """Flagged prompts sent one after another within Aside.AFTER (streams read no further than their status, or
     a burst): each goes on unscored only with a strike held for it, so once the strikes are spent or held the
-    next are scored on their call's path, and refused. Without it, 17 of 25 such streams went through where 10
-    strikes allow 10."""
+    next waits for one, and meets the strikes the prompts before it spent. Without it, 17 of 25 such streams
+    went through where 10 strikes allow 10."""
     model, store, traffic = Model(), MemoryStore(), Traffic()
     screening = guard(model, store, traffic)
 
@@ -158,14 +158,47 @@ def test_a_burst_of_flagged_prompts_lets_through_no_more_than_the_strikes(looked
         return answers
 
     assert asyncio.run(scenario()) == ["let through"] * 10 + ["prompt_strikes"] * 2
-    # each prompt scored once: the ten aside when their time came, the two beyond on their call's path
-    assert len(model.asked) == 12 and traffic.current.get(event_key("prompt.flag")) == 12
-    assert traffic.current.get(event_key("prompt.unheld")) == 2  # scored on the path for want of a strike held
-    # the two refused spent theirs too, where the account had one left as they came (refused for nothing, they
-    # would tell a prober what flags at no cost): never more than twice the burst, the prompts aside's own
-    # strikes coming after, so a burst of them cannot lock the account out for hours
-    assert strikes_left(store) == 0 and counted(store.decide([STRIKE], spend=False)[0]) == 12
+    # the ten aside scored when their time came, once each; the two beyond never scored (their answer says
+    # nothing of them: scored on the path, a refusal would have told a prober which prompts flag)
+    assert len(model.asked) == 10 and traffic.current.get(event_key("prompt.flag")) == 10
+    assert strikes_left(store) == 0 and counted(store.decide([STRIKE], spend=False)[0]) == 10
     assert holding(store) == 10
+
+
+def test_a_prompt_with_no_strike_to_hold_is_refused_unscored() -> None:
+    """Where the account's prompts in flight (here another process's) hold all its strikes and none is given
+    back in time, a prompt is refused without being scored, flagged or not: its answer says nothing of it.
+    Scored on its path, a review sorted 100 probes into flagged and clean for 10 strikes in one burst."""
+    model, store, traffic = Model(), MemoryStore(), Traffic()
+    screening = guard(model, store, traffic)
+    for _ in range(10):
+        store.decide_now((), [STRIKE], held_buckets([STRIKE]))  # held elsewhere, not given back
+    calm = {"messages": [{"role": "user", "content": "Write a haiku about the sea."}]}
+    for body in (ATTACK, calm):
+        with pytest.raises(ApiError) as refused:
+            asyncio.run(screening.check(WHO, body, "established", "normal"))
+        assert refused.value.code == "prompt_strikes" and refused.value.retry_after == 1
+    assert model.asked == [] and traffic.current.get(event_key("prompt.unheld")) == 2
+    assert strikes_left(store) == 9 and holding(store) == 10  # nothing spent, nothing held beyond
+
+
+def test_while_redis_is_away_a_prompt_goes_aside_without_a_hold() -> None:
+    """Limits are decided in each process while Redis is away, and nothing is held (its release could not tell
+    which store to go to): a prompt then goes aside without one, not refused for want of it."""
+    from floodwall.state.redis import RedisStore
+
+    async def scenario() -> None:
+        store = RedisStore("redis://127.0.0.1:1/0", timeout=0.1)
+        screening = guard(Model(), store, Traffic())  # type: ignore[arg-type]
+        try:
+            aside = await screening.check(WHO, ATTACK, "established", "normal")
+            assert aside is not None and not store.holding()
+            aside.run()
+        finally:
+            store._pending.clear()
+            await store.close()
+
+    asyncio.run(scenario())
 
 
 def test_a_strike_spent_after_the_gates_look_is_counted() -> None:
@@ -255,23 +288,25 @@ def test_prompts_aside_wait_while_the_strikes_suffice_and_are_scored_once() -> N
     assert len(model.asked) == 2 and screening._asides == {}
 
 
-def test_an_account_with_more_calls_in_flight_than_strikes_scores_only_those_beyond() -> None:
-    """An API client with more calls in flight than strikes left (the scorer process behind): each new call
-    scores on its path only as many of the prompts aside as could spend more than the strikes left, not all
-    of them (at 500 calls/s on one account that was 17% of prompts, ten at a time, on the event loop)."""
+def test_an_account_with_more_calls_in_flight_than_strikes_waits_for_a_strike_to_hold() -> None:
+    """An API client with more calls in flight than strikes: each call beyond waits for a strike its account's
+    calls before it give back as their prompts are scored, instead of being scored on its path (at 500
+    calls/s on one account that once was 17% of prompts, ten at a time, on the event loop)."""
     model, store, traffic = Model(), MemoryStore(), Traffic()
     screening = guard(model, store, traffic)
     calm = {"messages": [{"role": "user", "content": "Write a haiku about the sea."}]}
     strikes = strikes_left(store)
 
     async def scenario() -> None:
-        for _ in range(strikes + 6):  # none ends
-            await screening.check(WHO, calm, "established", "normal")
-        assert len(model.asked) == 5 and len(screening._asides[WHO.user_id]) == strikes + 1
-        asides = list(screening._asides[WHO.user_id])
+        asides = [await screening.check(WHO, calm, "established", "normal") for _ in range(strikes + 6)]  # none ends
+        # those beyond the strikes waited for one held by those before, given back as they were scored (AFTER
+        # into their calls): none was scored on its path
+        assert all(asides) and len(model.asked) < len(asides)
         for aside in asides:
+            assert aside is not None
             aside.run()
         assert len(model.asked) == strikes + 6 and screening._asides == {}  # each once
+        assert holding(store) == 0
 
     asyncio.run(scenario())
 

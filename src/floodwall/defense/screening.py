@@ -26,8 +26,10 @@ from floodwall.telemetry.traffic import Traffic
 
 log = logging.getLogger("floodwall.defense")
 CAMPAIGN = "campaign/near-duplicate"
-# how long a prompt refused for want of a strike to hold is told to wait: the prompts in flight holding the
-# account's strikes are scored within Aside.AFTER of their start, or at their end
+# a prompt with no strike held for it waits for one, looking again after each of these pauses (seconds): the
+# account's prompts in flight give theirs back as they are scored, by Aside.AFTER + Aside.LATE (1.05 s) at the
+# latest; past the last look (1.27 s in all), it is refused unscored, told to wait UNHELD_WAIT
+HOLD_WAITS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
 UNHELD_WAIT = 1.0
 MODEL = "model"  # the reason's name when the classifier flagged a prompt the rules let pass
 
@@ -130,10 +132,10 @@ class PromptGuard:
         Where the level's action only logs or flags, the prompt's score cannot change this call's answer (a
         strike counts against the account's next calls): the scoring is returned, to run once the call has
         ended or AFTER into it (`Aside`), not on the call's path. Where it refuses, the call waits for it. A
-        prompt that would go on unscored at a flag level without a strike held for it is scored now instead:
-        flagged, it spends its strike and is refused as the strikes' refusal, so the flagged prompts let through
-        never outnumber the strikes, whatever the number of processes that let them through. The strike held is
-        given back when this returns, unless the prompt aside took it or the prompt spent it."""
+        prompt goes on unscored at a flag level only with a strike held for it (it waits for one, or is refused
+        unscored), so the flagged prompts let through never outnumber the strikes, whatever the number of
+        processes that let them through. The strike held is given back when this returns, unless the prompt
+        aside took it or the prompt spent it."""
         try:
             action = self.action(level)
             if action == "off":
@@ -152,10 +154,10 @@ class PromptGuard:
             if action == "refuse":
                 self.judge(principal, text, action, level, strikes, parts=parts, held=held)
                 return None
-            if action == "flag" and strikes and (held is None or not held.buckets):
-                self.traffic.event("prompt.unheld")
-                self.judge(principal, text, action, level, strikes, parts=parts, unheld=True)
-                return None
+            if action == "flag" and strikes and (held is None or not held.buckets) and self.store.holding():
+                strikes, held = await self._await_hold([bucket for bucket, _ in strikes])
+            # (where the Store holds nothing, Redis away, the prompt goes aside without: the strikes are then
+            # counted in each process, as every limit is)
             # (at log no strike is spent: nothing held, the gate gives it back once the call is over)
             return self._aside(principal, text, action, level, strikes, parts,
                                held.take() if held is not None and action == "flag" else None)
@@ -171,6 +173,25 @@ class PromptGuard:
                       functools.partial(scorer.submit, text, self._asks_model(level)) if scorer is not None else None)
         self._asides.setdefault(principal.user_id, set()).add(aside)
         return aside
+
+    async def _await_hold(self, buckets: Sequence[Bucket]) -> tuple[list[tuple[Bucket, Verdict]], Held | None]:
+        """A strike held for a prompt that found none: the account's others in flight hold them all. It waits
+        for one, and is refused unscored where none comes or the strikes run out meanwhile. Not scored on its
+        path instead: whether a prompt with none held was refused would then tell a prober, at no strike's
+        cost, which prompts flag (a review: 100 probes sorted for 10 strikes in one burst of calls)."""
+        strikes: list[tuple[Bucket, Verdict]] = []
+        for pause in HOLD_WAITS:
+            await asyncio.sleep(pause)
+            strikes, held = await self._look(buckets, hold=True)
+            waits = [verdict.retry_after for _, verdict in strikes if not verdict.allowed]
+            if waits:
+                if held is not None:
+                    held.release()
+                raise _strikes_spent(strikes, max(waits))
+            if held is not None or not self.store.holding():  # (Redis went away meanwhile: none is held)
+                return strikes, held
+        self.traffic.event("prompt.unheld")
+        raise _strikes_spent(strikes, UNHELD_WAIT)
 
     async def _look(self, buckets: Sequence[Bucket], hold: bool) -> tuple[list[tuple[Bucket, Verdict]], Held | None]:
         """The account's strikes, and one held for this prompt where `hold` and one is left (a round trip)."""
@@ -197,12 +218,11 @@ class PromptGuard:
 
     def judge(self, principal: Principal, text: str, action: str, level: str,
               strikes: Sequence[tuple[Bucket, Verdict]], scores: Scores | None = None,
-              parts: Sequence[str] = (), held: Held | None = None, unheld: bool = False) -> bool:
+              parts: Sequence[str] = (), held: Held | None = None) -> bool:
         """Score the prompt by the rules, the classifier (unless the scorer process did: `scores`) and the
         campaigns; when that flags it, log it and spend a strike (flag, refuse; not where a charged conversation
         goes on, defense/conversations.py: `parts` are the prompt's messages): the one `held` for it where there
-        is one, and raise the refusal (refuse). `unheld`: no strike could be held for it, so a prompt that spends
-        one is also refused as the strikes' refusal. True when a strike was spent."""
+        is one, and raise the refusal (refuse). True when a strike was spent."""
         verdict, probability = scores or (self.screen.score(text), self.probability(text, level))
         senders = self.campaigns.seen(text, principal.user_id)
         reason = self._reason(verdict, probability, senders, level)
@@ -227,10 +247,6 @@ class PromptGuard:
             self.conversations.charged(principal.user_id, chain, went_on if history else None)
         if spent:
             self._spend([bucket for bucket, _ in strikes], held)
-        if spent and unheld:
-            # refused, and its strike spent all the same: refused for nothing, it would tell a prober which
-            # prompts flag at no cost (a strike an attempt is what bounds that)
-            raise _strikes_spent(strikes, UNHELD_WAIT)
         if action == "refuse":
             raise ApiError(400, "This request was refused by the service's prompt screening (it looks like an "
                            "attempt to override the model's instructions or safeguards).", "content_policy_violation",

@@ -121,6 +121,9 @@ class MemoryStore:
     async def peek(self, buckets: Sequence[Bucket]) -> list[Verdict]:
         return self.decide(buckets, spend=False)
 
+    def holding(self) -> bool:
+        return True
+
     async def charge(self, buckets: Sequence[Bucket]) -> None:
         self.force(buckets)
 

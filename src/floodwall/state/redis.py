@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from floodwall import logs
 from floodwall.limits import Bucket, Verdict
 from floodwall.state.memory import STRIKE_MEMORY, MemoryStore
-from floodwall.state.store import TRAFFIC_MEMORY, Ban
+from floodwall.state.store import TRAFFIC_MEMORY, Ban, held_refund
 
 log = logging.getLogger("floodwall.state")
 # charges made without asking (a call's tokens reconciled, a prompt strike, a refund) wait, merged per
@@ -218,13 +218,9 @@ class RedisStore:
             rows = await self._gcra(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             self._failed(exc)
-            # what is spent holds here meanwhile; what is given back waits for Redis, which holds what it undoes
-            # (a strike held there, given back while it is away: forced here, it stayed held there for minutes)
-            self.local.force([charge for charge in charges if charge.cost > 0])
-            self._merge([charge for charge in charges if charge.cost < 0])
+            self._keep(charges)
             if force:  # (a flush: its charges are as those riding along)
-                self.local.force([charge for charge in buckets if charge.cost > 0])
-                self._merge([charge for charge in buckets if charge.cost < 0])
+                self._keep(buckets)
                 return []
             if not spend:
                 return self.local.decide([*buckets, *peek, *hold], False)
@@ -239,6 +235,12 @@ class RedisStore:
         self._recovered()
         return [Verdict(bool(int(a)), float(r), int(rem), float(reset)) for a, r, rem, reset in rows]
 
+    def _keep(self, charges: Sequence[Bucket]) -> None:
+        """Charges Redis could not take: applied in this process, whose limits stand meanwhile; but a hold given
+        back waits for Redis, the only store that held it (forced here, it stayed held there for minutes)."""
+        self.local.force([charge for charge in charges if not held_refund(charge)])
+        self._merge([charge for charge in charges if held_refund(charge)])
+
     async def hit(self, buckets: Sequence[Bucket], peek: Sequence[Bucket] = (),
                   hold: Sequence[Bucket] = ()) -> list[Verdict]:
         return await self._decide(buckets, True, peek=peek, hold=hold)
@@ -249,6 +251,9 @@ class RedisStore:
 
     async def peek(self, buckets: Sequence[Bucket]) -> list[Verdict]:
         return await self._decide(buckets, False)
+
+    def holding(self) -> bool:
+        return not self._failing  # (in the fallback nothing is held: its release could go to the wrong store)
 
     async def charge(self, buckets: Sequence[Bucket]) -> None:
         await self._decide(buckets, True, force=True)

@@ -44,6 +44,10 @@ class Store(Protocol):
         """What hit would say, without spending."""
         ...
 
+    def holding(self) -> bool:
+        """Strikes are held now (hit's `hold`): not while the Store decides in this process instead (Redis away)."""
+        ...
+
     async def charge(self, buckets: Sequence[Bucket]) -> None:
         """Spend (or, with a negative cost, give back) without asking: reconciling an estimate with the truth."""
         ...
@@ -109,11 +113,19 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
+HELD = "/held"  # a held bucket's rule: its strike bucket's, with this after it
+
+
 def held_buckets(strikes: Sequence[Bucket]) -> list[Bucket]:
     """Beside each of an account's prompt-strike buckets, one that counts the strikes spent and those held for
     its prompts let through before they were scored, in every process: the same rate and burst, so the two
     drain alike and what one holds beyond the other is the prompts in flight."""
-    return [Bucket(bucket.rule + "/held", bucket.ident, bucket.interval, bucket.tolerance) for bucket in strikes]
+    return [Bucket(bucket.rule + HELD, bucket.ident, bucket.interval, bucket.tolerance) for bucket in strikes]
+
+
+def held_refund(charge: Bucket) -> bool:
+    """A hold given back (Held.release): what only the shared Store held, never a process's fallback."""
+    return charge.cost < 0 and charge.rule.endswith(HELD)
 
 
 class Held:
