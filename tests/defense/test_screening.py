@@ -165,21 +165,23 @@ def test_a_burst_of_flagged_prompts_lets_through_no_more_than_the_strikes(looked
     assert holding(store) == 10
 
 
-def test_a_prompt_with_no_strike_to_hold_is_refused_unscored() -> None:
+def test_a_prompt_with_no_strike_to_hold_waits_a_moment_then_is_scored_on_its_path() -> None:
     """Where the account's prompts in flight (here another process's) hold all its strikes and none is given
-    back in time, a prompt is refused without being scored, flagged or not: its answer says nothing of it.
-    Scored on its path, a review sorted 100 probes into flagged and clean for 10 strikes in one burst."""
+    back within HOLD_WAITS, a prompt is scored on its call's path: flagged, it is refused and spends a strike
+    where one is left; clean, it goes on. (Refused unscored instead, a review found clean clients refused: 129
+    of 200 calls at once.)"""
     model, store, traffic = Model(), MemoryStore(), Traffic()
     screening = guard(model, store, traffic)
-    for _ in range(10):
+    for _ in range(9):
         store.decide_now((), [STRIKE], held_buckets([STRIKE]))  # held elsewhere, not given back
     calm = {"messages": [{"role": "user", "content": "Write a haiku about the sea."}]}
-    for body in (ATTACK, calm):
-        with pytest.raises(ApiError) as refused:
-            asyncio.run(screening.check(WHO, body, "established", "normal"))
-        assert refused.value.code == "prompt_strikes" and refused.value.retry_after == 1
-    assert model.asked == [] and traffic.current.get(event_key("prompt.unheld")) == 2
-    assert strikes_left(store) == 9 and holding(store) == 10  # nothing spent, nothing held beyond
+    store.decide_now((), [STRIKE], held_buckets([STRIKE]))
+    with pytest.raises(ApiError) as refused:
+        asyncio.run(screening.check(WHO, ATTACK, "established", "normal"))
+    assert refused.value.code == "prompt_strikes" and refused.value.retry_after == 1
+    assert asyncio.run(screening.check(WHO, calm, "established", "normal")) is None  # on its path: no aside
+    assert len(model.asked) == 2 and traffic.current.get(event_key("prompt.unheld")) == 2
+    assert strikes_left(store) == 8 and holding(store) == 10  # the flagged one's strike spent, nothing held
 
 
 def test_while_redis_is_away_a_prompt_goes_aside_without_a_hold() -> None:

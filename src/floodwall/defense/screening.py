@@ -26,10 +26,10 @@ from floodwall.telemetry.traffic import Traffic
 
 log = logging.getLogger("floodwall.defense")
 CAMPAIGN = "campaign/near-duplicate"
-# a prompt with no strike held for it waits for one, looking again after each of these pauses (seconds): the
-# account's prompts in flight give theirs back as they are scored, by Aside.AFTER + Aside.LATE (1.05 s) at the
-# latest; past the last look (1.27 s in all), it is refused unscored, told to wait UNHELD_WAIT
-HOLD_WAITS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
+# a prompt with no strike held for it waits a moment for one, looking again after each of these pauses
+# (seconds): the account's prompts in flight give theirs back as they are scored, Aside.AFTER into their calls
+# and the scorer's answer, where it keeps up; past the last look (70 ms in all), it is scored on its path
+HOLD_WAITS = (0.01, 0.02, 0.04)
 UNHELD_WAIT = 1.0
 MODEL = "model"  # the reason's name when the classifier flagged a prompt the rules let pass
 
@@ -132,10 +132,10 @@ class PromptGuard:
         Where the level's action only logs or flags, the prompt's score cannot change this call's answer (a
         strike counts against the account's next calls): the scoring is returned, to run once the call has
         ended or AFTER into it (`Aside`), not on the call's path. Where it refuses, the call waits for it. A
-        prompt goes on unscored at a flag level only with a strike held for it (it waits for one, or is refused
-        unscored), so the flagged prompts let through never outnumber the strikes, whatever the number of
-        processes that let them through. The strike held is given back when this returns, unless the prompt
-        aside took it or the prompt spent it."""
+        prompt goes on unscored at a flag level only with a strike held for it (it waits a moment for one, or is
+        scored on its path and refused if it flags), so the flagged prompts let through never outnumber the
+        strikes, whatever the number of processes that let them through. The strike held is given back when
+        this returns, unless the prompt aside took it or the prompt spent it."""
         try:
             action = self.action(level)
             if action == "off":
@@ -156,6 +156,10 @@ class PromptGuard:
                 return None
             if action == "flag" and strikes and (held is None or not held.buckets) and self.store.holding():
                 strikes, held = await self._await_hold([bucket for bucket, _ in strikes])
+                if held is None and self.store.holding():
+                    self.traffic.event("prompt.unheld")
+                    self.judge(principal, text, action, level, strikes, parts=parts, unheld=True)
+                    return None
             # (where the Store holds nothing, Redis away, the prompt goes aside without: the strikes are then
             # counted in each process, as every limit is)
             # (at log no strike is spent: nothing held, the gate gives it back once the call is over)
@@ -175,10 +179,11 @@ class PromptGuard:
         return aside
 
     async def _await_hold(self, buckets: Sequence[Bucket]) -> tuple[list[tuple[Bucket, Verdict]], Held | None]:
-        """A strike held for a prompt that found none: the account's others in flight hold them all. It waits
-        for one, and is refused unscored where none comes or the strikes run out meanwhile. Not scored on its
-        path instead: whether a prompt with none held was refused would then tell a prober, at no strike's
-        cost, which prompts flag (a review: 100 probes sorted for 10 strikes in one burst of calls)."""
+        """A strike held for a prompt that found none (the account's others in flight hold them all), where
+        one is given back within HOLD_WAITS; refused unscored where the strikes run out meanwhile. None where
+        none came: the prompt is then scored on its call's path. (Refusing it unscored instead would close the
+        oracle that path leaves, but refused clean clients: 129 of 200 calls at once, 180 of 200 with the
+        scorer process behind, and 1 of 3 with 9 strikes spent: an adversarial review.)"""
         strikes: list[tuple[Bucket, Verdict]] = []
         for pause in HOLD_WAITS:
             await asyncio.sleep(pause)
@@ -190,8 +195,7 @@ class PromptGuard:
                 raise _strikes_spent(strikes, max(waits))
             if held is not None or not self.store.holding():  # (Redis went away meanwhile: none is held)
                 return strikes, held
-        self.traffic.event("prompt.unheld")
-        raise _strikes_spent(strikes, UNHELD_WAIT)
+        return strikes, None
 
     async def _look(self, buckets: Sequence[Bucket], hold: bool) -> tuple[list[tuple[Bucket, Verdict]], Held | None]:
         """The account's strikes, and one held for this prompt where `hold` and one is left (a round trip)."""
@@ -218,11 +222,12 @@ class PromptGuard:
 
     def judge(self, principal: Principal, text: str, action: str, level: str,
               strikes: Sequence[tuple[Bucket, Verdict]], scores: Scores | None = None,
-              parts: Sequence[str] = (), held: Held | None = None) -> bool:
+              parts: Sequence[str] = (), held: Held | None = None, unheld: bool = False) -> bool:
         """Score the prompt by the rules, the classifier (unless the scorer process did: `scores`) and the
         campaigns; when that flags it, log it and spend a strike (flag, refuse; not where a charged conversation
         goes on, defense/conversations.py: `parts` are the prompt's messages): the one `held` for it where there
-        is one, and raise the refusal (refuse). True when a strike was spent."""
+        is one, and raise the refusal (refuse). `unheld`: no strike could be held for it, so a prompt that spends
+        one is also refused as the strikes' refusal. True when a strike was spent."""
         verdict, probability = scores or (self.screen.score(text), self.probability(text, level))
         senders = self.campaigns.seen(text, principal.user_id)
         reason = self._reason(verdict, probability, senders, level)
@@ -247,6 +252,10 @@ class PromptGuard:
             self.conversations.charged(principal.user_id, chain, went_on if history else None)
         if spent:
             self._spend([bucket for bucket, _ in strikes], held)
+        if spent and unheld:
+            # refused, and a strike spent where one is left: the prompts aside are not yet scored, and one more
+            # flagged let through would pass the strikes. (Its refusal still says it flagged: a known gap.)
+            raise _strikes_spent(strikes, UNHELD_WAIT)
         if action == "refuse":
             raise ApiError(400, "This request was refused by the service's prompt screening (it looks like an "
                            "attempt to override the model's instructions or safeguards).", "content_policy_violation",
