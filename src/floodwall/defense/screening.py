@@ -161,8 +161,8 @@ class PromptGuard:
                     self.judge(principal, text, action, level, strikes, parts=parts, unheld=True)
                     return None
             # (where the Store holds nothing, Redis away, the prompt goes aside without: the strikes are then
-            # counted in each process, as every limit is)
-            # (at log no strike is spent: nothing held, the gate gives it back once the call is over)
+            # counted in each process, as every limit is; at log no strike is spent, and the hold is given back
+            # below)
             return self._aside(principal, text, action, level, strikes, parts,
                                held.take() if held is not None and action == "flag" else None)
         finally:

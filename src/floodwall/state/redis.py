@@ -224,8 +224,8 @@ class RedisStore:
                 return []
             if not spend:
                 return self.local.decide([*buckets, *peek, *hold], False)
-            # no strike is held here: its release could not tell which store to go to (a prompt with none
-            # held is scored on its call's path instead)
+            # no strike is held here: its release could not tell which store to go to (while this fallback
+            # decides, `holding` says so, and prompts go aside without one)
             return self.local.decide_now(buckets, peek) + [Verdict(False, 0.0, 0, 0.0)] * len(hold)
         except BaseException:  # cancelled on the way (a client gone, a shutdown): the charges wait again, but
             # not the refunds: Redis may have applied them already, and one given twice undoes a charge (a
