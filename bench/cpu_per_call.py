@@ -5,7 +5,7 @@ the event loop's (the worker's busiest thread: granian's I/O runs in threads of 
 added latency on a shared machine, for A/B runs of two trees:
 
     PYTHONPATH=TREE/src:TREE/bench python bench/cpu_per_call.py TREE [--seconds 10] [--relay] [--rounds 1]
-                                                             [--rate 500] [--inline-scoring]
+                                                             [--rate 500] [--inline-scoring] [--level L]
 
 TREE is the checkout whose floodwall and bench helpers run (this repo, or a worktree of another commit).
 --relay also measures bench/bare_relay.py on the same model server, interleaved: what the hop alone costs
@@ -23,6 +23,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import httpx
+
+ADMIN_TOKEN = "bench-cpu-per-call-admin-token-" + "x" * 16
 
 
 def loop_seconds(pid: int) -> float:
@@ -56,6 +60,13 @@ def cpu_seconds(pid: int, depth: int = 0) -> float:
     return total
 
 
+def prose(chars: int) -> str:
+    """Ordinary text of `chars` characters: a long question with its context, nothing screening flags."""
+    sentence = ("The quarterly report shows that revenue grew in every region, while costs in logistics rose "
+                "faster than planned; please summarise the main drivers and suggest three questions for the team. ")
+    return (sentence * (chars // len(sentence) + 1))[:chars]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("tree", type=Path)
@@ -65,10 +76,14 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=500, help="calls/s offered over the 64 connections")
     parser.add_argument("--inline-scoring", action="store_true",
                         help="prompts scored in the worker (screening.process off), not by the scorer process")
+    parser.add_argument("--level", default="normal", help="the defense level in force (under_attack: prompts refused "
+                        "where they flag, so each call waits for its prompt's verdict)")
+    parser.add_argument("--prompt-chars", type=int, default=0,
+                        help="a prompt of this many characters (ordinary prose) instead of the short greeting")
     args = parser.parse_args()
     sys.path.insert(0, str(args.tree / "bench"))
     import edge  # the tree's own bench helpers: its policy file, its settings
-    from _common import account_key, process, write_lua, wrk
+    from _common import CHAT, account_key, process, write_lua, wrk
     from floodwall.config import SETTINGS_ENV, load
     from floodwall.server import free_port
 
@@ -84,6 +99,7 @@ def main() -> int:
                                                     "in_flight = { established = 100000,"))
     upstream = f"http://127.0.0.1:{model_port}/v1"
     env = edge.settings_env(tmp, edge={"policy": str(tmp / "policy.toml")}, upstream={"url": upstream},
+                            admin={"token": ADMIN_TOKEN},
                             **({"screening": {"process": False}} if args.inline_scoring else {}))
     model = [*edge.GRANIAN, "--factory", "--port", str(model_port), "floodwall.sim.model:app_from_env"]
     relay = [*edge.GRANIAN, "--port", str(relay_port), "bare_relay:app"]
@@ -92,18 +108,24 @@ def main() -> int:
         servers.enter_context(process(model, model_env, f"http://127.0.0.1:{model_port}/health", tmp / "model.log"))
         servers.enter_context(process(edge.floodwall_cmd(port), env, f"{url}/healthz", tmp / "floodwall.log"))
         targets = [("floodwall", port, account_key(url))]
+        if args.level != "normal":  # (after the key is made: registration may close at a higher level)
+            httpx.put(f"{url}/admin/api/level", json={"level": args.level, "reason": "bench/cpu_per_call.py"},
+                      headers={"authorization": f"Bearer {ADMIN_TOKEN}"}).raise_for_status()
         if args.relay:
             servers.enter_context(process(relay, {"PYTHONPATH": str(args.tree / "bench"), "BENCH_UPSTREAM": upstream},
                                           f"http://127.0.0.1:{relay_port}/health", tmp / "relay.log", expect=404))
             targets.append(("relay", relay_port, ""))
+        body = CHAT if not args.prompt_chars else json.dumps({
+            "model": "floodwall-simulated-chat", "max_tokens": 8,
+            "messages": [{"role": "user", "content": prose(args.prompt_chars)}]})
         for _ in range(args.rounds):
             for name, where, key in targets:
                 pid = server_pid(where)
                 chat = f"http://127.0.0.1:{where}/v1/chat/completions"
                 pause = max(1, round(64 * 1000 / args.rate))
-                wrk(chat, script, 3, 64, method="POST", key=key, delay_ms=pause)  # warm-up
+                wrk(chat, script, 3, 64, method="POST", key=key, delay_ms=pause, body=body)  # warm-up
                 before, loop_before, aside_before = cpu_seconds(pid), loop_seconds(pid), cpu_seconds(pid, 2)
-                found = wrk(chat, script, args.seconds, 64, method="POST", key=key, delay_ms=pause)
+                found = wrk(chat, script, args.seconds, 64, method="POST", key=key, delay_ms=pause, body=body)
                 used, loop_used = cpu_seconds(pid) - before, loop_seconds(pid) - loop_before
                 aside_used = cpu_seconds(pid, 2) - aside_before
                 calls = found["rps"] * args.seconds
@@ -111,7 +133,7 @@ def main() -> int:
                                   "loop_ms_per_call": round(loop_used / calls * 1000, 3),
                                   "scorer_ms_per_call": round(aside_used / calls * 1000, 3),
                                   "calls_per_s": found["rps"], "p50_ms": found["p50_ms"],
-                                  "p99_ms": found.get("p99_ms")}), flush=True)
+                                  "p99_ms": found.get("p99_ms"), "non_2xx": found["non_2xx"]}), flush=True)
     return 0
 
 

@@ -183,11 +183,15 @@ async def measure(args: argparse.Namespace, upstream: str, settings: Settings) -
                 for name, samples in times.items():
                     samples.sort()
                     row[name] = {"p50_ms": round(statistics.median(samples) * 1000, 3),
-                                 "p90_ms": round(samples[int(len(samples) * 0.9)] * 1000, 3)}
+                                 "p90_ms": round(samples[int(len(samples) * 0.9)] * 1000, 3),
+                                 "p99_ms": round(samples[int(len(samples) * 0.99)] * 1000, 3)}
                 row["over_relay_p50_ms"] = round(row["floodwall"]["p50_ms"] - row["relay"]["p50_ms"], 3)
+                row["over_relay_p99_ms"] = round(row["floodwall"]["p99_ms"] - row["relay"]["p99_ms"], 3)
                 results.setdefault(f"pause_{pause_ms}ms", []).append(row)
                 print(f"pause {pause_ms} ms ({args.between}): floodwall p50 {row['floodwall']['p50_ms']} ms, relay "
-                      f"p50 {row['relay']['p50_ms']} ms, floodwall over the relay {row['over_relay_p50_ms']} ms",
+                      f"p50 {row['relay']['p50_ms']} ms, floodwall over the relay {row['over_relay_p50_ms']} ms; p99 "
+                      f"{row['floodwall']['p99_ms']} and {row['relay']['p99_ms']} ms, over "
+                      f"{row['over_relay_p99_ms']} ms",
                       flush=True)
         if args.profile:
             for name, app, token, state in (("relay", bare_relay.app, "", relay.state),

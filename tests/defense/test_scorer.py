@@ -16,9 +16,11 @@ from floodwall.defense.classifier import shipped
 from floodwall.defense.prompts import Campaigns, PromptPolicy, Screen, load_rules, plain
 from floodwall.defense.scorer import Scorer, Scores, _Protocol
 from floodwall.defense.screening import Aside, PromptGuard
+from floodwall.errors import ApiError
 from floodwall.limits import Bucket
 from floodwall.principal import Principal
 from floodwall.state.memory import MemoryStore
+from floodwall.state.store import held_buckets
 from floodwall.telemetry.traffic import Traffic, event_key
 
 PROMPTS = [
@@ -315,5 +317,73 @@ def test_an_earlier_process_that_ends_late_leaves_the_new_one_alone() -> None:
         earlier.pipe_data_received(1, b"\x05\x00\x00\x00junk!")  # and what it said before it
         assert scorer.ready and scorer.pid == now and scorer._restart is None
         assert await scored(scorer, PROMPTS[0]) is not None
+
+    run(scenario)
+
+
+def guard_with(scorer: Scorer, traffic: Traffic, store: MemoryStore, model: Model) -> PromptGuard:
+    return PromptGuard(PromptPolicy(), Screen(load_rules()), Campaigns(), store, lambda *_: [STRIKE], traffic,
+                       model=model, scorer=scorer)  # type: ignore[arg-type]
+
+
+def test_at_a_refuse_level_the_process_scores_the_prompt_its_call_waits_for() -> None:
+    """Where the level refuses flagged prompts each call waits for its verdict: the process gives it, and the
+    event loop serves the other calls meanwhile (a 16 KiB prompt is some 3 ms of the classifier's)."""
+    traffic, store, model = Traffic(), MemoryStore(), Model()
+
+    async def scenario(scorer: Scorer) -> None:
+        await until(lambda: scorer.ready)
+        screening = guard_with(scorer, traffic, store, model)
+        with pytest.raises(ApiError) as refused:
+            await screening.check(WHO, ATTACK, "established", "under_attack")
+        assert refused.value.code == "content_policy_violation"
+        calm = {"messages": [{"role": "user", "content": PROMPTS[0]}]}
+        assert await screening.check(WHO, calm, "established", "under_attack") is None
+        assert scorer.answered == 2 and model.asked == 0
+
+    run(scenario)
+
+
+def test_a_prompt_with_no_strike_held_is_scored_by_the_process() -> None:
+    traffic, store, model = Traffic(), MemoryStore(), Model()
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr("floodwall.defense.screening.HOLD_WAITS", (0.0,))
+
+    async def scenario(scorer: Scorer) -> None:
+        await until(lambda: scorer.ready)
+        screening = guard_with(scorer, traffic, store, model)
+        for _ in range(10):  # every strike held elsewhere, none given back
+            store.decide_now((), [STRIKE], held_buckets([STRIKE]))
+        with pytest.raises(ApiError) as refused:
+            await screening.check(WHO, ATTACK, "established", "normal")
+        assert refused.value.code == "prompt_strikes"
+        assert scorer.answered == 1 and model.asked == 0
+        assert traffic.current.get(event_key("prompt.unheld")) == 1
+
+    try:
+        run(scenario)
+    finally:
+        monkey.undo()
+
+
+def test_a_process_behind_leaves_the_prompts_calls_wait_for_to_the_worker() -> None:
+    """On idle CPU the process waits while the machine is busy: a call waits PATH_WAIT for it at most, and
+    while the process is behind, the calls after do not wait at all (the worker scores their prompts)."""
+    traffic, store, model = Traffic(), MemoryStore(), Model()
+
+    async def scenario(scorer: Scorer) -> None:
+        await until(lambda: scorer.ready)
+        screening = guard_with(scorer, traffic, store, model)
+        os.kill(scorer.pid or 0, signal.SIGSTOP)
+        try:
+            for _ in range(3):
+                with pytest.raises(ApiError):
+                    await screening.check(WHO, ATTACK, "established", "under_attack")
+            assert model.asked == 3 and scorer.answered == 0
+            assert traffic.current.get(event_key("prompt.path_late")) == 1  # the first: the others did not wait
+        finally:
+            os.kill(scorer.pid or 0, signal.SIGCONT)
+        await until(lambda: scorer.answered == 1)  # its late answer changes nothing
+        assert model.asked == 3 and traffic.current.get(event_key("prompt.refuse")) == 3
 
     run(scenario)

@@ -313,6 +313,31 @@ def test_an_account_with_more_calls_in_flight_than_strikes_waits_for_a_strike_to
     asyncio.run(scenario())
 
 
+def test_a_prompt_waiting_for_a_strike_goes_on_as_soon_as_one_is_given_back_here(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prompt waiting for a strike to hold is woken when one of its account's prompts aside in this process
+    gives its strike back, not at its next look (another process's are found by looking)."""
+    monkeypatch.setattr("floodwall.defense.screening.HOLD_WAITS", (30.0,))
+    model, store, traffic = Model(), MemoryStore(), Traffic()
+    screening = guard(model, store, traffic)
+    calm = {"messages": [{"role": "user", "content": "Write a haiku about the sea."}]}
+
+    async def scenario() -> None:
+        asides = [await screening.check(WHO, calm, "established", "normal") for _ in range(10)]  # every strike
+        assert all(asides) and holding(store) == len(asides)
+        waiting = asyncio.ensure_future(screening.check(WHO, calm, "established", "normal"))
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        asides[3].end()  # (the call's answer is out: its prompt is scored, its strike given back)
+        aside = await asyncio.wait_for(waiting, 5)  # not the 30 s to its look
+        assert aside is not None and traffic.current.get(event_key("prompt.unheld")) is None
+        for each in [*asides, aside]:
+            each.run()
+        assert holding(store) == 0 and screening._waiting == {}
+
+    asyncio.run(scenario())
+
+
 def test_the_prompts_aside_are_scored_when_the_service_stops() -> None:
     model, store, traffic = Model(), MemoryStore(), Traffic()
     screening = guard(model, store, traffic)

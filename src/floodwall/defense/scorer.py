@@ -99,6 +99,12 @@ class Scorer:
         self._transport = transport
         self._pipe = transport.get_pipe_transport(0)  # type: ignore[assignment]
 
+    def behind(self, most: float) -> bool:
+        """Whether the oldest prompt sent is still unanswered after `most` seconds (on idle CPU, the process
+        waits while the machine is busy)."""
+        pending = self._pending
+        return bool(pending) and time.monotonic() - next(iter(pending.values()))[1] > most
+
     def submit(self, text: str, with_model: bool, reply: Reply) -> bool:
         """Send a prompt to be scored (the part the rules and classifier read); False when the process cannot
         take it now: the caller scores it."""

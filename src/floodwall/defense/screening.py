@@ -26,10 +26,16 @@ from floodwall.telemetry.traffic import Traffic
 
 log = logging.getLogger("floodwall.defense")
 CAMPAIGN = "campaign/near-duplicate"
-# a prompt with no strike held for it waits a moment for one, looking again after each of these pauses
-# (seconds): the account's prompts in flight give theirs back as they are scored, Aside.AFTER into their calls
-# and the scorer's answer, where it keeps up; past the last look (70 ms in all), it is scored on its path
+# a prompt with no strike held for it waits a moment for one, looking again as soon as one of its account's
+# prompts aside here gives its strike back, or after each of these pauses (seconds: another process's are only
+# seen by looking); past the last look (70 ms in all), it is scored on its path
 HOLD_WAITS = (0.01, 0.02, 0.04)
+# a prompt whose call waits for its verdict (refused where it flags, or let through with no strike held) is
+# scored by the scorer process, the event loop free meanwhile; by the worker itself where the process has had a
+# prompt unanswered for PATH_BEHIND seconds (on idle CPU, it waits while the machine is busy), or gives none
+# within PATH_WAIT
+PATH_BEHIND = 0.02
+PATH_WAIT = 0.1
 UNHELD_WAIT = 1.0
 MODEL = "model"  # the reason's name when the classifier flagged a prompt the rules let pass
 
@@ -43,9 +49,12 @@ class Aside:
     once it has run.
 
     Sent at the call's end, not when it was screened: the pipe write wakes the process and costs the loop
-    30-50 µs, which then falls after the answer is out instead of before the upstream request."""
+    30-50 µs, which then falls after the answer is out instead of before the upstream request. AFTER is short
+    all the same: the strike is held until the prompt is scored, and an account's calls in flight beyond its
+    strikes wait for one (bench/busy_account.py: at 50 ms, 64 calls in flight of 200 ms each had a quarter of
+    their prompts scored on their path after 70 ms of waiting; at 5 ms, none)."""
 
-    AFTER = 0.05
+    AFTER = 0.005
     LATE = 1.0
 
     def __init__(self, judge: Callable[[Scores | None], bool], done: Callable[[Aside], None] | None = None,
@@ -116,6 +125,8 @@ class PromptGuard:
         self.traffic = traffic or Traffic()
         self._asides: dict[int, set[Aside]] = {}  # per account, its calls' prompts not scored yet
         self._hitting: set[asyncio.Task[None]] = set()  # strikes being spent with none held (Redis)
+        # per account, its prompts waiting for a strike to hold: woken, the first first, as one is given back here
+        self._waiting: dict[int, list[asyncio.Future[None]]] = {}
         self.conversations = Conversations()
 
     def action(self, level: str) -> str:
@@ -152,13 +163,15 @@ class PromptGuard:
                 if waits:
                     raise _strikes_spent(strikes, max(waits))
             if action == "refuse":
-                self.judge(principal, text, action, level, strikes, parts=parts, held=held)
+                scores = await self._scored_now(text, level)
+                self.judge(principal, text, action, level, strikes, scores, parts=parts, held=held)
                 return None
             if action == "flag" and strikes and (held is None or not held.buckets) and self.store.holding():
-                strikes, held = await self._await_hold([bucket for bucket, _ in strikes])
+                strikes, held = await self._await_hold(principal.user_id, [bucket for bucket, _ in strikes])
                 if held is None and self.store.holding():
                     self.traffic.event("prompt.unheld")
-                    self.judge(principal, text, action, level, strikes, parts=parts, unheld=True)
+                    scores = await self._scored_now(text, level)
+                    self.judge(principal, text, action, level, strikes, scores, parts=parts, unheld=True)
                     return None
             # (where the Store holds nothing, Redis away, the prompt goes aside without: the strikes are then
             # counted in each process, as every limit is; at log no strike is spent, and the hold is given back
@@ -167,7 +180,59 @@ class PromptGuard:
                                held.take() if held is not None and action == "flag" else None)
         finally:
             if held is not None:  # the gate's, or its own: given back now, unless the aside took it or the
-                held.release()    # prompt spent it (not when the call ends: a slow call would hold it for nothing)
+                self._give_back(principal.user_id, held)  # prompt spent it (not when the call ends: a slow
+                # call would hold it for nothing)
+
+    async def _scored_now(self, text: str, level: str) -> Scores | None:
+        """The scorer process's scores for a prompt whose call waits for them: the event loop stays free for
+        the other calls meanwhile (16 KiB of prompt is some 3 ms of the classifier's). None where the process
+        is behind (PATH_BEHIND) or cannot say within PATH_WAIT (starting, starved, failed): the caller then scores
+        the prompt itself."""
+        scorer = self.scorer
+        if scorer is None or scorer.behind(PATH_BEHIND):
+            return None
+        answer: asyncio.Future[Scores | None] = asyncio.get_running_loop().create_future()
+
+        def reply(scores: Scores | None) -> None:
+            if not answer.done():  # (the call may have gone: timed out, or its client left)
+                answer.set_result(scores)
+
+        if not scorer.submit(text, self._asks_model(level), reply):
+            return None
+        try:
+            async with asyncio.timeout(PATH_WAIT):
+                return await answer
+        except TimeoutError:
+            self.traffic.event("prompt.path_late")
+            return None
+
+    def _give_back(self, account: int, held: Held) -> None:
+        """Release what `held` still holds, and wake the first of the account's prompts waiting for a strike to
+        hold (here: another process's give-backs are only seen by looking)."""
+        if not held.buckets:
+            return
+        held.release()
+        waiting = self._waiting.get(account)
+        while waiting:
+            waiter = waiting.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+    async def _given_back(self, account: int, most: float) -> None:
+        """Until one of the account's strikes is given back here, for `most` seconds at most."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiting = self._waiting.setdefault(account, [])
+        waiting.append(waiter)
+        try:
+            await asyncio.wait((waiter,), timeout=most)
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            if waiter in waiting:
+                waiting.remove(waiter)
+            if not waiting and self._waiting.get(account) is waiting:
+                del self._waiting[account]
 
     def _aside(self, principal: Principal, text: str, action: str, level: str,
                strikes: Sequence[tuple[Bucket, Verdict]], parts: Sequence[str], held: Held | None) -> Aside:
@@ -178,7 +243,8 @@ class PromptGuard:
         self._asides.setdefault(principal.user_id, set()).add(aside)
         return aside
 
-    async def _await_hold(self, buckets: Sequence[Bucket]) -> tuple[list[tuple[Bucket, Verdict]], Held | None]:
+    async def _await_hold(self, account: int,
+                          buckets: Sequence[Bucket]) -> tuple[list[tuple[Bucket, Verdict]], Held | None]:
         """A strike held for a prompt that found none (the account's others in flight hold them all), where
         one is given back within HOLD_WAITS; refused unscored where the strikes run out meanwhile. None where
         none came: the prompt is then scored on its call's path. (Refusing it unscored instead would close the
@@ -186,7 +252,7 @@ class PromptGuard:
         scorer process behind, and 1 of 3 with 9 strikes spent: an adversarial review.)"""
         strikes: list[tuple[Bucket, Verdict]] = []
         for pause in HOLD_WAITS:
-            await asyncio.sleep(pause)
+            await self._given_back(account, pause)
             strikes, held = await self._look(buckets, hold=True)
             waits = [verdict.retry_after for _, verdict in strikes if not verdict.allowed]
             if waits:
@@ -273,7 +339,7 @@ class PromptGuard:
             return False
         finally:
             if held is not None:
-                held.release()  # (nothing, where the prompt spent it)
+                self._give_back(principal.user_id, held)  # (nothing, where the prompt spent it)
 
     def strike(self, principal: Principal, tier: str, level: str) -> bool:
         """Spend one of the account's prompt strikes where the level's action spends them on a flagged prompt
