@@ -387,3 +387,30 @@ def test_a_process_behind_leaves_the_prompts_calls_wait_for_to_the_worker() -> N
         assert model.asked == 3 and traffic.current.get(event_key("prompt.refuse")) == 3
 
     run(scenario)
+
+
+def test_a_prompt_its_call_waits_for_does_not_queue_behind_much_work() -> None:
+    """Prompts aside just written (other accounts' long ones) are work the process has yet to do, however
+    young: a prompt whose call waits for its verdict is scored by the worker rather than behind them (a
+    review: 100 ms behind 60 prompts of 16 KiB, timed out, then scored by both)."""
+    traffic, store, model = Traffic(), MemoryStore(), Model()
+
+    async def scenario(scorer: Scorer) -> None:
+        await until(lambda: scorer.ready)
+        screening = guard_with(scorer, traffic, store, model)
+        assert not scorer.behind(0.02)
+        os.kill(scorer.pid or 0, signal.SIGSTOP)  # (it would answer the first before the last is written)
+        try:
+            answers: list[Scores | None] = []
+            for _ in range(10):
+                assert scorer.submit("word " * 3300, True, answers.append)
+            assert scorer.behind(0.02)  # at once: 165,000 characters to score first
+            with pytest.raises(ApiError):
+                await screening.check(WHO, ATTACK, "established", "under_attack")
+            assert model.asked == 1 and traffic.current.get(event_key("prompt.path_late")) is None
+        finally:
+            os.kill(scorer.pid or 0, signal.SIGCONT)
+        await until(lambda: len(answers) == 10)
+        assert not scorer.behind(0.02) and scorer._queued == 0
+
+    run(scenario)

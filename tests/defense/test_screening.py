@@ -338,6 +338,38 @@ def test_a_prompt_waiting_for_a_strike_goes_on_as_soon_as_one_is_given_back_here
     asyncio.run(scenario())
 
 
+def test_a_prompt_woken_for_a_strike_another_call_took_waits_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Woken as a strike is given back, a waiting prompt may find it taken by a call that looked first: that
+    look is not one of its scheduled ones, and it waits on (a review: three such wakes ended the 70 ms wait in
+    half a millisecond, and the prompt was scored on its path)."""
+    monkeypatch.setattr(Aside, "AFTER", 30.0)  # the calls' ends given here, not by their timers
+    model, store, traffic = Model(), MemoryStore(), Traffic()
+    screening = guard(model, store, traffic)
+    calm = {"messages": [{"role": "user", "content": "Write a haiku about the sea."}]}
+
+    async def scenario() -> None:
+        asides = [await screening.check(WHO, calm, "established", "normal") for _ in range(10)]
+        waiting = asyncio.ensure_future(screening.check(WHO, calm, "established", "normal"))
+        await asyncio.sleep(0)
+        later = []
+        for first in asides[:3]:
+            first.end()  # its strike given back: the waiting prompt woken...
+            later.append(await screening.check(WHO, calm, "established", "normal"))  # ...a new call takes it
+            for _ in range(3):
+                await asyncio.sleep(0)
+        assert not waiting.done()
+        await asyncio.sleep(0.005)
+        asides[3].end()
+        aside = await asyncio.wait_for(waiting, 5)
+        assert aside is not None and traffic.current.get(event_key("prompt.unheld")) is None
+        for each in [*asides, *later, aside]:
+            assert each is not None
+            each.run()
+        assert holding(store) == 0 and screening._waiting == {}
+
+    asyncio.run(scenario())
+
+
 def test_the_prompts_aside_are_scored_when_the_service_stops() -> None:
     model, store, traffic = Model(), MemoryStore(), Traffic()
     screening = guard(model, store, traffic)

@@ -25,6 +25,9 @@ from floodwall.defense.prompts import Screen, Verdict, bounded, plain
 log = logging.getLogger("floodwall.defense")
 _FRAME = struct.Struct("<I")  # a frame's length, then a pickle: both ends are floodwall's own
 _READY = "ready"
+# the classifier and the rules' time for a prompt, per character, this machine warm (0.05 ms for 20, 0.26 for
+# 1,000, 2.9 for 16,000): what the prompts sent and not yet answered are still to cost the process
+SECONDS_PER_CHARACTER = 0.2e-6
 _ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -54,7 +57,9 @@ class Scorer:
         self._transport: asyncio.SubprocessTransport | None = None
         self._pipe: asyncio.WriteTransport | None = None
         self._ready = False
-        self._pending: dict[int, tuple[Reply, float]] = {}  # by prompt: its reply, when it was sent
+        # by prompt: its reply, when it was sent, its length (characters; those of all: `_queued`)
+        self._pending: dict[int, tuple[Reply, float, int]] = {}
+        self._queued = 0
         self._next = 0
         self._stopping = False
         self._restart: asyncio.TimerHandle | None = None
@@ -100,10 +105,12 @@ class Scorer:
         self._pipe = transport.get_pipe_transport(0)  # type: ignore[assignment]
 
     def behind(self, most: float) -> bool:
-        """Whether the oldest prompt sent is still unanswered after `most` seconds (on idle CPU, the process
-        waits while the machine is busy)."""
+        """Whether a prompt sent now would wait more than `most` seconds for its answer: the oldest sent has
+        waited that long already (on idle CPU, the process waits while the machine is busy), or the prompts
+        before it are that much work (SECONDS_PER_CHARACTER)."""
         pending = self._pending
-        return bool(pending) and time.monotonic() - next(iter(pending.values()))[1] > most
+        return bool(pending) and (self._queued * SECONDS_PER_CHARACTER > most or
+                                  time.monotonic() - next(iter(pending.values()))[1] > most)
 
     def submit(self, text: str, with_model: bool, reply: Reply) -> bool:
         """Send a prompt to be scored (the part the rules and classifier read); False when the process cannot
@@ -118,8 +125,10 @@ class Scorer:
             self.declined += 1
             return False
         self._next += 1
-        pipe.write(_frame((self._next, bounded(text), with_model)))
-        pending[self._next] = (reply, now)
+        text = bounded(text)
+        pipe.write(_frame((self._next, text, with_model)))
+        pending[self._next] = (reply, now, len(text))
+        self._queued += len(text)
         return True
 
     def _answer(self, message: Any) -> None:
@@ -127,9 +136,10 @@ class Scorer:
             self._ready = True
             return
         ident, verdict, probability = message
-        reply, _ = self._pending.pop(ident, (None, 0.0))
+        reply, _, size = self._pending.pop(ident, (None, 0.0, 0))
         if reply is None:
             return
+        self._queued -= size
         if verdict is None:
             self.declined += 1
             reply(None)
@@ -151,8 +161,8 @@ class Scorer:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
-        pending, self._pending = self._pending, {}
-        for reply, _ in pending.values():
+        pending, self._pending, self._queued = self._pending, {}, 0
+        for reply, _, _ in pending.values():
             self.declined += 1
             reply(None)
         if self._stopping or self._restart is not None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,8 +29,8 @@ from floodwall.telemetry.traffic import Traffic
 log = logging.getLogger("floodwall.defense")
 CAMPAIGN = "campaign/near-duplicate"
 # a prompt with no strike held for it waits a moment for one, looking again as soon as one of its account's
-# prompts aside here gives its strike back, or after each of these pauses (seconds: another process's are only
-# seen by looking); past the last look (70 ms in all), it is scored on its path
+# prompts here gives its strike back, and after each of these pauses (seconds: another process's are only seen
+# by looking); past the last (70 ms in all), it is scored on its path
 HOLD_WAITS = (0.01, 0.02, 0.04)
 # a prompt whose call waits for its verdict (refused where it flags, or let through with no strike held) is
 # scored by the scorer process, the event loop free meanwhile; by the worker itself where the process has had a
@@ -48,11 +50,12 @@ class Aside:
     which the process is behind, and this scores it). `judge` says whether it spent a strike; `done` is told
     once it has run.
 
-    Sent at the call's end, not when it was screened: the pipe write wakes the process and costs the loop
-    30-50 µs, which then falls after the answer is out instead of before the upstream request. AFTER is short
-    all the same: the strike is held until the prompt is scored, and an account's calls in flight beyond its
-    strikes wait for one (bench/busy_account.py: at 50 ms, 64 calls in flight of 200 ms each had a quarter of
-    their prompts scored on their path after 70 ms of waiting; at 5 ms, none)."""
+    Not sent when it was screened: the pipe write wakes the process and costs the loop 30-50 µs, which then
+    falls after the answer is out (a short call) or while the model works (a longer one) instead of before the
+    upstream request. AFTER is short: the strike is held until the prompt is scored, and an account's calls in
+    flight beyond its strikes wait for one (bench/busy_account.py: at 50 ms, 64 calls in flight of 200 ms each
+    had 31% of their prompts scored on their path after waiting 70 ms; at 5 ms, none, while the process keeps
+    up: one swamped by other accounts' long prompts answers later, and the strikes stay held meanwhile)."""
 
     AFTER = 0.005
     LATE = 1.0
@@ -126,7 +129,7 @@ class PromptGuard:
         self._asides: dict[int, set[Aside]] = {}  # per account, its calls' prompts not scored yet
         self._hitting: set[asyncio.Task[None]] = set()  # strikes being spent with none held (Redis)
         # per account, its prompts waiting for a strike to hold: woken, the first first, as one is given back here
-        self._waiting: dict[int, list[asyncio.Future[None]]] = {}
+        self._waiting: dict[int, dict[asyncio.Future[None], None]] = {}
         self.conversations = Conversations()
 
     def action(self, level: str) -> str:
@@ -214,23 +217,24 @@ class PromptGuard:
         held.release()
         waiting = self._waiting.get(account)
         while waiting:
-            waiter = waiting.pop(0)
+            waiter = next(iter(waiting))
+            del waiting[waiter]
             if not waiter.done():
                 waiter.set_result(None)
                 break
 
-    async def _given_back(self, account: int, most: float) -> None:
-        """Until one of the account's strikes is given back here, for `most` seconds at most."""
+    async def _given_back(self, account: int, most: float) -> bool:
+        """Whether one of the account's strikes is given back here within `most` seconds."""
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiting = self._waiting.setdefault(account, [])
-        waiting.append(waiter)
+        waiting = self._waiting.setdefault(account, {})
+        waiting[waiter] = None
         try:
             await asyncio.wait((waiter,), timeout=most)
+            return waiter.done() and not waiter.cancelled()
         finally:
             if not waiter.done():
                 waiter.cancel()
-            if waiter in waiting:
-                waiting.remove(waiter)
+            waiting.pop(waiter, None)
             if not waiting and self._waiting.get(account) is waiting:
                 del self._waiting[account]
 
@@ -251,8 +255,17 @@ class PromptGuard:
         oracle that path leaves, but refused clean clients: 129 of 200 calls at once, 180 of 200 with the
         scorer process behind, and 1 of 3 with 9 strikes spent: an adversarial review.)"""
         strikes: list[tuple[Bucket, Verdict]] = []
-        for pause in HOLD_WAITS:
-            await self._given_back(account, pause)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        looks = iter(itertools.accumulate(HOLD_WAITS))  # when to look, unless woken first
+        look_at = start + next(looks)
+        deadline = start + sum(HOLD_WAITS)
+        while True:
+            woken = await self._given_back(account, max(0.0, min(look_at, deadline) - loop.time()))
+            if not woken:
+                look_at = start + next(looks, math.inf)
+            # (woken, the strike may be taken by a call's look before this one's: that look is not one of the
+            # scheduled, and the wait goes on to its deadline)
             strikes, held = await self._look(buckets, hold=True)
             waits = [verdict.retry_after for _, verdict in strikes if not verdict.allowed]
             if waits:
@@ -261,7 +274,8 @@ class PromptGuard:
                 raise _strikes_spent(strikes, max(waits))
             if held is not None or not self.store.holding():  # (Redis went away meanwhile: none is held)
                 return strikes, held
-        return strikes, None
+            if look_at == math.inf or loop.time() >= deadline:  # the last scheduled look, or past the deadline
+                return strikes, None
 
     async def _look(self, buckets: Sequence[Bucket], hold: bool) -> tuple[list[tuple[Bucket, Verdict]], Held | None]:
         """The account's strikes, and one held for this prompt where `hold` and one is left (a round trip)."""
