@@ -4,7 +4,7 @@ their call's path (no strike left to hold for them: `prompt.unheld`), and its ca
 model's own, called directly with the same calls in flight.
 
     python bench/busy_account.py [--in-flight 8,16,64] [--reply-ms 200] [--seconds 10] [--level normal]
-                                 [--warm 8]
+                                 [--warm 2] [--learn]
 
 At `flag` levels a prompt goes on unscored only with one of its account's strikes held for it (10 at normal):
 the calls beyond wait a moment for one, as the prompts before are scored and give theirs back, and are scored
@@ -74,8 +74,10 @@ def main() -> None:
     parser.add_argument("--reply-ms", type=float, default=200.0, help="the model's time to answer a call")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--level", default="normal")
-    parser.add_argument("--warm", type=float, default=8.0, help="seconds of the most calls in flight first, "
-                        "untimed: admission's learnt limit grows from its start meanwhile (measured apart)")
+    parser.add_argument("--learn", action="store_true", help="admission not told the slots (min_limit 1, from "
+                        "its initial 8), no warm-up: how soon it learns them from a cold start")
+    parser.add_argument("--warm", type=float, default=2.0, help="seconds of the most calls in flight first, "
+                        "untimed (connections opened, caches filled)")
     args = parser.parse_args()
     reply_tokens = 8  # (what CHAT asks for)
     model_env = {SETTINGS_ENV: load(environ={}, overrides={"model": {
@@ -84,7 +86,10 @@ def main() -> None:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
-        (tmp / "policy.toml").write_text(latency_policy())  # no limit reached: the strikes are what is measured
+        # no limit reached, and admission told the model's slots (min_limit): the strikes are what is measured
+        slots = 1 if args.learn else max(args.in_flight)
+        policy = latency_policy().replace("initial_limit = 8", f"initial_limit = {max(8, slots)}")
+        (tmp / "policy.toml").write_text(policy.replace("min_limit = 1", f"min_limit = {slots}"))
         model_port, port = free_port(), free_port()
         upstream = f"http://127.0.0.1:{model_port}/v1"
         env = settings_env(tmp, edge={"policy": str(tmp / "policy.toml")}, upstream={"url": upstream},
@@ -97,7 +102,7 @@ def main() -> None:
             if args.level != "normal":
                 httpx.put(f"{base}/admin/api/level", json={"level": args.level, "reason": "bench/busy_account.py"},
                           headers={"authorization": f"Bearer {ADMIN_TOKEN}"}).raise_for_status()
-            if args.warm:
+            if args.warm and not args.learn:
                 asyncio.run(calls(f"{base}/v1/chat/completions", key, max(args.in_flight), args.warm))
             for in_flight in args.in_flight:
                 direct = figures(asyncio.run(calls(f"{upstream}/chat/completions", "", in_flight, args.seconds)))

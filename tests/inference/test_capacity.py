@@ -352,3 +352,44 @@ def test_a_wave_that_ended_ends_the_lending_though_an_established_call_waited() 
     clock.now += 1.5
     budget.note(idle=0, limit=16, waiting=False, reserve=0, unlent=-1)
     assert budget.lent == 0
+
+
+def test_from_its_start_the_limit_doubles_each_round_until_a_call_is_first_slower_than_usual() -> None:
+    """TCP's slow start: from the operator's guess the limit grows by one a call while calls use it all and
+    latency stays usual; from the first slower call, by one a round, and the cuts bring it down as before.
+    (One a round from the start, 64 slots answering in 200 ms took more than 8 s to find.)"""
+    clock = Clock()
+    limit = GradientLimit(initial=8, minimum=1, maximum=512, clock=clock)
+    limit.generating(0)
+    for expected in (16, 32, 64):
+        for _ in range(limit.limit):  # a round: every call out answered at the usual latency
+            clock.now += 0.2 / limit.limit
+            limit.sample("ttft", 0.2, in_flight=limit.limit, started=clock.now - 0.2)
+        assert limit.limit == expected
+    clock.now += 0.01
+    limit.sample("ttft", 0.35, in_flight=limit.limit, started=clock.now - 0.35)  # queued in the server a while
+    assert not limit.starting and limit.limit == 64  # (the average still usual: not cut yet)
+    for _ in range(64):  # usual again: one more a round, not double
+        clock.now += 0.2 / 64
+        limit.sample("ttft", 0.2, in_flight=limit.limit, started=clock.now - 0.2)
+    assert limit.limit == 65
+    for _ in range(5):  # the server queues: the cuts bring it down as before
+        clock.now += 0.3
+        limit.sample("ttft", 0.6, in_flight=limit.limit, started=clock.now - 0.01)
+    assert limit.limit < 60
+
+
+def test_the_limit_doubles_only_while_calls_use_it_and_not_past_the_servers_refusal() -> None:
+    clock = Clock()
+    calm = GradientLimit(initial=8, minimum=1, maximum=512, clock=clock)
+    for _ in range(64):  # six calls out of eight: more were not wanted (it grows as before, by one a round)
+        clock.now += 0.01
+        calm.sample("ttft", 0.2, in_flight=6)
+    assert calm.starting and calm.limit < 16  # doubling, eight rounds would have taken it past 500
+    refused = GradientLimit(initial=8, minimum=1, maximum=512, clock=clock)
+    refused.overloaded()  # a 503 before latency said anything
+    assert not refused.starting and refused.limit == 6
+    for _ in range(6):
+        clock.now += 0.01
+        refused.sample("ttft", 0.2, in_flight=refused.limit)
+    assert refused.limit == 7  # one a round
