@@ -22,15 +22,6 @@ class GradientLimit:
     A call queued inside the model server can no longer be put behind a more important one, so the limit
     grows by one per round of calls only while the recent latency stays within `tolerance` of the baseline.
 
-    It starts as TCP does, slowly only in name: from `initial` the limit grows by one per call answered at the
-    usual latency while the limit binds (doubling each round) until a call is first slower than usual or the
-    server first refuses; from there, by one per round. Growing by one a round from the start, a model server
-    of 64 slots answering in 200 ms took floodwall more than 8 s to find (bench/busy_account.py --learn); at
-    5 s a call, 128 slots would take ten minutes, established calls waiting while the slots sat idle. (Halving
-    at the first slow call, as TCP does at a loss, left 16 slots 0.873 busy while calls waited: the first slow
-    call comes a service time after the limit passed the slots, and half of where it had got to by then was
-    below them. Where it stands when the start ends, the cuts below bring it down as they would anyway.)
-
     And one floor: the limit does not fall below the concurrency the server has shown it serves, because a
     slowdown with no rise in concurrency is not queueing: on a machine the flood also loads, every call is
     slower, at any concurrency. That concurrency is Little's law over calls generating (from first token to
@@ -47,7 +38,6 @@ class GradientLimit:
                  smoothing: float = 0.2, slack: float = 0.0, floor_half_life: float = 120.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.value = float(initial)
-        self.starting = True  # TCP's slow start: until a call is first slower than usual, or the server refuses
         self.slack = slack
         self.minimum = minimum
         self.maximum = maximum
@@ -75,7 +65,6 @@ class GradientLimit:
         return served * 0.5 ** ((self.clock() - at) / self.floor_half_life) if served else 0.0
 
     def overloaded(self) -> None:
-        self.starting = False
         self.value = max(float(self.minimum), self.value * 0.8)
         served, at = self._served
         self._served = (served * 0.8, at)  # the server says it is full: what it served before is no promise
@@ -124,15 +113,11 @@ class GradientLimit:
         gradient = usual / max(recent, 1e-9)
         if latency <= usual and in_flight >= self.floor and self.clock() - self._streamed_at > 60.0:
             self._served = (float(in_flight), self.clock())
-        if self.starting and latency > usual:  # the first call slower than usual ends the start, where it is
-            self.starting = False
         if in_flight < self.value / 2:
             # far below the limit, latency says nothing about the limit: neither raise nor lower it
             return
         if gradient >= 1.0:
-            # (doubling only while the limit binds: calls out up to it, so that more were wanted)
-            binding = self.starting and in_flight >= int(self.value) - 1
-            self.value = min(float(self.maximum), self.value + (1.0 if binding else 1.0 / self.value))
+            self.value = min(float(self.maximum), self.value + 1.0 / self.value)
         elif started is None or started >= self._cut_at or self.clock() - self._cut_at >= self.ROUND:
             self._cut_at = self.clock()
             target = self.value * max(0.5, gradient)
