@@ -90,6 +90,16 @@ def wrk(url: str, script: Path, duration: int, connections: int, *, method: str 
 
 
 
+# the operator's token the benchmarks' floodwall takes (admin.token: 32 characters at least)
+ADMIN_TOKEN = "bench-admin-token-0123456789-abcdefgh"
+
+
+def pin_level(base: str, level: str, reason: str) -> None:
+    """Pin the defense level through the admin API, as an operator would."""
+    httpx.put(f"{base}/admin/api/level", json={"level": level, "reason": reason},
+              headers={"authorization": f"Bearer {ADMIN_TOKEN}"}).raise_for_status()
+
+
 def account_key(base: str, email: str = "bench@example.com", source: str | None = None) -> str:
     """Register (or log in) and make an API key, from the loopback address `source` if given."""
     transport = httpx.HTTPTransport(local_address=source) if source else None

@@ -25,13 +25,12 @@ from typing import Any
 import aiohttp
 import httpx
 
-from _common import CHAT, GRANIAN, account_key, process
+from _common import ADMIN_TOKEN, CHAT, GRANIAN, account_key, pin_level, process
 from edge import floodwall_cmd, latency_policy, settings_env
 from floodwall.config import SETTINGS_ENV, load
 from floodwall.server import free_port
 
 OUT = Path(__file__).with_name("out")
-ADMIN_TOKEN = "bench-busy-account-admin-token-" + "x" * 16
 
 
 async def calls(url: str, key: str, in_flight: int, seconds: float) -> list[float]:
@@ -100,8 +99,7 @@ def main() -> None:
                 process(floodwall_cmd(port), env, f"{base}/healthz", tmp / "floodwall.log"):
             key = account_key(base)
             if args.level != "normal":
-                httpx.put(f"{base}/admin/api/level", json={"level": args.level, "reason": "bench/busy_account.py"},
-                          headers={"authorization": f"Bearer {ADMIN_TOKEN}"}).raise_for_status()
+                pin_level(base, args.level, "bench/busy_account.py")
             if args.warm and not args.learn:
                 asyncio.run(calls(f"{base}/v1/chat/completions", key, max(args.in_flight), args.warm))
             for in_flight in args.in_flight:

@@ -24,10 +24,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import httpx
-
-ADMIN_TOKEN = "bench-cpu-per-call-admin-token-" + "x" * 16
-
 
 def loop_seconds(pid: int) -> float:
     """CPU time of the busiest thread of a server's worker process (its event loop's)."""
@@ -83,7 +79,7 @@ def main() -> int:
     args = parser.parse_args()
     sys.path.insert(0, str(args.tree / "bench"))
     import edge  # the tree's own bench helpers: its policy file, its settings
-    from _common import CHAT, account_key, process, write_lua, wrk
+    from _common import ADMIN_TOKEN, CHAT, account_key, pin_level, process, write_lua, wrk
     from floodwall.config import SETTINGS_ENV, load
     from floodwall.server import free_port
 
@@ -109,8 +105,7 @@ def main() -> int:
         servers.enter_context(process(edge.floodwall_cmd(port), env, f"{url}/healthz", tmp / "floodwall.log"))
         targets = [("floodwall", port, account_key(url))]
         if args.level != "normal":  # (after the key is made: registration may close at a higher level)
-            httpx.put(f"{url}/admin/api/level", json={"level": args.level, "reason": "bench/cpu_per_call.py"},
-                      headers={"authorization": f"Bearer {ADMIN_TOKEN}"}).raise_for_status()
+            pin_level(url, args.level, "bench/cpu_per_call.py")
         if args.relay:
             servers.enter_context(process(relay, {"PYTHONPATH": str(args.tree / "bench"), "BENCH_UPSTREAM": upstream},
                                           f"http://127.0.0.1:{relay_port}/health", tmp / "relay.log", expect=404))

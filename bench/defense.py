@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from _common import account_key, process
+from _common import ADMIN_TOKEN, account_key, process
 from floodwall.config import SETTINGS_ENV, load
 from floodwall.server import free_port
 
@@ -43,7 +43,6 @@ GRANIAN = [sys.executable, "-m", "granian", "--interface", "asgi", "--workers", 
 # a model server of a modest GPU: 8 generations at once, 20 tokens a second each, 16-token replies
 SLOTS, TOKENS_PER_SECOND, REPLY_TOKENS = 8, 20, 16
 CAPACITY = SLOTS * TOKENS_PER_SECOND / REPLY_TOKENS  # calls a second the model can finish
-ADMIN_TOKEN = "bench-admin-token-0123456789-abcdefgh"
 USERS = 8
 # a typical per-address nginx limit for an API: 10 requests a second, bursts of 20, refused with 429
 NGINX_CONF = """

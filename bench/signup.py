@@ -26,9 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from defense import ADMIN_TOKEN, OUT, attack, established_keys, serving
+from _common import pin_level
+from defense import OUT, attack, established_keys, serving
 
 SCENARIOS = ("signup-bots", "flash-crowd", "stuffing")
 LEVELS = ("normal", "elevated", "under_attack")
@@ -39,9 +38,7 @@ def run(level: str, scenario: str, args: argparse.Namespace, root: Path) -> dict
     tmp.mkdir()
     with serving(tmp) as base:
         keys = established_keys(base, tmp)  # made at the normal level, before the attack
-        pinned = httpx.put(f"{base}/admin/api/level", json={"level": level, "reason": "bench/signup.py"},
-                           headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
-        pinned.raise_for_status()
+        pin_level(base, level, "bench/signup.py")
         options = argparse.Namespace(**{**vars(args), "scenario": scenario})
         return attack(base, options, tmp, f"{level}-{scenario}", keys)
 

@@ -33,9 +33,9 @@ CAMPAIGN = "campaign/near-duplicate"
 # by looking); past the last (70 ms in all), it is scored on its path
 HOLD_WAITS = (0.01, 0.02, 0.04)
 # a prompt whose call waits for its verdict (refused where it flags, or let through with no strike held) is
-# scored by the scorer process, the event loop free meanwhile; by the worker itself where the process has had a
-# prompt unanswered for PATH_BEHIND seconds (on idle CPU, it waits while the machine is busy), or gives none
-# within PATH_WAIT
+# scored by the scorer process, the event loop free meanwhile; by the worker itself where the process is
+# PATH_BEHIND seconds behind (a prompt unanswered that long, on idle CPU while the machine is busy, or that much
+# work queued), or gives no answer within PATH_WAIT
 PATH_BEHIND = 0.02
 PATH_WAIT = 0.1
 UNHELD_WAIT = 1.0
@@ -254,7 +254,6 @@ class PromptGuard:
         none came: the prompt is then scored on its call's path. (Refusing it unscored instead would close the
         oracle that path leaves, but refused clean clients: 129 of 200 calls at once, 180 of 200 with the
         scorer process behind, and 1 of 3 with 9 strikes spent: an adversarial review.)"""
-        strikes: list[tuple[Bucket, Verdict]] = []
         loop = asyncio.get_running_loop()
         start = loop.time()
         looks = iter(itertools.accumulate(HOLD_WAITS))  # when to look, unless woken first
@@ -270,7 +269,7 @@ class PromptGuard:
             waits = [verdict.retry_after for _, verdict in strikes if not verdict.allowed]
             if waits:
                 if held is not None:
-                    held.release()
+                    self._give_back(account, held)
                 raise _strikes_spent(strikes, max(waits))
             if held is not None or not self.store.holding():  # (Redis went away meanwhile: none is held)
                 return strikes, held
