@@ -8,22 +8,29 @@ from starlette.types import Message, Send
 def duration(seconds: float) -> str:
     """OpenAI's reset format: 1s, 6m0s, 1h2m3s."""
     seconds = max(0, round(seconds))
+    if seconds < 60:  # (most resets: one format, no division)
+        return f"{seconds}s"
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
         return f"{hours}h{minutes}m{secs}s"
-    if minutes:
-        return f"{minutes}m{secs}s"
-    return f"{secs}s"
+    return f"{minutes}m{secs}s"
+
+
+def _names(kind: str) -> tuple[bytes, bytes, bytes]:
+    return (f"x-ratelimit-limit-{kind}".encode(), f"x-ratelimit-remaining-{kind}".encode(),
+            f"x-ratelimit-reset-{kind}".encode())
+
+
+# made once: these go out on every admitted call, twice
+_NAMES = {kind: _names(kind) for kind in ("requests", "tokens")}
 
 
 def ratelimit(kind: str, limit: int, remaining: int, reset_after: float) -> list[tuple[bytes, bytes]]:
     """The three headers for one kind ("requests" or "tokens")."""
-    return [
-        (f"x-ratelimit-limit-{kind}".encode(), str(limit).encode()),
-        (f"x-ratelimit-remaining-{kind}".encode(), str(max(0, remaining)).encode()),
-        (f"x-ratelimit-reset-{kind}".encode(), duration(reset_after).encode()),
-    ]
+    limit_name, remaining_name, reset_name = _NAMES.get(kind) or _names(kind)
+    return [(limit_name, b"%d" % limit), (remaining_name, b"%d" % max(0, remaining)),
+            (reset_name, duration(reset_after).encode())]
 
 
 def with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import random
 import secrets
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 
 from floodwall.config import ConfigError, read_toml
 from floodwall.defense.prompts import (
+    HASHES,
     MAX_GUARDED,
     MAX_SCANNED,
     MODEL_THRESHOLDS,
@@ -24,6 +26,7 @@ from floodwall.defense.prompts import (
     PromptPolicy,
     Screen,
     alike,
+    campaign_signature,
     load_rules,
     plain,
     prompt_text,
@@ -185,6 +188,15 @@ def test_signatures_tell_near_duplicates_from_strangers() -> None:
     assert alike(signature(base), signature(base.replace("three", "four")))
     assert not alike(signature(base), signature("Translate this poem about autumn leaves into French please"))
     assert signature("") == signature("   ")  # no words: one signature, never an error
+
+
+def test_a_campaign_signature_is_the_signature_where_it_has_all_its_values() -> None:
+    rng = random.Random(7)
+    words = ["ignore", "the", "previous", "rules", "a", "b", "ignore", "the"]  # repeats: pairs that coincide
+    for _ in range(3000):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(0, 14)))
+        whole = signature(text)
+        assert campaign_signature(text) == (whole if len(whole) == HASHES else None), text
 
 
 @pytest.mark.parametrize("data", [{"threshold": 0}, {"normal": "block"}, {"campaign": "5"}, {"bogus": 1},

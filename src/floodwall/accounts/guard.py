@@ -126,7 +126,7 @@ class LoginGuard:
                                  self.current(attempt.device, attempt.login, password_hash)):
             return
         unknown = self.policy.buckets("login-failure", self.level(), attempt.caller._replace(tier="unknown-device"))
-        await self.store.charge([*(b._replace(cost=-b.cost) for b in attempt.buckets), *unknown])
+        await self.store.charge([*(b.refund() for b in attempt.buckets), *unknown])
 
     def current(self, device: Device, login: str, password_hash: str) -> bool:
         """The device signed in to this account with its present password."""
@@ -138,7 +138,7 @@ class LoginGuard:
     async def release(self, attempt: Attempt) -> None:
         """Give back what an attempt spent when its password was never checked (the hashing pool was full)."""
         if attempt.buckets:
-            await self.store.charge([b._replace(cost=-b.cost) for b in attempt.buckets])
+            await self.store.charge([b.refund() for b in attempt.buckets])
 
     def remember(self, device: Device, login: str, password_hash: str) -> str:
         """The device cookie's new value: this device knows this account (most recent first)."""

@@ -210,10 +210,28 @@ def signature(text: str) -> tuple[int, ...]:
     """A bottom-k MinHash signature of the prompt's word pairs, case and punctuation aside: the 8 smallest of
     their hashes. Python's own string hash, keyed at random per process (as the campaigns are kept), so
     nobody outside can aim at a value; one C call a pair, where a cryptographic digest cost 0.4 µs more."""
+    return _signed(_words(text))
+
+
+def campaign_signature(text: str) -> tuple[int, ...] | None:
+    """The prompt's signature where it has all its values; None where it has fewer word pairs ("Hello there",
+    "What is 2+2?": what many people ask alike, not a campaign's message), told from its words before any
+    pair is hashed (most chat prompts: no pairs made on the call's way)."""
+    words = _words(text)
+    if len(words) <= HASHES:  # at most HASHES - 1 pairs
+        return None
+    found = _signed(words)
+    return found if len(found) >= HASHES else None
+
+
+def _words(text: str) -> list[str]:
     text = text[:SIGNED].lower()
     # what \w+ finds; not by RE2's findall, whose binding spends some 7 µs of Python a word found
-    words = text.translate(_ASCII_WORDS).split() if text.isascii() else \
+    return text.translate(_ASCII_WORDS).split() if text.isascii() else \
         "".join(c if c.isalnum() or c == "_" else " " for c in text).split()
+
+
+def _signed(words: list[str]) -> tuple[int, ...]:
     pairs = set(map(" ".join, itertools.pairwise(words[:SHINGLES + 1]))) or {" ".join(words)}
     return tuple(sorted(map(hash, pairs))[:HASHES])  # sorted beats heapq.nsmallest below ~200 values
 
@@ -249,10 +267,8 @@ class Campaigns:
     def seen(self, text: str, account: int) -> int:
         """File the prompt; how many distinct accounts sent it (near enough) within the window, this one
         included."""
-        found = signature(text)
-        if len(found) < HASHES:
-            # fewer than 8 word pairs ("Hello there", "What is 2+2?"): what many people ask alike, not a
-            # campaign's message
+        found = campaign_signature(text)
+        if found is None:
             return 1
         now = self.clock()
         senders = {account}
@@ -273,8 +289,8 @@ class Campaigns:
 
     def peek(self, text: str) -> int:
         """How many distinct accounts sent the prompt (near enough) within the window, without filing it."""
-        found = signature(text)
-        if len(found) < HASHES:
+        found = campaign_signature(text)
+        if found is None:
             return 0
         now = self.clock()
         senders = {sender for key in found for sender, (other, when) in self._keys.get(key, {}).items()

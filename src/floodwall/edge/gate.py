@@ -501,9 +501,11 @@ def _observed(send: Send, traffic: Traffic, klass: str, watch: Callable[[int], N
 
 
 def _ratelimit_headers(buckets: Sequence[Bucket], verdicts: Sequence[Verdict]) -> list[tuple[bytes, bytes]]:
-    # the tightest limit is the one the client must pace itself by
-    index = min(range(len(verdicts)), key=lambda i: verdicts[i].remaining)
-    bucket, verdict = buckets[index], verdicts[index]
+    # the tightest limit is the one the client must pace itself by (the first of the tightest)
+    bucket, verdict = buckets[0], verdicts[0]
+    for other, found in zip(buckets, verdicts, strict=True):
+        if found.remaining < verdict.remaining:
+            bucket, verdict = other, found
     return ratelimit("requests", round(bucket.tolerance / bucket.interval), verdict.remaining, verdict.reset_after)
 
 

@@ -261,7 +261,7 @@ class Admission:
 
     async def _refund(self, buckets: list[Bucket]) -> None:
         if buckets:
-            self.store.charge_later([b._replace(cost=-b.cost) for b in buckets])
+            self.store.charge_later([b.refund() for b in buckets])
 
     def _may_start(self, tier: str, terms: LevelTerms, spare: bool = False) -> bool:
         """Whether a call of `tier` may start now: within its share, or (`spare`) beyond it."""

@@ -155,7 +155,7 @@ class Held:
         """The prompt was not flagged (or never went on): given back, once."""
         held, self.buckets = self.buckets, ()
         if held:
-            self.store.charge_later([bucket._replace(cost=-bucket.cost) for bucket in held])
+            self.store.charge_later([bucket.refund() for bucket in held])
 
 
 def charged(tat: float, now: float, bucket: Bucket) -> float:
