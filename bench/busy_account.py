@@ -4,11 +4,12 @@ their call's path (no strike left to hold for them: `prompt.unheld`), and its ca
 model's own, called directly with the same calls in flight.
 
     python bench/busy_account.py [--in-flight 8,16,64] [--reply-ms 200] [--seconds 10] [--level normal]
-                                 [--warm 2] [--learn]
+                                 [--warm 2] [--learn] [--long-prompts N]
 
 At `flag` levels a prompt goes on unscored only with one of its account's strikes held for it (10 at normal):
 the calls beyond wait a moment for one, as the prompts before are scored and give theirs back, and are scored
-on their path if none comes. Writes bench/out/busy_account.json.
+on their path if none comes. --long-prompts N: N other accounts send long clean prompts meanwhile, work the
+prompt scorer process has to do beside this account's. Writes bench/out/busy_account.json.
 """
 
 from __future__ import annotations
@@ -31,10 +32,15 @@ from floodwall.config import SETTINGS_ENV, load
 from floodwall.server import free_port
 
 OUT = Path(__file__).with_name("out")
+LONG_IN_FLIGHT = 8
+LONG = json.dumps({"model": "floodwall-simulated-chat", "max_tokens": 8,
+                   "messages": [{"role": "user", "content": "Please summarise this report. " + "word " * 3200}]})
 
 
-async def calls(url: str, key: str, in_flight: int, seconds: float) -> list[float]:
-    """Latencies (seconds) of `in_flight` callers calling one after another for `seconds`; every answer a 200."""
+async def calls(url: str, key: str, in_flight: int, seconds: float, body: str = CHAT,
+                checked: bool = True) -> list[float]:
+    """Latencies (seconds) of `in_flight` callers calling one after another for `seconds`; every answer a 200
+    (where `checked`)."""
     headers = {"content-type": "application/json", **({"authorization": f"Bearer {key}"} if key else {})}
     latencies: list[float] = []
     deadline = time.monotonic() + seconds
@@ -42,9 +48,9 @@ async def calls(url: str, key: str, in_flight: int, seconds: float) -> list[floa
         async def caller() -> None:
             while time.monotonic() < deadline:
                 started = time.perf_counter()
-                async with session.post(url, data=CHAT, headers=headers) as answer:
+                async with session.post(url, data=body, headers=headers) as answer:
                     await answer.read()
-                    assert answer.status == 200, (answer.status, await answer.text())
+                    assert answer.status == 200 or not checked, (answer.status, await answer.text())
                 latencies.append(time.perf_counter() - started)
 
         await asyncio.gather(*(caller() for _ in range(in_flight)))
@@ -59,6 +65,12 @@ def events(base: str) -> dict[str, float]:
             name = line.split('event="', 1)[1].split('"', 1)[0]
             found[name] = float(line.rsplit(" ", 1)[1])
     return found
+
+
+async def beside(measured: Any, others: list[Any]) -> list[float]:
+    """The measured calls' latencies, the other accounts' calls running meanwhile."""
+    found, *_ = await asyncio.gather(measured, *others)
+    return list(found)
 
 
 def figures(latencies: list[float]) -> dict[str, float]:
@@ -77,6 +89,8 @@ def main() -> None:
                         "its initial 8), no warm-up: how soon it learns them from a cold start")
     parser.add_argument("--warm", type=float, default=2.0, help="seconds of the most calls in flight first, "
                         "untimed (connections opened, caches filled)")
+    parser.add_argument("--long-prompts", type=int, default=0, help="other accounts sending long clean prompts "
+                        "meanwhile (LONG_IN_FLIGHT calls each, 16,000 characters): work ahead in the prompt scorer")
     args = parser.parse_args()
     reply_tokens = 8  # (what CHAT asks for)
     model_env = {SETTINGS_ENV: load(environ={}, overrides={"model": {
@@ -86,7 +100,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         # no limit reached, and admission told the model's slots (min_limit): the strikes are what is measured
-        slots = 1 if args.learn else max(args.in_flight)
+        slots = 1 if args.learn else max(args.in_flight) + args.long_prompts * LONG_IN_FLIGHT
         policy = latency_policy().replace("initial_limit = 8", f"initial_limit = {max(8, slots)}")
         (tmp / "policy.toml").write_text(policy.replace("min_limit = 1", f"min_limit = {slots}"))
         model_port, port = free_port(), free_port()
@@ -98,6 +112,8 @@ def main() -> None:
                      model_env, f"http://127.0.0.1:{model_port}/health", tmp / "model.log"), \
                 process(floodwall_cmd(port), env, f"{base}/healthz", tmp / "floodwall.log"):
             key = account_key(base)
+            long_keys = [account_key(base, f"long{n}@example.com", f"127.0.0.{10 + n}")  # (sign-ups: per address)
+                         for n in range(args.long_prompts)]
             if args.level != "normal":
                 pin_level(base, args.level, "bench/busy_account.py")
             if args.warm and not args.learn:
@@ -105,7 +121,10 @@ def main() -> None:
             for in_flight in args.in_flight:
                 direct = figures(asyncio.run(calls(f"{upstream}/chat/completions", "", in_flight, args.seconds)))
                 before = events(base)
-                through = figures(asyncio.run(calls(f"{base}/v1/chat/completions", key, in_flight, args.seconds)))
+                chat = f"{base}/v1/chat/completions"
+                through = figures(asyncio.run(beside(
+                    calls(chat, key, in_flight, args.seconds),
+                    [calls(chat, other, LONG_IN_FLIGHT, args.seconds, LONG, checked=False) for other in long_keys])))
                 after = events(base)
                 admission = httpx.get(f"{base}/admin/api/admission",
                                       headers={"authorization": f"Bearer {ADMIN_TOKEN}"}).json()

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from floodwall.defense import screening as screening_module
 from floodwall.defense.classifier import shipped
 from floodwall.defense.prompts import Campaigns, PromptPolicy, Screen, load_rules, plain
 from floodwall.defense.scorer import Scorer, Scores, _Protocol
@@ -124,9 +125,10 @@ def test_prompts_not_yet_written_are_answered_once_whatever_happens_before_the_w
     run(scenario)
 
 
-def test_a_burst_of_long_prompts_is_bounded_by_what_it_writes() -> None:
-    """The bytes waiting for the pipe (MAX_BUFFERED) bound a burst: a turn of the loop takes as many long
-    prompts as fit in 1 MiB (a review found an estimate of 4 bytes a character taking a quarter of them)."""
+def test_a_burst_of_long_prompts_is_bounded_by_what_waits() -> None:
+    """The characters waiting in the worker (MAX_WAITING) bound a burst: a turn of the loop takes as many long
+    prompts as fit in 1 Mi characters (once it bounded the bytes waiting for the pipe: a review found an
+    estimate of 4 bytes a character taking a quarter of them)."""
     async def scenario(scorer: Scorer) -> None:
         await until(lambda: scorer.ready)
         os.kill(scorer.pid or 0, signal.SIGSTOP)  # it reads nothing: the burst stays in the worker's buffer
@@ -389,28 +391,54 @@ def test_a_process_behind_leaves_the_prompts_calls_wait_for_to_the_worker() -> N
     run(scenario)
 
 
-def test_a_prompt_its_call_waits_for_does_not_queue_behind_much_work() -> None:
-    """Prompts aside just written (other accounts' long ones) are work the process has yet to do, however
-    young: a prompt whose call waits for its verdict is scored by the worker rather than behind them (a
-    review: 100 ms behind 60 prompts of 16 KiB, timed out, then scored by both)."""
+def test_a_prompt_its_call_waits_for_goes_before_the_prompts_aside(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prompts aside (other accounts' long ones) wait in the worker, and a prompt whose call waits for its
+    verdict goes before them: the process scores it after at most the IN_FLIGHT written before it (a review
+    found it 100 ms behind 60 prompts of 16 KiB, timed out, then scored by both; later the worker scored it
+    wherever the process had such work queued)."""
     traffic, store, model = Traffic(), MemoryStore(), Model()
+    monkeypatch.setattr(screening_module, "PATH_WAIT", 10.0)  # a loaded machine may starve the idle process
 
     async def scenario(scorer: Scorer) -> None:
         await until(lambda: scorer.ready)
         screening = guard_with(scorer, traffic, store, model)
         assert not scorer.behind(0.02)
-        os.kill(scorer.pid or 0, signal.SIGSTOP)  # (it would answer the first before the last is written)
+        pid = scorer.pid or 0
+        os.kill(pid, signal.SIGSTOP)  # (it would answer the first before the last is submitted)
+        answers: list[Scores | None] = []
         try:
-            answers: list[Scores | None] = []
-            for _ in range(10):
-                assert scorer.submit("word " * 3300, True, answers.append)
-            assert scorer.behind(0.02)  # at once: 165,000 characters to score first
-            with pytest.raises(ApiError):
-                await screening.check(WHO, ATTACK, "established", "under_attack")
-            assert model.asked == 1 and traffic.current.get(event_key("prompt.path_late")) is None
+            for account in range(10):
+                assert scorer.submit("word " * 3300, True, answers.append, account=100 + account)
+            assert not scorer.behind(0.02)  # two written (some 7 ms of work): the others go after the call's
         finally:
-            os.kill(scorer.pid or 0, signal.SIGCONT)
+            asyncio.get_running_loop().call_later(0.05, os.kill, pid, signal.SIGCONT)
+        with pytest.raises(ApiError):
+            await screening.check(WHO, ATTACK, "established", "under_attack")
+        assert model.asked == 0 and traffic.current.get(event_key("prompt.path_late")) is None
+        assert len(answers) <= 3  # the two written before it (and, at most, the one written after it)
         await until(lambda: len(answers) == 10)
         assert not scorer.behind(0.02) and scorer._queued == 0
+
+    run(scenario)
+
+
+def test_one_accounts_long_prompts_do_not_hold_up_anothers() -> None:
+    """The prompts aside go by turns between their accounts, by characters: another account's short prompts,
+    sent after eight long ones, are all scored after the two already written, not after the eight."""
+    async def scenario(scorer: Scorer) -> None:
+        await until(lambda: scorer.ready)
+        order: list[tuple[str, int]] = []
+        pid = scorer.pid or 0
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for n in range(8):
+                assert scorer.submit("word " * 3300, True, lambda _, n=n: order.append(("long", n)), account=1)
+            for n in range(8):
+                assert scorer.submit(PROMPTS[0], True, lambda _, n=n: order.append(("short", n)), account=2)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await until(lambda: len(order) == 16)
+        assert order == [("long", 0), ("long", 1), *(("short", n) for n in range(8)),
+                         *(("long", n) for n in range(2, 8))]
 
     run(scenario)

@@ -21,6 +21,7 @@ from typing import IO, Any, NamedTuple
 
 from floodwall import logs
 from floodwall.defense.prompts import Screen, Verdict, bounded, plain
+from floodwall.defense.turns import Turns
 
 log = logging.getLogger("floodwall.defense")
 _FRAME = struct.Struct("<I")  # a frame's length, then a pickle: both ends are floodwall's own
@@ -44,8 +45,11 @@ class Scorer:
     started with the service (`start`) and again, after RESTART seconds (doubling while it keeps failing),
     whenever it exits."""
 
-    MAX_PENDING = 256  # prompts sent and not answered: beyond, the process is behind, and the caller scores
-    MAX_BUFFERED = 1 << 20  # bytes not yet written to the pipe
+    MAX_PENDING = 256  # prompts submitted and not answered: beyond, the process is behind, and the caller scores
+    MAX_WAITING = 1 << 20  # characters of them (bounded() each)
+    # prompts written to the process and not answered: the others wait in the worker (Turns), where the order
+    # they go in can still be chosen; two keep the process busy while an answer comes back and the next goes
+    IN_FLIGHT = 2
     MAX_FRAME = 1 << 20  # bytes of an answer: a longer one is not our process speaking
     RESTART = (1.0, 30.0)  # seconds before a start again: the first, the most
     # seconds the oldest prompt may wait for its answer before the process is ended and started again: long,
@@ -57,9 +61,10 @@ class Scorer:
         self._transport: asyncio.SubprocessTransport | None = None
         self._pipe: asyncio.WriteTransport | None = None
         self._ready = False
-        # by prompt: its reply, when it was sent, its length (characters; those of all: `_queued`)
+        # by prompt written to the process: its reply, when it was written, its length in characters
         self._pending: dict[int, tuple[Reply, float, int]] = {}
-        self._queued = 0
+        self._turns: Turns[tuple[int, str, bool, Reply]] = Turns()  # those submitted, not yet written
+        self._queued = 0  # characters written and not answered
         self._next = 0
         self._stopping = False
         self._restart: asyncio.TimerHandle | None = None
@@ -105,31 +110,51 @@ class Scorer:
         self._pipe = transport.get_pipe_transport(0)  # type: ignore[assignment]
 
     def behind(self, most: float) -> bool:
-        """Whether a prompt sent now would wait more than `most` seconds for its answer: the oldest sent has
-        waited that long already (on idle CPU, the process waits while the machine is busy), or the prompts
-        before it are that much work (SECONDS_PER_CHARACTER)."""
+        """Whether a prompt a call waits for, sent now, would wait more than `most` seconds for its answer: the
+        oldest written has waited that long already (on idle CPU, the process waits while the machine is
+        busy), or the prompts before it (those written, and those its calls wait for) are that much work
+        (SECONDS_PER_CHARACTER). The other prompts waiting go after it."""
         pending = self._pending
-        return bool(pending) and (self._queued * SECONDS_PER_CHARACTER > most or
+        return bool(pending) and ((self._queued + self._turns.urgent_characters) * SECONDS_PER_CHARACTER > most or
                                   time.monotonic() - next(iter(pending.values()))[1] > most)
 
-    def submit(self, text: str, with_model: bool, reply: Reply) -> bool:
+    def submit(self, text: str, with_model: bool, reply: Reply, account: object = None,
+               urgent: bool = False) -> bool:
         """Send a prompt to be scored (the part the rules and classifier read); False when the process cannot
-        take it now: the caller scores it."""
-        pipe, pending = self._pipe, self._pending
+        take it now: the caller scores it. `urgent`: a call waits for its answer (it goes first); `account`:
+        whose prompt it is (the others go by turns between accounts: Turns)."""
+        pipe, pending, turns = self._pipe, self._pending, self._turns
         now = time.monotonic()
         if pending and now - next(iter(pending.values()))[1] > self.HUNG:
             logs.event(log, "scorer_hung", logging.WARNING, pending=len(pending))
             self._broken()
-        if (not self._ready or pipe is None or pipe.is_closing() or len(pending) >= self.MAX_PENDING
-                or pipe.get_write_buffer_size() > self.MAX_BUFFERED):
+        text = bounded(text)
+        if (not self._ready or pipe is None or pipe.is_closing() or len(pending) + len(turns) >= self.MAX_PENDING
+                or turns.characters + len(text) > self.MAX_WAITING):
             self.declined += 1
             return False
         self._next += 1
-        text = bounded(text)
-        pipe.write(_frame((self._next, text, with_model)))
-        pending[self._next] = (reply, now, len(text))
-        self._queued += len(text)
+        turns.put((self._next, text, with_model, reply), len(text), account, urgent)
+        self._write()
         return True
+
+    def _write(self) -> None:
+        """Write the next prompts in their turns while fewer than IN_FLIGHT are unanswered (one write)."""
+        pipe, pending, turns = self._pipe, self._pending, self._turns
+        if pipe is None or pipe.is_closing() or len(pending) >= self.IN_FLIGHT:
+            return  # (what waits is answered None once the process is seen gone: _exited)
+        frames = []
+        now = time.monotonic()
+        while len(pending) < self.IN_FLIGHT:
+            found = turns.take()
+            if found is None:
+                break
+            ident, text, with_model, reply = found
+            frames.append(_frame((ident, text, with_model)))
+            pending[ident] = (reply, now, len(text))
+            self._queued += len(text)
+        if frames:
+            pipe.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def _answer(self, message: Any) -> None:
         if message == _READY:
@@ -140,6 +165,7 @@ class Scorer:
         if reply is None:
             return
         self._queued -= size
+        self._write()  # the next before this one's reply runs: the process is not left idle meanwhile
         if verdict is None:
             self.declined += 1
             reply(None)
@@ -162,7 +188,9 @@ class Scorer:
             self._transport.close()
             self._transport = None
         pending, self._pending, self._queued = self._pending, {}, 0
-        for reply, _, _ in pending.values():
+        replies = [reply for reply, _, _ in pending.values()]
+        replies += [reply for _, _, _, reply in self._turns.clear()]
+        for reply in replies:
             self.declined += 1
             reply(None)
         if self._stopping or self._restart is not None:

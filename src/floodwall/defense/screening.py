@@ -200,7 +200,7 @@ class PromptGuard:
             if not answer.done():  # (the call may have gone: timed out, or its client left)
                 answer.set_result(scores)
 
-        if not scorer.submit(text, self._asks_model(level), reply):
+        if not scorer.submit(text, self._asks_model(level), reply, urgent=True):
             return None
         try:
             async with asyncio.timeout(PATH_WAIT):
@@ -243,7 +243,8 @@ class PromptGuard:
         scorer = self.scorer
         aside = Aside(functools.partial(self._judge_aside, principal, text, action, level, strikes, parts, held),
                       functools.partial(self._settled, principal.user_id),
-                      functools.partial(scorer.submit, text, self._asks_model(level)) if scorer is not None else None)
+                      functools.partial(scorer.submit, text, self._asks_model(level), account=principal.user_id)
+                      if scorer is not None else None)
         self._asides.setdefault(principal.user_id, set()).add(aside)
         return aside
 
