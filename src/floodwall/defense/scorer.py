@@ -134,6 +134,11 @@ class Scorer:
             self.declined += 1
             return False
         self._next += 1
+        if not turns and len(pending) < self.IN_FLIGHT:  # nothing waits: written now, no turns to take
+            pipe.write(_frame((self._next, text, with_model)))
+            pending[self._next] = (reply, now, len(text))
+            self._queued += len(text)
+            return True
         turns.put((self._next, text, with_model, reply), len(text), account, urgent)
         self._write()
         return True

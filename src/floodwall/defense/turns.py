@@ -29,6 +29,9 @@ class Turns(Generic[T]):
     def __len__(self) -> int:
         return len(self._urgent) + sum(map(len, self._accounts.values()))
 
+    def __bool__(self) -> bool:
+        return bool(self._urgent or self._accounts)  # (an account is kept only while it has one waiting)
+
     def put(self, item: T, size: int, account: object = None, urgent: bool = False) -> None:
         """`size`: the prompt's characters (its work), `account`: whose it is (prompts of no account share one
         turn)."""
