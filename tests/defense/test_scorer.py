@@ -422,6 +422,28 @@ def test_a_prompt_its_call_waits_for_goes_before_the_prompts_aside(monkeypatch: 
     run(scenario)
 
 
+def test_short_prompts_are_written_some_milliseconds_ahead_not_two_at_a_time() -> None:
+    """The process is written up to IN_FLIGHT prompts (WRITTEN characters) ahead of its answers: with two, a
+    worker whose loop was busy read answers late and left it idle (an adversarial review: 250 prompts took
+    381 ms behind a loop busy 1 ms at a time, against 15 ms)."""
+    async def scenario(scorer: Scorer) -> None:
+        await until(lambda: scorer.ready)
+        pid = scorer.pid or 0
+        answers: list[Scores | None] = []
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            count = Scorer.IN_FLIGHT + 24
+            for n in range(count):
+                assert scorer.submit(PROMPTS[0], True, answers.append, account=n % 3)
+            assert len(scorer._pending) == Scorer.IN_FLIGHT and len(scorer._turns) == 24
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await until(lambda: len(answers) == count)
+        assert all(answer is not None for answer in answers) and scorer._queued == 0 and not scorer._turns
+
+    run(scenario)
+
+
 def test_one_accounts_long_prompts_do_not_hold_up_anothers() -> None:
     """The prompts aside go by turns between their accounts, by characters: another account's short prompts,
     sent after eight long ones, are all scored after the two already written, not after the eight."""

@@ -29,8 +29,8 @@ def test_accounts_share_the_turns_by_characters_not_by_prompts() -> None:
     for n in range(20):
         turns.put(f"short {n}", 100, account="client")
     order = taken(turns)
-    # each round an account sends up to QUANTUM characters: the client's twenty short prompts (2,000) all go
-    # while the attacker saves up for its first long one (16,000: four rounds)
+    # each round an account sends up to QUANTUM characters' work: the client's twenty short prompts (20 x 300
+    # with their overhead) go in two rounds while the attacker saves up for its first long one (four rounds)
     assert order[:20] == [f"short {n}" for n in range(20)]
     assert order[20:] == ["long 0", "long 1", "long 2"]
 
@@ -50,3 +50,23 @@ def test_clear_gives_back_everything_waiting() -> None:
     turns.put("c", 1)
     assert sorted(turns.clear()) == ["a", "b", "c"]
     assert turns.take() is None and turns.characters == 0 and len(turns) == 0
+
+
+def test_a_prompt_of_no_characters_still_costs_its_account_a_turn() -> None:
+    turns: Turns[str] = Turns()
+    for n in range(250):
+        turns.put(f"tiny {n}", 0, account="many")
+    turns.put("other", 10, account="one")
+    order = taken(turns)
+    # one round's quantum covers QUANTUM // OVERHEAD of the tiny ones, then the other account's turn comes
+    assert order.index("other") == Turns.QUANTUM // Turns.OVERHEAD
+
+
+def test_a_stream_of_urgent_prompts_lets_the_others_through_now_and_then() -> None:
+    turns: Turns[str] = Turns()
+    turns.put("aside", 10, account=1)
+    for n in range(20):
+        turns.put(f"urgent {n}", 16000, urgent=True)
+    order = [turns.take() for _ in range(Turns.URGENT_RUN + 1)]
+    assert order == [*(f"urgent {n}" for n in range(Turns.URGENT_RUN)), "aside"]
+    assert turns.take() == f"urgent {Turns.URGENT_RUN}"  # (none aside left: the urgent ones go on)
