@@ -139,9 +139,7 @@ class Scorer:
             return False
         self._next += 1
         if not turns and self._room():  # nothing waits: written now, no turns to take
-            pipe.write(_frame((self._next, text, with_model)))
-            pending[self._next] = (reply, now, len(text))
-            self._queued += len(text)
+            pipe.write(self._written(self._next, text, with_model, reply, now))
             return True
         turns.put((self._next, text, with_model, reply), len(text), account, urgent)
         self._write()
@@ -155,7 +153,7 @@ class Scorer:
 
     def _write(self) -> None:
         """Write the next prompts in their turns while the process has room for them (one write)."""
-        pipe, pending, turns = self._pipe, self._pending, self._turns
+        pipe, turns = self._pipe, self._turns
         if pipe is None or pipe.is_closing() or not turns:
             return  # (what waits is answered None once the process is seen gone: _exited)
         frames = []
@@ -164,12 +162,15 @@ class Scorer:
             found = turns.take()
             if found is None:
                 break
-            ident, text, with_model, reply = found
-            frames.append(_frame((ident, text, with_model)))
-            pending[ident] = (reply, now, len(text))
-            self._queued += len(text)
+            frames.append(self._written(*found, now))
         if frames:
             pipe.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def _written(self, ident: int, text: str, with_model: bool, reply: Reply, now: float) -> bytes:
+        """The prompt's frame, counted as written (unanswered) from `now`."""
+        self._pending[ident] = (reply, now, len(text))
+        self._queued += len(text)
+        return _frame((ident, text, with_model))
 
     def _answer(self, message: Any) -> None:
         if message == _READY:
